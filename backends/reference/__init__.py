@@ -1,0 +1,3 @@
+from lstmbench_backends.reference.reference import NumpyReference
+
+__all__ = ["NumpyReference"]

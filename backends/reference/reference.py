@@ -1,0 +1,172 @@
+"""The NumPy reference backend: the definition of the answer.
+
+Plain form on purpose: one timestep at a time, batched over the minibatch, no
+fusion and no cleverness, so each line can be checked against the math.
+Shapes: B batch, T steps, D_l layer input width, H hidden, O outputs, G = 4H.
+
+    z_t = x_t @ W_x + h_{t-1} @ W_h + b          gate order i, f, g, o
+    i, f, o = sigmoid(z_i), sigmoid(z_f), sigmoid(z_o);  g = tanh(z_g)
+    c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
+    y = h_T @ W_y + b_y   (many-to-one)   or   y_t = h_t @ W_y + b_y  (many-to-many)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from lstmbench import Backend, Capabilities, ModelConfig
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(-z) -> inf for z << 0 gives the right limit 0
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass
+class LayerCache:
+    """What one layer's forward pass keeps for the backward pass."""
+
+    inputs: np.ndarray  # (B, T, D_l)
+    h: np.ndarray  # (B, T+1, H)   h[:, 0] = h_0 = 0
+    c: np.ndarray  # (B, T+1, H)   c[:, 0] = c_0 = 0
+    gates: np.ndarray  # (B, T, 4H)    activated i, f, g, o
+    tanh_c: np.ndarray  # (B, T, H)
+
+
+def layer_forward(x: np.ndarray, W_x: np.ndarray, W_h: np.ndarray, b: np.ndarray) -> LayerCache:
+    B, T, _ = x.shape
+    H = W_h.shape[0]
+    h = np.zeros((B, T + 1, H), dtype=x.dtype)
+    c = np.zeros((B, T + 1, H), dtype=x.dtype)
+    gates = np.empty((B, T, 4 * H), dtype=x.dtype)
+    tanh_c = np.empty((B, T, H), dtype=x.dtype)
+    for t in range(T):
+        z = x[:, t] @ W_x + h[:, t] @ W_h + b  # (B, 4H)
+        i = sigmoid(z[:, 0:H])
+        f = sigmoid(z[:, H : 2 * H])
+        g = np.tanh(z[:, 2 * H : 3 * H])
+        o = sigmoid(z[:, 3 * H : 4 * H])
+        c[:, t + 1] = f * c[:, t] + i * g
+        tanh_c[:, t] = np.tanh(c[:, t + 1])
+        h[:, t + 1] = o * tanh_c[:, t]
+        gates[:, t] = np.concatenate([i, f, g, o], axis=1)
+    return LayerCache(x, h, c, gates, tanh_c)
+
+
+def layer_backward(cache: LayerCache, W_x: np.ndarray, W_h: np.ndarray, dh_out: np.ndarray):
+    """Backpropagation through time for one layer.
+
+    dh_out (B, T, H): dLoss/dh_t arriving from above (head or next layer).
+    Returns dx (B, T, D_l) and the gradients of W_x, W_h, b.
+    """
+    B, T, _ = cache.inputs.shape
+    H = W_h.shape[0]
+    dW_x = np.zeros_like(W_x)
+    dW_h = np.zeros_like(W_h)
+    db = np.zeros(4 * H, dtype=W_x.dtype)
+    dx = np.empty_like(cache.inputs)
+    dh_next = np.zeros((B, H), dtype=W_x.dtype)  # dLoss/dh_t through h_{t+1}
+    dc_next = np.zeros((B, H), dtype=W_x.dtype)  # dLoss/dc_t through c_{t+1}
+    for t in reversed(range(T)):
+        i, f, g, o = (cache.gates[:, t, k * H : (k + 1) * H] for k in range(4))
+        tanh_c = cache.tanh_c[:, t]
+        dh = dh_out[:, t] + dh_next
+        dc = dh * o * (1.0 - tanh_c * tanh_c) + dc_next
+        dz = np.concatenate(
+            [
+                dc * g * i * (1.0 - i),  # through i = sigmoid(z_i)
+                dc * cache.c[:, t] * f * (1.0 - f),  # through f
+                dc * i * (1.0 - g * g),  # through g = tanh(z_g)
+                dh * tanh_c * o * (1.0 - o),  # through o
+            ],
+            axis=1,
+        )  # (B, 4H)
+        dW_x += cache.inputs[:, t].T @ dz
+        dW_h += cache.h[:, t].T @ dz
+        db += dz.sum(axis=0)
+        dx[:, t] = dz @ W_x.T
+        dh_next = dz @ W_h.T
+        dc_next = dc * f
+    return dx, dW_x, dW_h, db
+
+
+def forward_with_caches(cfg: ModelConfig, params, x: np.ndarray):
+    """Outputs (B, O) or (B, T, O) and the caches of every layer."""
+    caches = []
+    seq = x
+    for k in range(cfg.num_layers):
+        cache = layer_forward(seq, params[f"l{k}.W_x"], params[f"l{k}.W_h"], params[f"l{k}.b"])
+        caches.append(cache)
+        seq = cache.h[:, 1:]  # (B, T, H): this layer's outputs feed the next
+    top = seq if cfg.many_to_many else seq[:, -1]  # (B, T, H) or (B, H)
+    y_hat = top @ params["head.W"] + params["head.b"]
+    return y_hat, caches
+
+
+def loss_and_output_grad(cfg: ModelConfig, y_hat: np.ndarray, y: np.ndarray):
+    """Mean loss and dLoss/dy_hat.
+
+    mse:  mean over every output element of (y_hat - y)^2.
+    xent: mean over every prediction of -log softmax(y_hat)[class].
+    """
+    if cfg.loss == "mse":
+        diff = y_hat - y
+        return float(np.mean(diff * diff)), (2.0 / diff.size) * diff
+    logits = y_hat.reshape(-1, cfg.output_size)  # (N, O)
+    classes = y.reshape(-1)  # (N,)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # stable softmax
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    n = len(classes)
+    loss = -log_probs[np.arange(n), classes].mean()
+    d_logits = np.exp(log_probs)
+    d_logits[np.arange(n), classes] -= 1.0
+    return float(loss), (d_logits / n).reshape(y_hat.shape)
+
+
+def loss_and_grads(cfg: ModelConfig, params, x: np.ndarray, y: np.ndarray):
+    y_hat, caches = forward_with_caches(cfg, params, x)
+    loss, dy = loss_and_output_grad(cfg, y_hat, y)
+    grads = {}
+    top_h = caches[-1].h[:, 1:]  # (B, T, H)
+    dh = np.zeros_like(top_h)
+    if cfg.many_to_many:
+        H, O = cfg.hidden_size, cfg.output_size
+        grads["head.W"] = top_h.reshape(-1, H).T @ dy.reshape(-1, O)
+        grads["head.b"] = dy.reshape(-1, O).sum(axis=0)
+        dh[:] = dy @ params["head.W"].T
+    else:
+        grads["head.W"] = top_h[:, -1].T @ dy
+        grads["head.b"] = dy.sum(axis=0)
+        dh[:, -1] = dy @ params["head.W"].T
+    for k in reversed(range(cfg.num_layers)):
+        dh, grads[f"l{k}.W_x"], grads[f"l{k}.W_h"], grads[f"l{k}.b"] = layer_backward(
+            caches[k], params[f"l{k}.W_x"], params[f"l{k}.W_h"], dh
+        )
+    return loss, {name: grads[name] for name in cfg.param_shapes()}
+
+
+class NumpyReference(Backend):
+    """Plain NumPy; BLAS threads limited to the backend's thread count."""
+
+    name = "numpy"
+    description = "NumPy reference: the definition of the answer (BLAS threads only)"
+    capabilities = Capabilities()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._blas = ThreadpoolController()
+
+    def runtime_info(self):
+        blas = [f"{lib['internal_api']} ({lib['num_threads']} threads)" for lib in self._blas.info()]
+        return {"threads": self.threads, "blas": ", ".join(blas) or "none found"}
+
+    def _forward(self, cfg, params, x):
+        with self._blas.limit(limits=self.threads, user_api="blas"):
+            return forward_with_caches(cfg, params, x)[0]
+
+    def _loss_and_grads(self, cfg, params, x, y):
+        with self._blas.limit(limits=self.threads, user_api="blas"):
+            return loss_and_grads(cfg, params, x, y)

@@ -1,0 +1,88 @@
+"""lstmbench: train LSTM sequence models on interchangeable backends, prove the
+backends agree with a NumPy reference, and measure how much faster they are.
+
+    import lstmbench as lb
+    cfg = lb.ModelConfig(input_size=1, hidden_size=64, output_size=1)
+    params = lb.init_params(cfg, seed=0)
+    be = lb.get_backend("numpy")
+    loss, grads = be.loss_and_grads(cfg, params, x, y)
+
+Importing this package is cheap: no backend is imported until it is asked for.
+"""
+
+from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.errors import (
+    BackendUnavailableError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+    DTypeError,
+    LstmbenchError,
+    NonFiniteError,
+    ShapeError,
+    UnknownBackendError,
+    UnsupportedError,
+)
+from lstmbench.flops import train_step_flops
+from lstmbench.optim import clip_scale, global_norm, init_optimizer_state, optimizer_step
+from lstmbench.params import (
+    check_params,
+    init_params,
+    load_into_torch,
+    load_params,
+    params_from_torch,
+    params_to_torch,
+    save_params,
+)
+from lstmbench.protocol import Backend, Capabilities, TrainState, default_threads
+from lstmbench.registry import (
+    BackendInfo,
+    backend_names,
+    get_backend,
+    list_backends,
+    load_backend,
+    register_backend,
+    unregister_backend,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendInfo",
+    "BackendUnavailableError",
+    "Capabilities",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DivergenceError",
+    "DTypeError",
+    "LstmbenchError",
+    "ModelConfig",
+    "NonFiniteError",
+    "OptimizerConfig",
+    "ShapeError",
+    "TrainState",
+    "UnknownBackendError",
+    "UnsupportedError",
+    "backend_names",
+    "check_params",
+    "clip_scale",
+    "default_threads",
+    "get_backend",
+    "global_norm",
+    "init_optimizer_state",
+    "init_params",
+    "list_backends",
+    "load_backend",
+    "load_into_torch",
+    "load_params",
+    "optimizer_step",
+    "params_from_torch",
+    "params_to_torch",
+    "register_backend",
+    "save_params",
+    "train_step_flops",
+    "unregister_backend",
+]

@@ -1,0 +1,135 @@
+"""Model and optimizer configuration, validated once at construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lstmbench.errors import ConfigError
+
+LOSSES = ("mse", "xent")
+DTYPES = ("float32", "float64")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and task of an LSTM model: L stacked layers plus a linear head.
+
+    ``loss="mse"`` is regression; ``loss="xent"`` is softmax cross-entropy on
+    integer class targets (output_size classes). ``many_to_many`` puts the head
+    on every hidden state h_t instead of h_T only.
+    """
+
+    input_size: int
+    hidden_size: int
+    output_size: int
+    num_layers: int = 1
+    loss: str = "mse"
+    many_to_many: bool = False
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        for name in ("input_size", "hidden_size", "output_size", "num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.loss not in LOSSES:
+            raise ConfigError(f"ModelConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss == "xent" and self.output_size < 2:
+            raise ConfigError("ModelConfig.loss='xent' needs output_size >= 2 (the number of classes)")
+        dtype = np.dtype(self.dtype).name if _is_dtype_like(self.dtype) else self.dtype
+        if dtype not in DTYPES:
+            raise ConfigError(f"ModelConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "many_to_many", bool(self.many_to_many))
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    def layer_input_size(self, layer: int) -> int:
+        """D_l: the input width of layer ``layer`` (0-based)."""
+        return self.input_size if layer == 0 else self.hidden_size
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape, in the canonical order."""
+        H, O = self.hidden_size, self.output_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer in range(self.num_layers):
+            shapes[f"l{layer}.W_x"] = (self.layer_input_size(layer), 4 * H)
+            shapes[f"l{layer}.W_h"] = (H, 4 * H)
+            shapes[f"l{layer}.b"] = (4 * H,)
+        shapes["head.W"] = (H, O)
+        shapes["head.b"] = (O,)
+        return shapes
+
+    def num_params(self) -> int:
+        return int(sum(np.prod(s) for s in self.param_shapes().values()))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"not a ModelConfig: {exc}") from None
+
+
+def _is_dtype_like(value) -> bool:
+    try:
+        np.dtype(value)
+    except TypeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """SGD (with optional momentum) or Adam, as PyTorch defines them.
+
+    ``clip_norm``: if set, gradients are scaled so that their global L2 norm is
+    at most this value before the update (torch.nn.utils.clip_grad_norm_).
+    """
+
+    kind: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.kind!r}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be a positive finite number, got {self.lr!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        b1, b2 = self.betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ConfigError(f"Adam betas must be in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", (float(b1), float(b2)))
+        if not self.eps > 0:
+            raise ConfigError(f"Adam eps must be positive, got {self.eps!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ConfigError(f"clip_norm must be positive or None, got {self.clip_norm!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "OptimizerConfig":
+        data = dict(data)
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"not an OptimizerConfig: {exc}") from None

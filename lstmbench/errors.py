@@ -1,0 +1,51 @@
+"""Exceptions raised by lstmbench.
+
+Every error a user can provoke with bad input is one of these, so callers can
+catch ``LstmbenchError`` and the message always names the problem.  Each also
+derives from the matching builtin (ValueError, TypeError, ...) so code that
+already catches those keeps working.
+"""
+
+
+class LstmbenchError(Exception):
+    """Base class of every error lstmbench raises on purpose."""
+
+
+class ConfigError(LstmbenchError, ValueError):
+    """A model, optimizer or run configuration is invalid."""
+
+
+class ShapeError(LstmbenchError, ValueError):
+    """An array has the wrong number of dimensions or the wrong sizes."""
+
+
+class DTypeError(LstmbenchError, TypeError):
+    """An array has the wrong dtype."""
+
+
+class NonFiniteError(LstmbenchError, ValueError):
+    """Input data contains NaN or infinity."""
+
+
+class DataError(LstmbenchError, ValueError):
+    """A dataset or file cannot be used: missing values, too short, unreadable."""
+
+
+class UnknownBackendError(LstmbenchError, LookupError):
+    """No backend of that name is registered."""
+
+
+class BackendUnavailableError(LstmbenchError, RuntimeError):
+    """The backend exists but cannot run on this machine (the message says why)."""
+
+
+class UnsupportedError(LstmbenchError, NotImplementedError):
+    """The backend declares that it does not support this configuration."""
+
+
+class CheckpointError(LstmbenchError, ValueError):
+    """A checkpoint is unreadable or does not match the model being loaded."""
+
+
+class DivergenceError(LstmbenchError, FloatingPointError):
+    """Training produced a NaN or infinite loss."""

@@ -1,0 +1,59 @@
+"""FLOP model of one training step, for GFLOP/s and percent-of-peak figures.
+
+Counts model FLOPs (work the math needs, whatever a backend does), with a
+multiply-add as 2 FLOPs:
+
+* gate products, per layer and step: forward 2*B*4H*(D_l + H); backward twice
+  that (the weight gradients, and the gradients flowing to h_{t-1} and x_t;
+  layer 0 needs no gradient for x, so that part is left out there);
+* head: 2*B*H*O per head application forward, twice that backward;
+* pointwise gate math: FORWARD_POINTWISE and BACKWARD_POINTWISE FLOPs per
+  hidden unit and step (an activation counts as one);
+* the optimizer: a few FLOPs per parameter.
+
+It is a convention, documented in docs/benchmarks.md, so figures are comparable
+between backends and commits; it is not a hardware counter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lstmbench.config import ModelConfig
+
+FORWARD_POINTWISE = 14  # 4 bias adds, 5 activations, c = f*c + i*g (3), h = o*tanh(c) (2)
+BACKWARD_POINTWISE = 26  # dc, dz for 4 gates, dc_next, bias gradient (4)
+OPTIMIZER_FLOPS = {"sgd": 2, "sgd_momentum": 4, "adam": 12}
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    forward_matmul: int
+    backward_matmul: int
+    pointwise: int
+    optimizer: int
+
+    @property
+    def matmul(self) -> int:
+        return self.forward_matmul + self.backward_matmul
+
+    @property
+    def total(self) -> int:
+        return self.matmul + self.pointwise + self.optimizer
+
+
+def train_step_flops(cfg: ModelConfig, batch: int, steps: int, optimizer: str = "adam") -> StepFlops:
+    """FLOPs of one training step on a (batch, steps, input_size) minibatch."""
+    B, T, H, O = batch, steps, cfg.hidden_size, cfg.output_size
+    fwd = bwd = 0
+    for layer in range(cfg.num_layers):
+        D = cfg.layer_input_size(layer)
+        fwd += T * 2 * B * 4 * H * (D + H)
+        # weight gradients (D+H rows) + gradient to h_{t-1} (H) + to x_t (D, not for layer 0)
+        bwd += T * 2 * B * 4 * H * ((D + H) + H + (D if layer > 0 else 0))
+    head_uses = T if cfg.many_to_many else 1
+    fwd += head_uses * 2 * B * H * O
+    bwd += head_uses * 2 * 2 * B * H * O
+    pointwise = cfg.num_layers * T * B * H * (FORWARD_POINTWISE + BACKWARD_POINTWISE)
+    per_param = OPTIMIZER_FLOPS.get(optimizer, OPTIMIZER_FLOPS["adam"])
+    return StepFlops(fwd, bwd, pointwise, per_param * cfg.num_params())
