@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from lstmbench.config import ModelConfig
-from lstmbench.errors import DTypeError, NonFiniteError, ShapeError
+from lstmbench.errors import DataError, DTypeError, NonFiniteError, ShapeError
 
 
 def check_inputs(cfg: ModelConfig, x) -> np.ndarray:
@@ -53,7 +53,7 @@ def check_targets(cfg: ModelConfig, x: np.ndarray, y) -> np.ndarray:
         if not np.issubdtype(y.dtype, np.integer):
             raise DTypeError(f"'xent' targets must be integer class ids, got dtype {y.dtype}")
         if y.size and (y.min() < 0 or y.max() >= cfg.output_size):
-            raise ShapeError(
+            raise DataError(
                 f"'xent' targets must lie in [0, {cfg.output_size}), got values in [{y.min()}, {y.max()}]"
             )
     return y

@@ -1,0 +1,99 @@
+"""Checkpoints: parameters, optimizer state and run metadata in one .npz file.
+
+Written atomically (a temporary file in the same folder, flushed and fsynced,
+then renamed over the target), so a crash or Ctrl-C mid-write never leaves a
+half-written checkpoint and never destroys the previous good one. Loaded with
+``allow_pickle=False``: a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.errors import CheckpointError, LstmbenchError
+from lstmbench.params import Params, check_params
+
+FORMAT = "lstmbench-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model: ModelConfig
+    params: Params
+    optimizer: OptimizerConfig | None = None
+    opt_state: dict[str, np.ndarray] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # epoch, history, data description, ...
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path,
+    model: ModelConfig,
+    params: Mapping[str, np.ndarray],
+    optimizer: OptimizerConfig | None = None,
+    opt_state: Mapping[str, np.ndarray] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> None:
+    check_params(model, params)
+    header = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "model": model.to_dict(),
+        "optimizer": optimizer.to_dict() if optimizer else None,
+        "meta": dict(meta or {}),
+    }
+    arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
+    arrays.update({f"opt/{k}": np.asarray(v) for k, v in (opt_state or {}).items()})
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint; any problem is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        header = json.loads(bytes(arrays.pop("header")).decode())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable lstmbench checkpoint ({exc})") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an lstmbench checkpoint")
+    if header.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {header.get('version')}, this lstmbench reads {FORMAT_VERSION}")
+    try:
+        model = ModelConfig.from_dict(header["model"])
+        optimizer = OptimizerConfig.from_dict(header["optimizer"]) if header.get("optimizer") else None
+        params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
+        check_params(model, params, what=f"{path} parameters")
+    except LstmbenchError as exc:
+        raise CheckpointError(f"{path} is inconsistent: {exc}") from None
+    opt_state = {k[len("opt/") :]: v for k, v in arrays.items() if k.startswith("opt/")} or None
+    return Checkpoint(model, params, optimizer, opt_state, header.get("meta", {}))

@@ -1,0 +1,258 @@
+"""The conformance checks: what every backend must satisfy.
+
+Each check takes a backend and a :class:`Case` and raises AssertionError with a
+message that says what disagreed and by how much. The NumPy reference, run in
+float64 on the same numbers, is the expected answer.
+
+Tolerances (|actual - expected| <= rtol*|expected| + atol*max|expected|, per array):
+
+* float64: rtol = atol = 1e-10. Different but correct summation orders differ by
+  a few ulps (~1e-15 relative) per product; 1e-10 leaves room for T steps of
+  accumulation and still catches any real bug, which shows up at 1e-3 or more.
+* float32: rtol = atol = 1e-4. Measured: over 300 random models (T <= 16, H <= 32,
+  saturating inputs included) the float32 reference itself differed from the
+  float64 one by at most 6e-6 of an array's largest entry (about 50 float32
+  ulps). 1e-4 is ~20x that, and a wrong formula is still off by 1e-2 or more.
+
+Adam divides by sqrt(v): a gradient element at the rounding-noise level can
+change sign between correct implementations and move its parameter by up to
+2*lr per step. The training check therefore allows that much, and only that,
+on elements whose reference gradient was below the noise floor at some step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.errors import DataError, DTypeError, NonFiniteError, ShapeError, UnsupportedError
+from lstmbench.optim import init_optimizer_state, optimizer_step
+from lstmbench.params import copy_params, init_params
+from lstmbench.protocol import Backend
+from lstmbench.registry import load_backend
+from lstmbench.testing.strategies import Case
+
+REFERENCE = "numpy"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float  # relative to each element
+    atol: float  # relative to the largest element of the expected array
+
+
+TOLERANCES = {"float64": Tolerance(1e-10, 1e-10), "float32": Tolerance(1e-4, 1e-4)}
+
+
+def reference() -> Backend:
+    return load_backend(REFERENCE)
+
+
+def assert_close(what: str, actual, expected, dtype: str, slack: np.ndarray | float = 0.0) -> None:
+    """Compare one array against the reference with the dtype's tolerance (+ ``slack``)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {actual.shape}, reference has {expected.shape}")
+    tol = TOLERANCES[dtype]
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    err = np.abs(actual.astype(np.float64) - expected)
+    allowed = tol.rtol * np.abs(expected) + tol.atol * scale + slack
+    bad = ~(err <= allowed)  # also catches NaN
+    if bad.any():
+        worst = np.unravel_index(np.argmax(np.where(bad, err, -1)), err.shape) if err.ndim else ()
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {err.size} entries differ from the reference beyond the {dtype} "
+            f"tolerance (rtol={tol.rtol}, atol={tol.atol}*{scale:.3g}); worst at {worst}: "
+            f"{actual[worst]!r} vs {expected[worst]!r}"
+        )
+
+
+def assert_dtype(what: str, value: np.ndarray, cfg: ModelConfig) -> None:
+    if np.asarray(value).dtype != cfg.np_dtype:
+        raise AssertionError(f"{what} has dtype {np.asarray(value).dtype}, the model uses {cfg.dtype}")
+
+
+def assert_unchanged(what: str, before: dict, after: dict) -> None:
+    for k in before:
+        if not np.array_equal(before[k], after[k]):
+            raise AssertionError(f"the backend modified its input {what}[{k!r}]")
+
+
+# -- checks ---------------------------------------------------------------------------
+
+
+def check_forward(backend: Backend, case: Case) -> None:
+    """forward() equals the reference's outputs and leaves its inputs alone."""
+    ref = case.as_dtype("float64")
+    expected = reference().forward(ref.cfg, ref.params, ref.x)
+    params_before = copy_params(case.params)
+    out = backend.forward(case.cfg, case.params, case.x)
+    assert_dtype("forward output", out, case.cfg)
+    assert_close("forward output", out, expected, case.cfg.dtype)
+    assert_unchanged("params", params_before, case.params)
+
+
+def check_loss_and_grads(backend: Backend, case: Case) -> None:
+    """The loss and the gradient of every parameter equal the reference's."""
+    ref = case.as_dtype("float64")
+    expected_loss, expected_grads = reference().loss_and_grads(ref.cfg, ref.params, ref.x, ref.y)
+    params_before = copy_params(case.params)
+    loss, grads = backend.loss_and_grads(case.cfg, case.params, case.x, case.y)
+    assert_unchanged("params", params_before, case.params)
+    if set(grads) != set(expected_grads):
+        raise AssertionError(f"gradients have keys {sorted(grads)}, expected {sorted(expected_grads)}")
+    assert_close("loss", loss, expected_loss, case.cfg.dtype)
+    for name, g in expected_grads.items():
+        assert_dtype(f"gradient of {name}", grads[name], case.cfg)
+        assert_close(f"gradient of {name}", grads[name], g, case.cfg.dtype)
+
+
+def reference_training(case: Case):
+    """Reference float64 run of ``case.steps`` optimizer steps: losses, final params,
+    optimizer state, and the smallest |gradient| each element had along the way."""
+    ref = case.as_dtype("float64")
+    params, opt_state = copy_params(ref.params), init_optimizer_state(ref.opt, ref.params)
+    losses, smallest = [], {k: np.full(v.shape, np.inf) for k, v in params.items()}
+    noise_floor = {k: 0.0 for k in params}
+    for _ in range(case.steps):
+        loss, grads = reference().loss_and_grads(ref.cfg, params, ref.x, ref.y)
+        losses.append(loss)
+        for k, g in grads.items():
+            smallest[k] = np.minimum(smallest[k], np.abs(g))
+            noise_floor[k] = max(noise_floor[k], TOLERANCES[case.cfg.dtype].atol * float(np.max(np.abs(g))))
+        optimizer_step(ref.opt, params, grads, opt_state)
+    near_zero = {k: smallest[k] <= noise_floor[k] for k in params}
+    return losses, params, opt_state, near_zero
+
+
+def check_training_steps(backend: Backend, case: Case) -> None:
+    """After k fused training steps (clipping, SGD/Adam) the losses, parameters and
+    optimizer state equal the reference's."""
+    losses, expected, expected_state, near_zero = reference_training(case)
+    state = backend.init_state(case.cfg, case.params, case.opt)
+    got_losses = [backend.train_step(state, case.x, case.y) for _ in range(case.steps)]
+    assert_close("losses along the steps", got_losses, losses, case.cfg.dtype)
+    got = backend.get_params(state)
+    adam_slack = 2 * case.opt.lr * case.steps if case.opt.kind == "adam" else 0.0
+    for name, value in expected.items():
+        assert_dtype(f"parameter {name} after {case.steps} steps", got[name], case.cfg)
+        assert_close(f"parameter {name} after {case.steps} {case.opt.kind} steps", got[name], value,
+                     case.cfg.dtype, slack=np.where(near_zero[name], adam_slack, 0.0))
+    got_state = backend.get_optimizer_state(state)
+    if set(got_state) != set(expected_state) or int(got_state["step"]) != case.steps:
+        raise AssertionError(f"optimizer state keys {sorted(got_state)} (step {got_state.get('step')}), "
+                             f"expected {sorted(expected_state)} (step {case.steps})")
+    for key, value in expected_state.items():
+        if key != "step":
+            assert_close(f"optimizer state {key}", got_state[key], value, case.cfg.dtype)
+
+
+def _run_everything(backend: Backend, case: Case):
+    out = backend.forward(case.cfg, case.params, case.x)
+    loss, grads = backend.loss_and_grads(case.cfg, case.params, case.x, case.y)
+    state = backend.init_state(case.cfg, case.params, case.opt)
+    losses = [backend.train_step(state, case.x, case.y) for _ in range(case.steps)]
+    return {"forward": out, "loss": np.array(loss), "losses": np.array(losses),
+            **{f"grad {k}": v for k, v in grads.items()},
+            **{f"trained {k}": v for k, v in backend.get_params(state).items()}}
+
+
+def check_deterministic(backend: Backend, case: Case) -> None:
+    """The same inputs give the same bits, twice in a row."""
+    first, second = _run_everything(backend, case), _run_everything(backend, case)
+    for key in first:
+        if not np.array_equal(first[key], second[key]) or first[key].dtype != second[key].dtype:
+            raise AssertionError(f"{key}: two identical runs gave different bits")
+
+
+def check_thread_independent(backend: Backend, case: Case) -> None:
+    """One thread and several give the same numbers up to rounding."""
+    original = backend.threads
+    try:
+        backend.set_threads(1)
+        one = _run_everything(backend, case)
+        backend.set_threads(max(2, original))
+        many = _run_everything(backend, case)
+    finally:
+        backend.set_threads(original)
+    for key in one:
+        assert_close(f"{key} with {max(2, original)} threads vs 1 thread", many[key], one[key], case.cfg.dtype)
+
+
+def check_bad_inputs(backend: Backend, case: Case) -> None:
+    """Bad inputs raise the documented error type, whatever the backend."""
+    cfg, p, x, y = case.cfg, case.params, case.x, case.y
+    other = "float32" if cfg.dtype == "float64" else "float64"
+    bad_y_dtype = y.astype(other) if cfg.loss == "mse" else y.astype(np.float64)
+    nan_x = x.copy()
+    nan_x.flat[0] = np.nan
+    bad_params = dict(p)
+    bad_params["head.W"] = p["head.W"][:, :0]
+    calls: list[tuple[str, type, Callable[[], object]]] = [
+        ("x with 2 dimensions", ShapeError, lambda: backend.forward(cfg, p, x[0])),
+        ("x with the wrong feature size", ShapeError,
+         lambda: backend.forward(cfg, p, np.zeros(x.shape[:2] + (cfg.input_size + 1,), cfg.dtype))),
+        ("x of the wrong dtype", DTypeError, lambda: backend.forward(cfg, p, x.astype(other))),
+        ("x containing NaN", NonFiniteError, lambda: backend.forward(cfg, p, nan_x)),
+        ("y of the wrong shape", ShapeError, lambda: backend.loss_and_grads(cfg, p, x, y[:, None])),
+        ("y of the wrong dtype", DTypeError, lambda: backend.loss_and_grads(cfg, p, x, bad_y_dtype)),
+        ("params with a wrong shape", ShapeError, lambda: backend.forward(cfg, bad_params, x)),
+        ("params of the wrong dtype", DTypeError,
+         lambda: backend.forward(cfg, {k: v.astype(other) for k, v in p.items()}, x)),
+        ("x containing NaN in a training step", NonFiniteError,
+         lambda: backend.train_step(backend.init_state(cfg, p, case.opt), nan_x, y)),
+    ]
+    if cfg.loss == "xent":
+        calls.append(("class ids out of range", DataError,
+                      lambda: backend.loss_and_grads(cfg, p, x, np.full_like(y, cfg.output_size))))
+    else:
+        nan_y = y.copy()
+        nan_y.flat[0] = np.inf
+        calls.append(("y containing inf", NonFiniteError, lambda: backend.loss_and_grads(cfg, p, x, nan_y)))
+    for what, error, call in calls:
+        try:
+            call()
+        except error:
+            continue
+        except Exception as exc:
+            raise AssertionError(f"{what}: expected {error.__name__}, got {type(exc).__name__}: {exc}") from exc
+        raise AssertionError(f"{what}: expected {error.__name__}, nothing was raised")
+
+
+def unsupported_variants(backend: Backend, cfg: ModelConfig) -> list[ModelConfig]:
+    """Configurations near ``cfg`` that the backend declares it does not support."""
+    caps = backend.capabilities
+    variants: list[ModelConfig] = []
+    if caps.max_layers is not None:
+        variants.append(replace(cfg, num_layers=caps.max_layers + 1))
+    variants += [replace(cfg, dtype=d) for d in ("float32", "float64") if d not in caps.dtypes]
+    if not caps.many_to_many:
+        variants.append(replace(cfg, many_to_many=True))
+    if not caps.many_to_one:
+        variants.append(replace(cfg, many_to_many=False))
+    return variants
+
+
+def check_declared_unsupported(backend: Backend, case: Case) -> None:
+    """What the backend declares unsupported is refused with UnsupportedError, not run."""
+    for cfg in unsupported_variants(backend, case.cfg):
+        x = np.zeros((1, 2, cfg.input_size), cfg.dtype)
+        try:
+            backend.forward(cfg, init_params(cfg, 0), x)
+        except UnsupportedError:
+            continue
+        raise AssertionError(f"{cfg} is declared unsupported but forward() did not raise UnsupportedError")
+
+
+CHECKS: dict[str, Callable[[Backend, Case], None]] = {
+    "forward": check_forward,
+    "loss_and_grads": check_loss_and_grads,
+    "training_steps": check_training_steps,
+    "deterministic": check_deterministic,
+    "thread_independent": check_thread_independent,
+    "bad_inputs": check_bad_inputs,
+    "declared_unsupported": check_declared_unsupported,
+}

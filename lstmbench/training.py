@@ -1,0 +1,211 @@
+"""The training loop shared by every backend.
+
+Epochs over minibatches shuffled by a generator seeded with (seed, epoch), so
+the order of epoch k does not depend on what ran before: a run stopped and
+resumed visits the same batches in the same order as an uninterrupted one, and
+(with the optimizer state restored from the checkpoint) ends with the same
+parameters. Checkpoints are written atomically; a NaN/inf loss stops the run
+and keeps the last good checkpoint; Ctrl-C saves the exact position and exits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lstmbench.checkpoint import Checkpoint, save_checkpoint
+from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.errors import CheckpointError, ConfigError, DivergenceError
+from lstmbench.metrics import mean_loss
+from lstmbench.params import Params
+from lstmbench.protocol import Backend
+from lstmbench.validation import check_inputs, check_targets
+
+LAST_CHECKPOINT = "last.npz"  # resumable: latest parameters, optimizer state, position
+BEST_CHECKPOINT = "best.npz"  # best validation loss: what `predict` uses
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    seed: int = 0
+    patience: int | None = None  # stop after this many epochs without a better validation loss
+    min_delta: float = 0.0
+    out_dir: Path | None = None  # where last.npz / best.npz go (None: no checkpoints)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
+
+
+@dataclass
+class TrainResult:
+    params: Params  # parameters with the best validation loss
+    last_params: Params
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_loss: float
+    stop_reason: str  # "completed", "early stopping", "interrupted"
+    seconds: float
+
+
+@dataclass
+class _Progress:
+    """Where the run is; saved in the checkpoint so a resume continues exactly."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in the current epoch
+    loss_sum: float = 0.0  # training loss of the current epoch so far (sum over samples)
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch: a function of (seed, epoch) alone."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def evaluate(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, y: np.ndarray,
+             chunk: int = 4096) -> tuple[np.ndarray, float]:
+    """Outputs and mean loss over a whole split, in chunks to bound memory."""
+    outputs = np.concatenate([backend.forward(cfg, params, x[i : i + chunk]) for i in range(0, len(x), chunk)])
+    return outputs, mean_loss(cfg, outputs, y)
+
+
+def train(
+    backend: Backend,
+    cfg: ModelConfig,
+    opt: OptimizerConfig,
+    params: Params,
+    train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray],
+    run: RunConfig,
+    *,
+    resume: Checkpoint | None = None,
+    meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``params`` with ``backend``; see the module docstring for the guarantees.
+
+    ``meta`` is stored in every checkpoint (dataset description, scaler, ...).
+    ``resume``: a checkpoint written by this function (last.npz) to continue from.
+    """
+    (x, y), (x_val, y_val) = train_data, val_data
+    for xs, ys in ((x, y), (x_val, y_val)):
+        check_inputs(cfg, xs)
+        check_targets(cfg, xs, ys)
+    meta = dict(meta or {})
+    progress = _Progress()
+    opt_state = None
+    best_params = params
+    if resume is not None:
+        params, opt_state, progress = _restore(resume, cfg, opt, run)
+        best_params = _load_best(run.out_dir, cfg, fallback=params)
+    state = backend.init_state(cfg, params, opt, opt_state)
+
+    n = len(x)
+    batches_per_epoch = math.ceil(n / run.batch_size)
+    stop_reason = "completed"
+    start = time.perf_counter()
+    bar = tqdm(total=run.epochs * batches_per_epoch, initial=progress.epoch * batches_per_epoch + progress.batch,
+               disable=not run.progress, unit="batch", desc=f"train[{backend.name}]", leave=False)
+
+    def checkpoint(path_name: str, saved_params: Params, with_state: bool) -> None:
+        if run.out_dir is None:
+            return
+        save_checkpoint(
+            Path(run.out_dir) / path_name, cfg, saved_params, opt,
+            backend.get_optimizer_state(state) if with_state else None,
+            {**meta, "run": _run_meta(run), "progress": vars(progress).copy()} if with_state else meta,
+        )
+
+    try:
+        while progress.epoch < run.epochs:
+            order = epoch_order(n, run.seed, progress.epoch)
+            epoch_start = time.perf_counter()
+            while progress.batch < batches_per_epoch:
+                idx = order[progress.batch * run.batch_size : (progress.batch + 1) * run.batch_size]
+                loss = backend.train_step(state, x[idx], y[idx])
+                if not math.isfinite(loss):
+                    raise DivergenceError(
+                        f"training loss became {loss} at epoch {progress.epoch + 1}, batch {progress.batch + 1}; "
+                        f"the run stopped and the last good checkpoint (epoch {progress.epoch}) is kept. "
+                        "Try a smaller learning rate or gradient clipping (--clip-norm)."
+                    )
+                progress.loss_sum += loss * len(idx)
+                progress.batch += 1
+                bar.update(1)
+            current = backend.get_params(state)
+            _, val_loss = evaluate(backend, cfg, current, x_val, y_val)
+            if not math.isfinite(val_loss):
+                raise DivergenceError(
+                    f"validation loss became {val_loss} after epoch {progress.epoch + 1}; "
+                    f"the last good checkpoint (epoch {progress.epoch}) is kept."
+                )
+            record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / n, "val_loss": val_loss,
+                      "seconds": time.perf_counter() - epoch_start}
+            progress.history.append(record)
+            progress.epoch, progress.batch, progress.loss_sum = progress.epoch + 1, 0, 0.0
+            improved = val_loss < progress.best_val_loss - run.min_delta
+            if improved:
+                progress.best_val_loss, progress.best_epoch, progress.bad_epochs = val_loss, progress.epoch, 0
+                best_params = current
+                checkpoint(BEST_CHECKPOINT, best_params, with_state=False)
+            else:
+                progress.bad_epochs += 1
+            checkpoint(LAST_CHECKPOINT, current, with_state=True)
+            bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}")
+            if on_epoch:
+                on_epoch(record)
+            if run.patience is not None and progress.bad_epochs >= run.patience:
+                stop_reason = "early stopping"
+                break
+    except KeyboardInterrupt:
+        # Save the exact position (mid-epoch included) so a resume continues bit for bit.
+        stop_reason = "interrupted"
+        checkpoint(LAST_CHECKPOINT, backend.get_params(state), with_state=True)
+    finally:
+        bar.close()
+    return TrainResult(best_params, backend.get_params(state), progress.history, progress.best_epoch,
+                       progress.best_val_loss, stop_reason, time.perf_counter() - start)
+
+
+def _run_meta(run: RunConfig) -> dict[str, Any]:
+    return {"batch_size": run.batch_size, "seed": run.seed}
+
+
+def _restore(ckpt: Checkpoint, cfg: ModelConfig, opt: OptimizerConfig, run: RunConfig):
+    """Parameters, optimizer state and position from a last.npz, checked against this run."""
+    if ckpt.model != cfg:
+        raise CheckpointError(f"checkpoint model {ckpt.model} does not match this run's {cfg}")
+    if ckpt.optimizer != opt:
+        raise CheckpointError(f"checkpoint optimizer {ckpt.optimizer} does not match this run's {opt}")
+    saved = ckpt.meta.get("run")
+    if saved is None or ckpt.opt_state is None or "progress" not in ckpt.meta:
+        raise CheckpointError("checkpoint has no training state to resume from (use last.npz)")
+    if saved != _run_meta(run):
+        raise CheckpointError(f"checkpoint was written with {saved}, this run uses {_run_meta(run)}; "
+                              "batch size and seed must match to resume exactly")
+    progress = _Progress(**ckpt.meta["progress"])
+    return ckpt.params, ckpt.opt_state, progress
+
+
+def _load_best(out_dir, cfg: ModelConfig, fallback: Params) -> Params:
+    from lstmbench.checkpoint import load_checkpoint
+
+    path = Path(out_dir) / BEST_CHECKPOINT if out_dir is not None else None
+    if path is None or not path.exists():
+        return fallback
+    return load_checkpoint(path).params
