@@ -1,0 +1,188 @@
+"""The `lstmbench` command: list backends, train, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+import lstmbench as lb
+from lstmbench import experiment
+from lstmbench.checkpoint import load_checkpoint
+from lstmbench.config import OptimizerConfig
+from lstmbench.errors import DivergenceError, LstmbenchError
+from lstmbench.training import BEST_CHECKPOINT, LAST_CHECKPOINT, RunConfig, train
+
+
+def cmd_backends(args) -> int:
+    infos = lb.list_backends()
+    if args.json:
+        print(json.dumps([vars(i) for i in infos], indent=2))
+        return 0
+    rows = [("name", "available", "dtypes", "notes")]
+    for i in infos:
+        rows.append((i.name, "yes" if i.available else "no", ",".join(i.dtypes), i.description if i.available else i.reason))
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+    return 0
+
+
+def _backend(name: str, threads: int | None) -> lb.Backend:
+    backend = lb.get_backend(name)
+    backend.set_threads(threads)
+    return backend
+
+
+def cmd_train(args) -> int:
+    out = Path(args.out)
+    backend = _backend(args.backend, args.threads)
+    source = experiment.make_source(args.dataset, args.csv, args.columns, args.index_column, args.text_file)
+    task = experiment.build_task(source, hidden_size=args.hidden, num_layers=args.layers, dtype=args.dtype,
+                                 window=args.window, horizon=args.horizon, target=args.target, seq_len=args.seq_len)
+    opt = OptimizerConfig(args.optimizer, lr=args.lr, momentum=args.momentum, clip_norm=args.clip_norm)
+    run = RunConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, patience=args.patience,
+                    out_dir=out, progress=not args.quiet)
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(out / LAST_CHECKPOINT)
+    elif (out / LAST_CHECKPOINT).exists() and not args.overwrite:
+        raise LstmbenchError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    params = lb.init_params(task.cfg, seed=args.seed)
+    print(f"lstmbench train: {source.spec} -> {task.cfg}", file=sys.stderr)
+    print(f"  backend {backend.name} ({backend.runtime_info()}), {len(task.train[0])} train / "
+          f"{len(task.val[0])} val / {len(task.test[0])} test examples", file=sys.stderr)
+
+    def report(rec):
+        tqdm.write(f"epoch {rec['epoch']:3d}  train {rec['train_loss']:.5f}  val {rec['val_loss']:.5f}  "
+                   f"({rec['seconds']:.2f} s)", file=sys.stderr)
+
+    try:
+        result = train(backend, task.cfg, opt, params, task.train, task.val, run, resume=resume, meta=task.meta,
+                       on_epoch=report)
+    except DivergenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    if result.stop_reason == "interrupted":
+        print(f"interrupted: state saved to {out / LAST_CHECKPOINT}; continue with --resume", file=sys.stderr)
+        return 130
+    report_ = experiment.evaluate(backend, task, result.params)
+    metrics = {"model": task.cfg.to_dict(), "optimizer": opt.to_dict(), "backend": backend.name,
+               "runtime": backend.runtime_info(), "data": task.meta["source"], "stop_reason": result.stop_reason,
+               "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "seconds": result.seconds,
+               "history": result.history, "test": report_}
+    experiment.write_metrics(out / "metrics.json", metrics)
+    experiment.plot_run(backend, task, result.params, result.history, out / "predictions.png")
+    print(f"stopped: {result.stop_reason}; best validation loss {result.best_val_loss:.5f} at epoch {result.best_epoch}")
+    if "test_rmse" in report_:
+        verdict = "beats" if report_["test_rmse"] < report_["naive_rmse"] else "does NOT beat"
+        print(f"test RMSE {report_['test_rmse']:.4g} {report_['units']} vs naive last-value forecast "
+              f"{report_['naive_rmse']:.4g}: the model {verdict} the naive forecast")
+    else:
+        verdict = "beats" if report_["test_loss"] < report_["naive_loss"] else "does NOT beat"
+        print(f"test cross-entropy {report_['test_loss']:.4f} nats/symbol (accuracy {report_['test_accuracy']:.3f}) "
+              f"vs unigram baseline {report_['naive_loss']:.4f} ({report_['naive_accuracy']:.3f}): the model {verdict} it")
+    print(f"wrote {out / BEST_CHECKPOINT}, {out / LAST_CHECKPOINT}, {out / 'metrics.json'}, {out / 'predictions.png'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    meta = ckpt.meta
+    if "task" not in meta:
+        raise LstmbenchError(f"{args.checkpoint} was not written by `lstmbench train` (no task description)")
+    backend = _backend(args.backend, args.threads)
+    if meta["task"] == "series":
+        spec = dict(meta["source"])
+        if args.csv:
+            spec = {"csv": args.csv, "columns": meta["columns"], "index_column": args.index_column}
+        series = experiment.Source("series", spec).load()
+        values = experiment.forecast(backend, ckpt.model, ckpt.params, meta, series, args.steps)
+        col = meta["columns"][meta["target_column"]]
+        if args.json:
+            print(json.dumps({"column": col, "forecast": values.tolist()}))
+        else:
+            print(f"next {args.steps} value(s) of {col!r} after the end of the series:")
+            for k, v in enumerate(values, 1):
+                print(f"  +{k}: {v:.6g}")
+        return 0
+    print(experiment.sample_text(backend, ckpt.model, ckpt.params, meta, args.prime, args.length,
+                                 args.temperature, args.seed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lstmbench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lstmbench {lb.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backends", help="list backends, whether they run here, and why not")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("train", help="train a model on a bundled dataset, a CSV file or a text file")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", help=f"bundled or synthetic dataset: {', '.join(experiment.dataset_names())}")
+    data.add_argument("--csv", help="a CSV file with a header row (a time series)")
+    data.add_argument("--columns", nargs="+", help="CSV value columns to use (default: every numeric column)")
+    data.add_argument("--index-column", help="CSV column holding the time index (e.g. year)")
+    data.add_argument("--target", default=0, help="column to forecast, by name or position (default: the first)")
+    data.add_argument("--text-file", help="a UTF-8 text file for next-symbol prediction")
+    data.add_argument("--window", type=int, default=20, help="input steps per example (series; default 20)")
+    data.add_argument("--horizon", type=int, default=1, help="values to forecast after each window (default 1)")
+    data.add_argument("--seq-len", type=int, default=64, help="symbols per sequence (text; default 64)")
+    model = p.add_argument_group("model and training")
+    model.add_argument("--hidden", type=int, default=32, help="hidden size H (default 32)")
+    model.add_argument("--layers", type=int, default=1, help="stacked LSTM layers (default 1)")
+    model.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    model.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    model.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    model.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    model.add_argument("--clip-norm", type=float, default=None, help="clip the global gradient norm to this")
+    model.add_argument("--batch-size", type=int, default=32)
+    model.add_argument("--epochs", type=int, default=20)
+    model.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
+    model.add_argument("--seed", type=int, default=0)
+    _add_backend_args(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="runs/latest", help="output folder (default runs/latest)")
+    out.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    out.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="forecast a series or sample text from a trained checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint written by `lstmbench train` (e.g. runs/latest/best.npz)")
+    p.add_argument("--steps", type=int, default=5, help="series: values to forecast (default 5)")
+    p.add_argument("--csv", help="series: forecast after the end of this CSV instead of the training data")
+    p.add_argument("--index-column", help="series: index column of --csv")
+    p.add_argument("--prime", default="", help="text: the start of the text to continue")
+    p.add_argument("--length", type=int, default=200, help="text: symbols to sample (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="text: sampling temperature (default 0.8)")
+    p.add_argument("--seed", type=int, default=0, help="text: sampling seed")
+    p.add_argument("--json", action="store_true", help="series: machine-readable output")
+    _add_backend_args(p)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backend")
+    g.add_argument("--backend", default="numpy", help="backend name (see `lstmbench backends`; default numpy)")
+    g.add_argument("--threads", type=int, default=None, help="threads the backend may use (default: all cores)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LstmbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

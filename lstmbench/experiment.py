@@ -1,0 +1,217 @@
+"""From a dataset to a trained, evaluated model: what `lstmbench train` and
+`lstmbench predict` do, as functions scripts can call too.
+
+Two task kinds:
+* "series": many-to-one regression; a window of every column predicts the
+  next `horizon` values of the target column (output_size = horizon);
+* "text": many-to-many next-symbol prediction on one-hot symbols ("xent").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lstmbench import data as lbdata
+from lstmbench.checkpoint import atomic_write
+from lstmbench.config import ModelConfig
+from lstmbench.errors import DataError
+from lstmbench.metrics import accuracy, mae, mean_loss, rmse
+from lstmbench.params import Params
+from lstmbench.protocol import Backend
+
+SYNTHETIC = {"sine": "noisy sine mixture (1000 steps)", "anbn": "a^n b^n strings (400 of them)"}
+
+
+def dataset_names() -> list[str]:
+    return [*lbdata.BUNDLED_SERIES, *lbdata.BUNDLED_TEXTS, *SYNTHETIC]
+
+
+@dataclass
+class Source:
+    """Where the data came from; stored in checkpoints so `predict` can reload it."""
+
+    kind: str  # "series" or "text"
+    spec: dict[str, Any]  # {"dataset": name} | {"csv": path, "columns": [...], "index_column": ...} | {"text_file": path}
+
+    def load(self):
+        """The Series or text this source names."""
+        if "dataset" in self.spec:
+            name = self.spec["dataset"]
+            if name == "sine":
+                return lbdata.noisy_sine_mixture(1000, seed=0)
+            if name == "anbn":
+                return lbdata.anbn(400, seed=0)
+            return lbdata.load_series(name) if name in lbdata.BUNDLED_SERIES else lbdata.load_text(name)
+        if "csv" in self.spec:
+            return lbdata.read_csv_series(self.spec["csv"], columns=self.spec.get("columns"),
+                                          index_column=self.spec.get("index_column"))
+        path = Path(self.spec["text_file"])
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read text file {path}: {exc}") from None
+
+
+def make_source(dataset: str | None = None, csv: str | None = None, columns: list[str] | None = None,
+                index_column: str | None = None, text_file: str | None = None) -> Source:
+    given = [v for v in (dataset, csv, text_file) if v is not None]
+    if len(given) != 1:
+        raise DataError("give exactly one of --dataset, --csv or --text-file")
+    if dataset is not None:
+        if dataset not in dataset_names():
+            raise DataError(f"unknown dataset {dataset!r}; available: {', '.join(dataset_names())}")
+        kind = "text" if dataset in (*lbdata.BUNDLED_TEXTS, "anbn") else "series"
+        return Source(kind, {"dataset": dataset})
+    if csv is not None:
+        return Source("series", {"csv": str(Path(csv).resolve()), "columns": columns, "index_column": index_column})
+    return Source("text", {"text_file": str(Path(text_file).resolve())})
+
+
+@dataclass
+class Task:
+    """Arrays and model shape for one training run, plus what evaluation needs."""
+
+    source: Source
+    cfg: ModelConfig
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    meta: dict[str, Any]  # JSON: source, window/seq_len, scaler or vocabulary
+    windows: lbdata.WindowedDataset | None = None
+    text: lbdata.TextDataset | None = None
+
+
+def build_task(source: Source, *, hidden_size: int, num_layers: int = 1, dtype: str = "float32",
+               window: int = 20, horizon: int = 1, target: str | int = 0, seq_len: int = 64) -> Task:
+    loaded = source.load()
+    if source.kind == "series":
+        win = lbdata.make_windows(loaded, window, horizon, target_column=target)
+        cfg = ModelConfig(input_size=win.series.values.shape[1], hidden_size=hidden_size, output_size=horizon,
+                          num_layers=num_layers, loss="mse", many_to_many=False, dtype=dtype)
+        split = lambda s: (s.x.astype(dtype), s.y.astype(dtype))  # noqa: E731
+        meta = {"task": "series", "source": source.spec, "window": window, "horizon": horizon,
+                "target_column": win.target_column, "columns": list(win.series.columns),
+                "scaler": win.scaler.to_dict()}
+        return Task(source, cfg, split(win.train), split(win.val), split(win.test), meta, windows=win)
+    text = lbdata.make_text_dataset(loaded, seq_len)
+    V = text.vocab.size
+    cfg = ModelConfig(input_size=V, hidden_size=hidden_size, output_size=V, num_layers=num_layers,
+                      loss="xent", many_to_many=True, dtype=dtype)
+    split = lambda s: (s.x.astype(dtype), s.y)  # noqa: E731
+    meta = {"task": "text", "source": source.spec, "seq_len": seq_len, "vocab": text.vocab.to_list()}
+    return Task(source, cfg, split(text.train), split(text.val), split(text.test), meta, text=text)
+
+
+def predict_in_chunks(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, chunk: int = 4096):
+    return np.concatenate([backend.forward(cfg, params, x[i : i + chunk]) for i in range(0, len(x), chunk)])
+
+
+def evaluate(backend: Backend, task: Task, params: Params) -> dict[str, Any]:
+    """Test-part metrics next to a naive baseline's."""
+    x, y = task.test
+    out = predict_in_chunks(backend, task.cfg, params, x)
+    if task.windows is not None:
+        win = task.windows
+        col = win.target_column
+        pred = win.scaler.inverse(out.astype(np.float64), column=col)
+        truth = win.scaler.inverse(win.test.y, column=col)
+        naive = win.scaler.inverse(win.test.last_input, column=col)
+        return {"test_loss": mean_loss(task.cfg, out, y), "test_rmse": rmse(pred, truth), "test_mae": mae(pred, truth),
+                "naive_rmse": rmse(naive, truth), "naive_mae": mae(naive, truth), "units": win.series.columns[col],
+                "baseline": "last value"}
+    # Naive baseline for text: a unigram model of the training symbols (add-one smoothing).
+    counts = np.bincount(task.train[1].ravel(), minlength=task.cfg.output_size) + 1.0
+    log_p = np.log(counts / counts.sum())
+    naive_loss = float(-log_p[y].mean())
+    return {"test_loss": mean_loss(task.cfg, out, y), "test_accuracy": accuracy(out, y),
+            "naive_loss": naive_loss, "naive_accuracy": float(np.mean(y == np.argmax(counts))),
+            "baseline": "unigram frequencies"}
+
+
+def write_metrics(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))
+
+
+def plot_run(backend: Backend, task: Task, params: Params, history: list[dict], path: Path) -> None:
+    """PNG: predictions against truth on the test part (series) and the loss curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    ax = axes[0]
+    if task.windows is not None:
+        win = task.windows
+        col = win.target_column
+        out = predict_in_chunks(backend, task.cfg, params, task.test[0]).astype(np.float64)
+        when = win.series.index[win.test.target_start]
+        ax.plot(when, win.scaler.inverse(win.test.y, column=col)[:, 0], "k.-", label="truth")
+        ax.plot(when, win.scaler.inverse(out, column=col)[:, 0], "C0.-", label=f"LSTM ({backend.name})")
+        ax.plot(when, win.scaler.inverse(win.test.last_input, column=col)[:, 0], "C1--", alpha=0.7,
+                label="naive: last value")
+        ax.set_title(f"{win.series.name}: test part, one step ahead")
+        ax.set_ylabel(win.series.columns[col])
+        ax.legend()
+    else:
+        out = predict_in_chunks(backend, task.cfg, params, task.test[0][:1])
+        probs = np.exp(out[0] - out[0].max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        truth = task.test[1][0]
+        ax.plot(probs[np.arange(len(truth)), truth], "C0.-")
+        ax.set_ylim(0, 1)
+        ax.set_title("test sequence: probability given to the true next symbol")
+        ax.set_xlabel("position")
+    epochs = [h["epoch"] for h in history]
+    axes[1].plot(epochs, [h["train_loss"] for h in history], label="train")
+    axes[1].plot(epochs, [h["val_loss"] for h in history], label="validation")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel(f"{task.cfg.loss} loss")
+    axes[1].set_yscale("log")
+    axes[1].legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def forecast(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, series: lbdata.Series,
+             steps: int) -> np.ndarray:
+    """The next ``steps`` values of the target column after the end of ``series``.
+    Beyond the model's horizon, predictions are fed back (univariate series only)."""
+    scaler = lbdata.Standardizer.from_dict(meta["scaler"])
+    window, horizon, col = meta["window"], meta["horizon"], meta["target_column"]
+    if list(series.columns) != meta["columns"]:
+        raise DataError(f"the series has columns {list(series.columns)}, the model was trained on {meta['columns']}")
+    if len(series) < window:
+        raise DataError(f"forecasting needs at least window={window} values, the series has {len(series)}")
+    if steps > horizon and len(series.columns) > 1:
+        raise DataError(f"this model forecasts {horizon} step(s) of one column from {len(series.columns)} columns; "
+                        f"it cannot feed its predictions back, so --steps must be <= {horizon}")
+    history = scaler.transform(series.values)[-window:]  # (window, C), standardized
+    predicted: list[float] = []
+    while len(predicted) < steps:
+        out = backend.forward(cfg, params, history[None].astype(cfg.dtype))[0].astype(np.float64)  # (horizon,)
+        predicted.extend(out.tolist())
+        history = np.concatenate([history, out[:, None]])[-window:]
+    return scaler.inverse(np.array(predicted[:steps])[:, None], column=col)[:, 0]
+
+
+def sample_text(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, prime: str, length: int,
+                temperature: float = 1.0, seed: int = 0) -> str:
+    """Continue ``prime`` by ``length`` symbols sampled from the model."""
+    if temperature <= 0:
+        raise DataError(f"temperature must be positive, got {temperature}")
+    vocab = lbdata.Vocabulary.from_list(meta["vocab"])
+    rng = np.random.default_rng(seed)
+    ids = list(vocab.encode(prime)) or [int(rng.integers(1, vocab.size))]
+    for _ in range(length):
+        context = vocab.one_hot(np.array(ids[-meta["seq_len"] :]))[None].astype(cfg.dtype)
+        logits = backend.forward(cfg, params, context)[0, -1].astype(np.float64) / temperature
+        probs = np.exp(logits - logits.max())
+        ids.append(int(rng.choice(vocab.size, p=probs / probs.sum())))
+    return vocab.decode(ids)
