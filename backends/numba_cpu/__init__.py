@@ -1,0 +1,209 @@
+"""The Numba threaded CPU backend (registered as ``numba``).
+
+Importing this module is cheap: numba is imported (and kernels compiled, or
+loaded from the on-disk cache) only when the backend first runs.
+The math and its fast form are in kernels.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+
+import numpy as np
+
+from lstmbench import Backend, Capabilities, ModelConfig, TrainState
+from lstmbench.optim import clip_scale
+
+
+@dataclass
+class Layout:
+    """Where each parameter lives in the flat vector theta."""
+
+    offs: np.ndarray  # (L+1, 3) int64: W_x, W_h, b offsets per layer; W_y, b_y for the head
+    slices: dict[str, tuple[int, int, tuple[int, ...]]]  # name -> (start, stop, shape)
+    size: int
+
+    @classmethod
+    def of(cls, cfg: ModelConfig) -> "Layout":
+        slices, pos = {}, 0
+        for name, shape in cfg.param_shapes().items():
+            n = int(np.prod(shape))
+            slices[name] = (pos, pos + n, shape)
+            pos += n
+        L = cfg.num_layers
+        offs = np.zeros((L + 1, 3), dtype=np.int64)
+        for l in range(L):
+            offs[l] = [slices[f"l{l}.W_x"][0], slices[f"l{l}.W_h"][0], slices[f"l{l}.b"][0]]
+        offs[L, :2] = [slices["head.W"][0], slices["head.b"][0]]
+        return cls(offs, slices, pos)
+
+    def flatten(self, arrays, dtype) -> np.ndarray:
+        flat = np.empty(self.size, dtype=dtype)
+        for name, (a, b, _) in self.slices.items():
+            flat[a:b] = np.asarray(arrays[name]).ravel()
+        return flat
+
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: flat[a:b].reshape(shape) for name, (a, b, shape) in self.slices.items()}
+
+
+@dataclass
+class Workspace:
+    """Every buffer one call needs, for one (batch, steps, shards) shape; reused across calls."""
+
+    shard_lo: np.ndarray
+    shard_nb: np.ndarray
+    buffers: dict[str, np.ndarray]
+
+    @classmethod
+    def make(cls, cfg: ModelConfig, B: int, T: int, threads: int, size: int) -> "Workspace":
+        rows = math.ceil(B / max(1, min(threads, B)))  # rows per shard
+        S = math.ceil(B / rows)
+        L, H, D, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
+        Tout = T if cfg.many_to_many else 1
+        z = lambda *shape: np.zeros(shape, dtype=dt)  # noqa: E731 (zero: padding rows must stay 0)
+        buffers = dict(
+            xs=z(S, T, rows, D), hs=z(S, L, T + 1, rows, H), cs=z(S, L, T + 1, rows, H),
+            gates=z(S, L, T, rows, 4 * H), tcs=z(S, L, T, rows, H), rec=z(S, rows, 4 * H),
+            yout=z(S, Tout, rows, O), dy=z(S, Tout, rows, O), dh_in=z(S, T, rows, H),
+            dhn=z(S, rows, H), dcn=z(S, rows, H), grads=z(S, size), losses=np.zeros(S),
+        )
+        lo = np.arange(S, dtype=np.int64) * rows
+        return cls(lo, np.minimum(rows, B - lo).astype(np.int64), buffers)
+
+
+@dataclass
+class NumbaState(TrainState):
+    theta: np.ndarray = None  # flat parameters; state.params are views into it
+    slots: dict[str, np.ndarray] = field(default_factory=dict)  # flat optimizer buffers
+    grad: np.ndarray = None
+
+
+class NumbaThreads(Backend):
+    """Batch shards on Numba threads, BLAS for the products, fused Adam/SGD."""
+
+    name = "numba"
+    description = "Numba, batch shards on CPU threads, fused training step"
+    capabilities = Capabilities()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._workspaces: dict[tuple, Workspace] = {}
+        self._layouts: dict[ModelConfig, Layout] = {}
+        self._blas = None
+
+    def availability(self):
+        missing = [m for m in ("numba", "scipy") if find_spec(m) is None]
+        if missing:
+            return False, f"{' and '.join(missing)} not installed; pip install {' '.join(missing)}"
+        return True, ""
+
+    def runtime_info(self):
+        import numba
+
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet
+            layer = "not yet chosen"
+        return {"threads": self.threads, "numba_threading_layer": layer,
+                "numba_max_threads": numba.config.NUMBA_NUM_THREADS}
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _kernels(self):
+        from lstmbench_backends.numba_cpu import kernels
+
+        if self._blas is None:
+            import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS numba uses, so it can be pinned)
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
+        return kernels
+
+    def _layout(self, cfg: ModelConfig) -> Layout:
+        if cfg not in self._layouts:
+            self._layouts[cfg] = Layout.of(cfg)
+        return self._layouts[cfg]
+
+    def _run(self, cfg: ModelConfig, theta: np.ndarray, x: np.ndarray, y, backward: bool) -> tuple[Workspace, float]:
+        """Run every shard; returns the workspace (outputs, per-shard gradients) and the mean loss."""
+        import numba
+
+        k = self._kernels()
+        B, T = x.shape[0], x.shape[1]
+        threads = min(self.threads, numba.config.NUMBA_NUM_THREADS)
+        key = (cfg, B, T, threads)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            if len(self._workspaces) > 8:  # a few shapes (full batches, the last partial batch) are typical
+                self._workspaces.clear()
+            ws = self._workspaces[key] = Workspace.make(cfg, B, T, threads, self._layout(cfg).size)
+        dt = cfg.np_dtype
+        xent = cfg.loss == "xent"
+        Tout = T if cfg.many_to_many else 1
+        if y is None:
+            y_real, y_class, n_terms = np.zeros((1, 1, 1), dt), np.zeros((1, 1), np.int64), 1
+        elif xent:
+            y_real, y_class, n_terms = np.zeros((1, 1, 1), dt), np.ascontiguousarray(y, np.int64).reshape(B, Tout), B * Tout
+        else:
+            y_real, y_class, n_terms = np.ascontiguousarray(y).reshape(B, Tout, -1), np.zeros((1, 1), np.int64), y.size
+        coef = dt.type((1.0 if xent else 2.0) / n_terms)
+        b = ws.buffers
+        numba.set_num_threads(threads)
+        with self._blas.limit(limits=1, user_api="blas"):
+            k.run_shards(np.ascontiguousarray(x), y_real, y_class, xent, theta, self._layout(cfg).offs,
+                         cfg.hidden_size, cfg.many_to_many, ws.shard_lo, ws.shard_nb, b["xs"], b["hs"], b["cs"],
+                         b["gates"], b["tcs"], b["rec"], b["yout"], b["dy"], b["dh_in"], b["dhn"], b["dcn"],
+                         b["grads"], b["losses"], dt.type(1.0), coef, backward)
+        return ws, float(b["losses"].sum() / n_terms) if backward else math.nan
+
+    @staticmethod
+    def _outputs(cfg: ModelConfig, ws: Workspace, B: int) -> np.ndarray:
+        yout = ws.buffers["yout"]  # (S, Tout, rows, O)
+        S, Tout, rows, O = yout.shape
+        out = yout.transpose(0, 2, 1, 3).reshape(S * rows, Tout, O)[:B]
+        # always a copy: the reshape can be a view of the workspace, which the next call overwrites
+        return np.array(out if cfg.many_to_many else out[:, 0], copy=True, order="C")
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def _forward(self, cfg, params, x):
+        ws, _ = self._run(cfg, self._layout(cfg).flatten(params, cfg.np_dtype), x, None, backward=False)
+        return self._outputs(cfg, ws, x.shape[0])
+
+    def _loss_and_grads(self, cfg, params, x, y):
+        layout = self._layout(cfg)
+        ws, loss = self._run(cfg, layout.flatten(params, cfg.np_dtype), x, y, backward=True)
+        grad = np.empty(layout.size, dtype=cfg.np_dtype)
+        self._kernels().reduce_shards(ws.buffers["grads"], grad)
+        return loss, {k: v.copy() for k, v in layout.views(grad).items()}
+
+    def _init_state(self, cfg, params, opt, opt_state):
+        layout = self._layout(cfg)
+        theta = layout.flatten(params, cfg.np_dtype)
+        slot_names = sorted({key.split("/")[0] for key in opt_state if "/" in key})
+        slots = {s: layout.flatten({n: opt_state[f"{s}/{n}"] for n in layout.slices}, cfg.np_dtype) for s in slot_names}
+        views = {f"{s}/{n}": v for s, flat in slots.items() for n, v in layout.views(flat).items()}
+        return NumbaState(cfg, opt, layout.views(theta), {"step": opt_state["step"], **views},
+                          theta=theta, slots=slots, grad=np.empty(layout.size, dtype=cfg.np_dtype))
+
+    def _train_step(self, state: NumbaState, x, y):
+        cfg, opt, dt = state.cfg, state.opt, state.cfg.np_dtype
+        k = self._kernels()
+        ws, loss = self._run(cfg, state.theta, x, y, backward=True)
+        k.reduce_shards(ws.buffers["grads"], state.grad)
+        scale = clip_scale(math.sqrt(k.sum_of_squares(state.grad)), opt.clip_norm) if opt.clip_norm else 1.0
+        step = int(state.opt_state["step"]) + 1
+        state.opt_state["step"] = np.array(step, dtype=np.int64)
+        if opt.kind == "adam":
+            b1, b2 = opt.betas
+            k.adam_update(state.theta, state.grad, state.slots["m"], state.slots["v"], dt.type(scale), dt.type(b1),
+                          dt.type(1 - b1), dt.type(b2), dt.type(1 - b2), dt.type(opt.lr / (1 - b1**step)),
+                          dt.type(math.sqrt(1 - b2**step)), dt.type(opt.eps))
+        else:
+            buf = state.slots.get("momentum", state.grad)  # unused without momentum
+            k.sgd_update(state.theta, state.grad, buf, dt.type(scale), dt.type(opt.lr), dt.type(opt.momentum),
+                         step == 1, opt.momentum > 0)
+        return loss

@@ -1,0 +1,251 @@
+"""Numba kernels of the threaded CPU backend: the reference's math, fused and sharded.
+
+The math is the reference's (backends/reference/reference.py), step for step:
+
+    z_t = x_t @ W_x + h_{t-1} @ W_h + b          gates i, f, g, o
+    c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
+
+What is different is only how it is computed:
+
+* the batch is cut into shards, one per thread (``prange``); each shard runs
+  forward and backward through every layer on its own rows and writes its
+  gradient into its own row of ``grads``; the rows are then summed in shard
+  order, so a given thread count always gives the same bits;
+* the four gate products are one (D, 4H) and one (H, 4H) product;
+* x_t @ W_x for all T steps is one (T*b, D) @ (D, 4H) product before the
+  recurrence, and the weight gradients are one large product each after the
+  backward sweep (sum over t of h_{t-1}^T dz_t is one (H, T*b) @ (T*b, 4H));
+* the pointwise gate math is one pass that reads z and writes the activated
+  gates, c_t, tanh(c_t) and h_t; in the backward pass one pass turns the stored
+  gates into dz, in place;
+* every buffer is allocated once per (batch, steps, shards) and reused, so
+  nothing is allocated inside the time loops.
+
+Matrix products go through np.dot, which Numba hands to BLAS (SciPy's); the
+backend pins BLAS to one thread because the threads are already the shards.
+
+Buffers of shard s (time-major so that one step's rows are contiguous; bm rows
+per shard, rows beyond the shard's nb real ones are zero padding):
+    xs[s]        (T, bm, D0)     the shard's input
+    hs[s, l]     (T+1, bm, H)    h_0 = 0, h_1 .. h_T of layer l
+    cs[s, l]     (T+1, bm, H)    c_0 = 0, c_1 .. c_T
+    gates[s, l]  (T, bm, 4H)     activated i, f, g, o; dz after the backward sweep
+    tcs[s, l]    (T, bm, H)      tanh(c_t)
+    yout[s]      (Tout, bm, O)   head outputs (Tout = T many-to-many, 1 many-to-one)
+    dy[s]        (Tout, bm, O)   dLoss/dy
+    dh_in[s]     (T, bm, H)      dLoss/dh_t arriving from above
+Parameters live in one flat vector ``theta``; ``offs[l]`` holds the offsets of
+W_x, W_h, b of layer l and ``offs[L]`` those of W_y, b_y.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+CACHE = True  # compiled code is cached next to this file: only the first run compiles
+
+
+@njit(cache=CACHE)
+def shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, rec, yout, one):
+    T, D0 = x.shape[1], x.shape[2]
+    L, bm, G = hs.shape[1], xs.shape[2], 4 * H
+    for t in range(T):  # this shard's rows of x (B, T, D), time-major
+        for r in range(nb):
+            for d in range(D0):
+                xs[s, t, r, d] = x[lo + r, t, d]
+    for l in range(L):
+        Dl = D0 if l == 0 else H
+        Wx = theta[offs[l, 0] : offs[l, 0] + Dl * G].reshape((Dl, G))
+        Wh = theta[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G))
+        b = theta[offs[l, 2] : offs[l, 2] + G]
+        z, h, c, tc, rs = gates[s, l], hs[s, l], cs[s, l], tcs[s, l], rec[s]
+        # x_t @ W_x for every step at once
+        if l == 0:
+            np.dot(xs[s].reshape((T * bm, D0)), Wx, z.reshape((T * bm, G)))
+        else:
+            np.dot(hs[s, l - 1, 1:].reshape((T * bm, H)), Wx, z.reshape((T * bm, G)))
+        for t in range(T):
+            if t > 0:  # h_0 = 0: no recurrent product at the first step
+                np.dot(h[t], Wh, rs)
+            for r in range(nb):
+                for j in range(H):
+                    zi, zf, zg, zo = z[t, r, j], z[t, r, H + j], z[t, r, 2 * H + j], z[t, r, 3 * H + j]
+                    if t > 0:
+                        zi += rs[r, j]
+                        zf += rs[r, H + j]
+                        zg += rs[r, 2 * H + j]
+                        zo += rs[r, 3 * H + j]
+                    i = one / (one + math.exp(-(zi + b[j])))
+                    f = one / (one + math.exp(-(zf + b[H + j])))
+                    g = math.tanh(zg + b[2 * H + j])
+                    o = one / (one + math.exp(-(zo + b[3 * H + j])))
+                    c_new = f * c[t, r, j] + i * g
+                    tanh_c = math.tanh(c_new)
+                    c[t + 1, r, j] = c_new
+                    tc[t, r, j] = tanh_c
+                    h[t + 1, r, j] = o * tanh_c
+                    z[t, r, j], z[t, r, H + j], z[t, r, 2 * H + j], z[t, r, 3 * H + j] = i, f, g, o
+    # head: y = h @ W_y + b_y on h_T, or on every h_t
+    O = yout.shape[3]
+    Wy = theta[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
+    by = theta[offs[L, 1] : offs[L, 1] + O]
+    top = hs[s, L - 1]
+    if many_to_many:
+        np.dot(top[1:].reshape((T * bm, H)), Wy, yout[s].reshape((T * bm, O)))
+    else:
+        np.dot(top[T], Wy, yout[s, 0])
+    for tt in range(yout.shape[1]):
+        for r in range(nb):
+            for k in range(O):
+                yout[s, tt, r, k] += by[k]
+
+
+@njit(cache=CACHE)
+def shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef):
+    """This shard's sum of loss terms (float64) and dy = dLoss/dy.
+    MSE: dy = coef * (y_hat - y) with coef = 2/N. xent: dy = coef * (softmax - onehot), coef = 1/N."""
+    total = 0.0
+    Tout, O = yout.shape[1], yout.shape[3]
+    for tt in range(Tout):
+        for r in range(nb):
+            if xent:
+                m = yout[s, tt, r, 0]
+                for k in range(1, O):
+                    m = max(m, yout[s, tt, r, k])
+                sum_exp = 0.0
+                for k in range(O):
+                    sum_exp += math.exp(yout[s, tt, r, k] - m)
+                log_sum = math.log(sum_exp)
+                target = y_class[lo + r, tt]
+                total -= yout[s, tt, r, target] - m - log_sum
+                for k in range(O):
+                    dy[s, tt, r, k] = coef * math.exp(yout[s, tt, r, k] - m - log_sum)
+                dy[s, tt, r, target] -= coef
+            else:
+                for k in range(O):
+                    diff = yout[s, tt, r, k] - y_real[lo + r, tt, k]
+                    total += diff * diff
+                    dy[s, tt, r, k] = coef * diff
+    return total
+
+
+@njit(cache=CACHE)
+def shard_backward(s, nb, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn, dcn, grads, one):
+    L, T, bm, G = hs.shape[1], gates.shape[2], xs.shape[2], 4 * H
+    D0, O = xs.shape[3], dy.shape[3]
+    g_all = grads[s]
+    Wy = theta[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
+    dWy = g_all[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
+    dby = g_all[offs[L, 1] : offs[L, 1] + O]
+    top, dh = hs[s, L - 1], dh_in[s]
+    # head gradients, and dLoss/dh_t of the top layer
+    if many_to_many:
+        dy2 = dy[s].reshape((T * bm, O))
+        np.dot(top[1:].reshape((T * bm, H)).T, dy2, dWy)
+        np.dot(dy2, Wy.T, dh.reshape((T * bm, H)))
+    else:
+        np.dot(top[T].T, dy[s, 0], dWy)
+        dh[: T - 1] = 0
+        np.dot(dy[s, 0], Wy.T, dh[T - 1])
+    dby[:] = 0
+    for tt in range(dy.shape[1]):
+        for r in range(nb):
+            for k in range(O):
+                dby[k] += dy[s, tt, r, k]
+    for l in range(L - 1, -1, -1):
+        Dl = D0 if l == 0 else H
+        Wx = theta[offs[l, 0] : offs[l, 0] + Dl * G].reshape((Dl, G))
+        Wh = theta[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G))
+        dWx = g_all[offs[l, 0] : offs[l, 0] + Dl * G].reshape((Dl, G))
+        dWh = g_all[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G))
+        db = g_all[offs[l, 2] : offs[l, 2] + G]
+        z, c, tc, dh_next, dc_next = gates[s, l], cs[s, l], tcs[s, l], dhn[s], dcn[s]
+        for t in range(T - 1, -1, -1):
+            last = t == T - 1
+            if not last:  # dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now)
+                np.dot(z[t + 1], Wh.T, dh_next)
+            for r in range(nb):
+                for j in range(H):
+                    i, f, g, o = z[t, r, j], z[t, r, H + j], z[t, r, 2 * H + j], z[t, r, 3 * H + j]
+                    tanh_c = tc[t, r, j]
+                    d_h = dh[t, r, j] if last else dh[t, r, j] + dh_next[r, j]
+                    d_c = d_h * o * (one - tanh_c * tanh_c)
+                    if not last:
+                        d_c += dc_next[r, j]
+                    z[t, r, j] = d_c * g * i * (one - i)
+                    z[t, r, H + j] = d_c * c[t, r, j] * f * (one - f)
+                    z[t, r, 2 * H + j] = d_c * i * (one - g * g)
+                    z[t, r, 3 * H + j] = d_h * tanh_c * o * (one - o)
+                    dc_next[r, j] = d_c * f
+        # weight gradients: one large product each over all steps
+        dz = z.reshape((T * bm, G))
+        if l == 0:
+            np.dot(xs[s].reshape((T * bm, D0)).T, dz, dWx)
+        else:
+            np.dot(hs[s, l - 1, 1:].reshape((T * bm, H)).T, dz, dWx)
+        if T > 1:  # sum over t >= 1 of h_{t-1}^T dz_t  (h_0 = 0)
+            np.dot(hs[s, l, 1:T].reshape(((T - 1) * bm, H)).T, z[1:].reshape(((T - 1) * bm, G)), dWh)
+        else:
+            dWh[:] = 0
+        db[:] = 0
+        for row in range(T * bm):
+            for k in range(G):
+                db[k] += dz[row, k]
+        if l > 0:  # dLoss/dh of the layer below: dz @ W_x^T
+            np.dot(dz, Wx.T, dh.reshape((T * bm, H)))
+
+
+@njit(parallel=True, cache=CACHE)
+def run_shards(x, y_real, y_class, xent, theta, offs, H, many_to_many, shard_lo, shard_nb, xs, hs, cs, gates,
+               tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward):
+    """Forward (and, if ``backward``, loss and gradients) of every shard, one per thread."""
+    for s in prange(shard_lo.shape[0]):
+        lo, nb = shard_lo[s], shard_nb[s]
+        shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, rec, yout, one)
+        if backward:
+            losses[s] = shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef)
+            shard_backward(s, nb, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn, dcn,
+                           grads, one)
+
+
+@njit(parallel=True, cache=CACHE)
+def reduce_shards(grads, out):
+    """out = sum of the shards' gradient rows, always in shard order (reproducible bits)."""
+    S, P = grads.shape
+    for j in prange(P):
+        acc = grads[0, j]
+        for s in range(1, S):
+            acc += grads[s, j]
+        out[j] = acc
+
+
+@njit(cache=CACHE)
+def sum_of_squares(g):
+    acc = 0.0
+    for j in range(g.shape[0]):
+        acc += float(g[j]) * float(g[j])
+    return acc
+
+
+@njit(parallel=True, cache=CACHE)
+def adam_update(theta, g, m, v, scale, b1, one_minus_b1, b2, one_minus_b2, step_size, bias2_sqrt, eps):
+    """torch.optim.Adam's update, every constant already in the parameters' dtype."""
+    for j in prange(theta.shape[0]):
+        gj = g[j] * scale
+        m[j] = b1 * m[j] + one_minus_b1 * gj
+        v[j] = b2 * v[j] + one_minus_b2 * gj * gj
+        theta[j] -= step_size * (m[j] / (math.sqrt(v[j]) / bias2_sqrt + eps))
+
+
+@njit(parallel=True, cache=CACHE)
+def sgd_update(theta, g, buf, scale, lr, momentum, first_step, use_momentum):
+    """torch.optim.SGD: buf = g on the first step, then momentum * buf + g; p -= lr * buf."""
+    for j in prange(theta.shape[0]):
+        gj = g[j] * scale
+        if use_momentum:
+            buf[j] = gj if first_step else momentum * buf[j] + gj
+            gj = buf[j]
+        theta[j] -= lr * gj
