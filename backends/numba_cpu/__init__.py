@@ -14,39 +14,8 @@ from importlib.util import find_spec
 import numpy as np
 
 from lstmbench import Backend, Capabilities, ModelConfig, TrainState
+from lstmbench.layout import Layout
 from lstmbench.optim import clip_scale
-
-
-@dataclass
-class Layout:
-    """Where each parameter lives in the flat vector theta."""
-
-    offs: np.ndarray  # (L+1, 3) int64: W_x, W_h, b offsets per layer; W_y, b_y for the head
-    slices: dict[str, tuple[int, int, tuple[int, ...]]]  # name -> (start, stop, shape)
-    size: int
-
-    @classmethod
-    def of(cls, cfg: ModelConfig) -> "Layout":
-        slices, pos = {}, 0
-        for name, shape in cfg.param_shapes().items():
-            n = int(np.prod(shape))
-            slices[name] = (pos, pos + n, shape)
-            pos += n
-        L = cfg.num_layers
-        offs = np.zeros((L + 1, 3), dtype=np.int64)
-        for l in range(L):
-            offs[l] = [slices[f"l{l}.W_x"][0], slices[f"l{l}.W_h"][0], slices[f"l{l}.b"][0]]
-        offs[L, :2] = [slices["head.W"][0], slices["head.b"][0]]
-        return cls(offs, slices, pos)
-
-    def flatten(self, arrays, dtype) -> np.ndarray:
-        flat = np.empty(self.size, dtype=dtype)
-        for name, (a, b, _) in self.slices.items():
-            flat[a:b] = np.asarray(arrays[name]).ravel()
-        return flat
-
-    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: flat[a:b].reshape(shape) for name, (a, b, shape) in self.slices.items()}
 
 
 @dataclass
