@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -79,12 +78,12 @@ def load_checkpoint(path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # we close the file, even on error
             arrays = {k: data[k] for k in data.files}
         header = json.loads(bytes(arrays.pop("header")).decode())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a readable lstmbench checkpoint ({exc})") from None
-    if header.get("format") != FORMAT:
+    except Exception as exc:  # np.load and zipfile raise many types on damaged files
+        raise CheckpointError(f"{path} is not a readable lstmbench checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an lstmbench checkpoint")
     if header.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {header.get('version')}, this lstmbench reads {FORMAT_VERSION}")

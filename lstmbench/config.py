@@ -80,7 +80,14 @@ class ModelConfig:
             raise ConfigError(f"not a ModelConfig: {exc}") from None
 
 
+def _check_real(label: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"{label} must be a number, got {value!r}")
+
+
 def _is_dtype_like(value) -> bool:
+    if value is None:  # np.dtype(None) is float64; a missing dtype is a mistake, not a choice
+        return False
     try:
         np.dtype(value)
     except TypeError:
@@ -104,6 +111,16 @@ class OptimizerConfig:
     clip_norm: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("lr", "momentum", "eps"):
+            _check_real(f"OptimizerConfig.{name}", getattr(self, name))
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2):
+            raise ConfigError(f"Adam betas must be a pair of numbers, got {self.betas!r}")
+        for beta in self.betas:
+            _check_real("OptimizerConfig.betas", beta)
+        if self.clip_norm is not None:
+            _check_real("OptimizerConfig.clip_norm", self.clip_norm)
+            object.__setattr__(self, "clip_norm", float(self.clip_norm))
         if self.kind not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.kind!r}")
         if not (np.isfinite(self.lr) and self.lr > 0):

@@ -42,8 +42,13 @@ class StepFlops:
         return self.matmul + self.pointwise + self.optimizer
 
 
-def train_step_flops(cfg: ModelConfig, batch: int, steps: int, optimizer: str = "adam") -> StepFlops:
-    """FLOPs of one training step on a (batch, steps, input_size) minibatch."""
+def train_step_flops(cfg: ModelConfig, batch: int, steps: int, optimizer="adam") -> StepFlops:
+    """FLOPs of one training step on a (batch, steps, input_size) minibatch.
+    ``optimizer``: an OptimizerConfig, or one of "adam", "sgd", "sgd_momentum"."""
+    if not isinstance(optimizer, str):
+        optimizer = "adam" if optimizer.kind == "adam" else ("sgd_momentum" if optimizer.momentum > 0 else "sgd")
+    if optimizer not in OPTIMIZER_FLOPS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; one of {sorted(OPTIMIZER_FLOPS)}")
     B, T, H, O = batch, steps, cfg.hidden_size, cfg.output_size
     fwd = bwd = 0
     for layer in range(cfg.num_layers):
@@ -55,5 +60,4 @@ def train_step_flops(cfg: ModelConfig, batch: int, steps: int, optimizer: str = 
     fwd += head_uses * 2 * B * H * O
     bwd += head_uses * 2 * 2 * B * H * O
     pointwise = cfg.num_layers * T * B * H * (FORWARD_POINTWISE + BACKWARD_POINTWISE)
-    per_param = OPTIMIZER_FLOPS.get(optimizer, OPTIMIZER_FLOPS["adam"])
-    return StepFlops(fwd, bwd, pointwise, per_param * cfg.num_params())
+    return StepFlops(fwd, bwd, pointwise, OPTIMIZER_FLOPS[optimizer] * cfg.num_params())

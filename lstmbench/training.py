@@ -11,6 +11,8 @@ and keeps the last good checkpoint; Ctrl-C saves the exact position and exits.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,11 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ConfigError(f"RunConfig.{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.patience is not None and self.patience < 1:
@@ -131,13 +138,15 @@ def train(
             {**meta, "run": _run_meta(run), "progress": vars(progress).copy()} if with_state else meta,
         )
 
+    guard = _InterruptGuard()
     try:
+        guard.__enter__()
         while progress.epoch < run.epochs:
             order = epoch_order(n, run.seed, progress.epoch)
             epoch_start = time.perf_counter()
             while progress.batch < batches_per_epoch:
                 idx = order[progress.batch * run.batch_size : (progress.batch + 1) * run.batch_size]
-                loss = backend.train_step(state, x[idx], y[idx])
+                loss = float(backend.train_step(state, x[idx], y[idx]))
                 if not math.isfinite(loss):
                     raise DivergenceError(
                         f"training loss became {loss} at epoch {progress.epoch + 1}, batch {progress.batch + 1}; "
@@ -147,6 +156,7 @@ def train(
                 progress.loss_sum += loss * len(idx)
                 progress.batch += 1
                 bar.update(1)
+                guard.stop_if_requested()  # a safe point: the step and its bookkeeping are done
             current = backend.get_params(state)
             _, val_loss = evaluate(backend, cfg, current, x_val, y_val)
             if not math.isfinite(val_loss):
@@ -172,14 +182,51 @@ def train(
             if run.patience is not None and progress.bad_epochs >= run.patience:
                 stop_reason = "early stopping"
                 break
-    except KeyboardInterrupt:
+            guard.stop_if_requested()
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, _ForcedStop):
+            raise  # second Ctrl-C: stop now; the last checkpoint on disk stays as it was
         # Save the exact position (mid-epoch included) so a resume continues bit for bit.
         stop_reason = "interrupted"
         checkpoint(LAST_CHECKPOINT, backend.get_params(state), with_state=True)
     finally:
+        guard.__exit__()
         bar.close()
     return TrainResult(best_params, backend.get_params(state), progress.history, progress.best_epoch,
                        progress.best_val_loss, stop_reason, time.perf_counter() - start)
+
+
+class _ForcedStop(KeyboardInterrupt):
+    """A second Ctrl-C: stop without saving."""
+
+
+class _InterruptGuard:
+    """Defers Ctrl-C to the next safe point of the loop (after a step and its
+    bookkeeping), so the saved position always matches the saved parameters.
+    A second Ctrl-C stops at once. Only the main thread receives SIGINT."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "_InterruptGuard":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise _ForcedStop()
+        self.requested = True
+
+    def stop_if_requested(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def _run_meta(run: RunConfig) -> dict[str, Any]:
