@@ -114,6 +114,47 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from lstmbench import bench
+
+    grid = scaling = None
+    if not args.scaling_only:
+        grid = bench.run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, args.threads,
+                              args.repeats, with_torch=not args.no_torch, progress=not args.quiet)
+    if args.scaling or args.scaling_only:
+        scaling = bench.run_scaling(args.backends, hidden=args.hidden[0], base_n=args.scaling_n, steps=args.steps,
+                                    dtype=args.dtype, threads=args.threads, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"grid": grid, "scaling": scaling}, indent=2))
+    else:
+        if grid:
+            print(bench.format_grid(grid))
+        if scaling:
+            print(bench.format_scaling(scaling))
+    if args.plot:
+        bench.plot(grid, scaling, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    failed = [r for r in (grid or {}).get("rows", []) if r["status"] == "FAILED"]
+    return 1 if failed else 0
+
+
+def cmd_demo(args) -> int:
+    """A short training with the fastest available backend, then a quick comparison."""
+    from lstmbench import bench
+
+    available = [b.name for b in lb.list_backends() if b.available]
+    fast = next((n for n in ("c", "numba") if n in available), "numpy")
+    print(f"== 1. training a forecaster of yearly sunspots with the {fast!r} backend", flush=True)
+    code = main(["train", "--dataset", "sunspots", "--epochs", str(args.epochs), "--backend", fast,
+                 "--out", args.out, "--overwrite", *(["--quiet"] if args.quiet else [])])
+    if code:
+        return code
+    print("\n== 2. the same training step on every available backend (verified first)", flush=True)
+    grid = bench.run_grid(None, (32, 128), (32,), steps=64, repeats=5, progress=not args.quiet)
+    print(bench.format_grid(grid))
+    return 1 if any(r["status"] == "FAILED" for r in grid["rows"]) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstmbench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lstmbench {lb.__version__}")
@@ -166,6 +207,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="series: machine-readable output")
     _add_backend_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="verified timings of a training step per backend, and dataset scaling")
+    p.add_argument("--backends", nargs="+", help="backends to time (default: every available one)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[32, 128], help="hidden sizes H (default 32 128)")
+    p.add_argument("--batch", type=int, nargs="+", default=[32, 128], help="batch sizes B (default 32 128)")
+    p.add_argument("--steps", type=int, default=64, help="sequence length T (default 64)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--threads", type=int, default=None, help="threads for the backends (default: all cores)")
+    p.add_argument("--repeats", type=int, default=7, help="timed repeats per point (default 7)")
+    p.add_argument("--no-torch", action="store_true", help="leave out the torch.nn.LSTM peer row")
+    p.add_argument("--scaling", action="store_true", help="also time epochs over N, 2N, 4N, 8N sequences")
+    p.add_argument("--scaling-only", action="store_true", help="only the scaling report")
+    p.add_argument("--scaling-n", type=int, default=1000, help="smallest dataset of the scaling report (default 1000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--plot", help="write speedup bars (and scaling curves) to this PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="a short training and a quick side-by-side comparison of the backends")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

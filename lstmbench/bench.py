@@ -1,0 +1,391 @@
+"""`lstmbench bench`: verified, side-by-side timings of a training step, and how
+epoch time scales with the dataset.
+
+Rules (docs/benchmarks.md says why):
+* every backend is first checked against the NumPy reference on the very
+  configuration it is timed on (same model, batch, steps, optimizer); a backend
+  that disagrees is shown as FAILED and gets no time;
+* speedup = time(reference, BLAS pinned to 1 thread) / time(backend), both
+  measured in this run; the reference on all cores is shown beside it;
+* medians over repeats, with the interquartile range; thread counts recorded;
+* GFLOP/s from the FLOP model (lstmbench.flops) and percent of this machine's
+  matrix-product peak, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.flops import train_step_flops
+from lstmbench.params import init_params
+from lstmbench.protocol import Backend, default_threads
+from lstmbench.registry import get_backend, list_backends
+
+REFERENCE = "numpy"
+BENCH_OPTIMIZER = OptimizerConfig("adam", lr=1e-3)
+
+
+@dataclass
+class Timing:
+    median_s: float
+    q1_s: float
+    q3_s: float
+    repeats: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> "Timing":
+        q1, med, q3 = np.percentile(seconds, [25, 50, 75])
+        return cls(float(med), float(q1), float(q3), len(seconds))
+
+
+@dataclass
+class BenchRow:
+    label: str  # "numba", "numpy (1 BLAS thread)", "torch.nn.LSTM", ...
+    backend: str
+    hidden: int
+    batch: int
+    steps: int
+    threads: int
+    status: str  # "ok", "FAILED", "skipped"
+    detail: str = ""
+    timing: Timing | None = None
+    samples_per_s: float | None = None
+    gflops: float | None = None
+    pct_peak: float | None = None
+    speedup: float | None = None  # over the reference with one BLAS thread
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+
+def bench_model(hidden: int, dtype: str = "float32", input_size: int = 1, output_size: int = 1,
+                layers: int = 1) -> ModelConfig:
+    """The benchmark task: many-to-one MSE regression (D=1, O=1 by default)."""
+    return ModelConfig(input_size, hidden, output_size, layers, "mse", False, dtype)
+
+
+def bench_batch(cfg: ModelConfig, batch: int, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, steps, cfg.input_size)).astype(cfg.dtype)
+    y = rng.standard_normal((batch, cfg.output_size)).astype(cfg.dtype)
+    return x, y
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
+    """Median and quartiles of ``repeats`` calls after ``warmup`` untimed ones (JIT, caches)."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return Timing.of(seconds)
+
+
+def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: int = 2048) -> float:
+    """This machine's matrix-product rate: the best of a few n x n products through
+    NumPy's BLAS on ``threads`` threads."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    with threadpool_limits(threads or default_threads(), user_api="blas"):
+        time_calls(lambda: a @ b, repeats=1)
+        seconds = min(time_calls(lambda: a @ b, repeats=1).median_s for _ in range(7))  # the fastest: what the hardware allows
+    return 2 * n**3 / seconds / 1e9
+
+
+def verify(backend: Backend, cfg: ModelConfig, x: np.ndarray, y: np.ndarray, opt: OptimizerConfig = BENCH_OPTIMIZER,
+           steps: int = 2) -> str | None:
+    """None if the backend matches the reference on exactly this configuration
+    (forward, loss and gradients, ``steps`` optimizer steps), else what differed."""
+    from lstmbench.testing.checks import check_forward, check_loss_and_grads, check_training_steps
+    from lstmbench.testing.strategies import Case
+
+    case = Case(cfg, init_params(cfg, seed=0), x, y, opt, steps)
+    try:
+        for check in (check_forward, check_loss_and_grads, check_training_steps):
+            check(backend, case)
+    except AssertionError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def time_backend(backend: Backend, cfg: ModelConfig, x, y, repeats: int, opt=BENCH_OPTIMIZER) -> Timing:
+    state = backend.init_state(cfg, init_params(cfg, seed=0), opt)
+    return time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=2)
+
+
+def _row(label, name, cfg, x, threads, timing, flops, peak, runtime, status="ok", detail=""):
+    B, T = x.shape[0], x.shape[1]
+    row = BenchRow(label, name, cfg.hidden_size, B, T, threads, status, detail, timing, runtime=runtime)
+    if timing is not None:
+        row.samples_per_s = B / timing.median_s
+        row.gflops = flops / timing.median_s / 1e9
+        row.pct_peak = 100 * row.gflops / peak
+    return row
+
+
+def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_sizes=(32, 128), steps: int = 64,
+             dtype: str = "float32", threads: int | None = None, repeats: int = 7, with_torch: bool = True,
+             progress: bool = True) -> dict[str, Any]:
+    """Verify, then time one training step per backend at every (H, B). Returns a report dict."""
+    from tqdm.auto import tqdm
+
+    threads = threads or default_threads()
+    names = backends or [b.name for b in list_backends() if b.available]
+    skipped = {b.name: b.reason for b in list_backends() if not b.available and (backends is None or b.name in backends)}
+    peak = matmul_peak_gflops(dtype, threads)
+    torch_peer = _torch_peer() if with_torch else None
+    ref = get_backend(REFERENCE)
+    rows: list[BenchRow] = []
+    points = [(H, B) for H in hidden_sizes for B in batch_sizes]
+    bar = tqdm(total=len(points) * (len(names) + 2 + bool(torch_peer)), disable=not progress, desc="bench", unit="run")
+    for H, B in points:
+        cfg = bench_model(H, dtype)
+        x, y = bench_batch(cfg, B, steps)
+        flops = train_step_flops(cfg, B, steps, BENCH_OPTIMIZER).total
+        ref_rows = []
+        for label, n in ((f"{REFERENCE} (1 BLAS thread)", 1), (f"{REFERENCE} ({threads} BLAS threads)", threads)):
+            ref.set_threads(n)
+            ref_rows.append(_row(label, REFERENCE, cfg, x, n, time_backend(ref, cfg, x, y, repeats), flops, peak,
+                                 ref.runtime_info()))
+            bar.update(1)
+        ref.set_threads(None)
+        base = ref_rows[0].timing.median_s
+        rows += ref_rows
+        for name in names:
+            if name == REFERENCE:
+                bar.update(1)
+                continue
+            backend = get_backend(name)
+            backend.set_threads(threads)
+            bar.set_postfix_str(f"{name} H={H} B={B}")
+            reason = backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER)
+            if reason:
+                rows.append(_row(name, name, cfg, x, threads, None, flops, peak, {}, "skipped", reason))
+            elif (problem := verify(backend, cfg, x, y)) is not None:
+                rows.append(_row(name, name, cfg, x, threads, None, flops, peak, {}, "FAILED", problem))
+            else:
+                rows.append(_row(name, name, cfg, x, threads, time_backend(backend, cfg, x, y, repeats), flops, peak,
+                                 backend.runtime_info()))
+            bar.update(1)
+        if torch_peer:
+            rows.append(torch_peer(cfg, x, y, flops, peak, repeats))
+            bar.update(1)
+        for row in rows:
+            if row.hidden == H and row.batch == B and row.timing is not None:
+                row.speedup = base / row.timing.median_s
+    bar.close()
+    return {"kind": "grid", "machine": machine_info(), "dtype": dtype, "steps": steps, "threads": threads,
+            "matmul_peak_gflops": peak, "optimizer": BENCH_OPTIMIZER.to_dict(), "unavailable": skipped,
+            "rows": [asdict(r) for r in rows]}
+
+
+def _torch_peer():
+    """A timer for torch.nn.LSTM + nn.Linear + Adam ("what a user would pick instead"),
+    at its best thread count, verified against the reference first; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+
+    def run(cfg: ModelConfig, x, y, flops, peak, repeats) -> BenchRow:
+        from lstmbench.params import load_into_torch
+        from lstmbench.testing.checks import assert_trained_params, expected_training
+        from lstmbench.testing.strategies import Case
+
+        dt = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
+        params = init_params(cfg, seed=0)
+        lstm = torch.nn.LSTM(cfg.input_size, cfg.hidden_size, cfg.num_layers, batch_first=True).to(dt)
+        head = torch.nn.Linear(cfg.hidden_size, cfg.output_size).to(dt)
+        load_into_torch(params, cfg, lstm, head)
+        # torch keeps two biases per layer; Adam would move both and so the sum twice as far.
+        # Freezing bias_hh (zero) leaves exactly our model: b = bias_ih.
+        for k in range(cfg.num_layers):
+            getattr(lstm, f"bias_hh_l{k}").requires_grad_(False)
+        trained = [p for p in (*lstm.parameters(), *head.parameters()) if p.requires_grad]
+        opt = torch.optim.Adam(trained, lr=BENCH_OPTIMIZER.lr)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+        def step():
+            opt.zero_grad()
+            out, _ = lstm(xt)
+            loss = torch.nn.functional.mse_loss(head(out[:, -1]), yt)
+            loss.backward()
+            opt.step()
+
+        # Verify: two torch steps from the same parameters land where the reference does.
+        step()
+        step()
+        from lstmbench.params import params_from_torch
+
+        status, detail = "ok", ""
+        case = Case(cfg, params, x, y, BENCH_OPTIMIZER, 2)
+        try:
+            assert_trained_params(case, expected_training(case), params_from_torch(lstm, head, cfg), who="torch ")
+        except AssertionError as exc:
+            status, detail = "FAILED", str(exc).splitlines()[0]
+        best, best_threads = None, 1
+        if status == "ok":
+            for n in range(1, default_threads() + 1):
+                torch.set_num_threads(n)
+                timing = time_calls(step, repeats, warmup=2)
+                if best is None or timing.median_s < best.median_s:
+                    best, best_threads = timing, n
+        return _row("torch.nn.LSTM", "torch", cfg, x, best_threads, best, flops, peak,
+                    {"torch": torch.__version__, "threads": best_threads}, status, detail)
+
+    return run
+
+
+def epoch_seconds(backend: Backend, cfg: ModelConfig, x, y, batch: int) -> float:
+    """Wall time of one epoch of training steps over (x, y) in minibatches of ``batch``."""
+    state = backend.init_state(cfg, init_params(cfg, seed=0), BENCH_OPTIMIZER)
+    backend.train_step(state, x[:batch], y[:batch])  # warm-up (JIT, buffers)
+    if len(x) % batch:
+        backend.train_step(state, x[-(len(x) % batch):], y[-(len(x) % batch):])
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        backend.train_step(state, x[i : i + batch], y[i : i + batch])
+    return time.perf_counter() - start
+
+
+def scaling_exponent(sizes, seconds) -> float:
+    """a in seconds ~ sizes^a, by least squares on the logs."""
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def run_scaling(backends: list[str] | None = None, hidden: int = 32, base_n: int = 1000, steps: int = 32,
+                batch: int = 32, dtype: str = "float32", threads: int | None = None, repeats: int = 3,
+                progress: bool = True) -> dict[str, Any]:
+    """Epoch time for N, 2N, 4N, 8N sequences with a fixed minibatch and with full-batch
+    steps, and the fitted exponent per backend."""
+    from tqdm.auto import tqdm
+
+    threads = threads or default_threads()
+    names = backends or [b.name for b in list_backends() if b.available]
+    sizes = [base_n * k for k in (1, 2, 4, 8)]
+    cfg = bench_model(hidden, dtype)
+    x_all, y_all = bench_batch(cfg, sizes[-1], steps, seed=1)
+    results = []
+    bar = tqdm(total=len(names) * len(sizes) * 2, disable=not progress, desc="scaling", unit="run")
+    for name in names:
+        backend = get_backend(name)
+        backend.set_threads(1 if name == REFERENCE else threads)
+        if backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER):
+            bar.update(2 * len(sizes))
+            continue
+        for mode in ("fixed batch", "full batch"):
+            times = []
+            for n in sizes:
+                b = batch if mode == "fixed batch" else n
+                times.append(float(np.median([epoch_seconds(backend, cfg, x_all[:n], y_all[:n], b)
+                                              for _ in range(repeats)])))
+                bar.update(1)
+            results.append({"backend": name, "mode": mode, "batch": batch if mode == "fixed batch" else "N",
+                            "threads": backend.threads, "sizes": sizes, "seconds": times,
+                            "exponent": scaling_exponent(sizes, times)})
+        backend.set_threads(None)
+    bar.close()
+    return {"kind": "scaling", "machine": machine_info(), "dtype": dtype, "hidden": hidden, "steps": steps,
+            "results": results}
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": default_threads(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+# -- presentation ------------------------------------------------------------------------
+
+
+def format_grid(report: dict[str, Any]) -> str:
+    lines = [f"training step, {report['dtype']}, T={report['steps']}, D=1, O=1, many-to-one MSE, Adam; "
+             f"backends on {report['threads']} threads; {report['machine']['cpu']}",
+             f"matrix-product peak measured now: {report['matmul_peak_gflops']:.1f} GFLOP/s "
+             f"({report['dtype']}, {report['threads']} threads)"]
+    header = f"{'H':>5} {'B':>5}  {'backend':<24} {'thr':>3}  {'ms/step':>9} {'IQR ms':>13}  {'samples/s':>10}  " \
+             f"{'GFLOP/s':>8} {'%peak':>6}  {'speedup':>8}  check"
+    lines += [header, "-" * len(header)]
+    for r in report["rows"]:
+        t = r["timing"]
+        if t is None:
+            lines.append(f"{r['hidden']:>5} {r['batch']:>5}  {r['label']:<24} {r['threads']:>3}  "
+                         f"{'-':>9} {'':>13}  {'':>10}  {'':>8} {'':>6}  {'':>8}  {r['status']}: {r['detail']}")
+            continue
+        iqr = f"{t['q1_s'] * 1e3:.2f}-{t['q3_s'] * 1e3:.2f}"
+        mark = "verified" if r["backend"] != REFERENCE else "reference"
+        lines.append(f"{r['hidden']:>5} {r['batch']:>5}  {r['label']:<24} {r['threads']:>3}  {t['median_s'] * 1e3:>9.2f} "
+                     f"{iqr:>13}  {r['samples_per_s']:>10.0f}  {r['gflops']:>8.1f} {r['pct_peak']:>5.1f}%  "
+                     f"{r['speedup']:>7.2f}x  {mark}")
+    for name, reason in report.get("unavailable", {}).items():
+        lines.append(f"{name}: not available: {reason}")
+    lines.append("speedup = time of the NumPy reference with 1 BLAS thread / time of the row, same run")
+    return "\n".join(lines)
+
+
+def format_scaling(report: dict[str, Any]) -> str:
+    lines = [f"epoch time vs dataset size N (H={report['hidden']}, T={report['steps']}, {report['dtype']}); "
+             "exponent a in time ~ N^a (a < 1: time grows slower than the data)"]
+    for r in report["results"]:
+        cells = "  ".join(f"N={n}: {s:.3f}s" for n, s in zip(r["sizes"], r["seconds"]))
+        lines.append(f"{r['backend']:<10} {r['mode']:<11} thr={r['threads']}  {cells}  a={r['exponent']:.2f}")
+    return "\n".join(lines)
+
+
+def plot(grid: dict | None, scaling: dict | None, path) -> None:
+    """Speedup bars per (H, B) and, if given, the epoch-time scaling curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lstmbench.checkpoint import atomic_write
+
+    panels = [p for p in (grid, scaling) if p]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    ax_iter = iter(axes[0])
+    if grid:
+        ax = next(ax_iter)
+        timed = [r for r in grid["rows"] if r["speedup"] is not None]
+        points = sorted({(r["hidden"], r["batch"]) for r in timed})
+        labels = sorted({r["label"] for r in timed}, key=lambda s: (not s.startswith(REFERENCE), s))
+        width = 0.8 / max(1, len(labels))
+        for k, label in enumerate(labels):
+            vals = [next((r["speedup"] for r in timed if r["label"] == label and (r["hidden"], r["batch"]) == p), 0)
+                    for p in points]
+            ax.bar(np.arange(len(points)) + k * width, vals, width, label=label)
+        ax.set_xticks(np.arange(len(points)) + width * (len(labels) - 1) / 2, [f"H={h}\nB={b}" for h, b in points])
+        ax.set_ylabel("speedup over NumPy reference (1 BLAS thread)")
+        ax.axhline(1, color="k", lw=0.8)
+        ax.set_title(f"training step, {grid['dtype']}, T={grid['steps']}")
+        ax.legend(fontsize=8)
+    if scaling:
+        ax = next(ax_iter)
+        for r in scaling["results"]:
+            ax.loglog(r["sizes"], r["seconds"], "o-" if r["mode"] == "fixed batch" else "s--",
+                      label=f"{r['backend']} {r['mode']} (a={r['exponent']:.2f})")
+        sizes = scaling["results"][0]["sizes"] if scaling["results"] else []
+        if sizes:
+            ax.loglog(sizes, [scaling["results"][0]["seconds"][0] * n / sizes[0] for n in sizes], "k:", label="time ∝ N")
+        ax.set_xlabel("sequences per epoch N")
+        ax.set_ylabel("seconds per epoch")
+        ax.set_title("epoch time vs dataset size")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
