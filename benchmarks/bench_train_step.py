@@ -1,0 +1,73 @@
+"""One training step (forward, backward, Adam) per backend over the grid, plus
+the speedup over the reference, GFLOP/s and peak memory."""
+
+import lstmbench as lb
+from lstmbench.bench import BENCH_OPTIMIZER, verify
+
+from .common import (BACKENDS, REFERENCE, STEPS, THREADS, backend_or_skip, grid_case, median_seconds,
+                     train_state)
+
+HIDDEN = [32, 128, 512]
+BATCH = [32, 128]
+
+
+class TrainStep:
+    params = [BACKENDS, HIDDEN, BATCH]
+    param_names = ["backend", "hidden", "batch"]
+    number = 1
+    repeat = (3, 10, 20.0)
+    timeout = 300
+
+    def setup(self, backend, hidden, batch):
+        self.cfg, self.x, self.y = grid_case(hidden, batch)
+        self.backend = backend_or_skip(backend, self.cfg)
+        self.state = train_state(self.backend, self.cfg, self.x, self.y)
+
+    def time_train_step(self, backend, hidden, batch):
+        self.backend.train_step(self.state, self.x, self.y)
+
+    def peakmem_train_step(self, backend, hidden, batch):
+        self.backend.train_step(self.state, self.x, self.y)
+
+
+class Speedup:
+    """Speedup over the NumPy reference with one BLAS thread, both timed in this
+    process on the same data; and the model GFLOP/s (lstmbench.flops). A backend
+    that disagrees with the reference on this configuration is not timed."""
+
+    params = [[b for b in BACKENDS if b != REFERENCE], HIDDEN, BATCH]
+    param_names = ["backend", "hidden", "batch"]
+    timeout = 600
+
+    def setup(self, backend, hidden, batch):
+        self.cfg, self.x, self.y = grid_case(hidden, batch)
+        self.backend = backend_or_skip(backend, self.cfg)
+        problem = verify(self.backend, self.cfg, self.x, self.y)
+        if problem:
+            raise AssertionError(f"{backend} disagrees with the reference: {problem}")
+        self.ref = backend_or_skip(REFERENCE, self.cfg)
+        repeats = 3 if hidden >= 512 else 7
+        self.t_backend = median_seconds(
+            lambda s=train_state(self.backend, self.cfg, self.x, self.y): self.backend.train_step(s, self.x, self.y),
+            repeats)
+        self.t_ref = median_seconds(
+            lambda s=train_state(self.ref, self.cfg, self.x, self.y): self.ref.train_step(s, self.x, self.y), repeats)
+
+    def track_speedup(self, backend, hidden, batch):
+        return self.t_ref / self.t_backend
+
+    track_speedup.unit = "x"
+
+    def track_gflops(self, backend, hidden, batch):
+        return lb.train_step_flops(self.cfg, batch, STEPS, BENCH_OPTIMIZER).total / self.t_backend / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class Threads:
+    """The thread counts the suite runs with (recorded with the results)."""
+
+    def track_backend_threads(self):
+        return THREADS
+
+    track_backend_threads.unit = "threads"

@@ -1,0 +1,69 @@
+"""Shared, seeded data and helpers for the asv suite.
+
+Every benchmark builds its inputs here, from fixed seeds, so all backends are
+timed on the same numbers. A backend that cannot run here, or that does not
+support a configuration, makes setup raise NotImplementedError: asv then shows
+the benchmark as skipped rather than failed.
+"""
+
+import os
+import time
+
+import numpy as np
+
+import lstmbench as lb
+from lstmbench.bench import BENCH_OPTIMIZER, bench_batch, bench_model
+
+THREADS = lb.default_threads()  # every backend but the reference runs on all cores
+REFERENCE = "numpy"
+REFERENCE_THREADS = 1  # speedups are over the reference with BLAS pinned to one thread
+BACKENDS = lb.backend_names()
+STEPS = 64  # sequence length T of the training-step grid
+DTYPE = "float32"
+
+
+def backend_or_skip(name: str, cfg=None, threads: int = THREADS):
+    """The backend, with its thread count set; NotImplementedError (asv: skipped) if it
+    cannot run here or declares the configuration unsupported."""
+    try:
+        backend = lb.get_backend(name)
+    except lb.LstmbenchError as exc:
+        raise NotImplementedError(str(exc)) from None
+    if cfg is not None and (reason := backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER)):
+        raise NotImplementedError(reason)
+    backend.set_threads(REFERENCE_THREADS if name == REFERENCE else threads)
+    return backend
+
+
+def train_state(backend, cfg, x, y):
+    """A training state warmed up by two steps (JIT compilation, buffers)."""
+    state = backend.init_state(cfg, lb.init_params(cfg, seed=0), BENCH_OPTIMIZER)
+    for _ in range(2):
+        backend.train_step(state, x, y)
+    return state
+
+
+def grid_case(hidden: int, batch: int):
+    cfg = bench_model(hidden, DTYPE)
+    x, y = bench_batch(cfg, batch, STEPS, seed=0)
+    return cfg, x, y
+
+
+def median_seconds(fn, repeats: int = 5) -> float:
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
+
+
+def dataset(n: int, steps: int = 32, hidden: int = 32):
+    """N sequences for the epoch benchmarks (a prefix of one seeded set)."""
+    cfg = bench_model(hidden, DTYPE)
+    x, y = bench_batch(cfg, 8000, steps, seed=1)
+    return cfg, x[:n], y[:n]
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
