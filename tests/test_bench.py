@@ -1,0 +1,98 @@
+"""`lstmbench bench`: verification gates the timings; the report and outputs are well formed.
+(No test asserts a time: only structure, verification and arithmetic.)"""
+
+import json
+
+import numpy as np
+import pytest
+
+import lstmbench as lb
+from lstmbench import bench
+from lstmbench.cli import main
+from lstmbench_backends.reference import NumpyReference
+
+
+class FlippedGradient(NumpyReference):
+    name = "test-flipped"
+
+    def _loss_and_grads(self, cfg, params, x, y):
+        loss, grads = super()._loss_and_grads(cfg, params, x, y)
+        grads["l0.W_h"] = -grads["l0.W_h"]
+        return loss, grads
+
+
+@pytest.fixture
+def flipped():
+    backend = FlippedGradient()
+    lb.register_backend(backend)
+    yield backend
+    lb.unregister_backend(backend.name)
+
+
+def small_grid(backends, **kw):
+    return bench.run_grid(backends, hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=2, with_torch=False,
+                          progress=False, **kw)
+
+
+def test_a_disagreeing_backend_is_failed_and_not_timed(flipped):
+    report = small_grid(["numpy", flipped.name])
+    row = next(r for r in report["rows"] if r["backend"] == flipped.name)
+    assert row["status"] == "FAILED" and row["timing"] is None and row["speedup"] is None
+    assert "l0.W_h" in row["detail"]
+    assert "FAILED" in bench.format_grid(report)
+
+
+def test_grid_report_rows_and_speedups():
+    report = small_grid(["numpy", "numba"])
+    rows = {r["label"]: r for r in report["rows"]}
+    one = rows["numpy (1 BLAS thread)"]
+    assert one["speedup"] == pytest.approx(1.0)
+    numba = rows["numba"]
+    assert numba["status"] == "ok"
+    t = numba["timing"]
+    assert t["q1_s"] <= t["median_s"] <= t["q3_s"] and t["repeats"] == 2
+    assert numba["speedup"] == pytest.approx(one["timing"]["median_s"] / t["median_s"])
+    flops = lb.train_step_flops(bench.bench_model(4), 3, 5, bench.BENCH_OPTIMIZER).total
+    assert numba["gflops"] == pytest.approx(flops / t["median_s"] / 1e9)
+    assert numba["pct_peak"] == pytest.approx(100 * numba["gflops"] / report["matmul_peak_gflops"])
+    assert report["matmul_peak_gflops"] > 0
+
+
+def test_torch_peer_is_verified_when_torch_is_installed():
+    pytest.importorskip("torch")
+    report = bench.run_grid(["numpy"], hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=1, progress=False)
+    row = next(r for r in report["rows"] if r["backend"] == "torch")
+    assert row["status"] == "ok", row["detail"]
+    assert row["timing"] is not None and 1 <= row["threads"] <= lb.default_threads()
+
+
+def test_scaling_exponent_fit_is_exact_on_power_laws():
+    sizes = [1000, 2000, 4000, 8000]
+    assert bench.scaling_exponent(sizes, [3e-6 * n**0.7 for n in sizes]) == pytest.approx(0.7)
+    assert bench.scaling_exponent(sizes, [5e-4 * n for n in sizes]) == pytest.approx(1.0)
+
+
+def test_scaling_report_covers_both_modes():
+    report = bench.run_scaling(["numpy"], hidden=4, base_n=8, steps=3, batch=4, repeats=1, progress=False)
+    modes = {r["mode"] for r in report["results"]}
+    assert modes == {"fixed batch", "full batch"}
+    for r in report["results"]:
+        assert r["sizes"] == [8, 16, 32, 64] and len(r["seconds"]) == 4 and np.isfinite(r["exponent"])
+
+
+def test_cli_json_and_plot(tmp_path, capsys):
+    png = tmp_path / "bench.png"
+    code = main(["bench", "--backends", "numpy", "--hidden", "4", "--batch", "3", "--steps", "5", "--repeats", "1",
+                 "--no-torch", "--json", "--quiet", "--scaling", "--scaling-n", "8", "--plot", str(png)])
+    out = capsys.readouterr().out
+    assert code == 0
+    data = json.loads(out)
+    assert data["grid"]["rows"] and data["scaling"]["results"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_exit_code_is_nonzero_when_a_backend_fails(flipped, capsys):
+    code = main(["bench", "--backends", flipped.name, "--hidden", "4", "--batch", "3", "--steps", "5",
+                 "--repeats", "1", "--no-torch", "--quiet"])
+    assert code == 1
+    assert "FAILED" in capsys.readouterr().out
