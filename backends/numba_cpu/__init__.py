@@ -37,7 +37,7 @@ class Workspace:
             xs=z(S, T, rows, D), hs=z(S, L, T + 1, rows, H), cs=z(S, L, T + 1, rows, H),
             gates=z(S, L, T, rows, 4 * H), tcs=z(S, L, T, rows, H), rec=z(S, rows, 4 * H),
             yout=z(S, Tout, rows, O), dy=z(S, Tout, rows, O), dh_in=z(S, T, rows, H),
-            dhn=z(S, rows, H), dcn=z(S, rows, H), grads=z(S, size), losses=np.zeros(S),
+            dhn=z(S, rows, H), dcn=z(S, rows, H), grads=z(S, size), losses=np.zeros(S), theta_t=z(size),
         )
         lo = np.arange(S, dtype=np.int64) * rows
         return cls(lo, np.minimum(rows, B - lo).astype(np.int64), buffers)
@@ -122,7 +122,7 @@ class NumbaThreads(Backend):
         b = ws.buffers
         numba.set_num_threads(threads)
         with self._blas.limit(limits=1, user_api="blas"):
-            k.run_shards(np.ascontiguousarray(x), y_real, y_class, xent, theta, self._layout(cfg).offs,
+            k.run_shards(np.ascontiguousarray(x), y_real, y_class, xent, theta, b["theta_t"], self._layout(cfg).offs,
                          cfg.hidden_size, cfg.many_to_many, ws.shard_lo, ws.shard_nb, b["xs"], b["hs"], b["cs"],
                          b["gates"], b["tcs"], b["rec"], b["yout"], b["dy"], b["dh_in"], b["dhn"], b["dcn"],
                          b["grads"], b["losses"], dt.type(1.0), coef, backward)

@@ -161,12 +161,14 @@ def shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates,
                 else:
                     for j in range(G):
                         z[t, r, j] = z[t, r, j] + b[j]
-                for j in range(0, 2 * H):  # i, f
+                # (loops start at 0 with the offset inside: a range(a, b) loop with a > 0
+                # defeats LLVM's vectoriser here, measured at 6-9 ns against 0.5-0.8 ns a value)
+                for j in range(2 * H):  # i, f
                     z[t, r, j] = sigmoid(z[t, r, j])
-                for j in range(2 * H, 3 * H):  # g
-                    z[t, r, j] = tanh(z[t, r, j])
-                for j in range(3 * H, G):  # o
-                    z[t, r, j] = sigmoid(z[t, r, j])
+                for j in range(H):  # g
+                    z[t, r, 2 * H + j] = tanh(z[t, r, 2 * H + j])
+                for j in range(H):  # o
+                    z[t, r, 3 * H + j] = sigmoid(z[t, r, 3 * H + j])
                 for j in range(H):  # c_t = f * c_{t-1} + i * g
                     c[t + 1, r, j] = z[t, r, H + j] * c[t, r, j] + z[t, r, j] * z[t, r, 2 * H + j]
                 for j in range(H):
@@ -218,11 +220,12 @@ def shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef):
 
 
 @njit(**JIT)
-def shard_backward(s, nb, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn, dcn, grads, one):
+def shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn, dcn,
+                   grads, one):
     L, T, bm, G = hs.shape[1], gates.shape[2], xs.shape[2], 4 * H
     D0, O = xs.shape[3], dy.shape[3]
     g_all = grads[s]
-    Wy = theta[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
+    WyT = theta_t[offs[L, 0] : offs[L, 0] + H * O].reshape((O, H))
     dWy = g_all[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
     dby = g_all[offs[L, 1] : offs[L, 1] + O]
     top, dh = hs[s, L - 1], dh_in[s]
@@ -230,11 +233,11 @@ def shard_backward(s, nb, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, 
     if many_to_many:
         dy2 = dy[s].reshape((T * bm, O))
         np.dot(top[1:].reshape((T * bm, H)).T, dy2, dWy)
-        np.dot(dy2, Wy.T, dh.reshape((T * bm, H)))
+        np.dot(dy2, WyT, dh.reshape((T * bm, H)))
     else:
         np.dot(top[T].T, dy[s, 0], dWy)
         dh[: T - 1] = 0
-        np.dot(dy[s, 0], Wy.T, dh[T - 1])
+        np.dot(dy[s, 0], WyT, dh[T - 1])
     dby[:] = 0
     for tt in range(dy.shape[1]):
         for r in range(nb):
@@ -242,8 +245,8 @@ def shard_backward(s, nb, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, 
                 dby[k] += dy[s, tt, r, k]
     for l in range(L - 1, -1, -1):
         Dl = D0 if l == 0 else H
-        Wx = theta[offs[l, 0] : offs[l, 0] + Dl * G].reshape((Dl, G))
-        Wh = theta[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G))
+        WxT = theta_t[offs[l, 0] : offs[l, 0] + Dl * G].reshape((G, Dl))
+        WhT = theta_t[offs[l, 1] : offs[l, 1] + H * G].reshape((G, H))
         dWx = g_all[offs[l, 0] : offs[l, 0] + Dl * G].reshape((Dl, G))
         dWh = g_all[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G))
         db = g_all[offs[l, 2] : offs[l, 2] + G]
@@ -251,7 +254,7 @@ def shard_backward(s, nb, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, 
         for t in range(T - 1, -1, -1):
             last = t == T - 1
             if not last:  # dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now)
-                np.dot(z[t + 1], Wh.T, dh_next)
+                np.dot(z[t + 1], WhT, dh_next)
             for r in range(nb):
                 for j in range(H):
                     i, f, g, o = z[t, r, j], z[t, r, H + j], z[t, r, 2 * H + j], z[t, r, 3 * H + j]
@@ -280,20 +283,43 @@ def shard_backward(s, nb, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, 
             for k in range(G):
                 db[k] += dz[row, k]
         if l > 0:  # dLoss/dh of the layer below: dz @ W_x^T
-            np.dot(dz, Wx.T, dh.reshape((T * bm, H)))
+            np.dot(dz, WxT, dh.reshape((T * bm, H)))
+
+
+@njit(**JIT)
+def transpose_weights(theta, offs, H, D0, O, theta_t):
+    """theta_t holds W_x^T, W_h^T, W_y^T where theta holds W_x, W_h, W_y: the backward
+    products dz @ W^T run about twice as fast here on a contiguous W^T (OpenBLAS, small b)."""
+    L, G = offs.shape[0] - 1, 4 * H
+    for l in range(L + 1):
+        for which in range(2):
+            if l == L and which == 1:
+                break
+            rows = (D0 if l == 0 else H) if which == 0 else H
+            cols = G
+            if l == L:
+                rows, cols = H, O
+            start = offs[l, which]
+            W = theta[start : start + rows * cols].reshape((rows, cols))
+            WT = theta_t[start : start + rows * cols].reshape((cols, rows))
+            for i in range(rows):
+                for j in range(cols):
+                    WT[j, i] = W[i, j]
 
 
 @njit(parallel=True, **JIT)
-def run_shards(x, y_real, y_class, xent, theta, offs, H, many_to_many, shard_lo, shard_nb, xs, hs, cs, gates,
-               tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward):
+def run_shards(x, y_real, y_class, xent, theta, theta_t, offs, H, many_to_many, shard_lo, shard_nb, xs, hs, cs,
+               gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward):
     """Forward (and, if ``backward``, loss and gradients) of every shard, one per thread."""
+    if backward:
+        transpose_weights(theta, offs, H, x.shape[2], yout.shape[3], theta_t)
     for s in prange(shard_lo.shape[0]):
         lo, nb = shard_lo[s], shard_nb[s]
         shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, rec, yout, one)
         if backward:
             losses[s] = shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef)
-            shard_backward(s, nb, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn, dcn,
-                           grads, one)
+            shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn,
+                           dcn, grads, one)
 
 
 @njit(parallel=True, **JIT)
