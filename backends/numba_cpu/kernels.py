@@ -251,18 +251,17 @@ def shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gat
         dWh = g_all[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G))
         db = g_all[offs[l, 2] : offs[l, 2] + G]
         z, c, tc, dh_next, dc_next = gates[s, l], cs[s, l], tcs[s, l], dhn[s], dcn[s]
+        dh_next[:] = 0  # nothing flows back into the last step
+        dc_next[:] = 0
         for t in range(T - 1, -1, -1):
-            last = t == T - 1
-            if not last:  # dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now)
+            if t < T - 1:  # dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now)
                 np.dot(z[t + 1], WhT, dh_next)
             for r in range(nb):
                 for j in range(H):
                     i, f, g, o = z[t, r, j], z[t, r, H + j], z[t, r, 2 * H + j], z[t, r, 3 * H + j]
                     tanh_c = tc[t, r, j]
-                    d_h = dh[t, r, j] if last else dh[t, r, j] + dh_next[r, j]
-                    d_c = d_h * o * (one - tanh_c * tanh_c)
-                    if not last:
-                        d_c += dc_next[r, j]
+                    d_h = dh[t, r, j] + dh_next[r, j]
+                    d_c = d_h * o * (one - tanh_c * tanh_c) + dc_next[r, j]
                     z[t, r, j] = d_c * g * i * (one - i)
                     z[t, r, H + j] = d_c * c[t, r, j] * f * (one - f)
                     z[t, r, 2 * H + j] = d_c * i * (one - g * g)
