@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
         raise LstmbenchError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     params = lb.init_params(task.cfg, seed=args.seed)
     print(f"lstmbench train: {source.spec} -> {task.cfg}", file=sys.stderr)
-    print(f"  backend {backend.name} ({backend.runtime_info()}), {len(task.train[0])} train / "
+    print(f"  backend {backend.name} on {backend.threads} thread(s), {len(task.train[0])} train / "
           f"{len(task.val[0])} val / {len(task.test[0])} test examples", file=sys.stderr)
 
     def report(rec):
@@ -76,6 +76,7 @@ def cmd_train(args) -> int:
                "history": result.history, "test": report_}
     experiment.write_metrics(out / "metrics.json", metrics)
     experiment.plot_run(backend, task, result.params, result.history, out / "predictions.png")
+    print(f"backend {backend.name}: {backend.runtime_info()}")
     print(f"stopped: {result.stop_reason}; best validation loss {result.best_val_loss:.5f} at epoch {result.best_epoch}")
     if "test_rmse" in report_:
         verdict = "beats" if report_["test_rmse"] < report_["naive_rmse"] else "does NOT beat"
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--csv", help="a CSV file with a header row (a time series)")
     data.add_argument("--columns", nargs="+", help="CSV value columns to use (default: every numeric column)")
     data.add_argument("--index-column", help="CSV column holding the time index (e.g. year)")
-    data.add_argument("--target", default=0, help="column to forecast, by name or position (default: the first)")
+    data.add_argument("--target", default=0, type=_column, help="column to forecast, by name or position (default: the first)")
     data.add_argument("--text-file", help="a UTF-8 text file for next-symbol prediction")
     data.add_argument("--window", type=int, default=20, help="input steps per example (series; default 20)")
     data.add_argument("--horizon", type=int, default=1, help="values to forecast after each window (default 1)")
@@ -233,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _column(text: str) -> int | str:
+    """A column given by position (digits) or by name."""
+    return int(text) if text.isdigit() else text
+
+
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
     g.add_argument("--backend", default="numpy", help="backend name (see `lstmbench backends`; default numpy)")
@@ -246,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     except LstmbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the training loop, which saves its own state
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -197,7 +197,8 @@ def forecast(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, ser
     while len(predicted) < steps:
         out = backend.forward(cfg, params, history[None].astype(cfg.dtype))[0].astype(np.float64)  # (horizon,)
         predicted.extend(out.tolist())
-        history = np.concatenate([history, out[:, None]])[-window:]
+        if len(predicted) < steps:  # feed the forecast back (univariate only, checked above)
+            history = np.concatenate([history, out[:, None]])[-window:]
     return scaler.inverse(np.array(predicted[:steps])[:, None], column=col)[:, 0]
 
 

@@ -150,6 +150,9 @@ class Backend:
                     f"optimizer state does not match a {opt.kind} optimizer: "
                     f"expected keys {sorted(fresh)}, got {sorted(opt_state)}"
                 )
+            for k, v in opt_state.items():
+                if np.shape(v) != fresh[k].shape:
+                    raise ConfigError(f"optimizer state {k!r} has shape {np.shape(v)}, expected {fresh[k].shape}")
             fresh = {k: np.array(v, dtype=fresh[k].dtype) for k, v in opt_state.items()}
         return self._init_state(cfg, copy_params(params), opt, fresh)
 

@@ -10,6 +10,7 @@ and keeps the last good checkpoint; Ctrl-C saves the exact position and exits.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -118,7 +119,7 @@ def train(
     opt_state = None
     best_params = params
     if resume is not None:
-        params, opt_state, progress = _restore(resume, cfg, opt, run)
+        params, opt_state, progress = _restore(resume, cfg, opt, run, meta)
         best_params = _load_best(run.out_dir, cfg, fallback=params)
     state = backend.init_state(cfg, params, opt, opt_state)
 
@@ -150,7 +151,7 @@ def train(
                 if not math.isfinite(loss):
                     raise DivergenceError(
                         f"training loss became {loss} at epoch {progress.epoch + 1}, batch {progress.batch + 1}; "
-                        f"the run stopped and the last good checkpoint (epoch {progress.epoch}) is kept. "
+                        f"the run stopped. {_kept(run, progress)} "
                         "Try a smaller learning rate or gradient clipping (--clip-norm)."
                     )
                 progress.loss_sum += loss * len(idx)
@@ -161,8 +162,7 @@ def train(
             _, val_loss = evaluate(backend, cfg, current, x_val, y_val)
             if not math.isfinite(val_loss):
                 raise DivergenceError(
-                    f"validation loss became {val_loss} after epoch {progress.epoch + 1}; "
-                    f"the last good checkpoint (epoch {progress.epoch}) is kept."
+                    f"validation loss became {val_loss} after epoch {progress.epoch + 1}; {_kept(run, progress)}"
                 )
             record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / n, "val_loss": val_loss,
                       "seconds": time.perf_counter() - epoch_start}
@@ -229,12 +229,25 @@ class _InterruptGuard:
             self._previous = None
 
 
+def _kept(run: RunConfig, progress: _Progress) -> str:
+    if run.out_dir is None:
+        return "No checkpoints are written in this run."
+    if progress.epoch == 0 and not progress.history:
+        return "No epoch had finished, so no checkpoint was written."
+    return f"The last good checkpoint (epoch {progress.epoch}) is kept in {Path(run.out_dir) / LAST_CHECKPOINT}."
+
+
 def _run_meta(run: RunConfig) -> dict[str, Any]:
     return {"batch_size": run.batch_size, "seed": run.seed}
 
 
-def _restore(ckpt: Checkpoint, cfg: ModelConfig, opt: OptimizerConfig, run: RunConfig):
-    """Parameters, optimizer state and position from a last.npz, checked against this run."""
+def _restore(ckpt: Checkpoint, cfg: ModelConfig, opt: OptimizerConfig, run: RunConfig, meta: dict):
+    """Parameters, optimizer state and position from a last.npz, checked against this run
+    (model, optimizer, batch size, seed, and the data description in ``meta``)."""
+    saved_meta = {k: v for k, v in ckpt.meta.items() if k not in ("run", "progress")}
+    if json.loads(json.dumps(meta)) != saved_meta:
+        raise CheckpointError(f"checkpoint was trained on {saved_meta}, this run uses {meta}; "
+                              "resume with the same data and windows")
     if ckpt.model != cfg:
         raise CheckpointError(f"checkpoint model {ckpt.model} does not match this run's {cfg}")
     if ckpt.optimizer != opt:

@@ -96,3 +96,22 @@ def test_cli_exit_code_is_nonzero_when_a_backend_fails(flipped, capsys):
                  "--repeats", "1", "--no-torch", "--quiet"])
     assert code == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_kit_checks_declared_unsupported_optimizers_and_losses():
+    from lstmbench.testing import run_check
+
+    class AdamOnlyMse(NumpyReference):
+        name = "test-adam-only"
+        capabilities = lb.Capabilities(losses=("mse",), optimizers=("adam",))
+
+    class Liar(AdamOnlyMse):
+        """Declares SGD unsupported but runs it anyway: the kit must say so."""
+        name = "test-liar"
+
+        def check_supported(self, cfg, opt=None):
+            return None
+
+    run_check(AdamOnlyMse(), "declared_unsupported", "float64", max_examples=3)
+    with pytest.raises(AssertionError, match="declared unsupported"):
+        run_check(Liar(), "declared_unsupported", "float64", max_examples=3)

@@ -102,3 +102,46 @@ def test_garbage_checkpoint_is_rejected(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     code, _, err = run(capsys, "predict", str(bad))
     assert code == 2 and "not a readable lstmbench checkpoint" in err
+
+
+def _two_column_csv(path):
+    t = np.arange(120)
+    rows = "".join(f"{i},{np.sin(i / 5):.5f},{np.cos(i / 7):.5f}\n" for i in t)
+    path.write_text("t,a,b\n" + rows)
+    return path
+
+
+def test_multi_column_model_predicts_within_its_horizon(tmp_path, capsys):
+    csv = _two_column_csv(tmp_path / "ab.csv")
+    out = tmp_path / "r"
+    code, _, err = run(capsys, "train", "--csv", str(csv), "--index-column", "t", "--target", "1", "--window", "8",
+                       "--horizon", "3", "--hidden", "6", "--epochs", "2", "--out", str(out), "--quiet")
+    assert code == 0, err
+    ckpt = load_checkpoint(out / "best.npz")
+    assert ckpt.meta["columns"] == ["a", "b"] and ckpt.meta["target_column"] == 1  # --target 1 is a position
+    code, stdout, _ = run(capsys, "predict", str(out / "best.npz"), "--steps", "3", "--json")
+    assert code == 0 and json.loads(stdout)["column"] == "b" and len(json.loads(stdout)["forecast"]) == 3
+    code, _, err = run(capsys, "predict", str(out / "best.npz"), "--steps", "4")
+    assert code == 2 and "--steps must be <= 3" in err
+
+
+def test_resume_on_other_data_is_refused(tmp_path, capsys):
+    base = ["train", "--window", "5", "--hidden", "4", "--quiet", "--out", str(tmp_path)]
+    assert run(capsys, *base, "--dataset", "nile", "--epochs", "1")[0] == 0
+    before = (tmp_path / "last.npz").read_bytes()
+    code, _, err = run(capsys, *base, "--dataset", "sunspots", "--epochs", "2", "--resume")
+    assert code == 2 and "same data" in err
+    assert (tmp_path / "last.npz").read_bytes() == before
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path, capsys):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        assert run(capsys, "train", "--dataset", "nile", "--window", "5", "--hidden", "4", "--epochs", "1",
+                   "--out", str(tmp_path), "--quiet")[0] == 0
+    finally:
+        os.umask(mask)
+    for name in ("best.npz", "last.npz", "metrics.json", "predictions.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

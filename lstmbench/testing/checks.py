@@ -292,7 +292,14 @@ def unsupported_variants(backend: Backend, cfg: ModelConfig) -> list[ModelConfig
         variants.append(replace(cfg, many_to_many=True))
     if not caps.many_to_one:
         variants.append(replace(cfg, many_to_many=False))
+    for loss in ("mse", "xent"):
+        if loss not in caps.losses:
+            variants.append(replace(cfg, loss=loss, output_size=max(cfg.output_size, 2)))
     return variants
+
+
+def unsupported_optimizers(backend: Backend) -> list[OptimizerConfig]:
+    return [OptimizerConfig(kind) for kind in ("sgd", "adam") if kind not in backend.capabilities.optimizers]
 
 
 def check_declared_unsupported(backend: Backend, case: Case) -> None:
@@ -304,6 +311,12 @@ def check_declared_unsupported(backend: Backend, case: Case) -> None:
         except UnsupportedError:
             continue
         raise AssertionError(f"{cfg} is declared unsupported but forward() did not raise UnsupportedError")
+    for opt in unsupported_optimizers(backend):
+        try:
+            backend.init_state(case.cfg, case.params, opt)
+        except UnsupportedError:
+            continue
+        raise AssertionError(f"optimizer {opt.kind!r} is declared unsupported but init_state() accepted it")
 
 
 CHECKS: dict[str, Callable[[Backend, Case], None]] = {

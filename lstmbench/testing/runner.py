@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from lstmbench.errors import BackendUnavailableError
 from lstmbench.protocol import Backend
 from lstmbench.registry import backend_names, get_backend
-from lstmbench.testing.checks import CHECKS, unsupported_variants
+from lstmbench.testing.checks import CHECKS, unsupported_optimizers, unsupported_variants
 from lstmbench.testing.strategies import cases
 
 DTYPES = ("float64", "float32")
@@ -48,7 +48,7 @@ def _skip_reason(backend: Backend, check: str, dtype: str) -> str | None:
     if check == "declared_unsupported":
         from lstmbench.config import ModelConfig
 
-        if not unsupported_variants(backend, ModelConfig(1, 1, 1, dtype=dtype)):
+        if not unsupported_variants(backend, ModelConfig(1, 1, 1, dtype=dtype)) and not unsupported_optimizers(backend):
             return f"backend {backend.name!r} declares every configuration supported"
     return None
 

@@ -1,0 +1,241 @@
+"""The C backend (``c``): its build, stale-binary detection, the checks at the C
+boundary, a run under AddressSanitizer, and a numerical spot check.
+
+The conformance kit runs on it from tests/test_conformance.py like on every
+registered backend.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lstmbench as lb
+from lstmbench.errors import DTypeError, ShapeError
+from lstmbench.testing import Case
+from lstmbench.testing.checks import check_forward, check_loss_and_grads, check_training_steps
+from lstmbench_backends import c_kernel
+from lstmbench_backends.c_kernel import CKernel, LayoutError, sources
+
+C_DIR = Path(c_kernel.__file__).resolve().parent
+GCC = shutil.which("gcc")
+
+
+def available_backend() -> CKernel:
+    backend = CKernel()
+    ok, why = backend.availability()
+    if not ok:
+        pytest.skip(why)
+    return backend
+
+
+def test_importing_the_backend_does_not_load_the_extension():
+    code = ("import sys, lstmbench_backends.c_kernel; "
+            "assert not [m for m in sys.modules if m.endswith('_lstm_c')], 'extension loaded at import'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+def test_extension_is_built_where_a_compiler_exists():
+    """With a compiler the install must have built it (the extension is optional for pip, not for CI)."""
+    ok, why = CKernel().availability()
+    assert ok, why
+
+
+def test_stale_binary_is_refused(tmp_path):
+    backend = available_backend()
+    for name in sources.SOURCES:
+        shutil.copy(C_DIR / name, tmp_path / name)
+    backend.source_dir = tmp_path
+    assert backend.availability() == (True, "")  # the same sources: fine
+    with open(tmp_path / "lstm_body.h", "a") as f:
+        f.write("\n/* an edit after the build */\n")
+    ok, why = backend.availability()
+    assert not ok
+    assert "stale" in why and "pip install" in why
+    fresh = CKernel()  # running again (a new process makes a new backend object)
+    fresh.source_dir = tmp_path
+    cfg = lb.ModelConfig(1, 2, 1)
+    with pytest.raises(lb.BackendUnavailableError, match="stale"):
+        fresh.forward(cfg, lb.init_params(cfg), np.zeros((1, 2, 1)))
+
+
+def test_stale_detection_compares_the_embedded_hash(monkeypatch):
+    backend = available_backend()
+    monkeypatch.setattr(sources, "source_hash", lambda folder=None: "0" * 64)
+    ok, why = backend.availability()
+    assert not ok and "stale" in why
+
+
+def test_unbuilt_extension_says_what_to_run(monkeypatch):
+    monkeypatch.setattr(c_kernel, "_load_extension", lambda: (None, "No module named '_lstm_c'"))
+    monkeypatch.setattr(c_kernel, "_compiler_found", lambda: True)
+    ok, why = CKernel().availability()
+    assert not ok and "not built" in why and "pip install" in why
+    monkeypatch.setattr(c_kernel, "_compiler_found", lambda: False)
+    ok, why = CKernel().availability()
+    assert not ok and "no C compiler" in why
+
+
+class _NoCalls:
+    """Stands in for the compiled library: only the source hash may be read."""
+
+    def __init__(self, lib):
+        self._hash = lib.lstm_source_hash
+
+    def lstm_source_hash(self):
+        return self._hash()
+
+    def __getattr__(self, name):
+        raise AssertionError(f"C function {name} was called before the arguments were checked")
+
+
+def test_wrong_arrays_raise_before_c_is_called():
+    backend = available_backend()
+    (ffi, lib), _ = backend._extension()
+    backend._ext = ((ffi, _NoCalls(lib)), "")
+    cfg = lb.ModelConfig(2, 5, 3, dtype="float32")
+    layout = backend._layout(cfg)
+    theta = layout.flatten(lb.init_params(cfg), np.float32)
+    x = np.zeros((4, 3, 2), np.float32)
+    y = np.zeros((4, 3), np.float32)
+    grad = np.empty(layout.size, np.float32)
+    out = np.empty((4, 1, 3), np.float32)
+    cases = [
+        (DTypeError, lambda: backend._call("forward", cfg, theta, x.astype(np.float64), y_hat=out)),
+        (DTypeError, lambda: backend._call("forward", cfg, theta.astype(np.float64), x, y_hat=out)),
+        (DTypeError, lambda: backend._call("forward", cfg, theta, x, y_hat=out.astype(np.float64))),
+        (LayoutError, lambda: backend._call("forward", cfg, theta, np.asfortranarray(np.zeros((4, 3, 2), np.float32)),
+                                            y_hat=out)),
+        (LayoutError, lambda: backend._call("forward", cfg, np.zeros(2 * layout.size, np.float32)[::2], x,
+                                            y_hat=out)),
+        (ShapeError, lambda: backend._call("forward", cfg, theta[:-1], x, y_hat=out)),
+        (ShapeError, lambda: backend._call("forward", cfg, theta, x[:, :, :1], y_hat=out)),
+        (ShapeError, lambda: backend._call("forward", cfg, theta, x, y_hat=out[:3])),
+        (ShapeError, lambda: backend._call("loss_grad", cfg, theta, x, y, grad=grad[:-1])),
+        (DTypeError, lambda: backend._call("loss_grad", cfg, theta, x, y.astype(np.float64), grad=grad)),
+    ]
+    read_only = grad.copy()
+    read_only.flags.writeable = False
+    cases.append((LayoutError, lambda: backend._call("loss_grad", cfg, theta, x, y, grad=read_only)))
+    for error, call in cases:
+        with pytest.raises(error):
+            call()
+
+
+def test_non_contiguous_user_input_is_accepted():
+    backend = available_backend()
+    cfg = lb.ModelConfig(2, 5, 1, dtype="float64")
+    params = lb.init_params(cfg, 3)
+    x = np.random.default_rng(0).standard_normal((3, 8, 2))[:, ::2]  # a strided view
+    np.testing.assert_allclose(backend.forward(cfg, params, x),
+                               lb.get_backend("numpy").forward(cfg, params, np.ascontiguousarray(x)), rtol=1e-12)
+
+
+def _mid_size_case(dtype, loss, many_to_many):
+    cfg = lb.ModelConfig(3, 64, 4, num_layers=2, loss=loss, many_to_many=many_to_many, dtype=dtype)
+    rng = np.random.default_rng(7)
+    B, T = 16, 20
+    x = rng.standard_normal((B, T, 3)).astype(dtype)
+    lead = (B, T) if many_to_many else (B,)
+    y = rng.standard_normal(lead + (4,)).astype(dtype) if loss == "mse" else rng.integers(0, 4, lead)
+    opt = lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.5)
+    return Case(cfg, lb.init_params(cfg, 11), x, y, opt, steps=3)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("loss,many_to_many", [("mse", False), ("xent", True)])
+def test_matches_the_reference_on_a_mid_size_model(dtype, loss, many_to_many):
+    """H=64, B=16, T=20, 2 layers: forward, loss and gradients, 3 clipped Adam steps."""
+    backend = available_backend()
+    case = _mid_size_case(dtype, loss, many_to_many)
+    for threads in (1, 2):
+        backend.set_threads(threads)
+        check_forward(backend, case)
+        check_loss_and_grads(backend, case)
+        check_training_steps(backend, case)
+
+
+def test_threads_are_honoured_and_reported():
+    backend = available_backend()
+    backend.set_threads(3)
+    info = backend.runtime_info()
+    assert info["threads"] == 3 and info["openmp"] in (True, False) and info["isa"]
+    case = _mid_size_case("float32", "mse", False)
+    first = backend.loss_and_grads(case.cfg, case.params, case.x, case.y)
+    again = backend.loss_and_grads(case.cfg, case.params, case.x, case.y)
+    assert first[0] == again[0] and all(np.array_equal(first[1][k], again[1][k]) for k in first[1])
+
+
+def test_concurrent_calls_do_not_share_state():
+    """cffi drops the GIL during a call: two Python threads training at once must get
+    exactly what each gets alone."""
+    backend = available_backend()
+    backend.set_threads(1)
+    case = _mid_size_case("float32", "mse", False)
+    alone = []
+    for seed in (0, 1):
+        state = backend.init_state(case.cfg, lb.init_params(case.cfg, seed), case.opt)
+        alone.append([backend.train_step(state, case.x, case.y) for _ in range(5)])
+    together = [None, None]
+
+    def train(k):
+        state = backend.init_state(case.cfg, lb.init_params(case.cfg, k), case.opt)
+        together[k] = [backend.train_step(state, case.x, case.y) for _ in range(5)]
+
+    workers = [threading.Thread(target=train, args=(k,)) for k in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert together == alone
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("transpose_a", [False, True])
+@pytest.mark.parametrize("pack_b", [True, False])
+def test_matrix_product_matches_numpy(dtype, transpose_a, pack_b):
+    available_backend()
+    rng = np.random.default_rng(0)
+    for M, K, N in [(1, 1, 1), (7, 5, 13), (13, 300, 37), (100, 3, 20), (64, 257, 130)]:
+        a = rng.standard_normal((K, M) if transpose_a else (M, K)).astype(dtype)
+        b = rng.standard_normal((K, N)).astype(dtype)
+        expected = (a.T if transpose_a else a).astype(np.float64) @ b.astype(np.float64)
+        if pack_b:
+            got = c_kernel.matmul(a, b, transpose_a=transpose_a)
+        else:
+            padded = np.zeros((K, N + 32), dtype)  # rows at least N rounded up to the panel width
+            padded[:, :N] = b
+            got = c_kernel.matmul(a, padded, transpose_a=transpose_a, pack_b=False, n=N)
+        tol = 1e-4 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * np.sqrt(K))
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+def test_kernel_is_clean_under_address_sanitizer(tmp_path):
+    """asan_driver.c runs forward, backward and both optimizers for both dtypes, 1-3 layers,
+    both losses and task shapes, on sizes that leave padding, under ASan and UBSan."""
+    exe = tmp_path / "asan_driver"
+    build = subprocess.run(
+        [GCC, "-std=c11", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+         "-fno-omit-frame-pointer", "-fopenmp", "-Wall", "-Wno-psabi", str(C_DIR / "asan_driver.c"), "-lm",
+         "-o", str(exe)],
+        capture_output=True, text=True)
+    assert build.returncode == 0, f"the ASan build failed:\n{build.stderr}"
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1", OMP_NUM_THREADS="4")
+    run = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=600)
+    report = run.stdout + run.stderr
+    if "LeakSanitizer does not work under ptrace" in report:  # e.g. under a debugger or some sandboxes
+        env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1"
+        run = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=600)
+        report = run.stdout + run.stderr
+    assert run.returncode == 0, f"asan_driver exited with {run.returncode}:\n{report[-4000:]}"
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert marker not in report, report[-4000:]
+    assert "all cases passed" in run.stdout
