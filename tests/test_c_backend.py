@@ -196,6 +196,38 @@ def test_concurrent_calls_do_not_share_state():
     assert together == alone
 
 
+def _loss_in_child(backend, case, queue):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = backend.loss_and_grads(case.cfg, case.params, case.x, case.y)[0]
+    queue.put((loss, backend.runtime_info().get("threads_used"), [str(w.message) for w in caught]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_runs_on_one_thread_instead_of_hanging():
+    """GNU OpenMP's thread pool does not survive fork(): the child must fall back to one thread."""
+    import multiprocessing
+
+    backend = available_backend()
+    backend.set_threads(2)
+    case = _mid_size_case("float64", "mse", False)
+    loss = backend.loss_and_grads(case.cfg, case.params, case.x, case.y)[0]  # the pool exists now
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_loss_in_child, args=(backend, case, queue))
+    child.start()
+    try:
+        child_loss, threads_used, messages = queue.get(timeout=60)
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+    assert threads_used == 1 and any("fork" in m for m in messages)
+    assert child_loss == pytest.approx(loss, rel=1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("transpose_a", [False, True])
 @pytest.mark.parametrize("pack_b", [True, False])

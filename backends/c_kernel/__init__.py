@@ -1,0 +1,352 @@
+"""The C backend (registered as ``c``): the training step in plain C11, on OpenMP threads.
+
+The C source (lstm.c, lstm_body.h) is compiled into the cffi extension
+``_lstm_c`` when the package is installed (see build_ffi.py and docs/c-backend.md).
+Importing this module is cheap and never fails: the extension is loaded on first
+use, and :meth:`CKernel.availability` says why it cannot run (not built, built
+from other sources than the ones next to it, no C compiler) and what to do.
+
+Every array handed to C goes through :func:`c_array`, which checks dtype, shape,
+contiguity, alignment and writability, so a wrong call is a Python exception,
+never a crash. The C side checks the sizes and the parameter layout once more.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sysconfig
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lstmbench import Backend, Capabilities, ModelConfig, TrainState
+from lstmbench.errors import DTypeError, ShapeError
+from lstmbench.layout import Layout
+from lstmbench_backends.c_kernel import sources
+
+REBUILD = ("`pip install -e .` in the lstmbench checkout (or `pip install --no-build-isolation -e .`, "
+           "which reuses this environment's setuptools and cffi)")
+
+
+class LayoutError(ShapeError):
+    """An array handed to the C kernel is not C-contiguous, aligned or writeable."""
+
+
+class KernelError(RuntimeError):
+    """The C kernel refused a call (its return code, in words)."""
+
+
+# GNU OpenMP keeps a pool of threads that does not survive fork(): a forked child
+# that asks it for more than one thread hangs. So the process that first ran the
+# kernel on several threads is remembered, and in any other process made by fork
+# from it the kernel runs on one thread (with a warning) instead of hanging.
+_POOL_PID: int | None = None
+_FORK_WARNED = False
+
+
+def _usable_threads(requested: int) -> int:
+    global _POOL_PID, _FORK_WARNED
+    if requested <= 1:
+        return 1
+    if _POOL_PID is None:
+        _POOL_PID = os.getpid()
+    elif _POOL_PID != os.getpid():
+        if not _FORK_WARNED:
+            _FORK_WARNED = True
+            warnings.warn("lstmbench C backend: this process was forked after the kernel ran on several "
+                          "threads, and GNU OpenMP cannot start threads after fork(); running on 1 thread. "
+                          "Use multiprocessing's 'spawn' start method to keep the thread count.",
+                          RuntimeWarning, stacklevel=3)
+        return 1
+    return requested
+
+
+def _load_extension():
+    """(ffi, lib) of the compiled extension, or (None, reason)."""
+    try:
+        from lstmbench_backends.c_kernel import _lstm_c
+    except ImportError as exc:
+        return None, str(exc)
+    return (_lstm_c.ffi, _lstm_c.lib), ""
+
+
+def _compiler_found() -> bool:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return shutil.which(cc.split()[0]) is not None
+
+
+def c_array(ffi, arr, dtype, shape, name: str, writable: bool = False):
+    """A cffi pointer to ``arr`` after checking everything C relies on."""
+    if not isinstance(arr, np.ndarray):
+        raise DTypeError(f"{name} must be a numpy array, got {type(arr).__name__}")
+    if arr.dtype != np.dtype(dtype):
+        raise DTypeError(f"{name} has dtype {arr.dtype}, the C kernel needs {np.dtype(dtype)}")
+    if arr.shape != tuple(shape):
+        raise ShapeError(f"{name} has shape {arr.shape}, the C kernel needs {tuple(shape)}")
+    if not arr.flags.c_contiguous or not arr.flags.aligned:
+        raise LayoutError(f"{name} must be a C-contiguous, aligned array (use np.ascontiguousarray)")
+    if writable and not arr.flags.writeable:
+        raise LayoutError(f"{name} is read-only; the C kernel writes into it")
+    ctype = {np.float32: "float[]", np.float64: "double[]", np.int64: "int64_t[]", np.uint8: "char[]"}[
+        np.dtype(dtype).type
+    ]
+    return ffi.from_buffer(ctype, arr, require_writable=writable)
+
+
+@dataclass
+class Workspace:
+    """The C kernel's scratch memory for one (config, batch, steps, threads) shape."""
+
+    block: np.ndarray  # uint8; C carves and aligns its buffers inside
+    dims: object  # the lstm_dims struct (cffi)
+
+
+@dataclass
+class CState(TrainState):
+    theta: np.ndarray = None  # flat parameters; state.params are views into it
+    slots: dict[str, np.ndarray] = field(default_factory=dict)  # flat optimizer buffers
+    grad: np.ndarray = None
+
+
+class CKernel(Backend):
+    """Batch shards on OpenMP threads, own register-blocked matrix products, fused Adam/SGD, all in C."""
+
+    name = "c"
+    description = "C11 via cffi: batch shards on OpenMP threads, own vectorised GEMM, fused training step"
+    capabilities = Capabilities()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ext = None
+        self._layouts: dict[ModelConfig, Layout] = {}
+        self._pool: dict[tuple, list[Workspace]] = {}
+        self._pool_lock = threading.Lock()
+        self.source_dir = sources.HERE  # where the sources checked against the binary live
+        self._verified = None  # the source_dir whose sources matched the binary
+
+    # -- environment -------------------------------------------------------------------
+
+    def _extension(self):
+        if self._ext is None:
+            self._ext = _load_extension()
+        return self._ext
+
+    def availability(self):
+        ext, why = self._extension()
+        if ext is None:
+            if not _compiler_found():
+                return False, ("the C extension is not built and no C compiler was found; install gcc "
+                               f"(e.g. apt-get install gcc), then run {REBUILD}")
+            return False, (f"the C extension is not built ({why}); run {REBUILD} "
+                           "(add -v to see the compiler's messages)")
+        ffi, lib = ext
+        built = ffi.string(lib.lstm_source_hash()).decode()
+        now = sources.source_hash(self.source_dir)
+        if built != now:
+            return False, (f"the C extension is stale: it was built from sources with hash {built[:12]}, "
+                           f"the sources in {self.source_dir} now hash to {now[:12]}; rebuild with {REBUILD}")
+        return True, ""
+
+    def _lib(self):
+        """(ffi, lib), checked against the sources once per backend object and source folder
+        (hashing the sources on every call would cost more than a small training step)."""
+        if self._verified != self.source_dir:
+            ok, why = self.availability()
+            if not ok:
+                from lstmbench.errors import BackendUnavailableError
+
+                raise BackendUnavailableError(f"backend 'c' is not available: {why}")
+            self._verified = self.source_dir
+        return self._extension()[0]
+
+    def runtime_info(self):
+        info = {"threads": self.threads}
+        if self.threads > 1 and _POOL_PID is not None and _POOL_PID != os.getpid():
+            info["threads_used"] = 1  # a forked child of a process that ran OpenMP threads (see _usable_threads)
+        ext, _ = self._extension()
+        if ext is not None:
+            ffi, lib = ext
+            info.update(openmp=bool(lib.lstm_openmp()), isa=ffi.string(lib.lstm_isa()).decode(),
+                        build_flags=ffi.string(lib.lstm_build_info()).decode())
+        return info
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _layout(self, cfg: ModelConfig) -> Layout:
+        if cfg not in self._layouts:
+            self._layouts[cfg] = Layout.of(cfg)
+        return self._layouts[cfg]
+
+    def _acquire(self, cfg: ModelConfig, B: int, T: int) -> tuple[tuple, Workspace]:
+        """A workspace for this shape (from the pool, or new); concurrent calls get different ones."""
+        ffi, lib = self._lib()
+        threads = _usable_threads(self.threads)
+        key = (cfg, B, T, threads)
+        with self._pool_lock:
+            free = self._pool.get(key)
+            if free:
+                return key, free.pop()
+        dims = ffi.new("lstm_dims *")
+        dims.batch, dims.steps, dims.input_size = B, T, cfg.input_size
+        dims.hidden_size, dims.output_size, dims.layers = cfg.hidden_size, cfg.output_size, cfg.num_layers
+        dims.many_to_many, dims.xent, dims.threads = int(cfg.many_to_many), int(cfg.loss == "xent"), threads
+        nbytes = lib.lstm_workspace_bytes(dims, cfg.np_dtype.itemsize)
+        if nbytes < 0:
+            raise ShapeError(f"the C kernel cannot hold a batch of shape ({B}, {T}, {cfg.input_size}) for {cfg}")
+        # zeros: buffer padding the kernel never writes stays finite
+        return key, Workspace(np.zeros(nbytes, np.uint8), dims)
+
+    def _release(self, key: tuple, ws: Workspace) -> None:
+        with self._pool_lock:
+            if key not in self._pool and len(self._pool) > 8:  # a few shapes (full and last batch) are typical
+                self._pool.clear()
+            self._pool.setdefault(key, []).append(ws)
+
+    @staticmethod
+    def _check(lib, ffi, code: int) -> None:
+        if code != 0:
+            raise KernelError(f"the C kernel refused the call: {ffi.string(lib.lstm_error_message(code)).decode()}")
+
+    def _targets(self, cfg: ModelConfig, x: np.ndarray, y):
+        """(y as reals or None, class ids or None) shaped as C reads them."""
+        B, T = x.shape[0], x.shape[1]
+        Tout = T if cfg.many_to_many else 1
+        if cfg.loss == "xent":
+            return None, np.ascontiguousarray(y, np.int64).reshape(B, Tout)
+        return np.ascontiguousarray(y).reshape(B, Tout, cfg.output_size), None
+
+    def _call(self, what: str, cfg: ModelConfig, theta: np.ndarray, x: np.ndarray, y=None, *, y_hat=None,
+              grad=None, opt=None, slots=(None, None)) -> float:
+        """Validate every array, then run one C entry point ("forward", "loss_grad", "train_step").
+        x, y, theta, grad, y_hat and slots must already be contiguous arrays of the model's dtype."""
+        ffi, lib = self._lib()
+        dt, layout = cfg.np_dtype, self._layout(cfg)
+        if not isinstance(x, np.ndarray) or x.ndim != 3:
+            raise ShapeError(f"x must be a (batch, steps, {cfg.input_size}) array")
+        B, T = x.shape[0], x.shape[1]
+        Tout = T if cfg.many_to_many else 1
+        sfx = "f32" if dt == np.float32 else "f64"
+        # every pointer is checked before the workspace (or anything else) is touched
+        p_x = c_array(ffi, x, dt, (B, T, cfg.input_size), "x")
+        p_theta = c_array(ffi, theta, dt, (layout.size,), "theta", writable=what == "train_step")
+        offs = np.ascontiguousarray(layout.offs, np.int64)
+        p_offs = c_array(ffi, offs, np.int64, (cfg.num_layers + 1, 3), "offs")
+        if what != "forward":
+            y_real, classes = self._targets(cfg, x, y)
+            p_y = ffi.NULL if y_real is None else c_array(ffi, y_real, dt, (B, Tout, cfg.output_size), "y")
+            p_cls = ffi.NULL if classes is None else c_array(ffi, classes, np.int64, (B, Tout), "y (class ids)")
+            p_grad = c_array(ffi, grad, dt, (layout.size,), "grad", writable=True)
+        else:
+            p_out = c_array(ffi, y_hat, dt, (B, Tout, cfg.output_size), "y_hat", writable=True)
+        if what == "train_step":
+            p_s = [ffi.NULL if s is None else c_array(ffi, s, dt, (layout.size,), "optimizer slot", writable=True)
+                   for s in slots]
+        key, ws = self._acquire(cfg, B, T)
+        try:
+            p_ws = c_array(ffi, ws.block, np.uint8, ws.block.shape, "workspace", writable=True)
+            loss = ffi.new("double *")
+            if what == "forward":
+                code = getattr(lib, f"lstm_forward_{sfx}")(ws.dims, p_offs, layout.size, p_theta, p_x, p_out, p_ws,
+                                                           ws.block.size)
+            elif what == "loss_grad":
+                code = getattr(lib, f"lstm_loss_grad_{sfx}")(ws.dims, p_offs, layout.size, p_theta, p_x, p_y,
+                                                             p_cls, p_grad, loss, p_ws, ws.block.size)
+            else:
+                code = getattr(lib, f"lstm_train_step_{sfx}")(ws.dims, opt, p_offs, layout.size, p_theta, p_s[0],
+                                                              p_s[1], p_x, p_y, p_cls, p_grad, loss, p_ws,
+                                                              ws.block.size)
+            self._check(lib, ffi, code)
+        finally:
+            self._release(key, ws)
+        return float(loss[0])
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def _forward(self, cfg, params, x):
+        theta = self._layout(cfg).flatten(params, cfg.np_dtype)
+        B, T = x.shape[0], x.shape[1]
+        out = np.empty((B, T if cfg.many_to_many else 1, cfg.output_size), dtype=cfg.np_dtype)
+        self._call("forward", cfg, theta, np.ascontiguousarray(x), y_hat=out)
+        return out if cfg.many_to_many else out[:, 0].copy()
+
+    def _loss_and_grads(self, cfg, params, x, y):
+        layout = self._layout(cfg)
+        grad = np.empty(layout.size, dtype=cfg.np_dtype)
+        loss = self._call("loss_grad", cfg, layout.flatten(params, cfg.np_dtype), np.ascontiguousarray(x), y,
+                          grad=grad)
+        return loss, {k: v.copy() for k, v in layout.views(grad).items()}
+
+    def _init_state(self, cfg, params, opt, opt_state):
+        layout = self._layout(cfg)
+        theta = layout.flatten(params, cfg.np_dtype)
+        slot_names = sorted({key.split("/")[0] for key in opt_state if "/" in key})
+        slots = {s: layout.flatten({n: opt_state[f"{s}/{n}"] for n in layout.slices}, cfg.np_dtype) for s in slot_names}
+        views = {f"{s}/{n}": v for s, flat in slots.items() for n, v in layout.views(flat).items()}
+        return CState(cfg, opt, layout.views(theta), {"step": opt_state["step"], **views},
+                      theta=theta, slots=slots, grad=np.empty(layout.size, dtype=cfg.np_dtype))
+
+    def _train_step(self, state: CState, x, y):
+        ffi, _ = self._lib()
+        opt, step = state.opt, int(state.opt_state["step"]) + 1
+        c_opt = ffi.new("lstm_optim *")
+        c_opt.adam = int(opt.kind == "adam")
+        c_opt.lr, c_opt.momentum, c_opt.eps = opt.lr, opt.momentum, opt.eps
+        c_opt.beta1, c_opt.beta2 = opt.betas
+        c_opt.clip_norm = opt.clip_norm if opt.clip_norm else 0.0
+        c_opt.step = step
+        if opt.kind == "adam":
+            slots = (state.slots["m"], state.slots["v"])
+        else:
+            slots = (state.slots.get("momentum"), None)
+        loss = self._call("train_step", state.cfg, state.theta, np.ascontiguousarray(x), y, grad=state.grad,
+                          opt=c_opt, slots=slots)
+        state.opt_state["step"] = np.array(step, dtype=np.int64)
+        return loss
+
+
+def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``alignment``-byte boundary
+    (numpy only promises 16; the kernel's own buffers are all cache-line aligned)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.empty(n * dtype.itemsize + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def matmul(a: np.ndarray, b: np.ndarray, transpose_a: bool = False, pack_b: bool = True, repeats: int = 1,
+           n: int | None = None) -> np.ndarray:
+    """C = A @ B (or A^T @ B) with the kernel's own matrix product, for tests and the GEMM benchmark.
+
+    a: (M, K), or (K, M) with ``transpose_a``; b: (K, N) row-major. With
+    ``pack_b=False`` B is read in place, which needs b's row length to be at least
+    N rounded up to the panel width: pass the real column count as ``n``.
+    """
+    ext, why = _load_extension()
+    if ext is None:
+        raise RuntimeError(f"the C extension is not built: {why}")
+    ffi, lib = ext
+    dt = a.dtype
+    if dt not in (np.float32, np.float64):
+        raise DTypeError(f"matmul takes float32 or float64, got {dt}")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ShapeError("matmul takes 2-D arrays")
+    M, K = (a.shape[1], a.shape[0]) if transpose_a else a.shape
+    N = b.shape[1] if n is None else n
+    if b.shape[0] != K or not 1 <= N <= b.shape[1]:
+        raise ShapeError(f"shapes {a.shape}{'^T' if transpose_a else ''} and {b.shape} (N={N}) do not multiply")
+    c = aligned_empty((M, N), dt)
+    p_a = c_array(ffi, a, dt, a.shape, "a")
+    p_b = c_array(ffi, b, dt, b.shape, "b")
+    p_c = c_array(ffi, c, dt, c.shape, "c", writable=True)
+    ws = np.empty(max(1, lib.lstm_matmul_workspace_bytes(K, N, dt.itemsize)), np.uint8)
+    ars, acs = (1, M) if transpose_a else (K, 1)
+    fn = lib.lstm_matmul_f32 if dt == np.float32 else lib.lstm_matmul_f64
+    code = fn(M, N, K, p_a, ars, acs, p_b, b.shape[1], int(pack_b), p_c, N,
+              c_array(ffi, ws, np.uint8, ws.shape, "ws", writable=True), ws.size, repeats)
+    CKernel._check(lib, ffi, code)
+    return c

@@ -1,0 +1,199 @@
+/* asan_driver.c: runs the C kernel on small cases under AddressSanitizer and UBSan.
+ *
+ * tests/test_c_backend.py builds it as
+ *     gcc -std=c11 -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all
+ *         -fno-omit-frame-pointer -fopenmp asan_driver.c -lm
+ * and fails on any sanitizer report or a nonzero exit. It includes lstm.c
+ * itself, so the kernel is compiled with the sanitizers too; under ASan the
+ * kernel puts poisoned red zones between the buffers it carves out of the
+ * workspace, so an overrun from one buffer into the next is caught as well.
+ * Every array is its own malloc of exactly the size the API documents.
+ *
+ * Covered: forward, loss and gradients, fused training steps (Adam with
+ * clipping, SGD with and without momentum) for float32 and float64, 1..3
+ * layers, both losses, both task shapes, batch sizes that leave padding rows in
+ * the last shard, sizes that are not multiples of the vector width, 1..3
+ * threads; the error returns (small workspace, wrong layout, bad class id);
+ * the matrix product in both of its B modes; and a finite-difference check of
+ * the float64 gradient, so the driver also fails on wrong numbers.
+ */
+#include "lstm.c"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static int failures = 0;
+
+#define EXPECT(cond, ...)                                                    \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);         \
+            fprintf(stderr, __VA_ARGS__);                                    \
+            fprintf(stderr, "\n");                                          \
+            failures++;                                                      \
+        }                                                                    \
+    } while (0)
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static double uniform(void) /* in [-1, 1) */
+{
+    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* The canonical flat layout (lstmbench.layout.Layout). */
+static int64_t layout(const lstm_dims *d, int64_t *offs)
+{
+    const int64_t H = d->hidden_size, G = 4 * H;
+    int64_t pos = 0;
+    for (int64_t l = 0; l < d->layers; l++) {
+        const int64_t Dl = l == 0 ? d->input_size : H;
+        offs[3 * l] = pos, offs[3 * l + 1] = pos + Dl * G, offs[3 * l + 2] = pos + (Dl + H) * G;
+        pos += (Dl + H + 1) * G;
+    }
+    offs[3 * d->layers] = pos, offs[3 * d->layers + 1] = pos + H * d->output_size, offs[3 * d->layers + 2] = 0;
+    return pos + (H + 1) * d->output_size;
+}
+
+/* One case for one dtype: the body is written once for real = float and double. */
+#define DEFINE_CASE(real, SUF)                                                                                      \
+    static void run_case_##SUF(const lstm_dims *d)                                                                 \
+    {                                                                                                               \
+        const int64_t B = d->batch, T = d->steps, D = d->input_size, O = d->output_size, L = d->layers;             \
+        const int64_t Tout = d->many_to_many ? T : 1;                                                               \
+        int64_t *offs = xmalloc(sizeof(int64_t) * 3 * (size_t)(L + 1));                                             \
+        const int64_t P = layout(d, offs);                                                                          \
+        real *theta = xmalloc(sizeof(real) * (size_t)P), *grad = xmalloc(sizeof(real) * (size_t)P);                 \
+        real *m = xmalloc(sizeof(real) * (size_t)P), *v = xmalloc(sizeof(real) * (size_t)P);                        \
+        real *x = xmalloc(sizeof(real) * (size_t)(B * T * D)), *y = xmalloc(sizeof(real) * (size_t)(B * Tout * O)); \
+        real *y_hat = xmalloc(sizeof(real) * (size_t)(B * Tout * O));                                               \
+        int64_t *cls = xmalloc(sizeof(int64_t) * (size_t)(B * Tout));                                               \
+        for (int64_t j = 0; j < P; j++) theta[j] = (real)(0.8 * uniform()), m[j] = 0, v[j] = 0;                   \
+        for (int64_t j = 0; j < B * T * D; j++) x[j] = (real)(2.0 * uniform());                                     \
+        for (int64_t j = 0; j < B * Tout * O; j++) y[j] = (real)uniform();                                          \
+        for (int64_t j = 0; j < B * Tout; j++) cls[j] = (int64_t)((uniform() + 1.0) * 0.5 * (double)O) % O;       \
+        const int64_t ws_bytes = lstm_workspace_bytes(d, (int64_t)sizeof(real));                                    \
+        EXPECT(ws_bytes > 0, "workspace size %lld", (long long)ws_bytes);                                           \
+        void *ws = xmalloc((size_t)ws_bytes);                                                                       \
+        const real *yr = d->xent ? NULL : y;                                                                        \
+        const int64_t *yc = d->xent ? cls : NULL;                                                                   \
+        double loss = -1;                                                                                           \
+        int rc = lstm_forward_##SUF(d, offs, P, theta, x, y_hat, ws, ws_bytes);                                     \
+        EXPECT(rc == 0, "forward: %s", lstm_error_message(rc));                                                     \
+        for (int64_t j = 0; j < B * Tout * O; j++) EXPECT(isfinite(y_hat[j]), "forward output %lld", (long long)j); \
+        rc = lstm_loss_grad_##SUF(d, offs, P, theta, x, yr, yc, grad, &loss, ws, ws_bytes);                         \
+        EXPECT(rc == 0 && isfinite(loss) && loss >= 0, "loss_grad: %s, loss %g", lstm_error_message(rc), loss);   \
+        for (int64_t j = 0; j < P; j++) EXPECT(isfinite(grad[j]), "gradient %lld", (long long)j);                   \
+        /* finite differences on a few parameters (float64 only: float32 is too coarse) */                         \
+        if (sizeof(real) == 8)                                                                                      \
+            for (int64_t probe = 0; probe < 6; probe++) {                                                           \
+                const int64_t j = (probe * 7919) % P;                                                               \
+                const real keep = theta[j], h = (real)1e-6;                                                         \
+                double lp, lm;                                                                                      \
+                real *g2 = xmalloc(sizeof(real) * (size_t)P);                                                       \
+                theta[j] = keep + h;                                                                                \
+                lstm_loss_grad_##SUF(d, offs, P, theta, x, yr, yc, g2, &lp, ws, ws_bytes);                          \
+                theta[j] = keep - h;                                                                                \
+                lstm_loss_grad_##SUF(d, offs, P, theta, x, yr, yc, g2, &lm, ws, ws_bytes);                          \
+                theta[j] = keep;                                                                                    \
+                const double fd = (lp - lm) / (2.0 * (double)h);                                                    \
+                EXPECT(fabs(fd - (double)grad[j]) <= 1e-6 + 1e-4 * fabs(fd), "gradient %lld: %.9g, finite diff %.9g", \
+                       (long long)j, (double)grad[j], fd);                                                          \
+                free(g2);                                                                                           \
+            }                                                                                                       \
+        lstm_optim opt = {1, 1e-2, 0.0, 0.9, 0.999, 1e-8, 0.5, 1};                                                 \
+        for (int64_t step = 1; step <= 3; step++) { /* Adam with clipping */                                        \
+            opt.step = step;                                                                                        \
+            rc = lstm_train_step_##SUF(d, &opt, offs, P, theta, m, v, x, yr, yc, grad, &loss, ws, ws_bytes);        \
+            EXPECT(rc == 0 && isfinite(loss), "adam step: %s", lstm_error_message(rc));                             \
+        }                                                                                                           \
+        lstm_optim sgd = {0, 1e-2, 0.9, 0.9, 0.999, 1e-8, 0.0, 1};                                                 \
+        for (int64_t step = 1; step <= 2; step++) { /* SGD with momentum, then without */                           \
+            sgd.step = step;                                                                                        \
+            rc = lstm_train_step_##SUF(d, &sgd, offs, P, theta, m, NULL, x, yr, yc, grad, &loss, ws, ws_bytes);     \
+            EXPECT(rc == 0, "sgd momentum step: %s", lstm_error_message(rc));                                       \
+        }                                                                                                           \
+        sgd.momentum = 0.0;                                                                                         \
+        rc = lstm_train_step_##SUF(d, &sgd, offs, P, theta, NULL, NULL, x, yr, yc, grad, &loss, ws, ws_bytes);      \
+        EXPECT(rc == 0, "sgd step: %s", lstm_error_message(rc));                                                    \
+        for (int64_t j = 0; j < P; j++) EXPECT(isfinite(theta[j]), "parameter %lld after training", (long long)j); \
+        /* refusals: a workspace one byte short, a shifted layout, a class id out of range */                       \
+        rc = lstm_forward_##SUF(d, offs, P, theta, x, y_hat, ws, ws_bytes - ALIGN - 1);                             \
+        EXPECT(rc == LSTM_EWORKSPACE, "short workspace accepted (%d)", rc);                                         \
+        offs[1] += 1;                                                                                               \
+        rc = lstm_forward_##SUF(d, offs, P, theta, x, y_hat, ws, ws_bytes);                                         \
+        EXPECT(rc == LSTM_ELAYOUT, "wrong layout accepted (%d)", rc);                                               \
+        offs[1] -= 1;                                                                                               \
+        if (d->xent) {                                                                                              \
+            cls[B * Tout - 1] = O;                                                                                  \
+            rc = lstm_loss_grad_##SUF(d, offs, P, theta, x, NULL, cls, grad, &loss, ws, ws_bytes);                  \
+            EXPECT(rc == LSTM_ECLASS, "class id out of range accepted (%d)", rc);                                   \
+        }                                                                                                           \
+        free(offs), free(theta), free(grad), free(m), free(v), free(x), free(y), free(y_hat), free(cls), free(ws);  \
+    }                                                                                                               \
+                                                                                                                    \
+    static void run_matmul_##SUF(int64_t M, int64_t N, int64_t K, int trans_a, int pack)                            \
+    {                                                                                                               \
+        const int64_t nr = lstm_panel_width((int64_t)sizeof(real));                                                 \
+        const int64_t ldb = pack ? N : round_up(N, nr);                                                             \
+        real *A = xmalloc(sizeof(real) * (size_t)(M * K)), *Bm = xmalloc(sizeof(real) * (size_t)(K * ldb));         \
+        real *C = xmalloc(sizeof(real) * (size_t)(M * N));                                                          \
+        for (int64_t j = 0; j < M * K; j++) A[j] = (real)uniform();                                                 \
+        for (int64_t j = 0; j < K * ldb; j++) Bm[j] = (real)uniform();                                              \
+        const int64_t ws_bytes = lstm_matmul_workspace_bytes(K, N, (int64_t)sizeof(real));                          \
+        void *ws = xmalloc((size_t)ws_bytes);                                                                       \
+        const int64_t ars = trans_a ? 1 : K, acs = trans_a ? M : 1;                                                 \
+        int rc = lstm_matmul_##SUF(M, N, K, A, ars, acs, Bm, ldb, pack, C, N, ws, ws_bytes, 1);                     \
+        EXPECT(rc == 0, "matmul: %s", lstm_error_message(rc));                                                      \
+        for (int64_t i = 0; i < M; i++)                                                                             \
+            for (int64_t j = 0; j < N; j++) {                                                                       \
+                double want = 0;                                                                                    \
+                for (int64_t k = 0; k < K; k++) want += (double)A[i * ars + k * acs] * (double)Bm[k * ldb + j];     \
+                EXPECT(fabs(want - (double)C[i * N + j]) <= 1e-4 * (1.0 + (double)K), "matmul (%lld,%lld)",        \
+                       (long long)i, (long long)j);                                                                 \
+            }                                                                                                       \
+        free(A), free(Bm), free(C), free(ws);                                                                       \
+    }
+
+DEFINE_CASE(float, f32)
+DEFINE_CASE(double, f64)
+
+int main(void)
+{
+    /* batch, steps, input, hidden, output, layers, many_to_many, xent, threads */
+    const lstm_dims cases[] = {
+        {5, 3, 2, 5, 3, 1, 0, 0, 2},  /* padding row in the last shard, H not a vector multiple */
+        {4, 1, 1, 3, 2, 2, 1, 1, 3},  /* T = 1 (no recurrent product), more threads than rows per shard */
+        {7, 4, 3, 9, 4, 3, 1, 0, 2},  /* 3 layers, many-to-many mse */
+        {3, 5, 1, 17, 5, 2, 0, 1, 1}, /* one thread, xent many-to-one */
+        {1, 2, 4, 1, 1, 1, 0, 0, 4},  /* one sequence, H = 1 */
+        {9, 6, 2, 33, 2, 2, 1, 1, 2}, /* H past two panels */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        run_case_f32(&cases[k]);
+        run_case_f64(&cases[k]);
+    }
+    const int64_t shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {13, 37, 300}, {100, 20, 3}, {6, 16, 257}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+        for (int trans = 0; trans < 2; trans++)
+            for (int pack = 0; pack < 2; pack++) {
+                run_matmul_f32(shapes[k][0], shapes[k][1], shapes[k][2], trans, pack);
+                run_matmul_f64(shapes[k][0], shapes[k][1], shapes[k][2], trans, pack);
+            }
+    if (failures) {
+        fprintf(stderr, "%d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("asan_driver: all cases passed\n");
+    return 0;
+}

@@ -1,0 +1,87 @@
+/* The C kernel's interface: what lstm.c exports and Python calls through cffi.
+ *
+ * build_ffi.py hands the lines between the markers below to cffi's cdef, so they
+ * must stay plain declarations (no macros, no #if).
+ *
+ * Arrays are row-major and contiguous; the Python side checks every shape, dtype
+ * and contiguity before it calls in, and each function still checks the sizes it
+ * is given and returns a nonzero LSTM_E* code instead of touching memory it was
+ * not given. lstm_error_message() turns the code into a sentence.
+ *
+ * Nothing here keeps state between calls: every buffer comes in as an argument
+ * (the workspace included), so calls on different workspaces may run at once.
+ */
+#ifndef LSTM_API_H
+#define LSTM_API_H
+
+#include <stdint.h>
+
+/* cdef-begin */
+typedef struct {
+    int64_t batch;         /* B */
+    int64_t steps;         /* T */
+    int64_t input_size;    /* D */
+    int64_t hidden_size;   /* H */
+    int64_t output_size;   /* O */
+    int64_t layers;        /* L */
+    int64_t many_to_many;  /* 1: head on every h_t; 0: on h_T only */
+    int64_t xent;          /* 1: softmax cross-entropy on class ids; 0: mean squared error */
+    int64_t threads;       /* at most this many threads (batch shards) */
+} lstm_dims;
+
+typedef struct {
+    int64_t adam;          /* 1: Adam; 0: SGD (with momentum if momentum > 0) */
+    double lr;
+    double momentum;
+    double beta1;
+    double beta2;
+    double eps;
+    double clip_norm;      /* <= 0: no clipping of the global gradient norm */
+    int64_t step;          /* the step being taken, counted from 1 */
+} lstm_optim;
+
+const char *lstm_source_hash(void);
+const char *lstm_build_info(void);
+const char *lstm_isa(void);
+const char *lstm_error_message(int code);
+int lstm_openmp(void);
+int64_t lstm_panel_width(int64_t dtype_size);
+int64_t lstm_workspace_bytes(const lstm_dims *d, int64_t dtype_size);
+int64_t lstm_matmul_workspace_bytes(int64_t K, int64_t N, int64_t dtype_size);
+
+int lstm_forward_f32(const lstm_dims *d, const int64_t *offs, int64_t n_params, const float *theta,
+                     const float *x, float *y_hat, void *ws, int64_t ws_bytes);
+int lstm_forward_f64(const lstm_dims *d, const int64_t *offs, int64_t n_params, const double *theta,
+                     const double *x, double *y_hat, void *ws, int64_t ws_bytes);
+
+int lstm_loss_grad_f32(const lstm_dims *d, const int64_t *offs, int64_t n_params, const float *theta,
+                       const float *x, const float *y, const int64_t *classes, float *grad, double *loss,
+                       void *ws, int64_t ws_bytes);
+int lstm_loss_grad_f64(const lstm_dims *d, const int64_t *offs, int64_t n_params, const double *theta,
+                       const double *x, const double *y, const int64_t *classes, double *grad, double *loss,
+                       void *ws, int64_t ws_bytes);
+
+int lstm_train_step_f32(const lstm_dims *d, const lstm_optim *opt, const int64_t *offs, int64_t n_params,
+                        float *theta, float *slot1, float *slot2, const float *x, const float *y,
+                        const int64_t *classes, float *grad, double *loss, void *ws, int64_t ws_bytes);
+int lstm_train_step_f64(const lstm_dims *d, const lstm_optim *opt, const int64_t *offs, int64_t n_params,
+                        double *theta, double *slot1, double *slot2, const double *x, const double *y,
+                        const int64_t *classes, double *grad, double *loss, void *ws, int64_t ws_bytes);
+
+int lstm_matmul_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_row_stride, int64_t a_col_stride,
+                    const float *B, int64_t ldb, int64_t pack_b, float *C, int64_t ldc, void *ws,
+                    int64_t ws_bytes, int64_t repeats);
+int lstm_matmul_f64(int64_t M, int64_t N, int64_t K, const double *A, int64_t a_row_stride,
+                    int64_t a_col_stride, const double *B, int64_t ldb, int64_t pack_b, double *C, int64_t ldc,
+                    void *ws, int64_t ws_bytes, int64_t repeats);
+/* cdef-end */
+
+/* Return codes. */
+#define LSTM_OK 0
+#define LSTM_EDIMS 1       /* a size is < 1, or too large */
+#define LSTM_ELAYOUT 2     /* offs / n_params are not the canonical flat layout */
+#define LSTM_EWORKSPACE 3  /* the workspace is smaller than lstm_workspace_bytes() */
+#define LSTM_ECLASS 4      /* a class id is outside [0, output_size) */
+#define LSTM_EARG 5        /* a required pointer is NULL, or an optimizer setting is invalid */
+
+#endif

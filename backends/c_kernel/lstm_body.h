@@ -1,0 +1,782 @@
+/* lstm_body.h: the LSTM training step for one dtype.
+ *
+ * Included twice by lstm.c: with real = float (names end in _f32) and with
+ * real = double (_f64). FN(name) appends the suffix; VL is the number of reals
+ * in a 32-byte vector; ACT_TANH / ACT_SIGMOID are the activations and REAL_SQRT
+ * the square root in the dtype (lstm.c).
+ *
+ * Notation as in the reference: B batch, T steps, D input width, H hidden,
+ * G = 4H gate columns (order i, f, g, o), O outputs, L layers, and per layer
+ *
+ *     z_t = x_t @ W_x + h_{t-1} @ W_h + b
+ *     i = sigmoid(z_i)  f = sigmoid(z_f)  g = tanh(z_g)  o = sigmoid(z_o)
+ *     c_t = f * c_{t-1} + i * g           h_t = o * tanh(c_t)
+ *
+ * Buffers of one shard (time-major, so one step's rows are contiguous; bm rows
+ * per shard, of which the first nb are real and the rest zero padding):
+ *     xs  (T, bm, D)          the shard's rows of x
+ *     hs  (L, T+1, bm, H)     h_0 = 0, h_1 .. h_T of each layer
+ *     cs  (L, T+1, bm, H)     c_0 = 0, c_1 .. c_T
+ *     z   (L, T, bm, Gp)      z_t, then the activated gates, then dz (in place)
+ *     tc  (L, T, bm, H)       tanh(c_t)
+ *     yout (Tout, bm, O)      head outputs (Tout = T many-to-many, 1 many-to-one)
+ *     dy  (Tout, bm, Op)      dLoss/dy
+ *     dh  (T, bm, H)          dLoss/dh_t arriving from above (head or next layer)
+ *     dhn, dcn (bm, H)        dLoss/dh_t and dLoss/dc_t through step t+1
+ *     grad (P)                this shard's gradient, flat layout
+ * Gp and Op are 4H and O rounded up to an odd number of micro-tile widths (NR):
+ * z and dy are read directly as the B operand of the weight-gradient products,
+ * which reads up to a multiple of NR columns, and a row stride that is an odd
+ * number of cache lines spreads the rows over all cache sets.
+ */
+
+#define NR (2 * VL) /* columns of a micro-tile: two vectors */
+#define MR 6        /* rows of a micro-tile: 6 x 2 vector accumulators = 12 registers */
+#define KC 256      /* depth of one pass of the micro-kernel: its B panel (KC x NR) stays in L1 */
+#define MC 96       /* rows of A per block (a multiple of MR) */
+
+typedef real FN(vec) __attribute__((vector_size(VL * sizeof(real))));
+
+static int64_t FN(panel_width)(void) { return NR; }
+
+/* Leading dimension for a buffer read directly as a B operand (see above). */
+static int64_t FN(padded_width)(int64_t n)
+{
+    int64_t panels = ceil_div(n, NR);
+    return (panels % 2 ? panels : panels + 1) * NR;
+}
+
+/* ======================= matrix products =======================
+ *
+ * C (M x N) = A (M x K) @ B (K x N), or C += A @ B.
+ *
+ * A is read through strides: a(i, k) = A[i * ars + k * acs], so A may be a
+ * row-major matrix (ars = lda, acs = 1) or the transpose of one (ars = 1,
+ * acs = lda: the weight gradients h^T @ dz). A row-major A is read in place
+ * (the micro-kernel keeps MR row pointers and steps them all by acs); a
+ * transposed one is copied into MR-row tiles first (pack_a), as it is reused
+ * by every panel of B and would otherwise touch a new cache line per k.
+ *
+ * B is either packed by pack_b (below: zero-padded to Np = round_up(N, NR)
+ * columns, cut into KC-row slices, each slice stored panel after panel, each
+ * panel KC x NR contiguous, so one pass of the driver reads one sequential
+ * stream), or read in place as a row-major matrix with row stride ldb, which
+ * then needs at least round_up(N, NR) readable columns in every row.
+ *
+ * Loop order (Goto's): K in KC slices, M in MC blocks, then every NR-column
+ * panel of B against every MR-row tile of A, so a B panel slice is reused from
+ * L1 by all row tiles of the block. The last 1..4 rows of a block use a 4-row
+ * tile (a batch shard of 16 rows is 6 + 6 + 4, not 6 + 6 + 6).
+ */
+
+/* Packs panel p (columns p*NR .. p*NR+NR-1) of B, b(k, j) = B[k * brs + j * bcs]. */
+static void FN(pack_panel)(int64_t K, int64_t N, const real *B, int64_t brs, int64_t bcs, real *restrict dst, int64_t p)
+{
+    const int64_t Np = round_up(N, NR), j0 = p * NR, n = min64(NR, N - j0);
+    for (int64_t pc = 0; pc < K; pc += KC) {
+        const int64_t kc = min64(KC, K - pc);
+        real *restrict out = dst + pc * Np + j0 * kc; /* slice pc, panel p: kc x NR */
+        if (n < NR) memset(out, 0, (size_t)(kc * NR) * sizeof(real));
+        if (bcs == 1) /* rows of B are contiguous: copy NR values per k */
+            for (int64_t k = 0; k < kc; k++)
+                for (int64_t jj = 0; jj < n; jj++) out[k * NR + jj] = B[(pc + k) * brs + j0 + jj];
+        else /* a transpose: read each column of the panel as one contiguous run */
+            for (int64_t jj = 0; jj < n; jj++)
+                for (int64_t k = 0; k < kc; k++) out[k * NR + jj] = B[(pc + k) * brs + (j0 + jj) * bcs];
+    }
+}
+
+/* The whole of B (K x N), zero-padded to Np = round_up(N, NR) columns, as KC-row
+ * slices, each slice panel after panel, each panel KC x NR contiguous. */
+static void FN(pack_b)(int64_t K, int64_t N, const real *B, int64_t brs, int64_t bcs, real *dst)
+{
+    for (int64_t p = 0; p * NR < N; p++) FN(pack_panel)(K, N, B, brs, bcs, dst, p);
+}
+
+/* The same, called by every thread of a parallel region: the panels are shared out,
+ * and nobody waits at the end (nowait), so the next matrix starts at once. */
+static void FN(pack_b_shared)(int64_t K, int64_t N, const real *B, int64_t brs, int64_t bcs, real *dst)
+{
+    const int64_t panels = ceil_div(N, NR);
+#pragma omp for schedule(static) nowait
+    for (int64_t p = 0; p < panels; p++) FN(pack_panel)(K, N, B, brs, bcs, dst, p);
+}
+
+INLINE FN(vec) FN(loadv)(const real *p)
+{
+    FN(vec) v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+INLINE void FN(storev)(real *p, FN(vec) v) { memcpy(p, &v, sizeof v); }
+
+/* The micro-kernel: an R x NR tile of C (R = MR, or 4 for the last rows of a
+ * block) from kc steps of broadcast-FMA. Rows past m re-read row m-1 (never past
+ * the end of A) and are not stored. R is a constant at every call, so the
+ * loops over rows unroll and the accumulators live in registers. */
+INLINE void FN(micro)(const int R, int64_t kc, const real *a, int64_t ars, int64_t acs, int64_t m, const real *b,
+                      int64_t ldb, real *c, int64_t ldc, int64_t n, int add)
+{
+    typedef FN(vec) vec;
+    const real *ap[MR];
+    for (int i = 0; i < R; i++) ap[i] = a + min64(i, m - 1) * ars;
+    vec acc[MR][2];
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = (vec){0};
+    for (int64_t k = 0; k < kc; k++) {
+        const vec b0 = FN(loadv)(b + k * ldb), b1 = FN(loadv)(b + k * ldb + VL);
+        const int64_t ka = k * acs;
+#pragma GCC unroll 6
+        for (int i = 0; i < R; i++) {
+            const real x = ap[i][ka];
+            acc[i][0] += x * b0;
+            acc[i][1] += x * b1;
+        }
+    }
+    if (m == R && n == NR) {
+        for (int i = 0; i < R; i++) {
+            real *ci = c + i * ldc;
+            if (add) {
+                FN(storev)(ci, FN(loadv)(ci) + acc[i][0]);
+                FN(storev)(ci + VL, FN(loadv)(ci + VL) + acc[i][1]);
+            } else {
+                FN(storev)(ci, acc[i][0]);
+                FN(storev)(ci + VL, acc[i][1]);
+            }
+        }
+    } else {
+        real tile[MR][NR];
+        for (int i = 0; i < R; i++) {
+            FN(storev)(tile[i], acc[i][0]);
+            FN(storev)(tile[i] + VL, acc[i][1]);
+        }
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) c[i * ldc + j] = add ? c[i * ldc + j] + tile[i][j] : tile[i][j];
+    }
+}
+
+/* Copies rows ic..ic+mc, columns pc..pc+kc of A into MR-row tiles, each kc x MR
+ * contiguous, so the micro-kernel reads A as one stream (used when A is a
+ * transpose, whose MR values for one k sit in a different cache line per k). */
+static void FN(pack_a)(int64_t mc, int64_t kc, const real *A, int64_t ars, int64_t acs, real *restrict dst)
+{
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+        const int64_t m = min64(MR, mc - ir);
+        real *tile = dst + ir * kc;
+        for (int64_t k = 0; k < kc; k++)
+            for (int64_t i = 0; i < MR; i++) tile[k * MR + i] = i < m ? A[(ir + i) * ars + k * acs] : (real)0;
+    }
+}
+
+/* apack: room for MC x KC reals, or NULL (then A is never packed). */
+HOT static void FN(gemm)(int64_t M, int64_t N, int64_t K, const real *A, int64_t ars, int64_t acs, const real *B,
+                         int64_t ldb, int packed, real *C, int64_t ldc, int add, real *apack)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!add)
+            for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(real));
+        return;
+    }
+    const int64_t Np = round_up(N, NR);
+    const int pack_a = apack && acs != 1 && N > NR; /* a transposed A, reused by several panels */
+    for (int64_t pc = 0; pc < K; pc += KC) {
+        const int64_t kc = min64(KC, K - pc);
+        const int acc = add || pc > 0;
+        for (int64_t ic = 0; ic < M; ic += MC) {
+            const int64_t mc = min64(MC, M - ic);
+            const real *a = A + ic * ars + pc * acs;
+            int64_t a_rs = ars, a_cs = acs, a_ts = MR * ars; /* strides of rows, columns, tiles */
+            if (pack_a) {
+                FN(pack_a)(mc, kc, a, ars, acs, apack);
+                a = apack, a_rs = 1, a_cs = MR, a_ts = MR * kc;
+            }
+            for (int64_t jc = 0; jc < N; jc += NR) {
+                /* this slice of panel jc / NR: packed, or in place */
+                const real *bp = packed ? B + pc * Np + jc * kc : B + pc * ldb + jc;
+                const int64_t ldbp = packed ? NR : ldb, n = min64(NR, N - jc);
+                for (int64_t ir = 0; ir < mc; ir += MR) {
+                    const int64_t m = min64(MR, mc - ir);
+                    const real *at = a + (ir / MR) * a_ts;
+                    real *ct = C + (ic + ir) * ldc + jc;
+                    if (m > 4) /* a 4-row tile for the last 1..4 rows wastes less than a 6-row one */
+                        FN(micro)(MR, kc, at, a_rs, a_cs, m, bp, ldbp, ct, ldc, n, acc);
+                    else
+                        FN(micro)(4, kc, at, a_rs, a_cs, m, bp, ldbp, ct, ldc, n, acc);
+                }
+            }
+        }
+    }
+}
+
+/* Products with a packed B (K x N as pack_b left it) and with a plain one. */
+INLINE void FN(gemm_packed)(int64_t M, int64_t N, int64_t K, const real *A, int64_t ars, int64_t acs,
+                            const real *Bp, real *C, int64_t ldc, int add)
+{
+    FN(gemm)(M, N, K, A, ars, acs, Bp, 0, 1, C, ldc, add, NULL);
+}
+
+INLINE void FN(gemm_plain)(int64_t M, int64_t N, int64_t K, const real *A, int64_t ars, int64_t acs,
+                           const real *B, int64_t ldb, real *C, int64_t ldc, int add, real *apack)
+{
+    FN(gemm)(M, N, K, A, ars, acs, B, ldb, 0, C, ldc, add, apack);
+}
+
+/* ======================= the workspace ======================= */
+
+typedef struct {
+    real *xs, *hs, *cs, *z, *tc, *yout, *dy, *dh, *dhn, *dcn, *grad;
+    real *apack; /* (MC, KC) A tiles of the weight-gradient products */
+} FN(shard);
+
+typedef struct {
+    int64_t B, T, D, H, O, L, G, Gp, Op, Tout, S, bm, P, Pstride, nchunks, threads;
+    int m2m, xent;
+    const int64_t *offs;
+    real **pwx, **pwh, **pwxt, **pwht; /* per layer: packed W_x, W_h, W_x^T (l > 0), W_h^T */
+    real *pwy, *pwyt;                  /* packed W_y and W_y^T */
+    FN(shard) *sh;
+    double *loss; /* (S) each shard's sum of loss terms */
+    double *sq;   /* (nchunks) sum of squared gradient per chunk (for clipping) */
+} FN(work);
+
+/* Fills w's sizes and, if base != NULL, its pointers. Returns the bytes needed
+ * (without alignment slack), or -1 if that is absurdly large. */
+static int64_t FN(carve)(const lstm_dims *d, char *base, FN(work) *w)
+{
+    const int64_t es = (int64_t)sizeof(real);
+    w->B = d->batch, w->T = d->steps, w->D = d->input_size, w->H = d->hidden_size;
+    w->O = d->output_size, w->L = d->layers, w->threads = d->threads;
+    w->m2m = d->many_to_many != 0, w->xent = d->xent != 0;
+    w->G = 4 * w->H, w->Gp = FN(padded_width)(w->G), w->Op = FN(padded_width)(w->O);
+    w->Tout = w->m2m ? w->T : 1;
+    shard_plan(d, &w->S, &w->bm);
+    w->P = (w->D + w->H + 1) * w->G + (w->L - 1) * (2 * w->H + 1) * w->G + (w->H + 1) * w->O;
+    w->Pstride = round_up(w->P, ALIGN / es); /* private rows on separate cache lines */
+    w->nchunks = ceil_div(w->P, CHUNK);
+    const int64_t T = w->T, H = w->H, G = w->G, L = w->L, S = w->S, bm = w->bm, D = w->D;
+
+    arena a = {base, 0, 0};
+    w->pwx = take(&a, sizeof(real *), L, 1, 1, 1);
+    w->pwh = take(&a, sizeof(real *), L, 1, 1, 1);
+    w->pwxt = take(&a, sizeof(real *), L, 1, 1, 1);
+    w->pwht = take(&a, sizeof(real *), L, 1, 1, 1);
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t Dl = l == 0 ? D : H;
+        real *px = take(&a, es, Dl, round_up(G, NR), 1, 1);
+        real *ph = take(&a, es, H, round_up(G, NR), 1, 1);
+        real *pxt = l > 0 ? take(&a, es, G, round_up(Dl, NR), 1, 1) : NULL;
+        real *pht = take(&a, es, G, round_up(H, NR), 1, 1);
+        if (base && !a.too_big) w->pwx[l] = px, w->pwh[l] = ph, w->pwxt[l] = pxt, w->pwht[l] = pht;
+    }
+    w->pwy = take(&a, es, H, round_up(w->O, NR), 1, 1);
+    w->pwyt = take(&a, es, w->O, round_up(H, NR), 1, 1);
+    w->loss = take(&a, sizeof(double), S, 1, 1, 1);
+    w->sq = take(&a, sizeof(double), w->nchunks, 1, 1, 1);
+    w->sh = take(&a, sizeof(FN(shard)), S, 1, 1, 1);
+    for (int64_t s = 0; s < S; s++) {
+        FN(shard) sh;
+        sh.xs = take(&a, es, T, bm, D, 1);
+        sh.hs = take(&a, es, L, T + 1, bm, H);
+        sh.cs = take(&a, es, L, T + 1, bm, H);
+        sh.z = take(&a, es, L, T, bm, w->Gp);
+        sh.tc = take(&a, es, L, T, bm, H);
+        sh.yout = take(&a, es, w->Tout, bm, w->O, 1);
+        sh.dy = take(&a, es, w->Tout, bm, w->Op, 1);
+        sh.dh = take(&a, es, T, bm, H, 1);
+        sh.dhn = take(&a, es, bm, H, 1, 1);
+        sh.dcn = take(&a, es, bm, H, 1, 1);
+        sh.grad = take(&a, es, w->Pstride, 1, 1, 1);
+        sh.apack = take(&a, es, MC, KC, 1, 1);
+        if (base && !a.too_big) w->sh[s] = sh;
+    }
+    return a.too_big ? -1 : a.used;
+}
+
+static int64_t FN(workspace_bytes)(const lstm_dims *d)
+{
+    FN(work) w;
+    const int64_t used = FN(carve)(d, NULL, &w);
+    return used < 0 ? -1 : used + ALIGN;
+}
+
+/* Checks everything, then carves the workspace. */
+static int FN(setup)(const lstm_dims *d, const int64_t *offs, int64_t n_params, void *ws, int64_t ws_bytes,
+                     FN(work) *w)
+{
+    int err = check_dims(d);
+    if (err) return err;
+    if ((err = check_layout(d, offs, n_params))) return err;
+    const int64_t need = FN(carve)(d, NULL, w);
+    if (need < 0) return LSTM_EDIMS;
+    char *base = arena_base(ws, ws_bytes, need);
+    if (!base) return LSTM_EWORKSPACE;
+    FN(carve)(d, base, w);
+    w->offs = offs;
+    return LSTM_OK;
+}
+
+static void FN(release)(const FN(work) *w, void *ws, int64_t ws_bytes)
+{
+    (void)w;
+    (void)ws;
+    (void)ws_bytes;
+    UNPOISON(ws, ws_bytes); /* the caller may reuse or free the block as it likes */
+}
+
+/* Packs every weight matrix once per call, for all shards to share (read-only);
+ * all threads share out the panels of each matrix in turn. */
+static void FN(pack_weights)(const FN(work) *w, const real *theta, int backward)
+{
+    const int64_t H = w->H, G = w->G, L = w->L, O = w->O;
+    const int64_t *offs = w->offs;
+#pragma omp parallel num_threads(w->threads)
+    {
+        for (int64_t l = 0; l < L; l++) {
+            const int64_t Dl = l == 0 ? w->D : H;
+            const real *Wx = theta + offs[3 * l], *Wh = theta + offs[3 * l + 1];
+            FN(pack_b_shared)(Dl, G, Wx, G, 1, w->pwx[l]);                         /* W_x (D_l, 4H) */
+            FN(pack_b_shared)(H, G, Wh, G, 1, w->pwh[l]);                          /* W_h (H, 4H) */
+            if (backward && l > 0) FN(pack_b_shared)(G, Dl, Wx, 1, G, w->pwxt[l]); /* W_x^T (4H, D_l) */
+            if (backward) FN(pack_b_shared)(G, H, Wh, 1, G, w->pwht[l]);           /* W_h^T (4H, H) */
+        }
+        const real *Wy = theta + offs[3 * L];
+        FN(pack_b_shared)(H, O, Wy, O, 1, w->pwy);                 /* W_y (H, O) */
+        if (backward) FN(pack_b_shared)(O, H, Wy, 1, O, w->pwyt); /* W_y^T (O, H) */
+    }
+}
+
+/* ======================= pointwise gate math ======================= */
+
+/* One step of one layer, forward, rows 0..nb-1: z holds x_t W_x + h_{t-1} W_h
+ * (row stride ldz); adds b, activates (i, f, g, o overwrite z) and writes c_t,
+ * tanh(c_t), h_t. Four short loops per row rather than one long one: each
+ * activation is a chain of ~20 dependent operations, and short loop bodies let
+ * the CPU overlap many iterations; restrict lets the compiler vectorise. */
+INLINE void FN(sigmoid_inplace)(int64_t n, real *restrict z, const real *restrict b)
+{
+    for (int64_t j = 0; j < n; j++) z[j] = ACT_SIGMOID(z[j] + b[j]);
+}
+
+INLINE void FN(tanh_inplace)(int64_t n, real *restrict z, const real *restrict b)
+{
+    for (int64_t j = 0; j < n; j++) z[j] = ACT_TANH(z[j] + b[j]);
+}
+
+INLINE void FN(cell_forward)(int64_t H, const real *restrict i, const real *restrict f, const real *restrict g,
+                             const real *restrict o, const real *restrict c_prev, real *restrict c_new,
+                             real *restrict tc, real *restrict h)
+{
+    for (int64_t j = 0; j < H; j++) {
+        const real c = f[j] * c_prev[j] + i[j] * g[j]; /* c_t = f * c_{t-1} + i * g */
+        const real t = ACT_TANH(c);
+        c_new[j] = c;
+        tc[j] = t;
+        h[j] = o[j] * t; /* h_t = o * tanh(c_t) */
+    }
+}
+
+HOT static void FN(gates_forward)(int64_t nb, int64_t H, real *z, int64_t ldz, const real *b, const real *c_prev,
+                                  real *c_new, real *tc, real *h)
+{
+    for (int64_t r = 0; r < nb; r++) {
+        real *zr = z + r * ldz;
+        FN(sigmoid_inplace)(2 * H, zr, b);                 /* i = sigmoid(z_i), f = sigmoid(z_f) */
+        FN(tanh_inplace)(H, zr + 2 * H, b + 2 * H);        /* g = tanh(z_g) */
+        FN(sigmoid_inplace)(H, zr + 3 * H, b + 3 * H);     /* o = sigmoid(z_o) */
+        FN(cell_forward)(H, zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + r * H, c_new + r * H, tc + r * H,
+                         h + r * H);
+    }
+}
+
+/* One step of one layer, backward (the reference's layer_backward, fused):
+ *     dh = dh_out_t + dh_next           dc = dh * o * (1 - tanh_c^2) + dc_next
+ *     dz_i = dc * g * i * (1 - i)       dz_f = dc * c_{t-1} * f * (1 - f)
+ *     dz_g = dc * i * (1 - g^2)         dz_o = dh * tanh_c * o * (1 - o)
+ *     dc_next = dc * f
+ * dz overwrites the stored gates. dhn and dcn are zero at the last step. */
+INLINE void FN(gates_backward_row)(int64_t H, real *restrict zi, real *restrict zf, real *restrict zg,
+                                   real *restrict zo, const real *restrict c_prev, const real *restrict tc,
+                                   const real *restrict dh, const real *restrict dhn, real *restrict dcn)
+{
+    const real one = 1;
+    for (int64_t j = 0; j < H; j++) {
+        const real i = zi[j], f = zf[j], g = zg[j], o = zo[j], t = tc[j];
+        const real d_h = dh[j] + dhn[j];
+        const real d_c = d_h * o * (one - t * t) + dcn[j];
+        zi[j] = d_c * g * i * (one - i);
+        zf[j] = d_c * c_prev[j] * f * (one - f);
+        zg[j] = d_c * i * (one - g * g);
+        zo[j] = d_h * t * o * (one - o);
+        dcn[j] = d_c * f;
+    }
+}
+
+HOT static void FN(gates_backward)(int64_t nb, int64_t H, real *z, int64_t ldz, const real *c_prev, const real *tc,
+                                   const real *dh, const real *dhn, real *dcn)
+{
+    for (int64_t r = 0; r < nb; r++) {
+        real *zr = z + r * ldz;
+        FN(gates_backward_row)(H, zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + r * H, tc + r * H, dh + r * H,
+                               dhn + r * H, dcn + r * H);
+    }
+}
+
+/* db = column sums of dz over the shard's rows (in row order); with nx > 0 also
+ * dW_x = in^T dz for an input only nx wide, in the same pass over dz. */
+HOT static void FN(bias_grad)(int64_t T, int64_t nb, int64_t bm, int64_t G, int64_t Gp, const real *z, int64_t nx,
+                              const real *in, real *restrict db, real *restrict dWx)
+{
+    memset(db, 0, (size_t)G * sizeof(real));
+    if (nx) memset(dWx, 0, (size_t)(nx * G) * sizeof(real));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < nb; r++) {
+            const real *restrict zr = z + (t * bm + r) * Gp;
+            for (int64_t k = 0; k < G; k++) db[k] += zr[k];
+            for (int64_t d = 0; d < nx; d++) {
+                const real xd = in[(t * bm + r) * nx + d];
+                real *restrict row = dWx + d * G;
+                for (int64_t k = 0; k < G; k++) row[k] += xd * zr[k];
+            }
+        }
+}
+
+/* ======================= one shard: forward, loss, backward ======================= */
+
+#define HS(l) (sh->hs + (l) * (T + 1) * bm * H) /* layer l's (T+1, bm, H) block */
+#define CS(l) (sh->cs + (l) * (T + 1) * bm * H)
+#define ZS(l) (sh->z + (l) * T * bm * Gp)
+#define TCS(l) (sh->tc + (l) * T * bm * H)
+
+static void FN(shard_forward)(const FN(work) *w, int64_t s, const real *theta, const real *x)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t T = w->T, D = w->D, H = w->H, G = w->G, Gp = w->Gp, L = w->L, O = w->O, bm = w->bm;
+    const int64_t lo = s * bm, nb = min64(bm, w->B - lo);
+    /* this shard's rows of x (B, T, D), time-major; padding rows zero */
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < bm; r++)
+            for (int64_t k = 0; k < D; k++) sh->xs[(t * bm + r) * D + k] = r < nb ? x[((lo + r) * T + t) * D + k] : 0;
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t Dl = l == 0 ? D : H;
+        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H; /* (T, bm, D_l): x, or h_1..h_T below */
+        real *h = HS(l), *c = CS(l), *z = ZS(l), *tc = TCS(l);
+        const real *b = theta + w->offs[3 * l + 2];
+        memset(h, 0, (size_t)(bm * H) * sizeof(real)); /* h_0 = 0 */
+        memset(c, 0, (size_t)(bm * H) * sizeof(real)); /* c_0 = 0 */
+        for (int64_t t = 1; t <= T && nb < bm; t++) {  /* padding rows stay zero */
+            memset(h + (t * bm + nb) * H, 0, (size_t)((bm - nb) * H) * sizeof(real));
+            memset(c + (t * bm + nb) * H, 0, (size_t)((bm - nb) * H) * sizeof(real));
+        }
+        /* x_t @ W_x for every step at once: (T*bm, D_l) @ (D_l, 4H) */
+        FN(gemm_packed)(T * bm, G, Dl, in, Dl, 1, w->pwx[l], z, Gp, 0);
+        for (int64_t t = 0; t < T; t++) {
+            real *zt = z + t * bm * Gp;
+            if (t > 0) /* += h_{t-1} @ W_h; h_0 = 0 needs no product */
+                FN(gemm_packed)(nb, G, H, h + t * bm * H, H, 1, w->pwh[l], zt, Gp, 1);
+            FN(gates_forward)(nb, H, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
+                              h + (t + 1) * bm * H);
+        }
+    }
+    /* head: y = h @ W_y + b_y on h_T, or on every h_t */
+    const real *top = HS(L - 1), *by = theta + w->offs[3 * L + 1];
+    if (w->m2m)
+        FN(gemm_packed)(T * bm, O, H, top + bm * H, H, 1, w->pwy, sh->yout, O, 0);
+    else
+        FN(gemm_packed)(nb, O, H, top + T * bm * H, H, 1, w->pwy, sh->yout, O, 0);
+    for (int64_t tt = 0; tt < w->Tout; tt++)
+        for (int64_t r = 0; r < nb; r++)
+            for (int64_t k = 0; k < O; k++) sh->yout[(tt * bm + r) * O + k] += by[k];
+}
+
+/* This shard's sum of loss terms (in double) and dy = dLoss/dy_hat.
+ * mse:  terms (y_hat - y)^2, dy = (2/N) (y_hat - y), N = every output element;
+ * xent: terms -log softmax(y_hat)[class] (softmax with the row max subtracted),
+ *       dy = (softmax - onehot) / N, N = every prediction. */
+static double FN(shard_loss)(const FN(work) *w, int64_t s, const real *y, const int64_t *cls, real coef)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t O = w->O, Op = w->Op, bm = w->bm, Tout = w->Tout;
+    const int64_t lo = s * bm, nb = min64(bm, w->B - lo);
+    double total = 0.0;
+    memset(sh->dy, 0, (size_t)(Tout * bm * Op) * sizeof(real)); /* padding rows and columns zero */
+    for (int64_t tt = 0; tt < Tout; tt++)
+        for (int64_t r = 0; r < nb; r++) {
+            const real *yh = sh->yout + (tt * bm + r) * O;
+            real *dy = sh->dy + (tt * bm + r) * Op;
+            if (w->xent) {
+                real m = yh[0];
+                for (int64_t k = 1; k < O; k++) m = yh[k] > m ? yh[k] : m;
+                double sum_exp = 0.0;
+                for (int64_t k = 0; k < O; k++) sum_exp += exp((double)(yh[k] - m));
+                const double log_sum = log(sum_exp);
+                const int64_t target = cls[(lo + r) * Tout + tt];
+                total -= (double)(yh[target] - m) - log_sum;
+                for (int64_t k = 0; k < O; k++) dy[k] = coef * (real)exp((double)(yh[k] - m) - log_sum);
+                dy[target] -= coef;
+            } else {
+                const real *yr = y + ((lo + r) * Tout + tt) * O;
+                for (int64_t k = 0; k < O; k++) {
+                    const real diff = yh[k] - yr[k];
+                    total += (double)diff * (double)diff;
+                    dy[k] = coef * diff;
+                }
+            }
+        }
+    return total;
+}
+
+static void FN(shard_backward)(const FN(work) *w, int64_t s)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t T = w->T, D = w->D, H = w->H, G = w->G, Gp = w->Gp, L = w->L, O = w->O, Op = w->Op;
+    const int64_t bm = w->bm, Tout = w->Tout, nb = min64(bm, w->B - s * bm);
+    const int64_t *offs = w->offs;
+    real *grad = sh->grad, *dh = sh->dh;
+    const real *top = HS(L - 1);
+
+    /* head: dW_y = top^T dy, db_y = column sums of dy, dh = dy @ W_y^T */
+    real *dWy = grad + offs[3 * L], *dby = grad + offs[3 * L + 1];
+    if (w->m2m) {
+        FN(gemm_plain)(H, O, T * bm, top + bm * H, 1, H, sh->dy, Op, dWy, O, 0, sh->apack);
+        FN(gemm_packed)(T * bm, H, O, sh->dy, Op, 1, w->pwyt, dh, H, 0);
+    } else {
+        FN(gemm_plain)(H, O, nb, top + T * bm * H, 1, H, sh->dy, Op, dWy, O, 0, sh->apack);
+        memset(dh, 0, (size_t)((T - 1) * bm * H) * sizeof(real)); /* no loss on h_1 .. h_{T-1} */
+        FN(gemm_packed)(nb, H, O, sh->dy, Op, 1, w->pwyt, dh + (T - 1) * bm * H, H, 0);
+    }
+    for (int64_t k = 0; k < O; k++) dby[k] = 0;
+    for (int64_t tt = 0; tt < Tout; tt++)
+        for (int64_t r = 0; r < nb; r++)
+            for (int64_t k = 0; k < O; k++) dby[k] += sh->dy[(tt * bm + r) * Op + k];
+
+    for (int64_t l = L - 1; l >= 0; l--) {
+        const int64_t Dl = l == 0 ? D : H;
+        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H;
+        const real *h = HS(l), *c = CS(l), *tc = TCS(l);
+        real *z = ZS(l);
+        memset(sh->dhn, 0, (size_t)(bm * H) * sizeof(real)); /* nothing flows back from step T+1 */
+        memset(sh->dcn, 0, (size_t)(bm * H) * sizeof(real));
+        for (int64_t t = T - 1; t >= 0; t--) {
+            if (t < T - 1) /* dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now) */
+                FN(gemm_packed)(nb, H, G, z + (t + 1) * bm * Gp, Gp, 1, w->pwht[l], sh->dhn, H, 0);
+            FN(gates_backward)(nb, H, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H, dh + t * bm * H,
+                               sh->dhn, sh->dcn);
+        }
+        /* weight gradients, one product each over all steps:
+         *   dW_x = sum_t x_t^T dz_t        = in^T (D_l, T*bm) @ dz (T*bm, 4H)
+         *   dW_h = sum_t h_{t-1}^T dz_t    (h_0 = 0: from t = 2 on) */
+        real *dWx = grad + offs[3 * l], *dWh = grad + offs[3 * l + 1], *db = grad + offs[3 * l + 2];
+        const int narrow = Dl < MR; /* a thin dW_x (few inputs) is cheaper in the db pass below */
+        if (!narrow) FN(gemm_plain)(Dl, G, T * bm, in, 1, Dl, z, Gp, dWx, G, 0, sh->apack);
+        FN(gemm_plain)(H, G, (T - 1) * bm, h + bm * H, 1, H, z + bm * Gp, Gp, dWh, G, 0, sh->apack);
+        FN(bias_grad)(T, nb, bm, G, Gp, z, narrow ? Dl : 0, in, db, dWx);
+        if (l > 0) /* dLoss/dh of the layer below: dz @ W_x^T, (T*bm, 4H) @ (4H, H) */
+            FN(gemm_packed)(T * bm, H, G, z, Gp, 1, w->pwxt[l], dh, H, 0);
+    }
+}
+
+#undef HS
+#undef CS
+#undef ZS
+#undef TCS
+
+/* ======================= reduction and optimizer ======================= */
+
+/* grad = sum of the shards' rows, always in shard order; and per chunk of CHUNK
+ * parameters the sum of squares (double), later added in chunk order. Both
+ * are independent of how chunks are spread over threads. */
+static void FN(reduce)(const FN(work) *w, real *restrict grad)
+{
+    const int64_t P = w->P, S = w->S;
+#pragma omp parallel for schedule(static) num_threads(w->threads)
+    for (int64_t ch = 0; ch < w->nchunks; ch++) {
+        const int64_t lo = ch * CHUNK, hi = min64(P, lo + CHUNK);
+        memcpy(grad + lo, w->sh[0].grad + lo, (size_t)(hi - lo) * sizeof(real));
+        for (int64_t s = 1; s < S; s++) {
+            const real *restrict gs = w->sh[s].grad;
+            for (int64_t j = lo; j < hi; j++) grad[j] += gs[j];
+        }
+        double part[8] = {0};
+        int64_t j = lo;
+        for (; j + 8 <= hi; j += 8)
+            for (int k = 0; k < 8; k++) part[k] += (double)grad[j + k] * (double)grad[j + k];
+        for (; j < hi; j++) part[0] += (double)grad[j] * (double)grad[j];
+        w->sq[ch] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    }
+}
+
+/* torch.optim.Adam: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+ * p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps) */
+HOT static void FN(adam)(int64_t n, real *restrict theta, const real *restrict grad, real *restrict m,
+                         real *restrict v, real scale, real b1, real omb1, real b2, real omb2, real step_size,
+                         real bias2_sqrt, real eps)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const real g = grad[j] * scale;
+        m[j] = b1 * m[j] + omb1 * g;
+        v[j] = b2 * v[j] + omb2 * g * g;
+        theta[j] -= step_size * (m[j] / (REAL_SQRT(v[j]) / bias2_sqrt + eps)); /* all in the dtype, as the reference */
+    }
+}
+
+/* torch.optim.SGD: buf = g on the first step, then momentum * buf + g; p -= lr * buf */
+HOT static void FN(sgd)(int64_t n, real *restrict theta, const real *restrict grad, real *restrict buf, real scale,
+                        real lr, real momentum, int first)
+{
+    for (int64_t j = 0; j < n; j++) {
+        real g = grad[j] * scale;
+        if (buf) {
+            buf[j] = first ? g : momentum * buf[j] + g;
+            g = buf[j];
+        }
+        theta[j] -= lr * g;
+    }
+}
+
+/* ======================= entry points ======================= */
+
+/* Forward of every shard (and if grad != NULL: loss, backward, reduced gradient)
+ * on a workspace that setup() has carved. */
+static int FN(run)(const FN(work) *w, const real *theta, const real *x, const real *y, const int64_t *cls,
+                   real *y_hat, real *grad, double *loss)
+{
+    const int backward = grad != NULL;
+    if (!theta || !x || (backward && (!loss || (w->xent ? !cls : !y)))) return LSTM_EARG;
+    if (backward && w->xent)
+        for (int64_t k = 0; k < w->B * w->Tout; k++)
+            if (cls[k] < 0 || cls[k] >= w->O) return LSTM_ECLASS;
+    FN(pack_weights)(w, theta, backward);
+    const int64_t n_terms = w->xent ? w->B * w->Tout : w->B * w->Tout * w->O;
+    const real coef = (real)((w->xent ? 1.0 : 2.0) / (double)n_terms);
+#pragma omp parallel for schedule(static, 1) num_threads(min64(w->threads, w->S))
+    for (int64_t s = 0; s < w->S; s++) {
+        FN(shard_forward)(w, s, theta, x);
+        if (backward) {
+            w->loss[s] = FN(shard_loss)(w, s, y, cls, coef);
+            FN(shard_backward)(w, s);
+        }
+    }
+    if (y_hat) /* (Tout, bm, O) per shard -> (B, Tout, O) */
+        for (int64_t s = 0; s < w->S; s++)
+            for (int64_t r = 0; r < min64(w->bm, w->B - s * w->bm); r++)
+                for (int64_t tt = 0; tt < w->Tout; tt++)
+                    memcpy(y_hat + ((s * w->bm + r) * w->Tout + tt) * w->O, w->sh[s].yout + (tt * w->bm + r) * w->O,
+                           (size_t)w->O * sizeof(real));
+    if (backward) {
+        FN(reduce)(w, grad);
+        double total = 0.0;
+        for (int64_t s = 0; s < w->S; s++) total += w->loss[s]; /* shard order */
+        *loss = total / (double)n_terms;
+    }
+    return LSTM_OK;
+}
+
+int FN(lstm_forward)(const lstm_dims *d, const int64_t *offs, int64_t n_params, const real *theta, const real *x,
+                     real *y_hat, void *ws, int64_t ws_bytes)
+{
+    FN(work) w;
+    if (!y_hat) return LSTM_EARG;
+    int err = FN(setup)(d, offs, n_params, ws, ws_bytes, &w);
+    if (err) return err;
+    err = FN(run)(&w, theta, x, NULL, NULL, y_hat, NULL, NULL);
+    FN(release)(&w, ws, ws_bytes);
+    return err;
+}
+
+int FN(lstm_loss_grad)(const lstm_dims *d, const int64_t *offs, int64_t n_params, const real *theta, const real *x,
+                       const real *y, const int64_t *classes, real *grad, double *loss, void *ws, int64_t ws_bytes)
+{
+    FN(work) w;
+    if (!grad) return LSTM_EARG;
+    int err = FN(setup)(d, offs, n_params, ws, ws_bytes, &w);
+    if (err) return err;
+    err = FN(run)(&w, theta, x, y, classes, NULL, grad, loss);
+    FN(release)(&w, ws, ws_bytes);
+    return err;
+}
+
+/* One fused training step: forward, loss, backward, reduction, clipping, update.
+ * slot1/slot2: Adam's m and v, or SGD's momentum buffer (slot1; NULL without momentum). */
+int FN(lstm_train_step)(const lstm_dims *d, const lstm_optim *opt, const int64_t *offs, int64_t n_params,
+                        real *theta, real *slot1, real *slot2, const real *x, const real *y, const int64_t *classes,
+                        real *grad, double *loss, void *ws, int64_t ws_bytes)
+{
+    FN(work) w;
+    if (!opt || !grad || opt->step < 1 || !(opt->lr > 0) || !(opt->eps > 0)) return LSTM_EARG;
+    if (opt->adam ? (!slot1 || !slot2) : (opt->momentum > 0 && !slot1)) return LSTM_EARG;
+    int err = FN(setup)(d, offs, n_params, ws, ws_bytes, &w);
+    if (err) return err;
+    err = FN(run)(&w, theta, x, y, classes, NULL, grad, loss);
+    if (err) {
+        FN(release)(&w, ws, ws_bytes);
+        return err;
+    }
+    double scale = 1.0;
+    if (opt->clip_norm > 0) { /* torch.nn.utils.clip_grad_norm_: g *= min(clip / (norm + 1e-6), 1) */
+        double sumsq = 0.0;
+        for (int64_t ch = 0; ch < w.nchunks; ch++) sumsq += w.sq[ch]; /* chunk order */
+        scale = fmin(opt->clip_norm / (sqrt(sumsq) + 1e-6), 1.0);
+    }
+    const int64_t P = w.P, nchunks = w.nchunks, step = opt->step;
+    /* constants in double, as Python computes them, then rounded to the dtype */
+    const real b1 = (real)opt->beta1, b2 = (real)opt->beta2, omb1 = (real)(1.0 - opt->beta1);
+    const real omb2 = (real)(1.0 - opt->beta2), eps = (real)opt->eps;
+    const real step_size = (real)(opt->lr / (1.0 - pow(opt->beta1, (double)step)));
+    const real bias2_sqrt = (real)sqrt(1.0 - pow(opt->beta2, (double)step));
+    real *buf = opt->momentum > 0 ? slot1 : NULL;
+#pragma omp parallel for schedule(static) num_threads(w.threads)
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        const int64_t lo = ch * CHUNK, n = min64(P, lo + CHUNK) - lo;
+        if (opt->adam)
+            FN(adam)(n, theta + lo, grad + lo, slot1 + lo, slot2 + lo, (real)scale, b1, omb1, b2, omb2, step_size,
+                     bias2_sqrt, eps);
+        else
+            FN(sgd)(n, theta + lo, grad + lo, buf ? buf + lo : NULL, (real)scale, (real)opt->lr,
+                    (real)opt->momentum, step == 1);
+    }
+    FN(release)(&w, ws, ws_bytes);
+    return LSTM_OK;
+}
+
+/* C = A @ B for the tests and the GEMM benchmark: A through strides, B (K, ldb)
+ * row-major, packed into the workspace first (pack) or read in place (then
+ * ldb >= round_up(N, panel width)); `repeats` times, for timing. */
+static int64_t FN(matmul_carve)(int64_t K, int64_t N, char *base, real **bp, real **apack)
+{
+    arena a = {base, 0, 0};
+    *bp = take(&a, (int64_t)sizeof(real), K, round_up(N, NR), 1, 1);
+    *apack = take(&a, (int64_t)sizeof(real), MC, KC, 1, 1);
+    return a.too_big ? -1 : a.used;
+}
+
+static int64_t FN(matmul_workspace_bytes)(int64_t K, int64_t N)
+{
+    real *bp, *apack;
+    const int64_t used = FN(matmul_carve)(K, N, NULL, &bp, &apack);
+    return used < 0 ? -1 : used + ALIGN;
+}
+
+int FN(lstm_matmul)(int64_t M, int64_t N, int64_t K, const real *A, int64_t ars, int64_t acs, const real *B,
+                    int64_t ldb, int64_t pack, real *C, int64_t ldc, void *ws, int64_t ws_bytes, int64_t repeats)
+{
+    if (M < 1 || N < 1 || K < 1 || M > MAX_DIM || N > MAX_DIM || K > MAX_DIM || ldc < N || repeats < 1)
+        return LSTM_EDIMS;
+    if (!A || !B || !C) return LSTM_EARG;
+    if (pack ? ldb < N : ldb < round_up(N, NR)) return LSTM_EDIMS;
+    real *Bp, *apack;
+    const int64_t need = FN(matmul_carve)(K, N, NULL, &Bp, &apack);
+    char *base = need < 0 ? NULL : arena_base(ws, ws_bytes, need);
+    if (!base) return LSTM_EWORKSPACE;
+    FN(matmul_carve)(K, N, base, &Bp, &apack);
+    if (pack) FN(pack_b)(K, N, B, ldb, 1, Bp);
+    for (int64_t rep = 0; rep < repeats; rep++)
+        FN(gemm)(M, N, K, A, ars, acs, pack ? Bp : B, ldb, (int)(pack != 0), C, ldc, 0, apack);
+    UNPOISON(ws, ws_bytes);
+    return LSTM_OK;
+}
+
+#undef NR
+#undef MR
+#undef KC
+#undef MC
