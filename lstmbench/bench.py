@@ -123,13 +123,12 @@ def time_backend(backend: Backend, cfg: ModelConfig, x, y, repeats: int, opt=BEN
     return time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=2)
 
 
-def _row(label, name, cfg, x, threads, timing, flops, peak, runtime, status="ok", detail=""):
+def _row(label, name, cfg, x, threads, timing, flops, runtime, status="ok", detail=""):
     B, T = x.shape[0], x.shape[1]
     row = BenchRow(label, name, cfg.hidden_size, B, T, threads, status, detail, timing, runtime=runtime)
     if timing is not None:
         row.samples_per_s = B / timing.median_s
         row.gflops = flops / timing.median_s / 1e9
-        row.pct_peak = 100 * row.gflops / peak
     return row
 
 
@@ -142,25 +141,21 @@ def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_si
     threads = threads or default_threads()
     names = backends or [b.name for b in list_backends() if b.available]
     skipped = {b.name: b.reason for b in list_backends() if not b.available and (backends is None or b.name in backends)}
-    peak = matmul_peak_gflops(dtype, threads)
     torch_peer = _torch_peer() if with_torch else None
     ref = get_backend(REFERENCE)
     rows: list[BenchRow] = []
     points = [(H, B) for H in hidden_sizes for B in batch_sizes]
     bar = tqdm(total=len(points) * (len(names) + 2 + bool(torch_peer)), disable=not progress, desc="bench", unit="run")
+    cases = {}
     for H, B in points:
         cfg = bench_model(H, dtype)
         x, y = bench_batch(cfg, B, steps)
         flops = train_step_flops(cfg, B, steps, BENCH_OPTIMIZER).total
-        ref_rows = []
-        for label, n in ((f"{REFERENCE} (1 BLAS thread)", 1), (f"{REFERENCE} ({threads} BLAS threads)", threads)):
-            ref.set_threads(n)
-            ref_rows.append(_row(label, REFERENCE, cfg, x, n, time_backend(ref, cfg, x, y, repeats), flops, peak,
-                                 ref.runtime_info()))
-            bar.update(1)
-        ref.set_threads(None)
-        base = ref_rows[0].timing.median_s
-        rows += ref_rows
+        cases[H, B] = cfg, x, y, flops
+        ref.set_threads(1)
+        rows.append(_row(f"{REFERENCE} (1 BLAS thread)", REFERENCE, cfg, x, 1, time_backend(ref, cfg, x, y, repeats),
+                         flops, ref.runtime_info()))
+        bar.update(1)
         for name in names:
             if name == REFERENCE:
                 bar.update(1)
@@ -170,19 +165,33 @@ def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_si
             bar.set_postfix_str(f"{name} H={H} B={B}")
             reason = backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER)
             if reason:
-                rows.append(_row(name, name, cfg, x, threads, None, flops, peak, {}, "skipped", reason))
+                rows.append(_row(name, name, cfg, x, threads, None, flops, {}, "skipped", reason))
             elif (problem := verify(backend, cfg, x, y)) is not None:
-                rows.append(_row(name, name, cfg, x, threads, None, flops, peak, {}, "FAILED", problem))
+                rows.append(_row(name, name, cfg, x, threads, None, flops, {}, "FAILED", problem))
             else:
-                rows.append(_row(name, name, cfg, x, threads, time_backend(backend, cfg, x, y, repeats), flops, peak,
+                rows.append(_row(name, name, cfg, x, threads, time_backend(backend, cfg, x, y, repeats), flops,
                                  backend.runtime_info()))
             bar.update(1)
-        if torch_peer:
-            rows.append(torch_peer(cfg, x, y, flops, peak, repeats))
-            bar.update(1)
-        for row in rows:
-            if row.hidden == H and row.batch == B and row.timing is not None:
-                row.speedup = base / row.timing.median_s
+    # Then the rows whose thread pools outlive their calls (torch's OpenMP, OpenBLAS's
+    # threads, which keep spinning for a while after a multi-threaded call and would slow
+    # whatever ran next on the other core): the torch peer, the reference on all cores.
+    for (H, B), (cfg, x, y, flops) in cases.items() if torch_peer else ():
+        rows.append(torch_peer(cfg, x, y, flops, repeats))
+        bar.update(1)
+    ref.set_threads(threads)
+    for (H, B), (cfg, x, y, flops) in cases.items():
+        rows.append(_row(f"{REFERENCE} ({threads} BLAS threads)", REFERENCE, cfg, x, threads,
+                         time_backend(ref, cfg, x, y, repeats), flops, ref.runtime_info()))
+        bar.update(1)
+    ref.set_threads(None)
+    peak = matmul_peak_gflops(dtype, threads)  # last too: it runs BLAS on every core
+    base = {(r.hidden, r.batch): r.timing.median_s for r in rows if r.label == f"{REFERENCE} (1 BLAS thread)"}
+    for row in rows:
+        if row.timing is not None:
+            row.speedup = base[row.hidden, row.batch] / row.timing.median_s
+            row.pct_peak = 100 * row.gflops / peak
+    order = {(H, B): k for k, (H, B) in enumerate(points)}
+    rows.sort(key=lambda r: order[r.hidden, r.batch])  # stable: keeps the row order within a point
     bar.close()
     return {"kind": "grid", "machine": machine_info(), "dtype": dtype, "steps": steps, "threads": threads,
             "matmul_peak_gflops": peak, "optimizer": BENCH_OPTIMIZER.to_dict(), "unavailable": skipped,
@@ -197,7 +206,7 @@ def _torch_peer():
     except ImportError:
         return None
 
-    def run(cfg: ModelConfig, x, y, flops, peak, repeats) -> BenchRow:
+    def run(cfg: ModelConfig, x, y, flops, repeats) -> BenchRow:
         from lstmbench.params import load_into_torch
         from lstmbench.testing.checks import assert_trained_params, expected_training
         from lstmbench.testing.strategies import Case
@@ -240,7 +249,7 @@ def _torch_peer():
                 timing = time_calls(step, repeats, warmup=2)
                 if best is None or timing.median_s < best.median_s:
                     best, best_threads = timing, n
-        return _row("torch.nn.LSTM", "torch", cfg, x, best_threads, best, flops, peak,
+        return _row("torch.nn.LSTM", "torch", cfg, x, best_threads, best, flops,
                     {"torch": torch.__version__, "threads": best_threads}, status, detail)
 
     return run
