@@ -287,24 +287,24 @@ def shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gat
 
 
 @njit(**JIT)
+def transpose_into(theta, start, rows, cols, theta_t):
+    """theta_t[start:...] = the (rows, cols) matrix at theta[start:...], transposed."""
+    W = theta[start : start + rows * cols].reshape((rows, cols))
+    WT = theta_t[start : start + rows * cols].reshape((cols, rows))
+    for i in range(rows):
+        for j in range(cols):
+            WT[j, i] = W[i, j]
+
+
+@njit(**JIT)
 def transpose_weights(theta, offs, H, D0, O, theta_t):
     """theta_t holds W_x^T, W_h^T, W_y^T where theta holds W_x, W_h, W_y: the backward
-    products dz @ W^T run about twice as fast here on a contiguous W^T (OpenBLAS, small b)."""
-    L, G = offs.shape[0] - 1, 4 * H
-    for l in range(L + 1):
-        for which in range(2):
-            if l == L and which == 1:
-                break
-            rows = (D0 if l == 0 else H) if which == 0 else H
-            cols = G
-            if l == L:
-                rows, cols = H, O
-            start = offs[l, which]
-            W = theta[start : start + rows * cols].reshape((rows, cols))
-            WT = theta_t[start : start + rows * cols].reshape((cols, rows))
-            for i in range(rows):
-                for j in range(cols):
-                    WT[j, i] = W[i, j]
+    products dz @ W^T run up to 1.8x faster on a contiguous W^T (tools/ablation_products.py)."""
+    L = offs.shape[0] - 1
+    for l in range(L):
+        transpose_into(theta, offs[l, 0], D0 if l == 0 else H, 4 * H, theta_t)
+        transpose_into(theta, offs[l, 1], H, 4 * H, theta_t)
+    transpose_into(theta, offs[L, 0], H, O, theta_t)
 
 
 @njit(parallel=True, **JIT)
