@@ -7,12 +7,13 @@ named arrays the rest of lstmbench uses is a set of views into the vector.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
 
 from lstmbench.config import ModelConfig
+from lstmbench.protocol import TrainState
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,30 @@ class Layout:
 
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         return {name: flat[a:b].reshape(shape) for name, (a, b, shape) in self.slices.items()}
+
+
+@dataclass
+class FlatTrainState(TrainState):
+    """Training state of a backend that keeps everything in flat vectors.
+
+    ``theta`` holds the parameters, ``slots[name]`` each optimizer buffer (Adam's
+    "m" and "v", SGD's "momentum"), ``grad`` the reduced gradient; ``params`` and
+    ``opt_state`` (what the core reads) are views into them, so nothing is copied
+    until get_params / get_optimizer_state is called.
+    """
+
+    layout: Layout | None = None
+    theta: np.ndarray | None = None
+    slots: dict[str, np.ndarray] = field(default_factory=dict)
+    grad: np.ndarray | None = None
+
+    @classmethod
+    def create(cls, layout: Layout, cfg: ModelConfig, opt, params: Mapping[str, np.ndarray],
+               opt_state: Mapping[str, np.ndarray]) -> "FlatTrainState":
+        dtype = cfg.np_dtype
+        theta = layout.flatten(params, dtype)
+        slot_names = sorted({key.split("/")[0] for key in opt_state if "/" in key})
+        slots = {s: layout.flatten({n: opt_state[f"{s}/{n}"] for n in layout.slices}, dtype) for s in slot_names}
+        views = {f"{s}/{n}": v for s, flat in slots.items() for n, v in layout.views(flat).items()}
+        return cls(cfg, opt, layout.views(theta), {"step": opt_state["step"], **views}, layout=layout, theta=theta,
+                   slots=slots, grad=np.empty(layout.size, dtype=dtype))

@@ -13,19 +13,18 @@ never a crash. The C side checks the sizes and the parameter layout once more.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sysconfig
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from lstmbench import Backend, Capabilities, ModelConfig, TrainState
+from lstmbench import Backend, Capabilities, ModelConfig
 from lstmbench.errors import DTypeError, ShapeError
-from lstmbench.layout import Layout
+from lstmbench.layout import FlatTrainState, Layout
 from lstmbench_backends.c_kernel import sources
 
 REBUILD = ("`pip install -e .` in the lstmbench checkout (or `pip install --no-build-isolation -e .`, "
@@ -103,13 +102,6 @@ class Workspace:
 
     block: np.ndarray  # uint8; C carves and aligns its buffers inside
     dims: object  # the lstm_dims struct (cffi)
-
-
-@dataclass
-class CState(TrainState):
-    theta: np.ndarray = None  # flat parameters; state.params are views into it
-    slots: dict[str, np.ndarray] = field(default_factory=dict)  # flat optimizer buffers
-    grad: np.ndarray = None
 
 
 class CKernel(Backend):
@@ -281,15 +273,9 @@ class CKernel(Backend):
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     def _init_state(self, cfg, params, opt, opt_state):
-        layout = self._layout(cfg)
-        theta = layout.flatten(params, cfg.np_dtype)
-        slot_names = sorted({key.split("/")[0] for key in opt_state if "/" in key})
-        slots = {s: layout.flatten({n: opt_state[f"{s}/{n}"] for n in layout.slices}, cfg.np_dtype) for s in slot_names}
-        views = {f"{s}/{n}": v for s, flat in slots.items() for n, v in layout.views(flat).items()}
-        return CState(cfg, opt, layout.views(theta), {"step": opt_state["step"], **views},
-                      theta=theta, slots=slots, grad=np.empty(layout.size, dtype=cfg.np_dtype))
+        return FlatTrainState.create(self._layout(cfg), cfg, opt, params, opt_state)
 
-    def _train_step(self, state: CState, x, y):
+    def _train_step(self, state: FlatTrainState, x, y):
         ffi, _ = self._lib()
         opt, step = state.opt, int(state.opt_state["step"]) + 1
         c_opt = ffi.new("lstm_optim *")

@@ -8,13 +8,13 @@ The math and its fast form are in kernels.py.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 
 import numpy as np
 
-from lstmbench import Backend, Capabilities, ModelConfig, TrainState
-from lstmbench.layout import Layout
+from lstmbench import Backend, Capabilities, ModelConfig
+from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import clip_scale
 
 
@@ -41,13 +41,6 @@ class Workspace:
         )
         lo = np.arange(S, dtype=np.int64) * rows
         return cls(lo, np.minimum(rows, B - lo).astype(np.int64), buffers)
-
-
-@dataclass
-class NumbaState(TrainState):
-    theta: np.ndarray = None  # flat parameters; state.params are views into it
-    slots: dict[str, np.ndarray] = field(default_factory=dict)  # flat optimizer buffers
-    grad: np.ndarray = None
 
 
 class NumbaThreads(Backend):
@@ -150,15 +143,9 @@ class NumbaThreads(Backend):
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     def _init_state(self, cfg, params, opt, opt_state):
-        layout = self._layout(cfg)
-        theta = layout.flatten(params, cfg.np_dtype)
-        slot_names = sorted({key.split("/")[0] for key in opt_state if "/" in key})
-        slots = {s: layout.flatten({n: opt_state[f"{s}/{n}"] for n in layout.slices}, cfg.np_dtype) for s in slot_names}
-        views = {f"{s}/{n}": v for s, flat in slots.items() for n, v in layout.views(flat).items()}
-        return NumbaState(cfg, opt, layout.views(theta), {"step": opt_state["step"], **views},
-                          theta=theta, slots=slots, grad=np.empty(layout.size, dtype=cfg.np_dtype))
+        return FlatTrainState.create(self._layout(cfg), cfg, opt, params, opt_state)
 
-    def _train_step(self, state: NumbaState, x, y):
+    def _train_step(self, state: FlatTrainState, x, y):
         cfg, opt, dt = state.cfg, state.opt, state.cfg.np_dtype
         k = self._kernels()
         ws, loss = self._run(cfg, state.theta, x, y, backward=True)
