@@ -163,7 +163,7 @@ def shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates,
                     for j in range(G):
                         z[t, r, j] = z[t, r, j] + b[j]
                 # (loops start at 0 with the offset inside: a range(a, b) loop with a > 0
-                # defeats LLVM's vectoriser here, measured at 6-9 ns against 0.5-0.8 ns a value)
+                # was not vectorised by LLVM here)
                 for j in range(2 * H):  # i, f
                     z[t, r, j] = sigmoid(z[t, r, j])
                 for j in range(H):  # g
