@@ -66,7 +66,7 @@ def torch_loss_and_grads(cfg, params, x, y):
         np.testing.assert_allclose(grads[f"l{k}.b"], getattr(lstm, f"bias_hh_l{k}").grad.numpy(), rtol=1e-13, atol=1e-15)
     grads["head.W"] = linear.weight.grad.numpy().T
     grads["head.b"] = linear.bias.grad.numpy()
-    return float(loss), y_hat.detach().numpy(), grads
+    return float(loss.detach()), y_hat.detach().numpy(), grads
 
 
 @pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"{s['loss']}-L{s['num_layers']}-m2m{s['many_to_many']}")
