@@ -9,22 +9,16 @@ For each (H, rows per shard) it times, with NumPy's BLAS on one thread:
 Medians of 20 runs; compare within one run (the machine is shared and noisy).
 """
 
-import time
-
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from lstmbench.bench import time_calls
 
 T = 64
 
 
 def median_ms(fn, repeats=20):
-    fn()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(seconds))
+    return 1e3 * time_calls(fn, repeats).median_s
 
 
 def main():
