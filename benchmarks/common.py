@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import lstmbench as lb
-from lstmbench.bench import BENCH_OPTIMIZER, bench_batch, bench_model
+from lstmbench.bench import BENCH_OPTIMIZER, bench_batch, bench_model, simulated
 
 THREADS = lb.default_threads()  # every backend but the reference runs on all cores
 REFERENCE = "numpy"
@@ -24,11 +24,14 @@ DTYPE = "float32"
 
 def backend_or_skip(name: str, cfg=None, threads: int = THREADS):
     """The backend, with its thread count set; NotImplementedError (asv: skipped) if it
-    cannot run here or declares the configuration unsupported."""
+    cannot run here, runs in a simulator (NUMBA_ENABLE_CUDASIM: its times would mean
+    nothing), or declares the configuration unsupported."""
     try:
         backend = lb.get_backend(name)
     except lb.LstmbenchError as exc:
         raise NotImplementedError(str(exc)) from None
+    if simulated(name):
+        raise NotImplementedError(f"{name} runs in a simulator here")
     if cfg is not None and (reason := backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER)):
         raise NotImplementedError(reason)
     backend.set_threads(REFERENCE_THREADS if name == REFERENCE else threads)

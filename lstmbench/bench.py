@@ -134,18 +134,26 @@ def _row(label, name, cfg, x, threads, timing, flops, runtime, status="ok", deta
 
 def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_sizes=(32, 128), steps: int = 64,
              dtype: str = "float32", threads: int | None = None, repeats: int = 7, with_torch: bool = True,
-             progress: bool = True) -> dict[str, Any]:
-    """Verify, then time one training step per backend at every (H, B). Returns a report dict."""
+             progress: bool = True, torch_devices=("cpu", "cuda")) -> dict[str, Any]:
+    """Verify, then time one training step per backend at every (H, B). Returns a report dict.
+    With torch: a torch.nn.LSTM peer row on each of ``torch_devices`` ("cuda" only where
+    a timed backend runs on a GPU)."""
     from tqdm.auto import tqdm
 
     threads = threads or default_threads()
-    names = backends or [b.name for b in list_backends() if b.available]
-    skipped = {b.name: b.reason for b in list_backends() if not b.available and (backends is None or b.name in backends)}
-    torch_peer = _torch_peer() if with_torch else None
+    if backends:
+        names, skipped = list(backends), {}
+        for name in names:  # one named but not available: get_backend says why, before any timing
+            get_backend(name)
+    else:
+        names, skipped = default_backends()
+    gpu = any(_gpu_row(get_backend(n).runtime_info()) for n in names)
+    torch_peers = [peer for device in (torch_devices if with_torch else ()) if device == "cpu" or gpu
+                   if (peer := _torch_peer(device))]
     ref = get_backend(REFERENCE)
     rows: list[BenchRow] = []
     points = [(H, B) for H in hidden_sizes for B in batch_sizes]
-    bar = tqdm(total=len(points) * (len(names) + 2 + bool(torch_peer)), disable=not progress, desc="bench", unit="run")
+    bar = tqdm(total=len(points) * (len(names) + 2 + len(torch_peers)), disable=not progress, desc="bench", unit="run")
     cases = {}
     for H, B in points:
         cfg = bench_model(H, dtype)
@@ -175,9 +183,10 @@ def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_si
     # Then the rows whose thread pools outlive their calls (torch's OpenMP, OpenBLAS's
     # threads, which keep spinning for a while after a multi-threaded call and would slow
     # whatever ran next on the other core): the torch peer, the reference on all cores.
-    for (H, B), (cfg, x, y, flops) in cases.items() if torch_peer else ():
-        rows.append(torch_peer(cfg, x, y, flops, repeats))
-        bar.update(1)
+    for torch_peer in torch_peers:
+        for (H, B), (cfg, x, y, flops) in cases.items():
+            rows.append(torch_peer(cfg, x, y, flops, repeats))
+            bar.update(1)
     ref.set_threads(threads)
     for (H, B), (cfg, x, y, flops) in cases.items():
         rows.append(_row(f"{REFERENCE} ({threads} BLAS threads)", REFERENCE, cfg, x, threads,
@@ -189,7 +198,8 @@ def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_si
     for row in rows:
         if row.timing is not None:
             row.speedup = base[row.hidden, row.batch] / row.timing.median_s
-            row.pct_peak = 100 * row.gflops / peak
+            if not _gpu_row(row.runtime):  # the peak is the CPU's: no percentage of it for a GPU
+                row.pct_peak = 100 * row.gflops / peak
     order = {(H, B): k for k, (H, B) in enumerate(points)}
     rows.sort(key=lambda r: order[r.hidden, r.batch])  # stable: keeps the row order within a point
     bar.close()
@@ -198,16 +208,25 @@ def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_si
             "rows": [asdict(r) for r in rows]}
 
 
-def _torch_peer():
+def _torch_peer(device: str = "cpu"):
     """A timer for torch.nn.LSTM + nn.Linear + Adam ("what a user would pick instead"),
-    at its best thread count, verified against the reference first; None without torch."""
+    verified against the reference first; None without torch (or, for ``device="cuda"``,
+    without a CUDA build of torch and a GPU). On the CPU it runs at its best thread count;
+    on the GPU through cuDNN, with TF32 off (the rows it is compared with are exact
+    float32), the batch already on the device and the clock read after a synchronize."""
     try:
         import torch
     except ImportError:
         return None
+    gpu = device == "cuda"
+    if gpu:
+        if not torch.cuda.is_available():
+            return None
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
     def run(cfg: ModelConfig, x, y, flops, repeats) -> BenchRow:
-        from lstmbench.params import load_into_torch
+        from lstmbench.params import load_into_torch, params_from_torch
         from lstmbench.testing.checks import assert_trained_params, expected_training
         from lstmbench.testing.strategies import Case
 
@@ -216,13 +235,14 @@ def _torch_peer():
         lstm = torch.nn.LSTM(cfg.input_size, cfg.hidden_size, cfg.num_layers, batch_first=True).to(dt)
         head = torch.nn.Linear(cfg.hidden_size, cfg.output_size).to(dt)
         load_into_torch(params, cfg, lstm, head)
+        lstm, head = lstm.to(device), head.to(device)
         # torch keeps two biases per layer; Adam would move both and so the sum twice as far.
         # Freezing bias_hh (zero) leaves exactly our model: b = bias_ih.
         for k in range(cfg.num_layers):
             getattr(lstm, f"bias_hh_l{k}").requires_grad_(False)
         trained = [p for p in (*lstm.parameters(), *head.parameters()) if p.requires_grad]
         opt = torch.optim.Adam(trained, lr=BENCH_OPTIMIZER.lr)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
 
         def step():
             opt.zero_grad()
@@ -230,12 +250,12 @@ def _torch_peer():
             loss = torch.nn.functional.mse_loss(head(out[:, -1]), yt)
             loss.backward()
             opt.step()
+            if gpu:
+                torch.cuda.synchronize()
 
         # Verify: two torch steps from the same parameters land where the reference does.
         step()
         step()
-        from lstmbench.params import params_from_torch
-
         status, detail = "ok", ""
         case = Case(cfg, params, x, y, BENCH_OPTIMIZER, 2)
         try:
@@ -244,15 +264,44 @@ def _torch_peer():
             status, detail = "FAILED", str(exc).splitlines()[0]
         best, best_threads = None, 1
         if status == "ok":
-            for n in range(1, default_threads() + 1):
-                torch.set_num_threads(n)
+            for n in range(1, 2 if gpu else default_threads() + 1):
+                if not gpu:
+                    torch.set_num_threads(n)
                 timing = time_calls(step, repeats, warmup=2)
                 if best is None or timing.median_s < best.median_s:
                     best, best_threads = timing, n
-        return _row("torch.nn.LSTM", "torch", cfg, x, best_threads, best, flops,
-                    {"torch": torch.__version__, "threads": best_threads}, status, detail)
+        runtime = {"torch": torch.__version__, "threads": best_threads}
+        if gpu:
+            runtime.update(device=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version(), tf32=False)
+        label = "torch.nn.LSTM (cuDNN)" if gpu else "torch.nn.LSTM"
+        return _row(label, f"torch-{device}" if gpu else "torch", cfg, x, best_threads, best, flops, runtime,
+                    status, detail)
 
     return run
+
+
+def simulated(name: str) -> bool:
+    """Whether a backend runs in a simulator here (Numba's CUDA simulator): correct, but
+    its timings would mean nothing."""
+    try:
+        return bool(get_backend(name).runtime_info().get("simulator"))
+    except Exception:  # an unavailable backend is not simulated; run_grid says why it is left out
+        return False
+
+
+def default_backends() -> tuple[list[str], dict[str, str]]:
+    """(backends to time, {left out: why}) when none are named: every available backend
+    except those running in a simulator."""
+    names, left_out = [], {}
+    for info in list_backends():
+        if not info.available:
+            left_out[info.name] = info.reason
+        elif simulated(info.name):
+            left_out[info.name] = ("runs in a simulator here; its times would mean nothing "
+                                   "(name it with --backends to run it anyway)")
+        else:
+            names.append(info.name)
+    return names, left_out
 
 
 def epoch_seconds(backend: Backend, cfg: ModelConfig, x, y, batch: int) -> float:
@@ -280,7 +329,7 @@ def run_scaling(backends: list[str] | None = None, hidden: int = 32, base_n: int
     from tqdm.auto import tqdm
 
     threads = threads or default_threads()
-    names = backends or [b.name for b in list_backends() if b.available]
+    names = backends or default_backends()[0]
     sizes = [base_n * k for k in (1, 2, 4, 8)]
     cfg = bench_model(hidden, dtype)
     x_all, y_all = bench_batch(cfg, sizes[-1], steps, seed=1)
@@ -322,6 +371,16 @@ def machine_info() -> dict[str, Any]:
 # -- presentation ------------------------------------------------------------------------
 
 
+def _gpu_row(runtime: dict[str, Any]) -> bool:
+    return bool(runtime.get("device")) and not runtime.get("simulator")
+
+
+def _threads_cell(row: dict[str, Any]) -> str:
+    if row["runtime"].get("simulator"):
+        return "sim"
+    return "gpu" if _gpu_row(row["runtime"]) else str(row["threads"])
+
+
 def format_grid(report: dict[str, Any]) -> str:
     lines = [f"training step, {report['dtype']}, T={report['steps']}, D=1, O=1, many-to-one MSE, Adam; "
              f"backends on {report['threads']} threads; {report['machine']['cpu']}",
@@ -333,17 +392,20 @@ def format_grid(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         t = r["timing"]
         if t is None:
-            lines.append(f"{r['hidden']:>5} {r['batch']:>5}  {r['label']:<24} {r['threads']:>3}  "
+            lines.append(f"{r['hidden']:>5} {r['batch']:>5}  {r['label']:<24} {_threads_cell(r):>3}  "
                          f"{'-':>9} {'':>13}  {'':>10}  {'':>8} {'':>6}  {'':>8}  {r['status']}: {r['detail']}")
             continue
         iqr = f"{t['q1_s'] * 1e3:.2f}-{t['q3_s'] * 1e3:.2f}"
         mark = "verified" if r["backend"] != REFERENCE else "reference"
-        lines.append(f"{r['hidden']:>5} {r['batch']:>5}  {r['label']:<24} {r['threads']:>3}  {t['median_s'] * 1e3:>9.2f} "
-                     f"{iqr:>13}  {r['samples_per_s']:>10.0f}  {r['gflops']:>8.1f} {r['pct_peak']:>5.1f}%  "
+        pct = f"{r['pct_peak']:>5.1f}%" if r["pct_peak"] is not None else f"{'-':>6}"
+        lines.append(f"{r['hidden']:>5} {r['batch']:>5}  {r['label']:<24} {_threads_cell(r):>3}  "
+                     f"{t['median_s'] * 1e3:>9.2f} {iqr:>13}  {r['samples_per_s']:>10.0f}  {r['gflops']:>8.1f} {pct}  "
                      f"{r['speedup']:>7.2f}x  {mark}")
     for name, reason in report.get("unavailable", {}).items():
-        lines.append(f"{name}: not available: {reason}")
+        lines.append(f"{name}: not timed: {reason}")
     lines.append("speedup = time of the NumPy reference with 1 BLAS thread / time of the row, same run")
+    if any(_gpu_row(r["runtime"]) for r in report["rows"]):
+        lines.append("%peak is of the CPU's measured matrix-product peak, so GPU rows have none")
     return "\n".join(lines)
 
 

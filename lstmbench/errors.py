@@ -49,3 +49,8 @@ class CheckpointError(LstmbenchError, ValueError):
 
 class DivergenceError(LstmbenchError, FloatingPointError):
     """Training produced a NaN or infinite loss."""
+
+
+class DeviceError(LstmbenchError, RuntimeError):
+    """A GPU operation failed (out of memory, a failed kernel launch); the message names
+    the step and the shape."""

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from lstmbench.checkpoint import Checkpoint, save_checkpoint
 from lstmbench.config import ModelConfig, OptimizerConfig
-from lstmbench.errors import CheckpointError, ConfigError, DivergenceError
+from lstmbench.errors import CheckpointError, ConfigError, DeviceError, DivergenceError
 from lstmbench.metrics import mean_loss
 from lstmbench.params import Params
 from lstmbench.protocol import Backend
@@ -147,7 +147,11 @@ def train(
             epoch_start = time.perf_counter()
             while progress.batch < batches_per_epoch:
                 idx = order[progress.batch * run.batch_size : (progress.batch + 1) * run.batch_size]
-                loss = float(backend.train_step(state, x[idx], y[idx]))
+                try:
+                    loss = float(backend.train_step(state, x[idx], y[idx]))
+                except DeviceError as exc:  # a GPU failure (out of memory, a failed launch)
+                    raise DeviceError(f"{exc}; at epoch {progress.epoch + 1}, batch {progress.batch + 1} the run "
+                                      f"stopped. {_kept(run, progress)}") from exc
                 if not math.isfinite(loss):
                     raise DivergenceError(
                         f"training loss became {loss} at epoch {progress.epoch + 1}, batch {progress.batch + 1}; "

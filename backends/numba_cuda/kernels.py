@@ -1,0 +1,579 @@
+"""CUDA kernels of the ``cuda`` backend (numba-cuda): the reference's math, on the GPU.
+
+The math is the reference's (backends/reference/reference.py), step for step:
+
+    z_t = x_t @ W_x + h_{t-1} @ W_h + b          gates i, f, g, o
+    c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
+    y = h_T @ W_y + b_y  (many-to-one)   or   y_t = h_t @ W_y + b_y  (many-to-many)
+
+and backpropagation through time:
+
+    dh = dLoss/dh_t (from the head or the layer above) + dz_{t+1} @ W_h^T
+    dc = dh * o * (1 - tanh(c_t)^2) + dc_{t+1} * f_{t+1}
+    dz = [dc g i (1-i),  dc c_{t-1} f (1-f),  dc i (1-g^2),  dh tanh(c_t) o (1-o)]
+    dW_x = sum_t x_t^T dz_t,  dW_h = sum_t h_{t-1}^T dz_t,  db = sum_t dz_t,  dx_t = dz_t @ W_x^T
+
+How it is computed (docs/cuda-backend.md has the picture and the reasons):
+
+* ``gemm``: one tiled shared-memory matrix product for every product that is
+  not sequential in t: the input projection x @ W_x of all T steps at once,
+  the head, the weight gradients dW_x, dW_h, dW_y (one product each, summed
+  over all steps and rows), and dx, dh of the head. Operands are addressed
+  through strides, so transposed operands need no copy.
+* ``lstm_forward`` / ``lstm_backward``: the recurrence of one layer, the whole
+  sequence in one launch. Block b owns batch rows [b*ROWS, (b+1)*ROWS) and
+  loops over t on its own: its rows' h_{t-1} (forward) or dz_{t+1} (backward)
+  sit in shared memory, each thread owns hidden units j and computes all four
+  gates of them for the block's rows, with the pointwise gate math fused in.
+  Blocks never wait for one another (only ``cuda.syncthreads()`` inside a
+  block), which is what Numba's simulator can check.
+* ``loss_head``, ``finish_grads``: loss and dLoss/dy, then the sums over blocks
+  (bias gradients, the loss) in a fixed order.
+* ``sum_squares``, ``adam_update``, ``sgd_update``: clipping and the update,
+  the clipping norm reduced in a fixed order inside every block.
+
+No kernel uses atomics: every sum has a fixed order, so a run is reproducible
+bit for bit. Shared memory is always the launch's dynamic shared memory
+(``cuda.shared.array(0, ...)``), indexed flat: the simulator's registry of
+fixed-size shared arrays is not thread-safe, and on the first launch in a
+process two threads of a block can each get their own "shared" array (a
+16-thread test kernel came out wrong in 1 of 60 processes). Accumulators
+are typed with the kernel's dtype (``DT(0)``): a bare ``0.0`` would make float32
+kernels accumulate in float64 on the GPU.
+
+Buffers (flat device arrays, time-major; Bp = blocks * ROWS rows, the rows past
+the batch are zero padding that stays out of every gradient):
+    xs        (T, Bp, D0)      the minibatch, staged by the host
+    gates[l]  (T, Bp, 4H)      x W_x from gemm -> activated i, f, g, o -> dz
+    hs[l]     (T+1, Bp, H)     h_0 = 0, h_1 .. h_T
+    cs[l]     (T+1, Bp, H)     c_0 = 0, c_1 .. c_T
+    tcs[l]    (T, Bp, H)       tanh(c_t)
+    yout, dy  (Tout, Bp, O)    head output and dLoss/dy
+    dh        (T, Bp, H)       dLoss/dh_t arriving from above
+Parameters are one flat vector ``theta`` (lstmbench.layout); ``theta_t`` holds
+W_h^T of every layer at W_h's offsets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numba import boolean, cuda, float32, float64, int32, int64
+
+try:
+    from numba.cuda.core import config as _cuda_config  # the setting numba.cuda itself was imported with
+except ImportError:  # pragma: no cover - numba's own (older) numba.cuda
+    from numba import config as _cuda_config
+SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)  # Numba's CUDA simulator: Python threads, no GPU
+
+# Largest threads per block the launch plan may pick for each kernel; it is also the
+# kernel's launch bound, so the compiler keeps registers within what that many need.
+MAX_RECURRENCE_THREADS = 256
+LOSS_THREADS = 256  # at most; a power of two (tree reduction)
+REDUCE_THREADS = 128  # sum_squares, the update, finish_grads, transpose
+
+# Tiles of the matrix product: a block computes a BM x BN tile of C in K steps
+# of GEMM_BK, each of its (BM/4)*(BN/4) threads a 4 x 4 register block. BM and
+# BN are 64 along a dimension of at least 64 and 16 along a shorter one (a head
+# with few outputs, a narrow input), so no block is mostly empty.
+GEMM_BK = 16
+GEMM_REGISTER_BLOCK = 4
+GEMM_TILE_SIZES = (16, 64)
+
+
+def dtype_of(np_dtype):
+    """The numba type of a numpy dtype (float32 or float64)."""
+    return float32 if np.dtype(np_dtype) == np.float32 else float64
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A compiled-on-first-launch kernel with what it expects: the numba types of its
+    arguments as the backend passes them (tests check every launch against them, and
+    inspect.py compiles them for a real GPU) and the most threads per block it is
+    built for (its launch bound, which caps the registers the compiler may use)."""
+
+    name: str
+    dispatcher: object
+    arg_types: tuple
+    launch_bound: int
+
+    @property
+    def py_func(self):
+        return getattr(self.dispatcher, "py_func", None) or self.dispatcher.fn  # the simulator's kernels: .fn
+
+
+def _kernel(launch_bound: int, *arg_types):
+    """Decorator: cuda.jit with on-disk caching and the launch bound (where the target takes
+    it: the simulator's jit does not), wrapped in a Kernel."""
+    opts = {"cache": True}
+    if not SIMULATOR:
+        opts["launch_bounds"] = launch_bound
+
+    def wrap(fn) -> Kernel:
+        return Kernel(fn.__name__, cuda.jit(**opts)(fn), tuple(arg_types), launch_bound)
+
+    return wrap
+
+
+# -- device functions (generic: numba compiles them for the caller's types) --------------
+
+
+@cuda.jit(device=True, inline=True)
+def sigmoid(x, one, exp_cap):
+    # exp's argument is capped where the result is already 0 in the dtype: the GPU
+    # would give inf and then exactly 0, the simulator's Python math.exp would raise
+    return one / (one + math.exp(min(-x, exp_cap)))
+
+
+# -- matrix products -----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def gemm_kernel(np_dtype, BM: int, BN: int):
+    """C[i, j] = sum_k op(A)[i, k] * op(B)[k, j] (+ bias[j]) for i < M, j < N.
+
+    op(A)[i, k] = A[a_off + i*a_rs + k*a_cs] and op(B)[k, j] = B[b_off + k*b_rs + j*b_cs],
+    so any operand, transposed or a slice of a bigger buffer, is read in place;
+    C[i, j] = C[c_off + i*ldc + j]. Grid: (ceil(N/BN), ceil(M/BM)); block: NT threads.
+    """
+    DT = dtype_of(np_dtype)
+    ZERO = np.dtype(np_dtype).type(0)
+    BK, TM, TN = GEMM_BK, GEMM_REGISTER_BLOCK, GEMM_REGISTER_BLOCK
+    NTX, NTY = BN // TN, BM // TM  # threads along a tile's columns and rows
+    NT = NTX * NTY
+    # tile rows padded by one: loads that walk down a tile's column would all hit one bank otherwise
+    A_ROW, B_ROW = BM + 1, BN + 1
+    B_START = BK * A_ROW  # Bs follows As in the block's shared memory
+    REGS = (TM, TN)  # local array shapes must be constants
+
+    a = DT[::1]
+
+    @_kernel(NT, a, int64, int64, int64, a, int64, int64, int64, a, int64, int64, int64, int64, int64, a, int64,
+             boolean)
+    def gemm(A, a_off, a_rs, a_cs, B, b_off, b_rs, b_cs, C, c_off, ldc, M, N, K, bias, bias_off, has_bias):
+        # As[k*A_ROW + i] = op(A)[i0 + i, k0 + k], Bs[k*B_ROW + j] = op(B)[k0 + k, j0 + j]:
+        # both in dynamic shared memory (gemm_shared_bytes), indexed flat
+        tiles = cuda.shared.array(0, DT)
+        acc = cuda.local.array(REGS, DT)
+        a_frag = cuda.local.array(TM, DT)
+        b_frag = cuda.local.array(TN, DT)
+        tid = cuda.threadIdx.x
+        tx, ty = tid % NTX, tid // NTX
+        i0, j0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
+        for m in range(TM):
+            for n in range(TN):
+                acc[m, n] = ZERO
+        for k0 in range(0, K, BK):
+            # Stage the tiles; consecutive threads read consecutive addresses of whichever
+            # index is contiguous in memory (k for row-major A, i for a transposed one).
+            for e in range(tid, BM * BK, NT):
+                if a_cs == 1:
+                    kk, ii = e % BK, e // BK
+                else:
+                    ii, kk = e % BM, e // BM
+                i, k = i0 + ii, k0 + kk
+                tiles[kk * A_ROW + ii] = A[a_off + i * a_rs + k * a_cs] if i < M and k < K else ZERO
+            for e in range(tid, BK * BN, NT):
+                if b_cs == 1:
+                    jj, kk = e % BN, e // BN
+                else:
+                    kk, jj = e % BK, e // BK
+                k, j = k0 + kk, j0 + jj
+                tiles[B_START + kk * B_ROW + jj] = B[b_off + k * b_rs + j * b_cs] if k < K and j < N else ZERO
+            cuda.syncthreads()
+            for kk in range(BK):
+                # thread (tx, ty) owns rows ty + m*NTY and columns tx + n*NTX: neighbouring
+                # threads read neighbouring shared-memory words (no bank conflicts)
+                for m in range(TM):
+                    a_frag[m] = tiles[kk * A_ROW + ty + m * NTY]
+                for n in range(TN):
+                    b_frag[n] = tiles[B_START + kk * B_ROW + tx + n * NTX]
+                for m in range(TM):
+                    for n in range(TN):
+                        acc[m, n] += a_frag[m] * b_frag[n]
+            cuda.syncthreads()
+        for m in range(TM):
+            i = i0 + ty + m * NTY
+            if i < M:
+                for n in range(TN):
+                    j = j0 + tx + n * NTX
+                    if j < N:
+                        value = acc[m, n]
+                        if has_bias:
+                            value += bias[bias_off + j]
+                        C[c_off + i * ldc + j] = value
+
+    return gemm
+
+
+def gemm_tile(M: int, N: int) -> tuple[int, int]:
+    """(BM, BN) for an M x N result."""
+    small, large = GEMM_TILE_SIZES
+    return (large if M >= large else small), (large if N >= large else small)
+
+
+def gemm_shape(M: int, N: int) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """(tile, grid, threads per block) of a product with an M x N result."""
+    BM, BN = gemm_tile(M, N)
+    return (BM, BN), (-(-N // BN), -(-M // BM)), (BM // GEMM_REGISTER_BLOCK) * (BN // GEMM_REGISTER_BLOCK)
+
+
+def gemm_shared_bytes(tile: tuple[int, int], itemsize: int) -> int:
+    """Dynamic shared memory of a gemm block: the two padded tiles."""
+    BM, BN = tile
+    return GEMM_BK * (BM + 1 + BN + 1) * itemsize
+
+
+# -- the recurrence ---------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def lstm_forward_kernel(np_dtype, ROWS: int):
+    """One layer's forward recurrence over all T steps, ROWS batch rows per block.
+
+    On entry ``gates`` holds x_t @ W_x (from gemm); on exit the activated gates
+    i, f, g, o. Writes c_t, tanh(c_t) and h_t for t = 1..T. Dynamic shared memory:
+    ROWS * H values (h_{t-1} of the block's rows).
+    """
+    DT = dtype_of(np_dtype)
+    ONE = np.dtype(np_dtype).type(1)
+    EXP_CAP = np.dtype(np_dtype).type(88.0 if np.dtype(np_dtype) == np.float32 else 709.0)
+    GATES = 4 * ROWS  # local array sizes must be constants
+
+    a = DT[::1]
+
+    @_kernel(MAX_RECURRENCE_THREADS, a, int64, int64, a, a, a, a, int64, int64, int64)
+    def lstm_forward(theta, wh_off, b_off, gates, hs, cs, tcs, T, Bp, H):
+        h_prev = cuda.shared.array(0, DT)  # (ROWS, H)
+        acc = cuda.local.array(GATES, DT)  # z of gate q, row r at acc[q*ROWS + r]
+        tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+        row0 = cuda.blockIdx.x * ROWS
+        G = 4 * H
+        for t in range(T):
+            if t > 0:  # h_0 = 0: no recurrent product at the first step
+                base = (t * Bp + row0) * H  # the block's rows of h_{t-1} are contiguous
+                for e in range(tid, ROWS * H, nt):
+                    h_prev[e] = hs[base + e]
+                cuda.syncthreads()
+            for j in range(tid, H, nt):
+                for r in range(ROWS):
+                    z = (t * Bp + row0 + r) * G + j
+                    for q in range(4):
+                        acc[q * ROWS + r] = gates[z + q * H] + theta[b_off + q * H + j]
+                if t > 0:
+                    for k in range(H):  # z += h_{t-1} @ W_h, the four gate columns of unit j
+                        w = wh_off + k * G + j
+                        w_i, w_f, w_g, w_o = theta[w], theta[w + H], theta[w + 2 * H], theta[w + 3 * H]
+                        for r in range(ROWS):
+                            hk = h_prev[r * H + k]
+                            acc[r] += hk * w_i
+                            acc[ROWS + r] += hk * w_f
+                            acc[2 * ROWS + r] += hk * w_g
+                            acc[3 * ROWS + r] += hk * w_o
+                # z goes back to memory first: this loop stays short enough to be unrolled,
+                # so acc lives in registers (the gate math's loop below is not unrolled)
+                for r in range(ROWS):
+                    z = (t * Bp + row0 + r) * G + j
+                    for q in range(4):
+                        gates[z + q * H] = acc[q * ROWS + r]
+                for r in range(ROWS):
+                    row = row0 + r
+                    z = (t * Bp + row) * G + j
+                    i = sigmoid(gates[z], ONE, EXP_CAP)
+                    f = sigmoid(gates[z + H], ONE, EXP_CAP)
+                    g = math.tanh(gates[z + 2 * H])
+                    o = sigmoid(gates[z + 3 * H], ONE, EXP_CAP)
+                    cell = (t * Bp + row) * H + j  # (t, row, j) in a (T or T+1, Bp, H) buffer
+                    c = f * cs[cell] + i * g  # cs[cell] is c_{t-1}
+                    tc = math.tanh(c)
+                    gates[z] = i
+                    gates[z + H] = f
+                    gates[z + 2 * H] = g
+                    gates[z + 3 * H] = o
+                    cs[cell + Bp * H] = c
+                    tcs[cell] = tc
+                    hs[cell + Bp * H] = o * tc
+            cuda.syncthreads()  # h_t is complete before the next step reads it
+
+    return lstm_forward
+
+
+@lru_cache(maxsize=None)
+def lstm_backward_kernel(np_dtype, ROWS: int):
+    """One layer's backward sweep over t = T-1 .. 0, ROWS batch rows per block.
+
+    Turns the activated gates in ``gates`` into dz in place, reading dLoss/dh_t
+    from ``dh_in`` and W_h^T from ``theta_t``; dc_{t+1} f_{t+1} waits in ``dcn``.
+    Writes this block's bias-gradient partial sums to ``db_part[block]``.
+    Dynamic shared memory: ROWS * 4H values (dz_{t+1} of the block's rows).
+    """
+    DT = dtype_of(np_dtype)
+    ZERO, ONE = np.dtype(np_dtype).type(0), np.dtype(np_dtype).type(1)
+
+    a = DT[::1]
+
+    @_kernel(MAX_RECURRENCE_THREADS, a, int64, a, a, a, a, a, a, int64, int64, int64)
+    def lstm_backward(theta_t, wh_off, gates, cs, tcs, dh_in, dcn, db_part, T, Bp, H):
+        dz_next = cuda.shared.array(0, DT)  # (ROWS, 4H)
+        dh = cuda.local.array(ROWS, DT)
+        tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+        row0 = cuda.blockIdx.x * ROWS
+        G = 4 * H
+        part = cuda.blockIdx.x * G
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:  # nothing flows back into the last step
+                base = ((t + 1) * Bp + row0) * G
+                for e in range(tid, ROWS * G, nt):
+                    dz_next[e] = gates[base + e]
+                cuda.syncthreads()
+            for j in range(tid, H, nt):
+                for r in range(ROWS):
+                    dh[r] = dh_in[(t * Bp + row0 + r) * H + j]
+                if t < T - 1:
+                    for k in range(G):  # dh += dz_{t+1} @ W_h^T: W_h^T[k, j] = W_h[j, k]
+                        w = theta_t[wh_off + k * H + j]
+                        for r in range(ROWS):
+                            dh[r] += dz_next[r * G + k] * w
+                db_i, db_f, db_g, db_o = ZERO, ZERO, ZERO, ZERO
+                for r in range(ROWS):
+                    row = row0 + r
+                    cell = (t * Bp + row) * H + j
+                    z = (t * Bp + row) * G + j
+                    i, f, g, o = gates[z], gates[z + H], gates[z + 2 * H], gates[z + 3 * H]
+                    tc = tcs[cell]
+                    dc = dh[r] * o * (ONE - tc * tc)
+                    if t < T - 1:
+                        dc += dcn[row * H + j]
+                    dz_i = dc * g * i * (ONE - i)
+                    dz_f = dc * cs[cell] * f * (ONE - f)  # cs[cell] is c_{t-1}
+                    dz_g = dc * i * (ONE - g * g)
+                    dz_o = dh[r] * tc * o * (ONE - o)
+                    gates[z] = dz_i
+                    gates[z + H] = dz_f
+                    gates[z + 2 * H] = dz_g
+                    gates[z + 3 * H] = dz_o
+                    dcn[row * H + j] = dc * f
+                    db_i += dz_i
+                    db_f += dz_f
+                    db_g += dz_g
+                    db_o += dz_o
+                if t == T - 1:
+                    db_part[part + j] = db_i
+                    db_part[part + H + j] = db_f
+                    db_part[part + 2 * H + j] = db_g
+                    db_part[part + 3 * H + j] = db_o
+                else:
+                    db_part[part + j] += db_i
+                    db_part[part + H + j] += db_f
+                    db_part[part + 2 * H + j] += db_g
+                    db_part[part + 3 * H + j] += db_o
+            cuda.syncthreads()  # dz_t is complete before the next step reads it
+
+    return lstm_backward
+
+
+@lru_cache(maxsize=None)
+def transpose_kernel(np_dtype):
+    """theta_t[off + k*H + j] = theta[off + j*4H + k] for every layer's W_h (offsets in wh_offs)."""
+    a = dtype_of(np_dtype)[::1]
+
+    @_kernel(REDUCE_THREADS, a, a, int64[::1], int64, int64)
+    def transpose_wh(theta, theta_t, wh_offs, L, H):
+        G = 4 * H
+        n = L * H * G
+        for e in range(cuda.grid(1), n, cuda.gridsize(1)):
+            layer, rest = e // (H * G), e % (H * G)
+            j, k = rest // G, rest % G
+            off = wh_offs[layer]
+            theta_t[off + k * H + j] = theta[off + rest]
+
+    return transpose_wh
+
+
+# -- loss, and the sums over blocks ---------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def loss_kernel(np_dtype):
+    """Loss terms and dy = dLoss/dy for the batch's real rows, one prediction per thread.
+
+    mse:  term (y_hat - y)^2 per element, dy = coef * (y_hat - y), coef = 2/N;
+    xent: term -log softmax(y_hat)[class], dy = coef * (softmax - onehot), coef = 1/N.
+    Each block writes the float64 sum of its terms to loss_part[block] and the
+    column sums of its dy rows (the head-bias gradient) to dby_part[block].
+    Block: a power of two threads, at most LOSS_THREADS.
+    """
+    DT = dtype_of(np_dtype)
+    ZERO = np.dtype(np_dtype).type(0)
+
+    a = DT[::1]
+
+    @_kernel(LOSS_THREADS, a, a, int32[::1], boolean, a, float64[::1], a, int64, int64, int64, int64, DT)
+    def loss_head(yout, y_real, y_class, xent, dy, loss_part, dby_part, B, Bp, Tout, O, coef):
+        terms = cuda.shared.array(0, float64)  # one float64 per thread
+        tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+        first = cuda.blockIdx.x * nt
+        p = first + tid
+        n_pred = Tout * B
+        total = float64(0)  # the loss is summed in float64 in every dtype
+        if p < n_pred:
+            base = ((p // B) * Bp + p % B) * O  # prediction p = (step p // B, row p % B)
+            if xent:
+                m = yout[base]
+                for k in range(1, O):
+                    m = max(m, yout[base + k])
+                sum_exp = ZERO
+                for k in range(O):
+                    sum_exp += math.exp(yout[base + k] - m)
+                log_sum = math.log(sum_exp)
+                target = y_class[(p // B) * Bp + p % B]
+                total -= float64(yout[base + target] - m - log_sum)
+                for k in range(O):
+                    dy[base + k] = coef * math.exp(yout[base + k] - m - log_sum)
+                dy[base + target] -= coef
+            else:
+                for k in range(O):
+                    diff = yout[base + k] - y_real[base + k]
+                    total += float64(diff) * float64(diff)
+                    dy[base + k] = coef * diff
+        terms[tid] = total
+        cuda.syncthreads()
+        half = nt // 2
+        while half > 0:  # tree sum: a fixed order
+            if tid < half:
+                terms[tid] += terms[tid + half]
+            cuda.syncthreads()
+            half //= 2
+        if tid == 0:
+            loss_part[cuda.blockIdx.x] = terms[0]
+        for k in range(tid, O, nt):  # this block's share of the head-bias gradient
+            acc = ZERO
+            for q in range(min(nt, n_pred - first)):
+                pq = first + q
+                acc += dy[((pq // B) * Bp + pq % B) * O + k]
+            dby_part[cuda.blockIdx.x * O + k] = acc
+
+    return loss_head
+
+
+@lru_cache(maxsize=None)
+def finish_kernel(np_dtype):
+    """Sums over blocks, in block order: every layer's bias gradient (from the backward
+    sweeps' db_part), the head bias gradient (dby_part) and the loss (loss_part)."""
+    ZERO = np.dtype(np_dtype).type(0)
+    a = dtype_of(np_dtype)[::1]
+
+    @_kernel(REDUCE_THREADS, a, int64[::1], int64, int64, a, int64, int64, float64[::1], int64, a, float64[::1], int64)
+    def finish_grads(db_part, b_offs, n_rec_blocks, G, dby_part, by_off, O, loss_part, n_loss_blocks, grad, loss, L):
+        e = cuda.grid(1)
+        if e < L * G:
+            layer, col = e // G, e % G
+            acc = ZERO
+            for b in range(n_rec_blocks):
+                acc += db_part[(layer * n_rec_blocks + b) * G + col]
+            grad[b_offs[layer] + col] = acc
+        elif e < L * G + O:
+            k = e - L * G
+            acc = ZERO
+            for b in range(n_loss_blocks):
+                acc += dby_part[b * O + k]
+            grad[by_off + k] = acc
+        elif e == L * G + O:
+            total = float64(0)
+            for b in range(n_loss_blocks):
+                total += loss_part[b]
+            loss[0] = total
+
+    return finish_grads
+
+
+# -- clipping and the update ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def sum_squares_kernel(np_dtype):
+    """part[block] = sum of grad^2 over the block's grid-stride share (float64), in a fixed order.
+    Block: REDUCE_THREADS threads; dynamic shared memory: 8 bytes a thread."""
+
+    @_kernel(REDUCE_THREADS, dtype_of(np_dtype)[::1], int64, float64[::1])
+    def sum_squares(grad, n, part):
+        terms = cuda.shared.array(0, float64)  # one float64 per thread
+        tid = cuda.threadIdx.x
+        acc = float64(0)
+        for e in range(cuda.grid(1), n, cuda.gridsize(1)):
+            acc += float64(grad[e]) * float64(grad[e])
+        terms[tid] = acc
+        cuda.syncthreads()
+        half = REDUCE_THREADS // 2
+        while half > 0:
+            if tid < half:
+                terms[tid] += terms[tid + half]
+            cuda.syncthreads()
+            half //= 2
+        if tid == 0:
+            part[cuda.blockIdx.x] = terms[0]
+
+    return sum_squares
+
+
+@cuda.jit(device=True, inline=True)
+def clip_factor(part, n_part, clip_norm):
+    """torch.nn.utils.clip_grad_norm_'s factor min(clip / (norm + 1e-6), 1), from the
+    sum_squares partial sums (every block sums them in the same order: the same bits)."""
+    total = float64(0)
+    for b in range(n_part):
+        total += part[b]
+    return min(clip_norm / (math.sqrt(total) + 1e-6), 1.0)
+
+
+@cuda.jit(device=True, inline=True)
+def block_scale(part, n_part, clip_norm, scale):
+    """The gradient's scale for this block: clip_factor with clipping (n_part > 0), else 1;
+    thread 0 computes it into ``scale`` (one value of shared memory) for the whole block."""
+    if cuda.threadIdx.x == 0:
+        scale[0] = clip_factor(part, n_part, clip_norm) if n_part > 0 else 1.0
+    cuda.syncthreads()
+    return scale[0]
+
+
+@lru_cache(maxsize=None)
+def adam_kernel(np_dtype):
+    """torch.optim.Adam's update; constants come in the parameters' dtype. With clipping
+    (n_part > 0) the gradient is first scaled by clip_factor."""
+    DT = dtype_of(np_dtype)
+    a = DT[::1]
+
+    @_kernel(REDUCE_THREADS, a, a, a, a, int64, float64[::1], int64, float64, DT, DT, DT, DT, DT, DT, DT)
+    def adam_update(theta, grad, m, v, n, part, n_part, clip_norm, b1, one_minus_b1, b2, one_minus_b2, step_size,
+                    bias2_sqrt, eps):
+        s = block_scale(part, n_part, clip_norm, cuda.shared.array(0, DT))
+        for e in range(cuda.grid(1), n, cuda.gridsize(1)):
+            g = grad[e] * s
+            m[e] = b1 * m[e] + one_minus_b1 * g
+            v[e] = b2 * v[e] + one_minus_b2 * g * g
+            theta[e] -= step_size * (m[e] / (math.sqrt(v[e]) / bias2_sqrt + eps))
+
+    return adam_update
+
+
+@lru_cache(maxsize=None)
+def sgd_kernel(np_dtype):
+    """torch.optim.SGD: buf = g on the first step, then momentum * buf + g; p -= lr * buf."""
+    DT = dtype_of(np_dtype)
+    a = DT[::1]
+
+    @_kernel(REDUCE_THREADS, a, a, a, int64, float64[::1], int64, float64, DT, DT, boolean, boolean)
+    def sgd_update(theta, grad, buf, n, part, n_part, clip_norm, lr, momentum, first_step, use_momentum):
+        s = block_scale(part, n_part, clip_norm, cuda.shared.array(0, DT))
+        for e in range(cuda.grid(1), n, cuda.gridsize(1)):
+            g = grad[e] * s
+            if use_momentum:
+                g = g if first_step else momentum * buf[e] + g
+                buf[e] = g
+            theta[e] -= lr * g
+
+    return sgd_update

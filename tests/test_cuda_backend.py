@@ -1,0 +1,432 @@
+"""The CUDA backend (``cuda``): the conformance kit, its launch structure, its launch
+shapes, what stays on the device, errors, training through the CLI, and what its
+kernels compile to on a real GPU.
+
+Here (and in CI) the kernels run in Numba's CUDA simulator: tests/conftest.py sets
+NUMBA_ENABLE_CUDASIM=1 unless the caller set it. On a GPU machine,
+``NUMBA_ENABLE_CUDASIM=0 pytest tests/test_cuda_backend.py`` runs the same tests
+on the device. These tests fail, not skip, when numba-cuda is missing: it comes
+with the ``dev`` extra.
+
+The simulator runs one block at a time and every CUDA thread as a Python thread.
+So it checks each block's arithmetic, indexing and ``syncthreads`` placement, but
+not what blocks running at once would do to each other; the kernels are written
+so that there is nothing to check there (no block reads what another writes
+within a launch). It is also slow, about a second per training step of the
+kit's tiny models, so the kit runs with fewer examples than the profile's, and
+the launch shapes the tiny models never reach (several recurrence blocks,
+64-wide product tiles, several hidden units per thread, several loss blocks) get
+tests of their own below.
+
+float32 tolerance: the kit's (1e-4 relative, and 10x the float32 reference's own
+error on the case). On a GPU the products add in float32 in another order than
+NumPy's BLAS, and libdevice's expf/tanhf are within 2 ulp, so the error is of the
+float32 reference's own size. The simulator evaluates math.exp and math.tanh of
+float32 values in float64 before rounding, so its error is smaller still. Both
+sit inside the same tolerance, which stays the kit's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import lstmbench as lb
+from lstmbench import bench
+from lstmbench.checkpoint import load_checkpoint
+from lstmbench.cli import main as cli_main
+from lstmbench.errors import DeviceError, NonFiniteError, ShapeError
+from lstmbench.testing import CHECKS, Case, CheckSkipped, run_check
+from lstmbench.testing.checks import check_forward, check_loss_and_grads, check_training_steps
+from lstmbench.training import LAST_CHECKPOINT, RunConfig, train
+
+from lstmbench_backends.numba_cuda import NumbaCuda, kernels  # imports numba.cuda: fails where it is missing
+
+SIMULATED = kernels.SIMULATOR
+# The simulator's cost, not the kit's needs, sets this (see the module docstring): 10
+# examples per check and dtype take about 2.5 minutes on 2 cores. On a GPU: the profile's.
+KIT_EXAMPLES = 10 if SIMULATED else None
+ADAM_CLIP = lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.05)
+SGD_MOMENTUM = lb.OptimizerConfig("sgd", lr=0.5, momentum=0.9)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_thread_switches():
+    """The simulator's block manager polls its CUDA threads (Python threads) in a loop
+    that holds the GIL; with Python's default 5 ms switch interval every syncthreads()
+    waits for those switches. 0.1 ms makes the simulator about 4x faster."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(previous)
+
+
+@pytest.fixture
+def backend() -> NumbaCuda:
+    """A fresh backend (no cached workspaces), which must be able to run here."""
+    fresh = NumbaCuda()
+    ok, why = fresh.availability()
+    assert ok, why  # fail, never skip: numba-cuda comes with the dev extra
+    return fresh
+
+
+def make_case(D, H, O, L, loss, many_to_many, dtype, B, T, opt=ADAM_CLIP, steps=2, seed=0) -> Case:
+    cfg = lb.ModelConfig(D, H, O, L, loss, many_to_many, dtype)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, D)).astype(dtype)
+    lead = (B, T) if many_to_many else (B,)
+    y = rng.standard_normal(lead + (O,)).astype(dtype) if loss == "mse" else rng.integers(0, O, size=lead)
+    return Case(cfg, lb.init_params(cfg, seed), x, y, opt, steps)
+
+
+def check_all(backend, case: Case) -> None:
+    check_forward(backend, case)
+    check_loss_and_grads(backend, case)
+    check_training_steps(backend, case)
+
+
+def launched(backend: NumbaCuda) -> list:
+    """Record every launch: (kernel, grid, threads, shared bytes, args)."""
+    calls = []
+    launch = backend._launch
+
+    def record(kernel, grid, threads, shared, *args):
+        calls.append((kernel, grid, threads, shared, args))
+        launch(kernel, grid, threads, shared, *args)
+
+    backend._launch = record
+    return calls
+
+
+# -- the conformance kit ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_conformance_kit(check, dtype):
+    ok, why = lb.load_backend("cuda").availability()
+    assert ok, why
+    if check == "declared_unsupported":  # nothing is declared unsupported, so the kit has nothing to refuse
+        with pytest.raises(CheckSkipped, match="declares every configuration supported"):
+            run_check("cuda", check, dtype, max_examples=KIT_EXAMPLES)
+        return
+    run_check("cuda", check, dtype, max_examples=KIT_EXAMPLES)
+
+
+# -- structure: launches, residency ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers,many_to_many,clip", [(1, False, None), (2, True, 0.05), (3, False, 10.0)])
+def test_launches_per_step_do_not_grow_with_steps_or_batch(backend, layers, many_to_many, clip):
+    counts = {}
+    for B, T in ((3, 4), (3, 8), (11, 4)):
+        case = make_case(2, 3, 2, layers, "mse", many_to_many, "float32", B, T,
+                         opt=lb.OptimizerConfig("adam", clip_norm=clip))
+        state = backend.init_state(case.cfg, case.params, case.opt)
+        backend.train_step(state, case.x, case.y)
+        counts[B, T] = backend.launches_per_step
+        assert backend.runtime_info()["launches_per_step"] == counts[B, T]
+    # per layer: input product, recurrence, and backward sweep, dW_x, dW_h, (dx for layers above the first);
+    # once: head, loss, W_h transpose, dW_y, dh of the head, the bias sums, the update (and the clipping norm)
+    expected = 6 * layers + 6 + (clip is not None)
+    assert counts == {(3, 4): expected, (3, 8): expected, (11, 4): expected}
+
+
+def test_a_step_moves_the_batch_in_and_the_loss_out(backend, monkeypatch):
+    """After the first step of a shape, a step allocates nothing and copies x and y in, the loss out."""
+    from numba import cuda
+
+    case = make_case(2, 4, 3, 2, "xent", True, "float32", 5, 6)
+    state = backend.init_state(case.cfg, case.params, case.opt)
+    backend.train_step(state, case.x, case.y)  # first step of this shape: the workspace is made
+    array_type = type(state.theta)
+    counts = {"to_device": 0, "device_array": 0, "in": 0, "out": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(cuda, "to_device", counting("to_device", cuda.to_device))
+    monkeypatch.setattr(cuda, "device_array", counting("device_array", cuda.device_array))
+    monkeypatch.setattr(array_type, "copy_to_device", counting("in", array_type.copy_to_device))
+    monkeypatch.setattr(array_type, "copy_to_host", counting("out", array_type.copy_to_host))
+    backend.train_step(state, case.x, case.y)
+    assert counts == {"to_device": 0, "device_array": 0, "in": 2, "out": 1}
+    backend.get_params(state)
+    assert counts["out"] == 2
+
+
+def test_kernel_arguments_have_the_declared_types(backend):
+    """Every launch passes exactly the types its kernel declares (Kernel.arg_types), which
+    the compile test below builds for a GPU: no float64 scalar slips into a float32 kernel."""
+    import numba
+
+    calls = launched(backend)
+    for dtype in ("float32", "float64"):
+        for loss, m2m, opt in (("mse", False, ADAM_CLIP), ("xent", True, SGD_MOMENTUM),
+                               ("mse", True, lb.OptimizerConfig("sgd", lr=0.1))):
+            case = make_case(2, 3, 2, 2, loss, m2m, dtype, 3, 3, opt=opt)
+            backend.train_step(backend.init_state(case.cfg, case.params, case.opt), case.x, case.y)
+            backend.forward(case.cfg, case.params, case.x)
+            backend.loss_and_grads(case.cfg, case.params, case.x, case.y)
+    seen = set()
+    for kernel, _, _, _, args in calls:
+        got = tuple(getattr(a, "_numba_type_", None) or numba.typeof(a) for a in args)
+        assert got == kernel.arg_types, f"{kernel.name}: launched with {got}, declares {kernel.arg_types}"
+        seen.add(kernel.name)
+    assert seen == {"gemm", "lstm_forward", "lstm_backward", "transpose_wh", "loss_head", "finish_grads",
+                    "sum_squares", "adam_update", "sgd_update"}
+
+
+# -- launch shapes the kit's tiny models never reach ----------------------------------------------
+
+
+@pytest.mark.parametrize("M,N", [(70, 67), (70, 9), (9, 70), (9, 9)])  # every tile: 64/16 rows x 64/16 columns
+def test_gemm_every_tile_and_operand_layout(backend, M, N):
+    """C = op(A) op(B) + bias against NumPy, with A and B each row-major or transposed, read in
+    place at an offset inside a longer buffer, and C written at an offset with its own row stride."""
+    from numba import cuda
+
+    rng = np.random.default_rng(M * N)
+    K, off, ldc = 19, 3, N + 2
+    for a_t in (False, True):
+        for b_t in (False, True):
+            a = rng.standard_normal((K, M) if a_t else (M, K))
+            b = rng.standard_normal((N, K) if b_t else (K, N))
+            bias = rng.standard_normal(N)
+            flat = lambda m: np.concatenate([np.full(off, np.nan), m.ravel()])  # noqa: E731 (NaN: never read)
+            c = cuda.to_device(np.zeros(off + M * ldc))
+            a_rs, a_cs = (1, M) if a_t else (K, 1)
+            b_rs, b_cs = (1, K) if b_t else (N, 1)
+            backend._gemm(np.dtype("float64"), M, N, K, cuda.to_device(flat(a)), off, a_rs, a_cs,
+                          cuda.to_device(flat(b)), off, b_rs, b_cs, c, off, ldc, bias=cuda.to_device(flat(bias)),
+                          bias_off=off)
+            got = c.copy_to_host()[off:].reshape(M, ldc)
+            expected = (a.T if a_t else a) @ (b.T if b_t else b) + bias
+            np.testing.assert_allclose(got[:, :N], expected, rtol=1e-12, atol=1e-12,
+                                       err_msg=f"A transposed: {a_t}, B transposed: {b_t}")
+            assert np.all(got[:, N:] == 0)  # nothing written past a row's N columns
+
+
+@pytest.mark.parametrize("dtype,loss,many_to_many", [("float64", "mse", False), ("float32", "xent", True)])
+def test_several_blocks_padding_rows_and_large_tiles(backend, dtype, loss, many_to_many):
+    """B=11: two recurrence blocks of 8 rows, the second with 5 padding rows; 4H = 64 and
+    T*Bp = 64 rows: the 64 x 64 product tile."""
+    case = make_case(3, 16, 3, 2, loss, many_to_many, dtype, 11, 4)
+    calls = launched(backend)
+    check_all(backend, case)
+    plan = backend._workspace(case.cfg, 11, 4).plan
+    assert (plan.rows, plan.blocks, plan.padded_batch) == (8, 2, 16)
+    assert any(k.name == "gemm" and threads == 256 for k, _, threads, _, _ in calls)
+    assert any(k.name == "lstm_backward" and grid == 2 for k, grid, _, _, _ in calls)
+
+
+def test_several_hidden_units_per_thread(backend, monkeypatch):
+    monkeypatch.setattr(kernels, "MAX_RECURRENCE_THREADS", 32)
+    case = make_case(2, 40, 2, 1, "mse", True, "float64", 2, 3, steps=1)
+    check_all(backend, case)
+    assert backend._workspace(case.cfg, 2, 3).plan.recurrence_threads == 32  # units j and j + 32
+
+
+def test_several_loss_and_update_blocks(backend, monkeypatch):
+    from lstmbench_backends import numba_cuda
+
+    monkeypatch.setattr(kernels, "LOSS_THREADS", 8)
+    monkeypatch.setattr(numba_cuda, "PER_THREAD", 1)
+    case = make_case(3, 5, 3, 1, "xent", True, "float64", 10, 3)  # 30 predictions: 4 loss blocks
+    calls = launched(backend)
+    check_all(backend, case)
+    grids = {k.name: grid for k, grid, _, _, _ in calls}
+    assert grids["loss_head"] == 4 and grids["adam_update"] >= 2 and grids["sum_squares"] >= 2
+
+
+def test_rows_per_block_follow_the_shared_memory_limit(backend):
+    case = make_case(2, 5, 2, 1, "mse", False, "float64", 6, 3)
+    limits = backend._device_limits()
+    backend._limits = replace(limits, max_shared=2 * 4 * 5 * 8)  # dz_{t+1} of 2 rows, no more
+    check_all(backend, case)
+    assert backend._workspace(case.cfg, 6, 3).plan.rows == 2
+
+    tiny = NumbaCuda()
+    tiny._limits = replace(limits, max_shared=4 * 5 * 8 - 1)  # not even one row fits
+    calls = launched(tiny)
+    with pytest.raises(ShapeError, match="shared memory"):
+        tiny.loss_and_grads(case.cfg, case.params, case.x, case.y)
+    assert calls == [] and tiny._workspaces == {}
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_bad_input_is_refused_before_the_device_is_touched(backend, monkeypatch):
+    case = make_case(2, 3, 2, 1, "mse", False, "float32", 3, 4)
+    state = backend.init_state(case.cfg, case.params, case.opt)
+
+    def touched(*args, **kwargs):
+        raise AssertionError("the device was used for a bad input")
+
+    monkeypatch.setattr(backend, "_stage", touched)
+    monkeypatch.setattr(backend, "_to_device", touched)
+    bad = case.x.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(NonFiniteError):
+        backend.train_step(state, bad, case.y)
+    with pytest.raises(NonFiniteError):
+        backend.forward(case.cfg, case.params, bad)
+    with pytest.raises(ShapeError):
+        backend.loss_and_grads(case.cfg, case.params, case.x[:, :, :1], case.y)
+
+
+def cuda_api_error():
+    from numba.cuda.cudadrv.driver import CudaAPIError
+
+    try:
+        return CudaAPIError(2, "CUDA_ERROR_OUT_OF_MEMORY")
+    except TypeError:  # pragma: no cover - another constructor
+        return CudaAPIError("CUDA_ERROR_OUT_OF_MEMORY")
+
+
+def test_a_cuda_error_names_the_step_and_the_shape(backend, monkeypatch):
+    case = make_case(2, 3, 2, 1, "mse", False, "float32", 3, 4)
+    state = backend.init_state(case.cfg, case.params, case.opt)
+
+    def failing(*args):
+        raise cuda_api_error()
+
+    monkeypatch.setattr(backend, "_launch", failing)
+    with pytest.raises(DeviceError, match=r"CUDA error in train_step \(batch of shape \(3, 4, 2\)") as info:
+        backend.train_step(state, case.x, case.y)
+    assert "OUT_OF_MEMORY" in str(info.value)
+
+
+def test_training_keeps_the_last_good_checkpoint_on_a_cuda_error(backend, tmp_path, monkeypatch):
+    case = make_case(1, 3, 1, 1, "mse", False, "float64", 12, 4)
+    out = tmp_path / "run"
+    run = RunConfig(epochs=3, batch_size=6, out_dir=out, progress=False)  # 2 steps per epoch
+    steps = {"n": 0}
+    train_step = backend._train_step
+    snapshot = {}
+
+    def fail_in_epoch_two(state, x, y):
+        steps["n"] += 1
+        if steps["n"] == 4:  # the second step of epoch 2
+            snapshot["last"] = (out / LAST_CHECKPOINT).read_bytes()
+            raise DeviceError("CUDA error in train_step (planted)")
+        return train_step(state, x, y)
+
+    monkeypatch.setattr(backend, "_train_step", fail_in_epoch_two)
+    with pytest.raises(DeviceError, match=r"epoch 2, batch 2 .*last good checkpoint \(epoch 1\)"):
+        train(backend, case.cfg, case.opt, case.params, (case.x, case.y), (case.x, case.y), run)
+    assert (out / LAST_CHECKPOINT).read_bytes() == snapshot["last"]
+    assert load_checkpoint(out / LAST_CHECKPOINT).meta["progress"]["epoch"] == 1
+
+
+# -- availability and what it reports ------------------------------------------------------------
+
+
+def test_without_numba_cuda_it_names_the_extra(monkeypatch):
+    from lstmbench_backends import numba_cuda
+
+    monkeypatch.setattr(numba_cuda, "find_spec", lambda name: None)
+    ok, why = NumbaCuda().availability()
+    assert not ok and "numba-cuda is not installed" in why and "lstmbench[cuda]" in why
+
+
+def test_without_a_gpu_it_says_so_and_names_the_simulator(tmp_path):
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    code = ("import json; from lstmbench_backends.numba_cuda import NumbaCuda; from numba import cuda; "
+            "print(json.dumps([cuda.is_available(), NumbaCuda().availability()]))")
+    gpu, (ok, why) = json.loads(subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=tmp_path,
+                                               capture_output=True, text=True).stdout)
+    if gpu:
+        pytest.skip("this machine has a CUDA GPU")
+    assert not ok
+    assert why.startswith("no CUDA GPU found") and "NUMBA_ENABLE_CUDASIM=1" in why and "simulator" in why
+    listing = subprocess.run([sys.executable, "-m", "lstmbench.cli", "backends"], env=env, check=True, cwd=tmp_path,
+                             capture_output=True, text=True).stdout
+    line = next(row for row in listing.splitlines() if row.startswith("cuda "))
+    assert " no " in line and "NUMBA_ENABLE_CUDASIM=1" in line
+
+
+def test_runtime_info_reports_the_device(backend):
+    case = make_case(1, 2, 1, 1, "mse", False, "float32", 2, 3)
+    backend.train_step(backend.init_state(case.cfg, case.params, case.opt), case.x, case.y)
+    info = backend.runtime_info()
+    assert {"device", "compute_capability", "driver", "runtime", "simulator", "launches_per_step"} <= set(info)
+    assert info["simulator"] is SIMULATED and info["launches_per_step"] == 13  # 6L + 6, and the clipping norm
+    if SIMULATED:
+        assert "simulator" in info["device"]
+
+
+# -- the core's features on it: the CLI, resume, the bench -----------------------------------------
+
+
+def test_train_and_resume_through_the_cli(tmp_path, capsys):
+    base = ["train", "--backend", "cuda", "--dataset", "nile", "--window", "5", "--hidden", "4", "--dtype",
+            "float64", "--batch-size", "32", "--quiet"]
+    assert cli_main([*base, "--epochs", "2", "--out", str(tmp_path / "straight")]) == 0
+    assert cli_main([*base, "--epochs", "1", "--out", str(tmp_path / "resumed")]) == 0
+    assert cli_main([*base, "--epochs", "2", "--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "backend cuda" in out
+    straight, resumed = (load_checkpoint(tmp_path / name / LAST_CHECKPOINT) for name in ("straight", "resumed"))
+    for name, value in straight.params.items():  # the kernels have no atomics: the same bits
+        assert np.array_equal(value, resumed.params[name]), name
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["backend"] == "cuda"
+
+
+def test_bench_times_it_only_when_named(backend):
+    names, left_out = bench.default_backends()
+    if SIMULATED:
+        assert "cuda" not in names and "simulator" in left_out["cuda"]
+    report = bench.run_grid(["numpy", "cuda"], hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=1,
+                            with_torch=False, progress=False)
+    row = next(r for r in report["rows"] if r["backend"] == "cuda")
+    assert row["status"] == "ok" and row["timing"] is not None
+    assert " cuda " in bench.format_grid(report)
+
+
+# -- what the kernels compile to on a GPU ---------------------------------------------------------
+
+
+def test_kernels_compile_for_a_gpu_without_float64_or_spills(tmp_path):
+    """Every kernel variant, compiled for sm_90 with the argument types it is launched with
+    (NVVM, then ptxas through nvJitLink: no GPU needed). The simulator cannot see any of this."""
+    code = ("import json, dataclasses; from lstmbench_backends.numba_cuda.inspect import compile_report; "
+            "print(json.dumps([dataclasses.asdict(r) | {'hot': r.hot} for r in compile_report((9, 0))]))")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = json.loads(done.stdout)
+    assert len(reports) == 2 * 18
+    for r in reports:
+        where = f"{r['kernel']} {r['variant']} {r['dtype']}"
+        assert r["local_accesses"] == 0, f"{where}: local arrays not in registers"
+        assert r["spill_bytes"] == 0, f"{where}: spills registers"
+        assert r["registers"] * r["launch_bound"] <= 65536, f"{where}: a full block would not fit an SM's registers"
+        if r["hot"] and r["dtype"] == "float32":
+            assert r["f64_instructions"] == 0, f"{where}: float64 instructions in a float32 kernel"
+
+
+def test_the_gpu_check_script_runs_at_toy_sizes(tmp_path):
+    """tools/cuda_gpu_check.py --smoke (here in the simulator): every step runs, and it
+    writes its JSON and table."""
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "tools", "cuda_gpu_check.py")
+    done = subprocess.run([sys.executable, script, "--no-install", "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    result = json.loads((tmp_path / "cuda_bench.json").read_text())
+    assert result["device_tests_passed"] is True
+    assert [c["status"] for c in result["real_size_checks"]] == ["passed", "passed"]
+    rows = {r["backend"]: r for r in result["bench"][0]["rows"]}
+    assert rows["cuda"]["status"] == "ok" and result["machine"]["cuda_backend"]["simulator"] is SIMULATED
+    assert " cuda " in (tmp_path / "cuda_bench.txt").read_text()
