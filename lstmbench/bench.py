@@ -460,3 +460,108 @@ def plot(grid: dict | None, scaling: dict | None, path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
+
+
+# -- data-parallel training over MPI ---------------------------------------------------------
+
+
+def _distributed_epoch(backend: Backend, cfg: ModelConfig, x, y, global_batch: int, world) -> tuple[float, float]:
+    """(seconds, seconds in the gradient hook's Allreduce) of one epoch of data-parallel
+    steps, on rank 0, between barriers."""
+    from lstmbench.distributed import shard
+
+    state = backend.init_state(cfg, init_params(cfg, seed=0), BENCH_OPTIMIZER)
+    reducing = 0.0
+
+    def timed(hook):
+        def run(grad, loss):
+            nonlocal reducing
+            start = time.perf_counter()
+            total = hook(grad, loss)
+            reducing += time.perf_counter() - start
+            return total
+        return run
+
+    world.barrier()
+    start = time.perf_counter()
+    for lo in range(0, len(x), global_batch):
+        idx = np.arange(lo, min(lo + global_batch, len(x)))
+        part = idx[shard(len(idx), world.size, world.rank)]
+        state.gradient_hook = timed(world.gradient_hook(len(part), len(idx), lambda: False))
+        backend.train_step(state, x[part], y[part])
+    world.barrier()
+    return time.perf_counter() - start, reducing
+
+
+def run_distributed(world, backend_name: str, hidden: int = 128, batch: int = 128, steps: int = 64,
+                    dtype: str = "float32", batches: int = 8, threads: int | None = None, repeats: int = 3,
+                    progress: bool = True) -> dict[str, Any]:
+    """Data-parallel training on P = 1 .. world.size ranks (the first P of them), ``batches``
+    minibatches an epoch:
+
+    * strong scaling: the global minibatch stays ``batch`` rows (each rank gets batch / P),
+      the dataset stays ``batches * batch`` sequences: speedup t(1)/t(P) and efficiency;
+    * weak scaling: each rank keeps ``batch`` rows (the global minibatch is P * batch) and
+      the dataset grows with P: t(P)/t(1), which stays near 1 if adding ranks with the data
+      keeps the time flat.
+
+    Every epoch is timed on rank 0 between barriers, after a warm-up epoch; medians of
+    ``repeats``. The share in Allreduce is the time in the gradient hook's Allreduce
+    (waiting for the slowest rank included) over the epoch's."""
+    from tqdm.auto import tqdm
+
+    from lstmbench.distributed import threads_per_rank
+
+    threads = threads or threads_per_rank(world)
+    backend = get_backend(backend_name)
+    backend.set_threads(threads)
+    cfg = bench_model(hidden, dtype)
+    rows = []
+    bar = tqdm(total=world.size * 2, disable=not (progress and world.is_root), desc="distributed", unit="run")
+    for ranks in range(1, world.size + 1):
+        sub = world.subset(ranks)
+        for mode in ("strong", "weak"):
+            global_batch = batch if mode == "strong" else batch * ranks
+            if sub is not None:
+                x, y = bench_batch(cfg, batches * global_batch, steps, seed=1)
+                _distributed_epoch(backend, cfg, x, y, global_batch, sub)  # warm-up (JIT, workspaces)
+                runs = [_distributed_epoch(backend, cfg, x, y, global_batch, sub) for _ in range(repeats)]
+                epoch = float(np.median([r[0] for r in runs]))
+                reducing = float(np.median([r[1] / r[0] for r in runs]))
+                if sub.is_root:
+                    rows.append({"mode": mode, "ranks": ranks, "threads_per_rank": threads,
+                                 "global_batch": global_batch, "rows_per_rank": global_batch // ranks,
+                                 "sequences": batches * global_batch, "epoch_s": epoch, "step_s": epoch / batches,
+                                 "allreduce_share": reducing})
+            world.idle_barrier()  # the ranks left out of this measurement wait here without spinning
+            bar.update(1)
+    bar.close()
+    for mode in ("strong", "weak"):
+        base = next(r["epoch_s"] for r in rows if r["mode"] == mode and r["ranks"] == 1) if rows else None
+        for r in (r for r in rows if r["mode"] == mode):
+            if mode == "strong":
+                r["speedup"] = base / r["epoch_s"]
+                r["efficiency"] = r["speedup"] / r["ranks"]
+            else:
+                r["time_vs_1_rank"] = r["epoch_s"] / base
+    return {"kind": "distributed", "machine": machine_info(), "backend": backend_name,
+            "runtime": backend.runtime_info(), "model": cfg.to_dict(), "steps": steps, "batches_per_epoch": batches,
+            "optimizer": BENCH_OPTIMIZER.to_dict(), "rows": rows}
+
+
+def format_distributed(report: dict[str, Any]) -> str:
+    m = report["model"]
+    lines = [f"data-parallel training over MPI: backend {report['backend']}, H={m['hidden_size']}, "
+             f"T={report['steps']}, {m['dtype']}, Adam, {report['batches_per_epoch']} minibatches an epoch; "
+             f"{report['machine']['cpu']}",
+             f"{'mode':<7} {'ranks':>5} {'thr/rank':>8} {'batch':>6} {'rows/rank':>9} {'seqs':>6} {'epoch s':>9} "
+             f"{'step ms':>9} {'allreduce':>9}  scaling"]
+    for r in report["rows"]:
+        scaling = (f"speedup {r['speedup']:.2f}x, efficiency {100 * r['efficiency']:.0f}%" if r["mode"] == "strong"
+                   else f"{r['time_vs_1_rank']:.2f}x the 1-rank epoch on {r['ranks']}x the data")
+        lines.append(f"{r['mode']:<7} {r['ranks']:>5} {r['threads_per_rank']:>8} {r['global_batch']:>6} "
+                     f"{r['rows_per_rank']:>9} {r['sequences']:>6} {r['epoch_s']:>9.3f} {1e3 * r['step_s']:>9.2f} "
+                     f"{100 * r['allreduce_share']:>8.1f}%  {scaling}")
+    lines.append("strong: fixed global minibatch and dataset; weak: fixed rows per rank, dataset grows with the "
+                 "ranks; allreduce: share of the epoch in the gradient hook's Allreduce")
+    return "\n".join(lines)

@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 import lstmbench as lb
-from lstmbench import experiment
+from lstmbench import distributed, experiment
 from lstmbench.checkpoint import load_checkpoint
 from lstmbench.config import OptimizerConfig
 from lstmbench.errors import DivergenceError, LstmbenchError
 from lstmbench.training import BEST_CHECKPOINT, LAST_CHECKPOINT, RunConfig, train
+
+
+def say(message: str) -> None:
+    """A line on stderr, from rank 0 only when several ranks run."""
+    if distributed.current().is_root:
+        print(message, file=sys.stderr)
 
 
 def cmd_backends(args) -> int:
@@ -39,22 +46,30 @@ def _backend(name: str, threads: int | None) -> lb.Backend:
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    backend = _backend(args.backend, args.threads)
-    source = experiment.make_source(args.dataset, args.csv, args.columns, args.index_column, args.text_file)
-    task = experiment.build_task(source, hidden_size=args.hidden, num_layers=args.layers, dtype=args.dtype,
-                                 window=args.window, horizon=args.horizon, target=args.target, seq_len=args.seq_len)
-    opt = OptimizerConfig(args.optimizer, lr=args.lr, momentum=args.momentum, clip_norm=args.clip_norm)
-    run = RunConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, patience=args.patience,
-                    out_dir=out, progress=not args.quiet)
+    w = distributed.world()  # several ranks under mpiexec: data-parallel (docs/distributed.md)
+    root = w.is_root
+    with w.together("preparing the run"):
+        threads = args.threads or (distributed.threads_per_rank(w) if w.distributed else None)
+        backend = _backend(args.backend, threads)
+        source = experiment.make_source(args.dataset, args.csv, args.columns, args.index_column, args.text_file)
+        task = experiment.build_task(source, hidden_size=args.hidden, num_layers=args.layers, dtype=args.dtype,
+                                     window=args.window, horizon=args.horizon, target=args.target,
+                                     seq_len=args.seq_len)
+        opt = OptimizerConfig(args.optimizer, lr=args.lr, momentum=args.momentum, clip_norm=args.clip_norm)
+        run = RunConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, patience=args.patience,
+                        out_dir=out, progress=not args.quiet)
     resume = None
-    if args.resume:
-        resume = load_checkpoint(out / LAST_CHECKPOINT)
-    elif (out / LAST_CHECKPOINT).exists() and not args.overwrite:
-        raise LstmbenchError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    with w.together("opening the output folder"):  # only rank 0 reads and writes it
+        if root and args.resume:
+            resume = load_checkpoint(out / LAST_CHECKPOINT)
+        elif root and (out / LAST_CHECKPOINT).exists() and not args.overwrite:
+            raise LstmbenchError(f"{out} already holds a run; pass --resume to continue it or --overwrite to "
+                                 "replace it")
     params = lb.init_params(task.cfg, seed=args.seed)
-    print(f"lstmbench train: {source.spec} -> {task.cfg}", file=sys.stderr)
-    print(f"  backend {backend.name} on {backend.threads} thread(s), {len(task.train[0])} train / "
-          f"{len(task.val[0])} val / {len(task.test[0])} test examples", file=sys.stderr)
+    ranks = f", {w.size} ranks (data-parallel over MPI)" if w.distributed else ""
+    say(f"lstmbench train: {source.spec} -> {task.cfg}")
+    say(f"  backend {backend.name} on {backend.threads} thread(s){' per rank' if ranks else ''}{ranks}, "
+        f"{len(task.train[0])} train / {len(task.val[0])} val / {len(task.test[0])} test examples")
 
     def report(rec):
         tqdm.write(f"epoch {rec['epoch']:3d}  train {rec['train_loss']:.5f}  val {rec['val_loss']:.5f}  "
@@ -62,21 +77,24 @@ def cmd_train(args) -> int:
 
     try:
         result = train(backend, task.cfg, opt, params, task.train, task.val, run, resume=resume, meta=task.meta,
-                       on_epoch=report)
+                       on_epoch=report, world=w)
     except DivergenceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}")
         return 3
     if result.stop_reason == "interrupted":
-        print(f"interrupted: state saved to {out / LAST_CHECKPOINT}; continue with --resume", file=sys.stderr)
+        say(f"interrupted: state saved to {out / LAST_CHECKPOINT}; continue with --resume")
         return 130
-    report_ = experiment.evaluate(backend, task, result.params)
+    report_ = experiment.evaluate(backend, task, result.params, world=w)
+    if not root:
+        return 0
     metrics = {"model": task.cfg.to_dict(), "optimizer": opt.to_dict(), "backend": backend.name,
-               "runtime": backend.runtime_info(), "data": task.meta["source"], "stop_reason": result.stop_reason,
+               "runtime": backend.runtime_info(), "ranks": w.size, "data": task.meta["source"],
+               "stop_reason": result.stop_reason,
                "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss, "seconds": result.seconds,
                "history": result.history, "test": report_}
     experiment.write_metrics(out / "metrics.json", metrics)
     experiment.plot_run(backend, task, result.params, result.history, out / "predictions.png")
-    print(f"backend {backend.name}: {backend.runtime_info()}")
+    print(f"backend {backend.name}: {backend.runtime_info()}{ranks}")
     print(f"stopped: {result.stop_reason}; best validation loss {result.best_val_loss:.5f} at epoch {result.best_epoch}")
     if "test_rmse" in report_:
         verdict = "beats" if report_["test_rmse"] < report_["naive_rmse"] else "does NOT beat"
@@ -118,6 +136,8 @@ def cmd_predict(args) -> int:
 def cmd_bench(args) -> int:
     from lstmbench import bench
 
+    if args.distributed:
+        return bench_distributed(args)
     grid = scaling = None
     if not args.scaling_only:
         grid = bench.run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, args.threads,
@@ -137,6 +157,28 @@ def cmd_bench(args) -> int:
         print(f"wrote {args.plot}", file=sys.stderr)
     failed = [r for r in (grid or {}).get("rows", []) if r["status"] == "FAILED"]
     return 1 if failed else 0
+
+
+def bench_distributed(args) -> int:
+    """`mpiexec -n P lstmbench bench --distributed`: scaling over 1 .. P ranks."""
+    from lstmbench import bench
+
+    w = distributed.world()
+    with w.together("preparing the benchmark"):
+        if args.backends and len(args.backends) > 1:
+            raise LstmbenchError("--distributed times one backend; name one with --backends")
+        available = [b.name for b in lb.list_backends() if b.available]
+        name = args.backends[0] if args.backends else next((n for n in ("c", "numba") if n in available), "numpy")
+        lb.get_backend(name)
+    report = bench.run_distributed(w, name, hidden=args.hidden[0], batch=args.batch[0], steps=args.steps,
+                                   dtype=args.dtype, batches=args.batches, threads=args.threads,
+                                   repeats=args.repeats, progress=not args.quiet)
+    if w.is_root:
+        print(json.dumps(report, indent=2) if args.json else bench.format_distributed(report))
+        if not w.distributed:
+            print("(one process: start it with `mpiexec -n P lstmbench bench --distributed` for P ranks)",
+                  file=sys.stderr)
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -221,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", action="store_true", help="also time epochs over N, 2N, 4N, 8N sequences")
     p.add_argument("--scaling-only", action="store_true", help="only the scaling report")
     p.add_argument("--scaling-n", type=int, default=1000, help="smallest dataset of the scaling report (default 1000)")
+    p.add_argument("--distributed", action="store_true",
+                   help="under mpiexec: data-parallel strong and weak scaling over 1 .. P ranks (first --backends, "
+                        "--hidden, --batch; per-rank batch for weak scaling)")
+    p.add_argument("--batches", type=int, default=8, help="--distributed: minibatches per epoch (default 8)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--plot", help="write speedup bars (and scaling curves) to this PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -249,12 +295,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except LstmbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # outside the training loop, which saves its own state
-        print("interrupted", file=sys.stderr)
-        return 130
+    except BaseException as exc:
+        w = distributed.current()
+        if w.distributed and not distributed.raised_on_every_rank(exc) and not isinstance(exc, SystemExit):
+            # this rank alone failed: the others would wait for it in a collective forever
+            detail = str(exc) if isinstance(exc, LstmbenchError) else traceback.format_exc()
+            print(f"rank {w.rank} of {w.size}: error: {detail}\nending all {w.size} ranks", file=sys.stderr,
+                  flush=True)
+            w.abort(130 if isinstance(exc, KeyboardInterrupt) else 2)
+        if isinstance(exc, distributed.DistributedError) and distributed.launched()[1] != 0:
+            return 2  # rank 0 says it (also when MPI could not be set up: the launcher's rank)
+        if isinstance(exc, LstmbenchError):
+            say(f"error: {exc}")
+            return 2
+        if isinstance(exc, KeyboardInterrupt):  # outside the training loop, which saves its own state
+            say("interrupted")
+            return 130
+        raise
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 from lstmbench import data as lbdata
 from lstmbench.checkpoint import atomic_write
 from lstmbench.config import ModelConfig
+from lstmbench.distributed import SINGLE, World, shard
 from lstmbench.errors import DataError
 from lstmbench.metrics import accuracy, mae, mean_loss, rmse
 from lstmbench.params import Params
@@ -107,14 +108,23 @@ def build_task(source: Source, *, hidden_size: int, num_layers: int = 1, dtype: 
     return Task(source, cfg, split(text.train), split(text.val), split(text.test), meta, text=text)
 
 
-def predict_in_chunks(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, chunk: int = 4096):
+def predict_in_chunks(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, chunk: int = 4096,
+                      world: World = SINGLE):
+    """Model outputs for every row of ``x``; with several ranks each computes its shard
+    and every rank gets them all."""
+    if world.distributed:
+        part = shard(len(x), world.size, world.rank)
+        steps = (x.shape[1],) if cfg.many_to_many else ()
+        mine = (predict_in_chunks(backend, cfg, params, x[part], chunk) if part.stop > part.start else
+                np.empty((0, *steps, cfg.output_size), cfg.np_dtype))
+        return np.concatenate(world.allgather(mine))
     return np.concatenate([backend.forward(cfg, params, x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
-def evaluate(backend: Backend, task: Task, params: Params) -> dict[str, Any]:
-    """Test-part metrics next to a naive baseline's."""
+def evaluate(backend: Backend, task: Task, params: Params, world: World = SINGLE) -> dict[str, Any]:
+    """Test-part metrics next to a naive baseline's (the outputs computed on shards with several ranks)."""
     x, y = task.test
-    out = predict_in_chunks(backend, task.cfg, params, x)
+    out = predict_in_chunks(backend, task.cfg, params, x, world=world)
     if task.windows is not None:
         win = task.windows
         col = win.target_column

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -51,20 +51,39 @@ class Capabilities:
         return None
 
 
+#: (gradient, loss) -> loss: see TrainState.gradient_hook
+GradientHook = Callable[[np.ndarray, float], float]
+
+
 @dataclass
 class TrainState:
     """A backend's training state. The default keeps host arrays; fast backends
-    subclass it (or store what they like in ``extra``)."""
+    subclass it (or store what they like in ``extra``).
+
+    ``gradient_hook``, when set (data-parallel training sets it), must be called by
+    every training step exactly once, between the gradient and the update, through
+    :meth:`reduce_gradient`: with the gradient of the step's batch as one flat host
+    vector (lstmbench.layout order, the model's dtype) and the batch's mean loss. It
+    changes the gradient in place and returns the loss the step reports; the update,
+    clipping included, then uses the changed gradient. The conformance kit checks it.
+    """
 
     cfg: ModelConfig
     opt: OptimizerConfig
     params: Params
     opt_state: OptState
     extra: dict[str, Any] = field(default_factory=dict)
+    gradient_hook: GradientHook | None = None
 
     @property
     def step(self) -> int:
         return int(self.opt_state["step"])
+
+    def reduce_gradient(self, grad: np.ndarray, loss: float) -> float:
+        """Hand ``grad`` (flat, changed in place) and ``loss`` to the hook; the loss to report."""
+        if self.gradient_hook is None:
+            return loss
+        return float(self.gradient_hook(grad, loss))
 
 
 def default_threads() -> int:
@@ -185,6 +204,13 @@ class Backend:
 
     def _train_step(self, state: TrainState, x, y) -> float:
         loss, grads = self._loss_and_grads(state.cfg, state.params, x, y)
+        if state.gradient_hook is not None:
+            from lstmbench.layout import Layout  # (layout imports this module)
+
+            layout = Layout.of(state.cfg)
+            flat = layout.flatten(grads, state.cfg.np_dtype)
+            loss = state.reduce_gradient(flat, loss)
+            grads = layout.views(flat)
         optimizer_step(state.opt, state.params, grads, state.opt_state)
         return loss
 

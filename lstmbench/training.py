@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from lstmbench.checkpoint import Checkpoint, save_checkpoint
 from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.distributed import SINGLE, DistributedError, World, on_every_rank, shard
 from lstmbench.errors import CheckpointError, ConfigError, DeviceError, DivergenceError
 from lstmbench.metrics import mean_loss
 from lstmbench.params import Params
@@ -92,6 +93,19 @@ def evaluate(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, 
     return outputs, mean_loss(cfg, outputs, y)
 
 
+def split_loss(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, y: np.ndarray,
+               world: World = SINGLE) -> float:
+    """Mean loss over a split; with several ranks each evaluates its shard and the
+    row-weighted sums are added (every loss is a mean over a fixed number of terms per row)."""
+    if not world.distributed:
+        return evaluate(backend, cfg, params, x, y)[1]
+    part = shard(len(x), world.size, world.rank)
+    rows = part.stop - part.start
+    total = np.array([evaluate(backend, cfg, params, x[part], y[part])[1] * rows if rows else 0.0, rows])
+    world.allreduce_(total)
+    return float(total[0] / total[1])
+
+
 def train(
     backend: Backend,
     cfg: ModelConfig,
@@ -104,23 +118,35 @@ def train(
     resume: Checkpoint | None = None,
     meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
     """Train ``params`` with ``backend``; see the module docstring for the guarantees.
 
     ``meta`` is stored in every checkpoint (dataset description, scaler, ...).
     ``resume``: a checkpoint written by this function (last.npz) to continue from.
+    ``world``: the ranks of a data-parallel run (lstmbench.distributed). Every rank calls
+    train with the same arguments and data; rank 0's parameters (or ``resume``, which
+    only rank 0 needs) are broadcast, and only rank 0 writes checkpoints.
     """
     (x, y), (x_val, y_val) = train_data, val_data
-    for xs, ys in ((x, y), (x_val, y_val)):
-        check_inputs(cfg, xs)
-        check_targets(cfg, xs, ys)
     meta = dict(meta or {})
+    with world.together("checking the data"):
+        for xs, ys in ((x, y), (x_val, y_val)):
+            check_inputs(cfg, xs)
+            check_targets(cfg, xs, ys)
+        if world.distributed:
+            _check_shards(len(x), run.batch_size, world.size)
+    world.check_same({"model": cfg.to_dict(), "optimizer": opt.to_dict(), "run": vars(run) | {"out_dir": None},
+                      "meta": meta}, "the run configuration")
+    world.check_same_arrays({"x": x, "y": y, "x_val": x_val, "y_val": y_val}, "the data")
     progress = _Progress()
     opt_state = None
     best_params = params
-    if resume is not None:
-        params, opt_state, progress = _restore(resume, cfg, opt, run, meta)
-        best_params = _load_best(run.out_dir, cfg, fallback=params)
+    with world.together("restoring the checkpoint"):
+        if resume is not None and world.is_root:
+            params, opt_state, progress = _restore(resume, cfg, opt, run, meta)
+            best_params = _load_best(run.out_dir, cfg, fallback=params)
+    params, opt_state, progress, best_params = world.bcast((params, opt_state, progress, best_params))
     state = backend.init_state(cfg, params, opt, opt_state)
 
     n = len(x)
@@ -128,10 +154,11 @@ def train(
     stop_reason = "completed"
     start = time.perf_counter()
     bar = tqdm(total=run.epochs * batches_per_epoch, initial=progress.epoch * batches_per_epoch + progress.batch,
-               disable=not run.progress, unit="batch", desc=f"train[{backend.name}]", leave=False)
+               disable=not (run.progress and world.is_root), unit="batch", desc=f"train[{backend.name}]",
+               leave=False)
 
     def checkpoint(path_name: str, saved_params: Params, with_state: bool) -> None:
-        if run.out_dir is None:
+        if run.out_dir is None or not world.is_root:
             return
         save_checkpoint(
             Path(run.out_dir) / path_name, cfg, saved_params, opt,
@@ -147,27 +174,38 @@ def train(
             epoch_start = time.perf_counter()
             while progress.batch < batches_per_epoch:
                 idx = order[progress.batch * run.batch_size : (progress.batch + 1) * run.batch_size]
+                if world.distributed:  # this rank's shard; the hook sums gradients and losses over ranks
+                    part = idx[shard(len(idx), world.size, world.rank)]
+                    state.gradient_hook = world.gradient_hook(len(part), len(idx), lambda: guard.requested)
+                else:
+                    part = idx
                 try:
-                    loss = float(backend.train_step(state, x[idx], y[idx]))
+                    loss = float(backend.train_step(state, x[part], y[part]))
                 except DeviceError as exc:  # a GPU failure (out of memory, a failed launch)
                     raise DeviceError(f"{exc}; at epoch {progress.epoch + 1}, batch {progress.batch + 1} the run "
                                       f"stopped. {_kept(run, progress)}") from exc
-                if not math.isfinite(loss):
-                    raise DivergenceError(
+                if not math.isfinite(loss):  # the loss is the global one: every rank stops here
+                    raise on_every_rank(DivergenceError(
                         f"training loss became {loss} at epoch {progress.epoch + 1}, batch {progress.batch + 1}; "
                         f"the run stopped. {_kept(run, progress)} "
                         "Try a smaller learning rate or gradient clipping (--clip-norm)."
-                    )
+                    ))
                 progress.loss_sum += loss * len(idx)
                 progress.batch += 1
                 bar.update(1)
-                guard.stop_if_requested()  # a safe point: the step and its bookkeeping are done
+                # a safe point: the step and its bookkeeping are done. With several ranks the
+                # hook has added up their stop requests, so all of them stop at this step.
+                if (state.gradient_hook.stop if world.distributed else guard.requested):
+                    raise KeyboardInterrupt
             current = backend.get_params(state)
-            _, val_loss = evaluate(backend, cfg, current, x_val, y_val)
+            world.check_same_arrays(current, f"the parameters after epoch {progress.epoch + 1}",
+                                    fix="their models drifted apart; the backend must make the same update on every "
+                                        "rank (deterministic, and through the training state's gradient hook)")
+            val_loss = split_loss(backend, cfg, current, x_val, y_val, world)
             if not math.isfinite(val_loss):
-                raise DivergenceError(
+                raise on_every_rank(DivergenceError(
                     f"validation loss became {val_loss} after epoch {progress.epoch + 1}; {_kept(run, progress)}"
-                )
+                ))
             record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / n, "val_loss": val_loss,
                       "seconds": time.perf_counter() - epoch_start}
             progress.history.append(record)
@@ -181,12 +219,13 @@ def train(
                 progress.bad_epochs += 1
             checkpoint(LAST_CHECKPOINT, current, with_state=True)
             bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}")
-            if on_epoch:
+            if on_epoch and world.is_root:
                 on_epoch(record)
-            if run.patience is not None and progress.bad_epochs >= run.patience:
+            if world.bcast(run.patience is not None and progress.bad_epochs >= run.patience):  # rank 0 decides
                 stop_reason = "early stopping"
                 break
-            guard.stop_if_requested()
+            if world.any(guard.requested):
+                raise KeyboardInterrupt
     except KeyboardInterrupt as exc:
         if isinstance(exc, _ForcedStop):
             raise  # second Ctrl-C: stop now; the last checkpoint on disk stays as it was
@@ -196,8 +235,19 @@ def train(
     finally:
         guard.__exit__()
         bar.close()
+        state.gradient_hook = None
     return TrainResult(best_params, backend.get_params(state), progress.history, progress.best_epoch,
                        progress.best_val_loss, stop_reason, time.perf_counter() - start)
+
+
+def _check_shards(n: int, batch_size: int, ranks: int) -> None:
+    """Every minibatch, the last (partial) one too, must give every rank at least one row."""
+    smallest = min(batch_size, n % batch_size or batch_size, n)
+    if smallest < ranks:
+        raise DistributedError(
+            f"{ranks} ranks but a minibatch of {smallest} rows (batch size {batch_size}, {n} training examples"
+            f"{', the last batch of each epoch' if smallest < min(batch_size, n) else ''}): every rank needs at "
+            "least one row; use fewer ranks or another --batch-size")
 
 
 class _ForcedStop(KeyboardInterrupt):
@@ -205,17 +255,20 @@ class _ForcedStop(KeyboardInterrupt):
 
 
 class _InterruptGuard:
-    """Defers Ctrl-C to the next safe point of the loop (after a step and its
-    bookkeeping), so the saved position always matches the saved parameters.
-    A second Ctrl-C stops at once. Only the main thread receives SIGINT."""
+    """Defers Ctrl-C (SIGINT), and SIGTERM (what a scheduler sends before it kills a
+    job), to the next safe point of the loop (after a step and its bookkeeping), so the
+    saved position always matches the saved parameters. A second signal stops at once.
+    Only the main thread receives signals."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self) -> "_InterruptGuard":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {s: signal.signal(s, self._on_sigint) for s in self.SIGNALS}
         return self
 
     def _on_sigint(self, signum, frame) -> None:
@@ -228,9 +281,9 @@ class _InterruptGuard:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
 
 
 def _kept(run: RunConfig, progress: _Progress) -> str:

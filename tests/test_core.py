@@ -19,6 +19,7 @@ from lstmbench import (
     ShapeError,
     UnknownBackendError,
 )
+from lstmbench.layout import Layout
 from lstmbench.optim import clip_scale, global_norm, init_optimizer_state, optimizer_step
 
 
@@ -545,3 +546,64 @@ def test_train_step_flops_by_hand():
     m2m = lb.train_step_flops(ModelConfig(2, 3, 1, num_layers=2, many_to_many=True), B, T)
     assert m2m.forward_matmul == 2400 + 2880 + 5 * 24
     assert m2m.backward_matmul == 3840 + 5760 + 5 * 48
+
+
+# --- the gradient hook ---------------------------------------------------------------
+
+
+class _IgnoresTheHook(lb.Backend):
+    """A fused step that never calls the gradient hook."""
+
+    name = "test-ignores-hook"
+
+    def _forward(self, cfg, params, x):
+        return lb.get_backend("numpy")._forward(cfg, params, x)
+
+    def _loss_and_grads(self, cfg, params, x, y):
+        return lb.get_backend("numpy")._loss_and_grads(cfg, params, x, y)
+
+    def _train_step(self, state, x, y):
+        loss, grads = self._loss_and_grads(state.cfg, state.params, x, y)
+        optimizer_step(state.opt, state.params, grads, state.opt_state)
+        return loss
+
+
+class _UpdatesWithItsOwnGradient(_IgnoresTheHook):
+    """Calls the hook on a copy, then updates with the gradient it had before."""
+
+    name = "test-stale-gradient"
+
+    def _train_step(self, state, x, y):
+        loss, grads = self._loss_and_grads(state.cfg, state.params, x, y)
+        layout = Layout.of(state.cfg)
+        loss = state.reduce_gradient(layout.flatten(grads, state.cfg.np_dtype), loss)
+        optimizer_step(state.opt, state.params, grads, state.opt_state)
+        return loss
+
+
+@pytest.mark.parametrize("backend,message", [(_IgnoresTheHook(), "called the gradient hook 0 times"),
+                                             (_UpdatesWithItsOwnGradient(), "with the gradient hook, parameter")])
+def test_the_kit_fails_a_backend_that_does_not_honour_the_gradient_hook(backend, message):
+    from lstmbench.testing import run_check
+
+    with pytest.raises(AssertionError, match=message):
+        run_check(backend, "gradient_hook", "float64", max_examples=5)
+
+
+def test_default_training_step_hands_the_gradient_to_the_hook():
+    cfg = ModelConfig(2, 3, 1)
+    backend = lb.get_backend("numpy")
+    state = backend.init_state(cfg, lb.init_params(cfg), OptimizerConfig("sgd", lr=0.1))
+    seen = []
+
+    def hook(grad, loss):
+        seen.append(grad.copy())
+        grad[:] = 0.0  # nothing to learn: the update must leave the parameters alone
+        return 42.0
+
+    state.gradient_hook = hook
+    x, y = np.ones((4, 5, 2)), np.zeros((4, 1))
+    assert backend.train_step(state, x, y) == 42.0
+    assert len(seen) == 1 and seen[0].shape == (cfg.num_params(),) and np.abs(seen[0]).max() > 0
+    for name, value in lb.init_params(cfg).items():
+        np.testing.assert_array_equal(backend.get_params(state)[name], value)

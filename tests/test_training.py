@@ -160,30 +160,42 @@ def test_ctrl_c_in_first_epoch_without_out_dir(data):
     assert result.best_epoch == 0 and math.isinf(result.best_val_loss)
 
 
-class SigintAfterUpdate(NumpyReference):
-    """A real SIGINT delivered after the n-th step has updated the parameters but
+class SignalAfterUpdate(NumpyReference):
+    """A real signal delivered after the n-th step has updated the parameters but
     before train_step returns (the update is the last part of the step)."""
 
-    def __init__(self, n):
+    def __init__(self, n, sig=signal.SIGINT):
         super().__init__()
-        self.n, self.calls = n, 0
+        self.n, self.sig, self.calls = n, sig, 0
 
     def train_step(self, state, x, y):
         self.calls += 1
         loss = super().train_step(state, x, y)
         if self.calls == self.n:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(self.sig)
         return loss
 
 
-def test_sigint_after_update_then_resume(data, tmp_path):
+class _Unhandled(Exception):
+    pass
+
+
+def _unhandled(signum, frame):
+    raise _Unhandled(f"signal {signum} reached the test: training did not take it")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and a scheduler's stop
+def test_signal_after_update_then_resume(data, tmp_path, sig):
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         pytest.skip("SIGINT is not Python's default handler here")
     n = BATCHES_PER_EPOCH + 3
+    previous = signal.signal(signal.SIGTERM, _unhandled)  # an unhandled SIGTERM must not end the test session
     try:
-        stopped = run_train(data, tmp_path / "b", epochs=3, backend=SigintAfterUpdate(n))
+        stopped = run_train(data, tmp_path / "b", epochs=3, backend=SignalAfterUpdate(n, sig))
     except KeyboardInterrupt:  # a fix might re-raise after saving; must not end the test session
         stopped = None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if stopped is not None:
         assert stopped.stop_reason == "interrupted"
     resumed = run_train(data, tmp_path / "b", epochs=3, resume=load_checkpoint(tmp_path / "b" / LAST_CHECKPOINT))

@@ -276,7 +276,7 @@ class CKernel(Backend):
         return FlatTrainState.create(self._layout(cfg), cfg, opt, params, opt_state)
 
     def _train_step(self, state: FlatTrainState, x, y):
-        ffi, _ = self._lib()
+        ffi, lib = self._lib()
         opt, step = state.opt, int(state.opt_state["step"]) + 1
         c_opt = ffi.new("lstm_optim *")
         c_opt.adam = int(opt.kind == "adam")
@@ -288,8 +288,18 @@ class CKernel(Backend):
             slots = (state.slots["m"], state.slots["v"])
         else:
             slots = (state.slots.get("momentum"), None)
-        loss = self._call("train_step", state.cfg, state.theta, np.ascontiguousarray(x), y, grad=state.grad,
-                          opt=c_opt, slots=slots)
+        x = np.ascontiguousarray(x)
+        if state.gradient_hook is None:  # one call: forward, backward, clipping, update
+            loss = self._call("train_step", state.cfg, state.theta, x, y, grad=state.grad, opt=c_opt, slots=slots)
+        else:  # the hook changes the gradient between the backward pass and the update
+            loss = self._call("loss_grad", state.cfg, state.theta, x, y, grad=state.grad)
+            loss = state.reduce_gradient(state.grad, loss)
+            dt, P = state.cfg.np_dtype, state.theta.size
+            p_s = [ffi.NULL if s is None else c_array(ffi, s, dt, (P,), "optimizer slot", writable=True) for s in slots]
+            update = lib.lstm_update_f32 if dt == np.float32 else lib.lstm_update_f64
+            self._check(lib, ffi, update(c_opt, P, _usable_threads(self.threads),
+                                         c_array(ffi, state.theta, dt, (P,), "theta", writable=True), p_s[0], p_s[1],
+                                         c_array(ffi, state.grad, dt, (P,), "grad")))
         state.opt_state["step"] = np.array(step, dtype=np.int64)
         return loss
 

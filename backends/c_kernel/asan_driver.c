@@ -10,7 +10,7 @@
  * Every array is its own malloc of exactly the size the API documents.
  *
  * Covered: forward, loss and gradients, fused training steps (Adam with
- * clipping, SGD with and without momentum) for float32 and float64, 1..3
+ * clipping, SGD with and without momentum), the update alone, for float32 and float64, 1..3
  * layers, both losses, both task shapes, batch sizes that leave padding rows in
  * the last shard, sizes that are not multiples of the vector width, 1..3
  * threads; the error returns (small workspace, wrong layout, bad class id);
@@ -126,6 +126,11 @@ static int64_t layout(const lstm_dims *d, int64_t *offs)
         sgd.momentum = 0.0;                                                                                         \
         rc = lstm_train_step_##SUF(d, &sgd, offs, P, theta, NULL, NULL, x, yr, yc, grad, &loss, ws, ws_bytes);      \
         EXPECT(rc == 0, "sgd step: %s", lstm_error_message(rc));                                                    \
+        opt.step = 4; /* the update alone (a gradient changed in between, as data-parallel training does) */       \
+        rc = lstm_update_##SUF(&opt, P, d->threads, theta, m, v, grad);                                             \
+        EXPECT(rc == 0, "update alone: %s", lstm_error_message(rc));                                                \
+        rc = lstm_update_##SUF(&opt, 0, d->threads, theta, m, v, grad);                                             \
+        EXPECT(rc == LSTM_EDIMS, "update of 0 parameters accepted (%d)", rc);                                       \
         for (int64_t j = 0; j < P; j++) EXPECT(isfinite(theta[j]), "parameter %lld after training", (long long)j); \
         /* refusals: a workspace one byte short, a shifted layout, a class id out of range */                       \
         rc = lstm_forward_##SUF(d, offs, P, theta, x, y_hat, ws, ws_bytes - ALIGN - 1);                             \

@@ -68,6 +68,11 @@ int lstm_train_step_f64(const lstm_dims *d, const lstm_optim *opt, const int64_t
                         double *theta, double *slot1, double *slot2, const double *x, const double *y,
                         const int64_t *classes, double *grad, double *loss, void *ws, int64_t ws_bytes);
 
+int lstm_update_f32(const lstm_optim *opt, int64_t n_params, int64_t threads, float *theta, float *slot1, float *slot2,
+                    const float *grad);
+int lstm_update_f64(const lstm_optim *opt, int64_t n_params, int64_t threads, double *theta, double *slot1,
+                    double *slot2, const double *grad);
+
 int lstm_matmul_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t a_row_stride, int64_t a_col_stride,
                     const float *B, int64_t ldb, int64_t pack_b, float *C, int64_t ldc, void *ws,
                     int64_t ws_bytes, int64_t repeats);

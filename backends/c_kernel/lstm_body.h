@@ -583,6 +583,17 @@ static void FN(shard_backward)(const FN(work) *w, int64_t s)
 
 /* ======================= reduction and optimizer ======================= */
 
+/* Sum of squares of grad[lo, hi) in double, in a fixed order (8 running sums). */
+static double FN(chunk_sumsq)(const real *restrict grad, int64_t lo, int64_t hi)
+{
+    double part[8] = {0};
+    int64_t j = lo;
+    for (; j + 8 <= hi; j += 8)
+        for (int k = 0; k < 8; k++) part[k] += (double)grad[j + k] * (double)grad[j + k];
+    for (; j < hi; j++) part[0] += (double)grad[j] * (double)grad[j];
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 /* grad = sum of the shards' rows, always in shard order; and per chunk of CHUNK
  * parameters the sum of squares (double), later added in chunk order. Both
  * are independent of how chunks are spread over threads. */
@@ -597,12 +608,7 @@ static void FN(reduce)(const FN(work) *w, real *restrict grad)
             const real *restrict gs = w->sh[s].grad;
             for (int64_t j = lo; j < hi; j++) grad[j] += gs[j];
         }
-        double part[8] = {0};
-        int64_t j = lo;
-        for (; j + 8 <= hi; j += 8)
-            for (int k = 0; k < 8; k++) part[k] += (double)grad[j + k] * (double)grad[j + k];
-        for (; j < hi; j++) part[0] += (double)grad[j] * (double)grad[j];
-        w->sq[ch] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        w->sq[ch] = FN(chunk_sumsq)(grad, lo, hi);
     }
 }
 
@@ -632,6 +638,40 @@ HOT static void FN(sgd)(int64_t n, real *restrict theta, const real *restrict gr
         }
         theta[j] -= lr * g;
     }
+}
+
+/* Clipping (sumsq: the gradient's sum of squares, used only with clipping) and the
+ * SGD/Adam update of P parameters, in chunks of CHUNK on `threads` threads. */
+static void FN(update)(const lstm_optim *opt, int64_t P, int64_t threads, real *theta, real *slot1, real *slot2,
+                       const real *grad, double sumsq)
+{
+    double scale = 1.0;
+    if (opt->clip_norm > 0) /* torch.nn.utils.clip_grad_norm_: g *= min(clip / (norm + 1e-6), 1) */
+        scale = fmin(opt->clip_norm / (sqrt(sumsq) + 1e-6), 1.0);
+    const int64_t nchunks = ceil_div(P, CHUNK), step = opt->step;
+    /* constants in double, as Python computes them, then rounded to the dtype */
+    const real b1 = (real)opt->beta1, b2 = (real)opt->beta2, omb1 = (real)(1.0 - opt->beta1);
+    const real omb2 = (real)(1.0 - opt->beta2), eps = (real)opt->eps;
+    const real step_size = (real)(opt->lr / (1.0 - pow(opt->beta1, (double)step)));
+    const real bias2_sqrt = (real)sqrt(1.0 - pow(opt->beta2, (double)step));
+    real *buf = opt->momentum > 0 ? slot1 : NULL;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        const int64_t lo = ch * CHUNK, n = min64(P, lo + CHUNK) - lo;
+        if (opt->adam)
+            FN(adam)(n, theta + lo, grad + lo, slot1 + lo, slot2 + lo, (real)scale, b1, omb1, b2, omb2, step_size,
+                     bias2_sqrt, eps);
+        else
+            FN(sgd)(n, theta + lo, grad + lo, buf ? buf + lo : NULL, (real)scale, (real)opt->lr,
+                    (real)opt->momentum, step == 1);
+    }
+}
+
+static int FN(check_optim)(const lstm_optim *opt, const real *slot1, const real *slot2)
+{
+    if (!opt || opt->step < 1 || !(opt->lr > 0) || !(opt->eps > 0)) return LSTM_EARG;
+    if (opt->adam ? (!slot1 || !slot2) : (opt->momentum > 0 && !slot1)) return LSTM_EARG;
+    return LSTM_OK;
 }
 
 /* ======================= entry points ======================= */
@@ -703,39 +743,36 @@ int FN(lstm_train_step)(const lstm_dims *d, const lstm_optim *opt, const int64_t
                         real *grad, double *loss, void *ws, int64_t ws_bytes)
 {
     FN(work) w;
-    if (!opt || !grad || opt->step < 1 || !(opt->lr > 0) || !(opt->eps > 0)) return LSTM_EARG;
-    if (opt->adam ? (!slot1 || !slot2) : (opt->momentum > 0 && !slot1)) return LSTM_EARG;
-    int err = FN(setup)(d, offs, n_params, ws, ws_bytes, &w);
+    if (!grad) return LSTM_EARG;
+    int err = FN(check_optim)(opt, slot1, slot2);
+    if (err) return err;
+    err = FN(setup)(d, offs, n_params, ws, ws_bytes, &w);
     if (err) return err;
     err = FN(run)(&w, theta, x, y, classes, NULL, grad, loss);
-    if (err) {
-        FN(release)(&w, ws, ws_bytes);
-        return err;
-    }
-    double scale = 1.0;
-    if (opt->clip_norm > 0) { /* torch.nn.utils.clip_grad_norm_: g *= min(clip / (norm + 1e-6), 1) */
+    if (!err) {
         double sumsq = 0.0;
         for (int64_t ch = 0; ch < w.nchunks; ch++) sumsq += w.sq[ch]; /* chunk order */
-        scale = fmin(opt->clip_norm / (sqrt(sumsq) + 1e-6), 1.0);
-    }
-    const int64_t P = w.P, nchunks = w.nchunks, step = opt->step;
-    /* constants in double, as Python computes them, then rounded to the dtype */
-    const real b1 = (real)opt->beta1, b2 = (real)opt->beta2, omb1 = (real)(1.0 - opt->beta1);
-    const real omb2 = (real)(1.0 - opt->beta2), eps = (real)opt->eps;
-    const real step_size = (real)(opt->lr / (1.0 - pow(opt->beta1, (double)step)));
-    const real bias2_sqrt = (real)sqrt(1.0 - pow(opt->beta2, (double)step));
-    real *buf = opt->momentum > 0 ? slot1 : NULL;
-#pragma omp parallel for schedule(static) num_threads(w.threads)
-    for (int64_t ch = 0; ch < nchunks; ch++) {
-        const int64_t lo = ch * CHUNK, n = min64(P, lo + CHUNK) - lo;
-        if (opt->adam)
-            FN(adam)(n, theta + lo, grad + lo, slot1 + lo, slot2 + lo, (real)scale, b1, omb1, b2, omb2, step_size,
-                     bias2_sqrt, eps);
-        else
-            FN(sgd)(n, theta + lo, grad + lo, buf ? buf + lo : NULL, (real)scale, (real)opt->lr,
-                    (real)opt->momentum, step == 1);
+        FN(update)(opt, w.P, w.threads, theta, slot1, slot2, grad, sumsq);
     }
     FN(release)(&w, ws, ws_bytes);
+    return err;
+}
+
+/* The update alone, for a gradient changed between lstm_loss_grad and the update
+ * (summed over processes in data-parallel training): clipping from this gradient's
+ * norm (the same chunk sums, in the same order, as the fused step), then SGD/Adam. */
+int FN(lstm_update)(const lstm_optim *opt, int64_t n_params, int64_t threads, real *theta, real *slot1, real *slot2,
+                    const real *grad)
+{
+    int err = FN(check_optim)(opt, slot1, slot2);
+    if (err) return err;
+    if (!theta || !grad) return LSTM_EARG;
+    if (n_params < 1 || n_params > (int64_t)MAX_DIM * MAX_DIM || threads < 1) return LSTM_EDIMS;
+    double sumsq = 0.0;
+    if (opt->clip_norm > 0)
+        for (int64_t lo = 0; lo < n_params; lo += CHUNK) /* chunk order */
+            sumsq += FN(chunk_sumsq)(grad, lo, min64(n_params, lo + CHUNK));
+    FN(update)(opt, n_params, threads, theta, slot1, slot2, grad, sumsq);
     return LSTM_OK;
 }
 

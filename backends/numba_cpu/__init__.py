@@ -150,6 +150,7 @@ class NumbaThreads(Backend):
         k = self._kernels()
         ws, loss = self._run(cfg, state.theta, x, y, backward=True)
         k.reduce_shards(ws.buffers["grads"], state.grad)
+        loss = state.reduce_gradient(state.grad, loss)
         scale = clip_scale(math.sqrt(k.sum_of_squares(state.grad)), opt.clip_norm) if opt.clip_norm else 1.0
         step = int(state.opt_state["step"]) + 1
         state.opt_state["step"] = np.array(step, dtype=np.int64)

@@ -198,6 +198,7 @@ class CudaTrainState(TrainState):
     grad: Any = None
     slots: dict[str, Any] = field(default_factory=dict)
     norm_part: Any = None
+    grad_host: np.ndarray | None = None  # pinned host copy of the gradient, for a gradient hook
 
 
 @dataclass
@@ -482,6 +483,15 @@ class NumbaCuda(Backend):
             self._stage(cfg, ws, x, y)
             self._forward_pass(cfg, ws, state.theta, T)
             self._backward_pass(cfg, ws, state.theta, state.theta_t, state.grad, B, T)
+            loss = None
+            if state.gradient_hook is not None:  # the hook takes a host vector: out, through it, and back in
+                if state.grad_host is None:
+                    state.grad_host = _pinned_zeros((P,), dt)
+                loss = self._loss_to_host(ws, self._n_terms(cfg, B, T))
+                state.grad.copy_to_host(state.grad_host, stream=self._stream)
+                self._stream.synchronize()
+                loss = state.reduce_gradient(state.grad_host, loss)
+                state.grad.copy_to_device(state.grad_host, stream=self._stream)
             blocks = _elementwise_blocks(P, UPDATE_BLOCKS)
             n_part = 0
             if opt.clip_norm:
@@ -500,7 +510,10 @@ class NumbaCuda(Backend):
                 self._launch(k.sgd_kernel(dt), blocks, k.REDUCE_THREADS, dt.itemsize, state.theta, state.grad, buf, P,
                              state.norm_part, n_part, clip, dt.type(opt.lr), dt.type(opt.momentum), step == 1,
                              opt.momentum > 0)
-            loss = self._loss_to_host(ws, self._n_terms(cfg, B, T))
+            if loss is None:
+                loss = self._loss_to_host(ws, self._n_terms(cfg, B, T))
+            else:
+                self._stream.synchronize()  # the update has run before the step returns
             self.launches_per_step = self._launches
             return loss
 

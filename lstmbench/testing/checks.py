@@ -36,6 +36,7 @@ import numpy as np
 
 from lstmbench.config import ModelConfig, OptimizerConfig
 from lstmbench.errors import DataError, DTypeError, NonFiniteError, ShapeError, UnsupportedError
+from lstmbench.layout import Layout
 from lstmbench.optim import init_optimizer_state, optimizer_step
 from lstmbench.params import copy_params, init_params
 from lstmbench.protocol import Backend
@@ -111,21 +112,26 @@ def check_forward(backend: Backend, case: Case) -> None:
     assert_unchanged("params", params_before, case.params)
 
 
-def check_loss_and_grads(backend: Backend, case: Case) -> None:
-    """The loss and the gradient of every parameter equal the reference's."""
+def assert_loss_and_grads(case: Case, loss, grads: dict[str, np.ndarray], who: str = "") -> None:
+    """``loss`` and ``grads`` (at ``case.params``) equal the reference's, up to the dtype's tolerance."""
     ref = case.as_dtype("float64")
     expected_loss, expected_grads = reference().loss_and_grads(ref.cfg, ref.params, ref.x, ref.y)
     own_loss, own_grads = reference().loss_and_grads(case.cfg, case.params, case.x, case.y)
+    if set(grads) != set(expected_grads):
+        raise AssertionError(f"{who}gradients have keys {sorted(grads)}, expected {sorted(expected_grads)}")
+    assert_close(f"{who}loss", loss, expected_loss, case.cfg.dtype, own_rounding_slack(case, own_loss, expected_loss))
+    for name, g in expected_grads.items():
+        assert_dtype(f"{who}gradient of {name}", grads[name], case.cfg)
+        assert_close(f"{who}gradient of {name}", grads[name], g, case.cfg.dtype,
+                     own_rounding_slack(case, own_grads[name], g))
+
+
+def check_loss_and_grads(backend: Backend, case: Case) -> None:
+    """The loss and the gradient of every parameter equal the reference's."""
     params_before = copy_params(case.params)
     loss, grads = backend.loss_and_grads(case.cfg, case.params, case.x, case.y)
     assert_unchanged("params", params_before, case.params)
-    if set(grads) != set(expected_grads):
-        raise AssertionError(f"gradients have keys {sorted(grads)}, expected {sorted(expected_grads)}")
-    assert_close("loss", loss, expected_loss, case.cfg.dtype, own_rounding_slack(case, own_loss, expected_loss))
-    for name, g in expected_grads.items():
-        assert_dtype(f"gradient of {name}", grads[name], case.cfg)
-        assert_close(f"gradient of {name}", grads[name], g, case.cfg.dtype,
-                     own_rounding_slack(case, own_grads[name], g))
+    assert_loss_and_grads(case, loss, grads)
 
 
 @dataclass
@@ -141,13 +147,16 @@ class ExpectedTraining:
     own: tuple | None  # (losses, params, opt_state) of the float32 reference
 
 
-def _reference_run(case: Case):
+def _reference_run(case: Case, transform: Callable | None = None):
     """Losses, final params and optimizer state, and per step the gradients and
-    (for Adam) sqrt of the bias-corrected second moment."""
+    (for Adam) sqrt of the bias-corrected second moment. ``transform(grads)``, if given,
+    changes each step's gradients before the update (as a gradient hook does)."""
     params, opt_state = copy_params(case.params), init_optimizer_state(case.opt, case.params)
     losses, grads_per_step, rms_per_step = [], [], []
     for step in range(1, case.steps + 1):
         loss, grads = reference().loss_and_grads(case.cfg, params, case.x, case.y)
+        if transform is not None:
+            grads = transform(grads)
         losses.append(loss)
         grads_per_step.append(grads)
         optimizer_step(case.opt, params, grads, opt_state)
@@ -157,9 +166,9 @@ def _reference_run(case: Case):
     return losses, params, opt_state, grads_per_step, rms_per_step
 
 
-def expected_training(case: Case) -> ExpectedTraining:
-    losses, params, opt_state, grads64, rms64 = _reference_run(case.as_dtype("float64"))
-    own = _reference_run(case) if case.cfg.dtype == "float32" else None
+def expected_training(case: Case, transform: Callable | None = None) -> ExpectedTraining:
+    losses, params, opt_state, grads64, rms64 = _reference_run(case.as_dtype("float64"), transform)
+    own = _reference_run(case, transform) if case.cfg.dtype == "float32" else None
     slack: dict[str, np.ndarray | float] = {name: 0.0 for name in params}
     if case.opt.kind == "adam":
         for name in params:
@@ -203,6 +212,48 @@ def check_training_steps(backend: Backend, case: Case) -> None:
         if key != "step":
             assert_close(f"optimizer state {key}", got_state[key], value, dtype,
                          own_rounding_slack(case, own_state[key], value))
+
+
+def hook_pattern(cfg: ModelConfig) -> np.ndarray:
+    """What check_gradient_hook's hook multiplies the gradient by: 2 and -1/2 in turn
+    (powers of two: the product is exact in both dtypes), so both the gradient's
+    direction and its norm change, and clipping must see the changed one."""
+    return np.where(np.arange(Layout.of(cfg).size) % 2 == 0, 2.0, -0.5).astype(cfg.np_dtype)
+
+
+def check_gradient_hook(backend: Backend, case: Case) -> None:
+    """A training step hands its gradient to ``state.gradient_hook`` (flat, in the layout's
+    order, the model's dtype) with its loss, once, before the update; it updates with what
+    the hook left in the vector and returns what the hook returned. Data-parallel training
+    sums gradients over processes this way: a backend that skips the hook trains each
+    process on its own shard alone."""
+    layout, pattern = Layout.of(case.cfg), hook_pattern(case.cfg)
+    views = layout.views(pattern.astype(np.float64))
+    exp = expected_training(case, lambda grads: {k: (g * views[k]).astype(g.dtype) for k, g in grads.items()})
+    calls: list[tuple[np.ndarray, float]] = []
+
+    def hook(grad, loss):
+        if not isinstance(grad, np.ndarray) or grad.shape != (layout.size,) or grad.dtype != case.cfg.np_dtype:
+            raise AssertionError(f"gradient hook got {type(grad).__name__} {getattr(grad, 'shape', '')} "
+                                 f"{getattr(grad, 'dtype', '')}, expected a flat {case.cfg.dtype} vector of "
+                                 f"{layout.size} values")
+        calls.append((grad.copy(), float(loss)))
+        grad *= pattern
+        return float(loss) + 1.0
+
+    state = backend.init_state(case.cfg, case.params, case.opt)
+    state.gradient_hook = hook
+    got_losses = [backend.train_step(state, case.x, case.y) for _ in range(case.steps)]
+    if len(calls) != case.steps:
+        raise AssertionError(f"{case.steps} training steps called the gradient hook {len(calls)} times; "
+                             "a fused step must call state.reduce_gradient(grad, loss) once, before its update")
+    first_grad, first_loss = calls[0]
+    assert_loss_and_grads(case, first_loss, {k: v.copy() for k, v in layout.views(first_grad).items()},
+                          who="the gradient hook's first ")
+    hook_losses = [loss + 1.0 for _, loss in calls]
+    if got_losses != hook_losses:
+        raise AssertionError(f"train_step returned the losses {got_losses}, not the hook's {hook_losses}")
+    assert_trained_params(case, exp, backend.get_params(state), who="with the gradient hook, ")
 
 
 def _run_everything(backend: Backend, case: Case):
@@ -323,6 +374,7 @@ CHECKS: dict[str, Callable[[Backend, Case], None]] = {
     "forward": check_forward,
     "loss_and_grads": check_loss_and_grads,
     "training_steps": check_training_steps,
+    "gradient_hook": check_gradient_hook,
     "deterministic": check_deterministic,
     "thread_independent": check_thread_independent,
     "bad_inputs": check_bad_inputs,
