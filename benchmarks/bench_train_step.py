@@ -2,9 +2,9 @@
 the speedup over the reference, GFLOP/s and peak memory."""
 
 import lstmbench as lb
-from lstmbench.bench import BENCH_OPTIMIZER, verify
+from lstmbench.bench import BENCH_OPTIMIZER, SUITE, verify
 
-from .common import (BACKENDS, REFERENCE, STEPS, THREADS, backend_or_skip, grid_case, median_seconds,
+from .common import (BACKENDS, DTYPE, REFERENCE, STEPS, THREADS, backend_or_skip, grid_case, median_seconds,
                      train_state)
 
 HIDDEN = [32, 128, 512]
@@ -71,3 +71,39 @@ class Threads:
         return THREADS
 
     track_backend_threads.unit = "threads"
+
+
+class Suite:
+    """The realistic workloads of `lstmbench bench --suite` (lstmbench.bench.SUITE), per
+    backend, each verified against the reference first; and the model GFLOP/s as a
+    percentage of the FMA peak measured in the same process."""
+
+    params = [BACKENDS, list(SUITE)]
+    param_names = ["backend", "workload"]
+    number = 1
+    repeat = (2, 5, 60.0)
+    timeout = 900
+
+    def setup(self, backend, workload):
+        work = SUITE[workload]
+        self.cfg = work.model(DTYPE)
+        self.x, self.y = work.data(self.cfg)
+        self.backend = backend_or_skip(backend, self.cfg)
+        if backend != REFERENCE and (problem := verify(self.backend, self.cfg, self.x, self.y)):
+            raise AssertionError(f"{backend} disagrees with the reference on {workload}: {problem}")
+        self.state = train_state(self.backend, self.cfg, self.x, self.y)
+        self.flops = lb.train_step_flops(self.cfg, work.batch, work.steps, BENCH_OPTIMIZER).total
+
+    def time_train_step(self, backend, workload):
+        self.backend.train_step(self.state, self.x, self.y)
+
+    def track_pct_fma_peak(self, backend, workload):
+        from lstmbench import peak
+
+        seconds = median_seconds(lambda: self.backend.train_step(self.state, self.x, self.y), repeats=3)
+        fma = peak.fma_peak(DTYPE, self.backend.threads)
+        if fma is None:
+            raise NotImplementedError("the FMA probe is not built")
+        return 100 * self.flops / seconds / 1e9 / fma.gflops
+
+    track_pct_fma_peak.unit = "%"

@@ -45,10 +45,53 @@ class Timing:
         return cls(float(med), float(q1), float(q3), len(seconds))
 
 
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark point: a model, a batch shape, and what the inputs look like."""
+
+    name: str
+    hidden: int
+    batch: int
+    steps: int
+    input_size: int = 1
+    output_size: int = 1
+    layers: int = 1
+    loss: str = "mse"
+    many_to_many: bool = False
+    one_hot: bool = False  # inputs are one-hot symbols (input_size of them), as text models see them
+
+    def model(self, dtype: str) -> ModelConfig:
+        return ModelConfig(self.input_size, self.hidden, self.output_size, self.layers, self.loss, self.many_to_many,
+                           dtype)
+
+    def data(self, cfg: ModelConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        return bench_batch(cfg, self.batch, self.steps, seed, self.one_hot)
+
+    @property
+    def describe(self) -> str:
+        inputs = f"D={self.input_size}{' one-hot' if self.one_hot else ''}"
+        layers = f"{self.layers} x {self.hidden}" if self.layers > 1 else f"H={self.hidden}"
+        shape = "many-to-many" if self.many_to_many else "many-to-one"
+        return f"{inputs}, {layers}, O={self.output_size}, {self.loss} {shape}, T={self.steps}, B={self.batch}"
+
+
+#: realistic workloads (``lstmbench bench --suite``; docs/benchmarks.md)
+SUITE = {w.name: w for w in (
+    Workload("char-onehot", 512, 64, 128, input_size=84, output_size=84, layers=3, loss="xent", many_to_many=True,
+             one_hot=True),  # a character model on text
+    Workload("forecast-short", 32, 256, 24),  # a short univariate forecaster
+    Workload("hourly-multivariate", 64, 32, 168, input_size=12, output_size=12, layers=2),  # a week of hours
+    Workload("long-b1", 256, 1, 512),  # one long sequence
+    Workload("long-b2", 256, 2, 512),
+    Workload("odd-sizes", 96, 100, 40, input_size=3, output_size=3, many_to_many=True),  # not powers of two
+)}
+
+
 @dataclass
 class BenchRow:
     label: str  # "numba", "numpy (1 BLAS thread)", "torch.nn.LSTM", ...
     backend: str
+    workload: str
     hidden: int
     batch: int
     steps: int
@@ -58,22 +101,29 @@ class BenchRow:
     timing: Timing | None = None
     samples_per_s: float | None = None
     gflops: float | None = None
-    pct_peak: float | None = None
+    pct_peak: float | None = None  # of the FMA peak on the threads used (CPU rows)
     speedup: float | None = None  # over the reference with one BLAS thread
     runtime: dict[str, Any] = field(default_factory=dict)
 
 
 def bench_model(hidden: int, dtype: str = "float32", input_size: int = 1, output_size: int = 1,
-                layers: int = 1) -> ModelConfig:
-    """The benchmark task: many-to-one MSE regression (D=1, O=1 by default)."""
-    return ModelConfig(input_size, hidden, output_size, layers, "mse", False, dtype)
+                layers: int = 1, loss: str = "mse", many_to_many: bool = False) -> ModelConfig:
+    """The default benchmark task: many-to-one MSE regression, D=1, O=1."""
+    return ModelConfig(input_size, hidden, output_size, layers, loss, many_to_many, dtype)
 
 
-def bench_batch(cfg: ModelConfig, batch: int, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def bench_batch(cfg: ModelConfig, batch: int, steps: int, seed: int = 0,
+                one_hot: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded inputs (normal, or one-hot symbols) and targets of the model's task."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, steps, cfg.input_size)).astype(cfg.dtype)
-    y = rng.standard_normal((batch, cfg.output_size)).astype(cfg.dtype)
-    return x, y
+    if one_hot:
+        x = np.eye(cfg.input_size, dtype=cfg.dtype)[rng.integers(0, cfg.input_size, size=(batch, steps))]
+    else:
+        x = rng.standard_normal((batch, steps, cfg.input_size)).astype(cfg.dtype)
+    lead = (batch, steps) if cfg.many_to_many else (batch,)
+    if cfg.loss == "xent":
+        return x, rng.integers(0, cfg.output_size, size=lead)
+    return x, rng.standard_normal(lead + (cfg.output_size,)).astype(cfg.dtype)
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
@@ -86,20 +136,6 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timin
         fn()
         seconds.append(time.perf_counter() - start)
     return Timing.of(seconds)
-
-
-def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: int = 2048) -> float:
-    """This machine's matrix-product rate: the best of a few n x n products through
-    NumPy's BLAS on ``threads`` threads."""
-    from threadpoolctl import threadpool_limits
-
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(dtype)
-    b = rng.standard_normal((n, n)).astype(dtype)
-    with threadpool_limits(threads or default_threads(), user_api="blas"):
-        time_calls(lambda: a @ b, repeats=1)
-        seconds = min(time_calls(lambda: a @ b, repeats=1).median_s for _ in range(7))  # the fastest: what the hardware allows
-    return 2 * n**3 / seconds / 1e9
 
 
 def verify(backend: Backend, cfg: ModelConfig, x: np.ndarray, y: np.ndarray, opt: OptimizerConfig = BENCH_OPTIMIZER,
@@ -123,21 +159,50 @@ def time_backend(backend: Backend, cfg: ModelConfig, x, y, repeats: int, opt=BEN
     return time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=2)
 
 
-def _row(label, name, cfg, x, threads, timing, flops, runtime, status="ok", detail=""):
-    B, T = x.shape[0], x.shape[1]
-    row = BenchRow(label, name, cfg.hidden_size, B, T, threads, status, detail, timing, runtime=runtime)
+def _row(label, name, work: Workload, threads, timing, flops, runtime, status="ok", detail=""):
+    row = BenchRow(label, name, work.name, work.hidden, work.batch, work.steps, threads, status, detail, timing,
+                   runtime=runtime)
     if timing is not None:
-        row.samples_per_s = B / timing.median_s
+        row.samples_per_s = work.batch / timing.median_s
         row.gflops = flops / timing.median_s / 1e9
     return row
 
 
+def grid_workloads(hidden_sizes=(32, 128), batch_sizes=(32, 128), steps: int = 64, **model) -> list[Workload]:
+    """Every (H, B) of a grid, with one model shape (``model``: input_size, output_size,
+    layers, loss, many_to_many, one_hot; default D=1, O=1, many-to-one MSE)."""
+    return [Workload(f"H={H} B={B}", H, B, steps, **model) for H in hidden_sizes for B in batch_sizes]
+
+
 def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_sizes=(32, 128), steps: int = 64,
              dtype: str = "float32", threads: int | None = None, repeats: int = 7, with_torch: bool = True,
-             progress: bool = True, torch_devices=("cpu", "cuda")) -> dict[str, Any]:
-    """Verify, then time one training step per backend at every (H, B). Returns a report dict.
-    With torch: a torch.nn.LSTM peer row on each of ``torch_devices`` ("cuda" only where
-    a timed backend runs on a GPU)."""
+             progress: bool = True, torch_devices=("cpu", "cuda"), model: dict | None = None) -> dict[str, Any]:
+    """Verify, then time one training step per backend at every (H, B) of one model shape."""
+    report = run_workloads(grid_workloads(hidden_sizes, batch_sizes, steps, **(model or {})), backends, dtype,
+                           threads, repeats, with_torch, progress, torch_devices)
+    report["steps"] = steps
+    return report
+
+
+def run_suite(names=None, backends: list[str] | None = None, dtype: str = "float32", threads: int | None = None,
+              repeats: int = 5, with_torch: bool = True, progress: bool = True,
+              torch_devices=("cpu", "cuda")) -> dict[str, Any]:
+    """The realistic workloads of SUITE (all, or ``names``), verified and timed like a grid."""
+    unknown = [n for n in names or () if n not in SUITE]
+    if unknown:
+        from lstmbench.errors import ConfigError
+
+        raise ConfigError(f"unknown suite workload(s) {', '.join(unknown)}; the suite has {', '.join(SUITE)}")
+    return run_workloads([SUITE[n] for n in names or SUITE], backends, dtype, threads, repeats, with_torch, progress,
+                         torch_devices)
+
+
+def run_workloads(workloads: list[Workload], backends: list[str] | None = None, dtype: str = "float32",
+                  threads: int | None = None, repeats: int = 7, with_torch: bool = True, progress: bool = True,
+                  torch_devices=("cpu", "cuda")) -> dict[str, Any]:
+    """Verify, then time one training step per backend on every workload. With torch: a
+    torch.nn.LSTM peer row on each of ``torch_devices`` ("cuda" only where a timed backend
+    runs on a GPU). Returns a report dict; the ceilings are measured in the same run, last."""
     from tqdm.auto import tqdm
 
     threads = threads or default_threads()
@@ -152,16 +217,16 @@ def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_si
                    if (peer := _torch_peer(device))]
     ref = get_backend(REFERENCE)
     rows: list[BenchRow] = []
-    points = [(H, B) for H in hidden_sizes for B in batch_sizes]
-    bar = tqdm(total=len(points) * (len(names) + 2 + len(torch_peers)), disable=not progress, desc="bench", unit="run")
+    bar = tqdm(total=len(workloads) * (len(names) + 2 + len(torch_peers)), disable=not progress, desc="bench",
+               unit="run")
     cases = {}
-    for H, B in points:
-        cfg = bench_model(H, dtype)
-        x, y = bench_batch(cfg, B, steps)
-        flops = train_step_flops(cfg, B, steps, BENCH_OPTIMIZER).total
-        cases[H, B] = cfg, x, y, flops
+    for work in workloads:
+        cfg = work.model(dtype)
+        x, y = work.data(cfg)
+        flops = train_step_flops(cfg, work.batch, work.steps, BENCH_OPTIMIZER).total
+        cases[work] = cfg, x, y, flops
         ref.set_threads(1)
-        rows.append(_row(f"{REFERENCE} (1 BLAS thread)", REFERENCE, cfg, x, 1, time_backend(ref, cfg, x, y, repeats),
+        rows.append(_row(f"{REFERENCE} (1 BLAS thread)", REFERENCE, work, 1, time_backend(ref, cfg, x, y, repeats),
                          flops, ref.runtime_info()))
         bar.update(1)
         for name in names:
@@ -170,42 +235,59 @@ def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_si
                 continue
             backend = get_backend(name)
             backend.set_threads(threads)
-            bar.set_postfix_str(f"{name} H={H} B={B}")
+            bar.set_postfix_str(f"{name} {work.name}")
             reason = backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER)
             if reason:
-                rows.append(_row(name, name, cfg, x, threads, None, flops, {}, "skipped", reason))
+                rows.append(_row(name, name, work, threads, None, flops, {}, "skipped", reason))
             elif (problem := verify(backend, cfg, x, y)) is not None:
-                rows.append(_row(name, name, cfg, x, threads, None, flops, {}, "FAILED", problem))
+                rows.append(_row(name, name, work, threads, None, flops, {}, "FAILED", problem))
             else:
-                rows.append(_row(name, name, cfg, x, threads, time_backend(backend, cfg, x, y, repeats), flops,
+                rows.append(_row(name, name, work, threads, time_backend(backend, cfg, x, y, repeats), flops,
                                  backend.runtime_info()))
             bar.update(1)
     # Then the rows whose thread pools outlive their calls (torch's OpenMP, OpenBLAS's
     # threads, which keep spinning for a while after a multi-threaded call and would slow
     # whatever ran next on the other core): the torch peer, the reference on all cores.
     for torch_peer in torch_peers:
-        for (H, B), (cfg, x, y, flops) in cases.items():
-            rows.append(torch_peer(cfg, x, y, flops, repeats))
+        for work, (cfg, x, y, flops) in cases.items():
+            rows.append(torch_peer(work, cfg, x, y, flops, repeats))
             bar.update(1)
     ref.set_threads(threads)
-    for (H, B), (cfg, x, y, flops) in cases.items():
-        rows.append(_row(f"{REFERENCE} ({threads} BLAS threads)", REFERENCE, cfg, x, threads,
+    for work, (cfg, x, y, flops) in cases.items():
+        rows.append(_row(f"{REFERENCE} ({threads} BLAS threads)", REFERENCE, work, threads,
                          time_backend(ref, cfg, x, y, repeats), flops, ref.runtime_info()))
         bar.update(1)
     ref.set_threads(None)
-    peak = matmul_peak_gflops(dtype, threads)  # last too: it runs BLAS on every core
-    base = {(r.hidden, r.batch): r.timing.median_s for r in rows if r.label == f"{REFERENCE} (1 BLAS thread)"}
+    ceilings = measure_ceilings(dtype, threads)  # last too: it runs every core flat out
+    base = {r.workload: r.timing.median_s for r in rows if r.label == f"{REFERENCE} (1 BLAS thread)"}
     for row in rows:
         if row.timing is not None:
-            row.speedup = base[row.hidden, row.batch] / row.timing.median_s
-            if not _gpu_row(row.runtime):  # the peak is the CPU's: no percentage of it for a GPU
-                row.pct_peak = 100 * row.gflops / peak
-    order = {(H, B): k for k, (H, B) in enumerate(points)}
-    rows.sort(key=lambda r: order[r.hidden, r.batch])  # stable: keeps the row order within a point
+            row.speedup = base[row.workload] / row.timing.median_s
+            if ceilings["fma_gflops"] and not _gpu_row(row.runtime):  # a CPU peak: no percentage of it for a GPU
+                row.pct_peak = 100 * row.gflops / _peak_for(ceilings, row.threads, threads)
+    order = {work.name: k for k, work in enumerate(workloads)}
+    rows.sort(key=lambda r: order[r.workload])  # stable: keeps the row order within a workload
     bar.close()
-    return {"kind": "grid", "machine": machine_info(), "dtype": dtype, "steps": steps, "threads": threads,
-            "matmul_peak_gflops": peak, "optimizer": BENCH_OPTIMIZER.to_dict(), "unavailable": skipped,
-            "rows": [asdict(r) for r in rows]}
+    return {"kind": "grid", "machine": machine_info(), "dtype": dtype, "threads": threads, **ceilings,
+            "optimizer": BENCH_OPTIMIZER.to_dict(), "unavailable": skipped,
+            "workloads": [asdict(w) | {"describe": w.describe} for w in workloads], "rows": [asdict(r) for r in rows]}
+
+
+def _peak_for(ceilings: dict[str, Any], row_threads: int, threads: int) -> float:
+    """The FMA peak of a row's threads: measured on all ``threads``, per core below that."""
+    return ceilings["fma_gflops"] if row_threads >= threads else ceilings["fma_gflops_per_core"] * row_threads
+
+
+def measure_ceilings(dtype: str, threads: int) -> dict[str, Any]:
+    """This machine's ceilings now: the FMA peak of its widest vectors (on one thread and on
+    ``threads``), the BLAS matrix-product rate on ``threads`` and which kernel BLAS ran."""
+    from lstmbench import peak
+
+    fma = peak.fma_peak(dtype, threads)
+    return {"fma_peak": fma.to_dict() if fma else None, "fma_gflops": fma.gflops if fma else None,
+            "fma_gflops_per_core": fma.per_core_gflops if fma else None,
+            "matmul_peak_gflops": peak.matmul_peak_gflops(dtype, threads), "blas": peak.blas_info(),
+            "blas_restriction": peak.blas_restriction()}
 
 
 def _torch_peer(device: str = "cpu"):
@@ -225,7 +307,7 @@ def _torch_peer(device: str = "cpu"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
 
-    def run(cfg: ModelConfig, x, y, flops, repeats) -> BenchRow:
+    def run(work: Workload, cfg: ModelConfig, x, y, flops, repeats) -> BenchRow:
         from lstmbench.params import load_into_torch, params_from_torch
         from lstmbench.testing.checks import assert_trained_params, expected_training
         from lstmbench.testing.strategies import Case
@@ -247,7 +329,11 @@ def _torch_peer(device: str = "cpu"):
         def step():
             opt.zero_grad()
             out, _ = lstm(xt)
-            loss = torch.nn.functional.mse_loss(head(out[:, -1]), yt)
+            y_hat = head(out if cfg.many_to_many else out[:, -1])
+            if cfg.loss == "xent":  # mean over every prediction, as lstmbench's
+                loss = torch.nn.functional.cross_entropy(y_hat.reshape(-1, cfg.output_size), yt.reshape(-1))
+            else:
+                loss = torch.nn.functional.mse_loss(y_hat, yt)
             loss.backward()
             opt.step()
             if gpu:
@@ -273,8 +359,10 @@ def _torch_peer(device: str = "cpu"):
         runtime = {"torch": torch.__version__, "threads": best_threads}
         if gpu:
             runtime.update(device=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version(), tf32=False)
+        else:
+            runtime["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the widest vectors its kernels use
         label = "torch.nn.LSTM (cuDNN)" if gpu else "torch.nn.LSTM"
-        return _row(label, f"torch-{device}" if gpu else "torch", cfg, x, best_threads, best, flops, runtime,
+        return _row(label, f"torch-{device}" if gpu else "torch", work, best_threads, best, flops, runtime,
                     status, detail)
 
     return run
@@ -382,30 +470,41 @@ def _threads_cell(row: dict[str, Any]) -> str:
 
 
 def format_grid(report: dict[str, Any]) -> str:
-    lines = [f"training step, {report['dtype']}, T={report['steps']}, D=1, O=1, many-to-one MSE, Adam; "
-             f"backends on {report['threads']} threads; {report['machine']['cpu']}",
-             f"matrix-product peak measured now: {report['matmul_peak_gflops']:.1f} GFLOP/s "
-             f"({report['dtype']}, {report['threads']} threads)"]
-    header = f"{'H':>5} {'B':>5}  {'backend':<24} {'thr':>3}  {'ms/step':>9} {'IQR ms':>13}  {'samples/s':>10}  " \
+    dtype, threads = report["dtype"], report["threads"]
+    lines = [f"training step, {dtype}, Adam; backends on {threads} threads; {report['machine']['cpu']}"]
+    fma = report.get("fma_peak")
+    if fma:
+        lines.append(f"FMA peak measured now: {fma['gflops']:.1f} GFLOP/s on {fma['threads']} threads "
+                     f"({fma['per_core_gflops']:.1f} per core; {fma['isa']}, {fma['vector_bits']}-bit vectors, "
+                     f"{fma['dtype']}): %peak is of this")
+    else:
+        lines.append("FMA peak: not measured (the probe lstmbench.peak._fma_probe is not built): no %peak")
+    kernels = sorted({f"{b['internal_api']} {b['version']}, {b['architecture']} kernel" for b in report["blas"]})
+    lines.append(f"BLAS matrix product measured now: {report['matmul_peak_gflops']:.1f} GFLOP/s on {threads} "
+                 f"threads ({'; '.join(kernels) or 'no BLAS found'})")
+    if report.get("blas_restriction"):
+        lines.append(f"note: {report['blas_restriction']}")
+    lines += [f"  {w['name']}: {w['describe']}" for w in report["workloads"]]
+    header = f"{'workload':<20} {'backend':<24} {'thr':>3}  {'ms/step':>9} {'IQR ms':>15}  {'samples/s':>10}  " \
              f"{'GFLOP/s':>8} {'%peak':>6}  {'speedup':>8}  check"
     lines += [header, "-" * len(header)]
     for r in report["rows"]:
         t = r["timing"]
+        lead = f"{r['workload']:<20} {r['label']:<24} {_threads_cell(r):>3}  "
         if t is None:
-            lines.append(f"{r['hidden']:>5} {r['batch']:>5}  {r['label']:<24} {_threads_cell(r):>3}  "
-                         f"{'-':>9} {'':>13}  {'':>10}  {'':>8} {'':>6}  {'':>8}  {r['status']}: {r['detail']}")
+            lines.append(f"{lead}{'-':>9} {'':>15}  {'':>10}  {'':>8} {'':>6}  {'':>8}  {r['status']}: {r['detail']}")
             continue
         iqr = f"{t['q1_s'] * 1e3:.2f}-{t['q3_s'] * 1e3:.2f}"
         mark = "verified" if r["backend"] != REFERENCE else "reference"
         pct = f"{r['pct_peak']:>5.1f}%" if r["pct_peak"] is not None else f"{'-':>6}"
-        lines.append(f"{r['hidden']:>5} {r['batch']:>5}  {r['label']:<24} {_threads_cell(r):>3}  "
-                     f"{t['median_s'] * 1e3:>9.2f} {iqr:>13}  {r['samples_per_s']:>10.0f}  {r['gflops']:>8.1f} {pct}  "
-                     f"{r['speedup']:>7.2f}x  {mark}")
+        lines.append(f"{lead}{t['median_s'] * 1e3:>9.2f} {iqr:>15}  {r['samples_per_s']:>10.1f}  {r['gflops']:>8.1f} "
+                     f"{pct}  {r['speedup']:>7.2f}x  {mark}")
     for name, reason in report.get("unavailable", {}).items():
         lines.append(f"{name}: not timed: {reason}")
-    lines.append("speedup = time of the NumPy reference with 1 BLAS thread / time of the row, same run")
+    lines.append("speedup = time of the NumPy reference with 1 BLAS thread / time of the row, same run; "
+                 "GFLOP/s from the model's FLOP count (docs/benchmarks.md)")
     if any(_gpu_row(r["runtime"]) for r in report["rows"]):
-        lines.append("%peak is of the CPU's measured matrix-product peak, so GPU rows have none")
+        lines.append("%peak is of the CPU's FMA peak, so GPU rows have none")
     return "\n".join(lines)
 
 
@@ -433,17 +532,17 @@ def plot(grid: dict | None, scaling: dict | None, path) -> None:
     if grid:
         ax = next(ax_iter)
         timed = [r for r in grid["rows"] if r["speedup"] is not None]
-        points = sorted({(r["hidden"], r["batch"]) for r in timed})
+        points = [w["name"] for w in grid["workloads"]]
         labels = sorted({r["label"] for r in timed}, key=lambda s: (not s.startswith(REFERENCE), s))
         width = 0.8 / max(1, len(labels))
         for k, label in enumerate(labels):
-            vals = [next((r["speedup"] for r in timed if r["label"] == label and (r["hidden"], r["batch"]) == p), 0)
+            vals = [next((r["speedup"] for r in timed if r["label"] == label and r["workload"] == p), 0)
                     for p in points]
             ax.bar(np.arange(len(points)) + k * width, vals, width, label=label)
-        ax.set_xticks(np.arange(len(points)) + width * (len(labels) - 1) / 2, [f"H={h}\nB={b}" for h, b in points])
+        ax.set_xticks(np.arange(len(points)) + width * (len(labels) - 1) / 2, [p.replace(" ", "\n") for p in points])
         ax.set_ylabel("speedup over NumPy reference (1 BLAS thread)")
         ax.axhline(1, color="k", lw=0.8)
-        ax.set_title(f"training step, {grid['dtype']}, T={grid['steps']}")
+        ax.set_title(f"training step, {grid['dtype']}")
         ax.legend(fontsize=8)
     if scaling:
         ax = next(ax_iter)

@@ -139,9 +139,15 @@ def cmd_bench(args) -> int:
     if args.distributed:
         return bench_distributed(args)
     grid = scaling = None
-    if not args.scaling_only:
+    if args.suite is not None:
+        grid = bench.run_suite(args.suite or None, args.backends, args.dtype, args.threads, args.repeats,
+                               with_torch=not args.no_torch, progress=not args.quiet)
+    elif not args.scaling_only:
+        model = dict(input_size=args.input_size, output_size=args.output_size, layers=args.layers, loss=args.loss,
+                     many_to_many=args.many_to_many, one_hot=args.one_hot)
+        lb.ModelConfig(args.input_size, 1, args.output_size, args.layers, args.loss, args.many_to_many)  # checks it
         grid = bench.run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, args.threads,
-                              args.repeats, with_torch=not args.no_torch, progress=not args.quiet)
+                              args.repeats, with_torch=not args.no_torch, progress=not args.quiet, model=model)
     if args.scaling or args.scaling_only:
         scaling = bench.run_scaling(args.backends, hidden=args.hidden[0], base_n=args.scaling_n, steps=args.steps,
                                     dtype=args.dtype, threads=args.threads, progress=not args.quiet)
@@ -253,12 +259,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="verified timings of a training step per backend, and dataset scaling")
     p.add_argument("--backends", nargs="+", help="backends to time (default: every available one)")
-    p.add_argument("--hidden", type=int, nargs="+", default=[32, 128], help="hidden sizes H (default 32 128)")
-    p.add_argument("--batch", type=int, nargs="+", default=[32, 128], help="batch sizes B (default 32 128)")
-    p.add_argument("--steps", type=int, default=64, help="sequence length T (default 64)")
+    p.add_argument("--hidden", type=_positive, nargs="+", default=[32, 128], help="hidden sizes H (default 32 128)")
+    p.add_argument("--batch", type=_positive, nargs="+", default=[32, 128], help="batch sizes B (default 32 128)")
+    p.add_argument("--steps", type=_positive, default=64, help="sequence length T (default 64)")
+    model = p.add_argument_group("the model timed (default: D=1, one layer, O=1, many-to-one MSE)")
+    model.add_argument("--input-size", type=_positive, default=1, help="inputs per step D")
+    model.add_argument("--layers", type=_positive, default=1, help="stacked LSTM layers")
+    model.add_argument("--output-size", type=_positive, default=1, help="outputs O (classes for xent)")
+    model.add_argument("--loss", choices=["mse", "xent"], default="mse")
+    model.add_argument("--many-to-many", action="store_true", help="the head on every step")
+    model.add_argument("--one-hot", action="store_true", help="one-hot inputs (D symbols), as a text model sees them")
+    p.add_argument("--suite", nargs="*", metavar="WORKLOAD",
+                   help="time the realistic workloads instead of a grid: all, or those named "
+                        "(char-onehot, forecast-short, hourly-multivariate, long-b1, long-b2, odd-sizes)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--threads", type=int, default=None, help="threads for the backends (default: all cores)")
-    p.add_argument("--repeats", type=int, default=7, help="timed repeats per point (default 7)")
+    p.add_argument("--threads", type=_positive, default=None, help="threads for the backends (default: all cores)")
+    p.add_argument("--repeats", type=_positive, default=7, help="timed repeats per point (default 7)")
     p.add_argument("--no-torch", action="store_true", help="leave out the torch.nn.LSTM peer row")
     p.add_argument("--scaling", action="store_true", help="also time epochs over N, 2N, 4N, 8N sequences")
     p.add_argument("--scaling-only", action="store_true", help="only the scaling report")
@@ -278,6 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _column(text: str) -> int | str:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import lstmbench as lb
+from lstmbench import peak
 from lstmbench import bench
 from lstmbench.cli import main
 from lstmbench_backends.reference import NumpyReference
@@ -54,8 +55,12 @@ def test_grid_report_rows_and_speedups():
     assert numba["speedup"] == pytest.approx(one["timing"]["median_s"] / t["median_s"])
     flops = lb.train_step_flops(bench.bench_model(4), 3, 5, bench.BENCH_OPTIMIZER).total
     assert numba["gflops"] == pytest.approx(flops / t["median_s"] / 1e9)
-    assert numba["pct_peak"] == pytest.approx(100 * numba["gflops"] / report["matmul_peak_gflops"])
-    assert report["matmul_peak_gflops"] > 0
+    # %peak is of the FMA peak on the row's threads, measured in this run with the widest vectors
+    fma = report["fma_peak"]
+    assert fma["vector_bits"] == peak.widest_vector_bits() and fma["threads"] == report["threads"]
+    assert numba["pct_peak"] == pytest.approx(100 * numba["gflops"] / fma["gflops"])
+    assert one["pct_peak"] == pytest.approx(100 * one["gflops"] / fma["per_core_gflops"])  # 1 thread
+    assert report["matmul_peak_gflops"] > 0 and report["blas"]
 
 
 def test_torch_peer_is_verified_when_torch_is_installed():
@@ -115,3 +120,50 @@ def test_kit_checks_declared_unsupported_optimizers_and_losses():
     run_check(AdamOnlyMse(), "declared_unsupported", "float64", max_examples=3)
     with pytest.raises(AssertionError, match="declared unsupported"):
         run_check(Liar(), "declared_unsupported", "float64", max_examples=3)
+
+
+def test_fma_peak_is_measured_with_the_widest_vectors():
+    bits = peak.widest_vector_bits()
+    assert bits in (256, 512)  # x86-64 with AVX2 or AVX-512: the CI machine has one or the other
+    one = peak.fma_peak("float32", threads=1, seconds=0.05)
+    assert one.vector_bits == bits and one.isa == ("AVX-512" if bits == 512 else "AVX2+FMA")
+    assert one.per_core_gflops > 0 and one.gflops == one.per_core_gflops
+    assert peak.fma_peak("float32", vector_bits=1024) is None  # no such instructions
+
+
+def test_a_restricted_blas_is_named(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setattr(peak, "widest_vector_bits", lambda: 512)
+    monkeypatch.setattr(peak, "blas_info", lambda: [{"internal_api": "openblas", "architecture": "Haswell"}])
+    assert "OPENBLAS_CORETYPE=Haswell holds OpenBLAS to its Haswell kernel" in peak.blas_restriction()
+    monkeypatch.setattr(peak, "blas_info", lambda: [{"internal_api": "openblas", "architecture": "SkylakeX"}])
+    assert peak.blas_restriction() is None  # the variable names a kernel with AVX-512: nothing held back
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert peak.blas_restriction() is None
+
+
+def test_any_model_shape_is_benchmarked_and_verified():
+    report = bench.run_grid(["numpy", "c"], hidden_sizes=(5,), batch_sizes=(3,), steps=4, repeats=1, progress=False,
+                            with_torch=False, model=dict(input_size=6, output_size=6, layers=2, loss="xent",
+                                                         many_to_many=True, one_hot=True))
+    assert report["workloads"][0]["describe"] == "D=6 one-hot, 2 x 5, O=6, xent many-to-many, T=4, B=3"
+    row = next(r for r in report["rows"] if r["backend"] == "c")
+    assert row["status"] == "ok" and row["workload"] == "H=5 B=3"
+
+
+def test_the_suite_has_the_named_workloads_and_refuses_unknown_ones():
+    assert set(bench.SUITE) == {"char-onehot", "forecast-short", "hourly-multivariate", "long-b1", "long-b2",
+                                "odd-sizes"}
+    char = bench.SUITE["char-onehot"]
+    x, y = char.data(char.model("float32"))
+    assert x.shape == (64, 128, 84) and np.all(x.sum(axis=2) == 1) and y.shape == (64, 128)
+    with pytest.raises(lb.ConfigError, match="unknown suite workload"):
+        bench.run_suite(["no-such-workload"])
+
+
+def test_bad_bench_arguments_are_one_line_errors(capsys):
+    for args in (["--batch", "-1"], ["--repeats", "0"], ["--hidden", "x"]):
+        with pytest.raises(SystemExit) as info:
+            main(["bench", *args])
+        assert info.value.code == 2
+        assert "error: argument" in capsys.readouterr().err

@@ -128,8 +128,8 @@ def benchmark(smoke: bool) -> list[dict]:
 
 def goal(reports: list[dict]) -> dict:
     """The issue's speed goal at H=512, B=128, T=64, from the rows of this run."""
-    rows = [r for rep in reports if rep["steps"] == GOAL["steps"] for r in rep["rows"]
-            if r["hidden"] == GOAL["hidden"] and r["batch"] == GOAL["batch"] and r["timing"]]
+    rows = [r for rep in reports for r in rep["rows"] if r["steps"] == GOAL["steps"] and r["hidden"] == GOAL["hidden"]
+            and r["batch"] == GOAL["batch"] and r["timing"]]
     by = {r["label"]: r["timing"]["median_s"] for r in rows}
     out = {"point": {k: GOAL[k] for k in ("hidden", "batch", "steps")}}
     if "cuda" not in by:

@@ -69,8 +69,14 @@ class NumbaThreads(Backend):
             layer = numba.threading_layer()
         except ValueError:  # no parallel kernel has run yet
             layer = "not yet chosen"
-        return {"threads": self.threads, "numba_threading_layer": layer,
-                "numba_max_threads": numba.config.NUMBA_NUM_THREADS}
+        from lstmbench.peak import blas_info, blas_restriction
+
+        info = {"threads": self.threads, "numba_threading_layer": layer,
+                "numba_max_threads": numba.config.NUMBA_NUM_THREADS,
+                "blas": ", ".join(sorted({f"{b['internal_api']} {b['architecture']} kernel" for b in blas_info()}))}
+        if restriction := blas_restriction():
+            info["blas_restricted"] = restriction
+        return info
 
     # -- plumbing ----------------------------------------------------------------------
 

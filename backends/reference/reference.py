@@ -160,8 +160,14 @@ class NumpyReference(Backend):
         self._blas = ThreadpoolController()
 
     def runtime_info(self):
-        blas = [f"{lib['internal_api']} ({lib['num_threads']} threads)" for lib in self._blas.info()]
-        return {"threads": self.threads, "blas": ", ".join(blas) or "none found"}
+        from lstmbench.peak import blas_restriction
+
+        blas = [f"{lib['internal_api']} {lib.get('architecture', '?')} kernel ({lib['num_threads']} threads)"
+                for lib in self._blas.info() if lib.get("user_api") == "blas"]
+        info = {"threads": self.threads, "blas": ", ".join(blas) or "none found"}
+        if restriction := blas_restriction():
+            info["blas_restricted"] = restriction
+        return info
 
     def _forward(self, cfg, params, x):
         with self._blas.limit(limits=self.threads, user_api="blas"):
