@@ -271,3 +271,78 @@ def test_kernel_is_clean_under_address_sanitizer(tmp_path):
     for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
         assert marker not in report, report[-4000:]
     assert "all cases passed" in run.stdout
+
+
+@pytest.mark.parametrize("check", ["forward", "loss_and_grads", "training_steps", "gradient_hook", "deterministic",
+                                   "thread_independent"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_kit_with_the_threads_sharing_hidden_units(check, dtype):
+    """parallel="units": one shard whose hidden units the threads share (what auto picks for a
+    batch with few rows per thread; the kit's tiny models would otherwise get batch shards)."""
+    from lstmbench.testing import run_check
+
+    backend = available_backend()
+    backend.set_threads(2)
+    backend.parallel = "units"
+    run_check(backend, check, dtype, max_examples=15)
+    assert backend.last_plan == "units"
+
+
+@pytest.mark.parametrize("H,B,layers", [(40, 1, 1), (37, 3, 2), (64, 2, 3)])  # several panels per thread
+def test_hidden_units_shared_out_match_the_reference(H, B, layers):
+    backend = available_backend()
+    backend.set_threads(2)
+    backend.parallel = "units"
+    for loss, m2m in (("mse", False), ("xent", True)):
+        cfg = lb.ModelConfig(3, H, 4, layers, loss, m2m, "float64")
+        rng = np.random.default_rng(H)
+        x = rng.standard_normal((B, 6, 3))
+        y = rng.standard_normal((B, 4)) if loss == "mse" else rng.integers(0, 4, size=(B, 6))
+        case = Case(cfg, lb.init_params(cfg, 1), x, y, lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.5), 3)
+        check_forward(backend, case)
+        check_loss_and_grads(backend, case)
+        check_training_steps(backend, case)
+    assert backend.runtime_info()["parallel"] == "units: units last"
+
+
+def test_auto_puts_the_threads_on_hidden_units_only_for_few_rows():
+    backend = available_backend()
+    backend.set_threads(2)
+    for B, H, plan in ((1, 64, "units"), (2, 256, "units"), (4, 256, "units"), (8, 256, "shards"), (4, 64, "shards"),
+                       (1, 8, "shards")):
+        cfg = lb.ModelConfig(1, H, 1)
+        backend.forward(cfg, lb.init_params(cfg), np.zeros((B, 2, 1)))
+        assert backend.last_plan == plan, (B, H)
+
+
+@pytest.mark.parametrize("parallel", ["shards", "units"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_one_hot_input_is_read_as_symbols_and_matches_the_reference(parallel, dtype):
+    """One-hot x_t = e_s: the kernel copies row s of W_x instead of multiplying, and adds dz rows
+    into dW_x; the numbers must not change."""
+    from lstmbench_backends.c_kernel import one_hot_symbols
+
+    backend = available_backend()
+    backend.set_threads(2)
+    backend.parallel = parallel
+    cfg = lb.ModelConfig(6, 40, 6, 2, "xent", True, dtype)
+    rng = np.random.default_rng(3)
+    symbols = rng.integers(0, 6, size=(3, 7))
+    x = np.eye(6, dtype=dtype)[symbols]
+    assert np.array_equal(one_hot_symbols(x), symbols)
+    case = Case(cfg, lb.init_params(cfg, 2), x, rng.integers(0, 6, size=(3, 7)), lb.OptimizerConfig("adam", lr=1e-2), 3)
+    check_forward(backend, case)
+    check_loss_and_grads(backend, case)
+    check_training_steps(backend, case)
+
+
+def test_inputs_that_are_not_one_hot_are_multiplied():
+    from lstmbench_backends.c_kernel import one_hot_symbols
+
+    x = np.eye(4)[np.zeros((2, 3), int)]
+    assert one_hot_symbols(x) is not None
+    for bad in (x * 2, np.where(x == 0, 0.5, x), np.zeros_like(x), np.ones((2, 3, 1))):
+        assert one_hot_symbols(bad) is None
+    twice = x.copy()
+    twice[1, 2, 1] = 1.0  # two ones in one vector
+    assert one_hot_symbols(twice) is None

@@ -31,6 +31,9 @@ REBUILD = ("`pip install -e .` in the lstmbench checkout (or `pip install --no-b
            "which reuses this environment's setuptools and cffi)")
 
 
+PARALLEL = ("auto", "shards", "units")  # lstm_dims.parallel: LSTM_PAR_AUTO, _SHARDS, _UNITS
+
+
 class LayoutError(ShapeError):
     """An array handed to the C kernel is not C-contiguous, aligned or writeable."""
 
@@ -119,6 +122,11 @@ class CKernel(Backend):
         self._pool_lock = threading.Lock()
         self.source_dir = sources.HERE  # where the sources checked against the binary live
         self._verified = None  # the source_dir whose sources matched the binary
+        # How the threads share a step: "auto" (lstm.c decides by the shape), "shards" (each
+        # thread its own batch rows) or "units" (one shard, the threads share its hidden
+        # units); the last two for measurements (tools/ablation_parallel.py).
+        self.parallel = "auto"
+        self.last_plan: str | None = None  # what the last call ran
 
     # -- environment -------------------------------------------------------------------
 
@@ -164,6 +172,7 @@ class CKernel(Backend):
             ffi, lib = ext
             info.update(openmp=bool(lib.lstm_openmp()), isa=ffi.string(lib.lstm_isa()).decode(),
                         build_flags=ffi.string(lib.lstm_build_info()).decode())
+        info["parallel"] = self.parallel if self.last_plan is None else f"{self.parallel}: {self.last_plan} last"
         return info
 
     # -- plumbing ------------------------------------------------------------------------
@@ -177,7 +186,9 @@ class CKernel(Backend):
         """A workspace for this shape (from the pool, or new); concurrent calls get different ones."""
         ffi, lib = self._lib()
         threads = _usable_threads(self.threads)
-        key = (cfg, B, T, threads)
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
+        key = (cfg, B, T, threads, self.parallel)
         with self._pool_lock:
             free = self._pool.get(key)
             if free:
@@ -186,6 +197,7 @@ class CKernel(Backend):
         dims.batch, dims.steps, dims.input_size = B, T, cfg.input_size
         dims.hidden_size, dims.output_size, dims.layers = cfg.hidden_size, cfg.output_size, cfg.num_layers
         dims.many_to_many, dims.xent, dims.threads = int(cfg.many_to_many), int(cfg.loss == "xent"), threads
+        dims.parallel = PARALLEL.index(self.parallel)
         nbytes = lib.lstm_workspace_bytes(dims, cfg.np_dtype.itemsize)
         if nbytes < 0:
             raise ShapeError(f"the C kernel cannot hold a batch of shape ({B}, {T}, {cfg.input_size}) for {cfg}")
@@ -237,7 +249,10 @@ class CKernel(Backend):
         if what == "train_step":
             p_s = [ffi.NULL if s is None else c_array(ffi, s, dt, (layout.size,), "optimizer slot", writable=True)
                    for s in slots]
+        symbols = one_hot_symbols(x)  # one-hot input: read as symbol ids (gathers instead of products)
         key, ws = self._acquire(cfg, B, T)
+        self.last_plan = PARALLEL[lib.lstm_parallel_plan(ws.dims, dt.itemsize)]
+        ws.dims.x_symbols = ffi.NULL if symbols is None else c_array(ffi, symbols, np.int64, (B, T), "x symbols")
         try:
             p_ws = c_array(ffi, ws.block, np.uint8, ws.block.shape, "workspace", writable=True)
             loss = ffi.new("double *")
@@ -253,6 +268,7 @@ class CKernel(Backend):
                                                               ws.block.size)
             self._check(lib, ffi, code)
         finally:
+            ws.dims.x_symbols = ffi.NULL  # the symbols array is this call's
             self._release(key, ws)
         return float(loss[0])
 
@@ -302,6 +318,17 @@ class CKernel(Backend):
                                          c_array(ffi, state.grad, dt, (P,), "grad")))
         state.opt_state["step"] = np.array(step, dtype=np.int64)
         return loss
+
+
+def one_hot_symbols(x: np.ndarray) -> np.ndarray | None:
+    """(B, T) symbol ids if every x_t is a one-hot vector (exactly one 1, the rest 0), else None.
+    Cheap to refuse: most inputs fail on the first vector."""
+    if x.shape[2] < 2 or x[0, 0].sum() != 1:
+        return None
+    if not (np.count_nonzero(x) == x.shape[0] * x.shape[1] and np.all(x.sum(axis=2) == 1)
+            and np.all((x == 0) | (x == 1))):
+        return None
+    return np.ascontiguousarray(np.argmax(x, axis=2), dtype=np.int64)
 
 
 def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:

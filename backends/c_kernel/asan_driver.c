@@ -13,7 +13,8 @@
  * clipping, SGD with and without momentum), the update alone, for float32 and float64, 1..3
  * layers, both losses, both task shapes, batch sizes that leave padding rows in
  * the last shard, sizes that are not multiples of the vector width, 1..3
- * threads; the error returns (small workspace, wrong layout, bad class id);
+ * threads, the threads on batch shards and on one shard's hidden units, one-hot input
+ * read as symbol ids; the error returns (small workspace, wrong layout, bad class id);
  * the matrix product in both of its B modes; and a finite-difference check of
  * the float64 gradient, so the driver also fails on wrong numbers.
  */
@@ -173,9 +174,14 @@ static int64_t layout(const lstm_dims *d, int64_t *offs)
 DEFINE_CASE(float, f32)
 DEFINE_CASE(double, f64)
 
+/* symbol ids for the one-hot cases (each < their input size, 3) */
+static const int64_t SYMBOLS[64] = {0, 2, 1, 1, 0, 2, 2, 0, 1, 2, 0, 1, 2, 1, 0, 0, 1, 2, 2, 1, 0, 1, 0, 2, 1, 0, 2, 2,
+                                    1, 0, 0, 1, 2, 1, 0, 2, 2, 1, 0, 1, 2, 0, 1, 1, 2, 0, 0, 2, 1, 2, 0, 1, 1, 0,
+                                    2, 2, 1, 0, 0, 1, 2, 1, 0, 2};
+
 int main(void)
 {
-    /* batch, steps, input, hidden, output, layers, many_to_many, xent, threads */
+    /* batch, steps, input, hidden, output, layers, many_to_many, xent, threads, parallel */
     const lstm_dims cases[] = {
         {5, 3, 2, 5, 3, 1, 0, 0, 2},  /* padding row in the last shard, H not a vector multiple */
         {4, 1, 1, 3, 2, 2, 1, 1, 3},  /* T = 1 (no recurrent product), more threads than rows per shard */
@@ -183,6 +189,14 @@ int main(void)
         {3, 5, 1, 17, 5, 2, 0, 1, 1}, /* one thread, xent many-to-one */
         {1, 2, 4, 1, 1, 1, 0, 0, 4},  /* one sequence, H = 1 */
         {9, 6, 2, 33, 2, 2, 1, 1, 2}, /* H past two panels */
+        /* the threads sharing one shard's hidden units: H not a panel multiple, fewer rows than
+         * threads, more threads than panels (an idle thread), several layers */
+        {1, 4, 3, 37, 2, 2, 1, 1, 2, LSTM_PAR_UNITS},
+        {3, 3, 2, 20, 3, 3, 0, 0, 3, LSTM_PAR_UNITS},
+        {2, 5, 1, 256, 1, 1, 0, 0, 2, LSTM_PAR_AUTO}, /* auto picks the team */
+        /* one-hot input given as symbol ids (gathers and scatters instead of products) */
+        {5, 4, 3, 9, 3, 2, 1, 1, 2, LSTM_PAR_SHARDS, SYMBOLS},
+        {3, 6, 3, 20, 3, 1, 1, 1, 2, LSTM_PAR_UNITS, SYMBOLS},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         run_case_f32(&cases[k]);

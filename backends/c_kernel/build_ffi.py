@@ -64,10 +64,15 @@ def _supports(flags: list[str]) -> bool:
 
 
 NATIVE = os.environ.get("LSTMBENCH_C_NATIVE", "") == "1"
+VECTOR_BYTES = os.environ.get("LSTMBENCH_C_VECTOR_BYTES", "32")  # 64: zmm micro-kernel, native builds only
 OPENMP = _supports(["-fopenmp"])
 CFLAGS = ["-std=c11", "-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-Wno-psabi"]
 if NATIVE:
     CFLAGS += ["-march=native", "-DLSTM_NATIVE"]
+if VECTOR_BYTES != "32":
+    if not NATIVE or VECTOR_BYTES not in ("16", "64"):
+        raise SystemExit("LSTMBENCH_C_VECTOR_BYTES=16 or 64 needs LSTMBENCH_C_NATIVE=1")
+    CFLAGS += [f"-DLSTM_VECTOR_BYTES={VECTOR_BYTES}"]
 if OPENMP:
     CFLAGS += ["-fopenmp"]
 BUILD_INFO = " ".join(CFLAGS)

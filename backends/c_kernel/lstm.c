@@ -145,15 +145,32 @@ static int check_dims(const lstm_dims *d)
     const int64_t v[] = {d->batch, d->steps, d->input_size, d->hidden_size, d->output_size, d->layers, d->threads};
     for (size_t k = 0; k < sizeof v / sizeof v[0]; k++)
         if (v[k] < 1 || v[k] > MAX_DIM) return LSTM_EDIMS;
+    if (d->parallel < LSTM_PAR_AUTO || d->parallel > LSTM_PAR_UNITS) return LSTM_EARG;
     if (d->xent && d->output_size < 2) return LSTM_EDIMS;
     return LSTM_OK;
 }
 
-/* Batch shards as the Numba backend cuts them: rows = ceil(B / min(threads, B)) per
- * shard, the last one possibly shorter. */
-static void shard_plan(const lstm_dims *d, int64_t *shards, int64_t *rows)
+/* How the threads share the work (lstm_dims.parallel: LSTM_PAR_AUTO, _SHARDS or _UNITS):
+ *   batch shards, as the Numba backend cuts them: rows = ceil(B / min(threads, B)) per
+ *   shard, the last one possibly shorter; each thread runs its shard alone;
+ *   or one shard of all B rows whose hidden units the threads share out ("team"), with a
+ *   barrier per step: then each thread keeps its slice of W_h in its own cache across the
+ *   steps instead of streaming all of it, and no thread idles for want of rows.
+ * Auto, as measured (tools/ablation_parallel.py, docs/c-backend.md): the team when a shard
+ * per thread would leave a thread without rows, or when there are at most TEAM_ROWS rows
+ * per thread and H >= TEAM_MIN_HIDDEN (less work per step than that loses to the barrier);
+ * and never with fewer hidden-unit panels than threads. */
+#define TEAM_ROWS 2
+#define TEAM_MIN_HIDDEN 256
+static void shard_plan(const lstm_dims *d, int64_t panel_width, int64_t *shards, int64_t *rows, int *team)
 {
-    int64_t r = ceil_div(d->batch, min64(d->threads, d->batch));
+    const int64_t per_thread = ceil_div(d->batch, d->threads);
+    const int64_t panels = ceil_div(d->hidden_size, panel_width); /* of hidden units, to share out */
+    const int few_rows = d->batch < d->threads || (per_thread <= TEAM_ROWS && d->hidden_size >= TEAM_MIN_HIDDEN);
+    int use_team = d->parallel == LSTM_PAR_UNITS || (d->parallel == LSTM_PAR_AUTO && few_rows && panels >= d->threads);
+    if (d->threads < 2) use_team = 0;
+    *team = use_team;
+    int64_t r = use_team ? d->batch : ceil_div(d->batch, min64(d->threads, d->batch));
     *rows = r;
     *shards = ceil_div(d->batch, r);
 }
@@ -277,9 +294,20 @@ INLINE double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 #define FN_(name, suffix) FN__(name, suffix)
 #define FN(name) FN_(name, SUF)
 
+/* The micro-kernel's vectors: 32 bytes, for every clone. 64 (AVX-512 zmm) is a build option
+ * of -march=native builds only (LSTMBENCH_C_NATIVE=1 LSTMBENCH_C_VECTOR_BYTES=64): on the
+ * Zen 4 it was measured on, whose 512-bit FMAs are two 256-bit halves, it made no training
+ * step faster (docs/c-backend.md); a CPU with full-width AVX-512 may differ. */
+#ifndef LSTM_VECTOR_BYTES
+#define LSTM_VECTOR_BYTES 32
+#endif
+#if !defined(LSTM_NATIVE) && LSTM_VECTOR_BYTES != 32
+#error "LSTM_VECTOR_BYTES other than 32 needs a -march=native build (LSTMBENCH_C_NATIVE=1)"
+#endif
+
 #define real float
 #define SUF f32
-#define VL 8 /* reals per 32-byte vector */
+#define VL (LSTM_VECTOR_BYTES / 4) /* reals per vector */
 #define ACT_TANH tanh_f32
 #define ACT_SIGMOID sigmoid_f32
 #define REAL_SQRT sqrtf
@@ -293,7 +321,7 @@ INLINE double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 #define real double
 #define SUF f64
-#define VL 4
+#define VL (LSTM_VECTOR_BYTES / 8)
 #define ACT_TANH tanh_f64
 #define ACT_SIGMOID sigmoid_f64
 #define REAL_SQRT sqrt
@@ -310,6 +338,12 @@ INLINE double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 int64_t lstm_panel_width(int64_t dtype_size)
 {
     return dtype_size == 4 ? panel_width_f32() : dtype_size == 8 ? panel_width_f64() : -1;
+}
+
+int lstm_parallel_plan(const lstm_dims *d, int64_t dtype_size)
+{
+    if (check_dims(d) != LSTM_OK) return -1;
+    return dtype_size == 4 ? parallel_plan_f32(d) : dtype_size == 8 ? parallel_plan_f64(d) : -1;
 }
 
 int64_t lstm_workspace_bytes(const lstm_dims *d, int64_t dtype_size)

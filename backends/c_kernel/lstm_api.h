@@ -26,7 +26,10 @@ typedef struct {
     int64_t layers;        /* L */
     int64_t many_to_many;  /* 1: head on every h_t; 0: on h_T only */
     int64_t xent;          /* 1: softmax cross-entropy on class ids; 0: mean squared error */
-    int64_t threads;       /* at most this many threads (batch shards) */
+    int64_t threads;       /* at most this many threads */
+    int64_t parallel;      /* how they share the work: 0 auto, 1 batch shards, 2 hidden units (lstm.c) */
+    const int64_t *x_symbols; /* NULL, or (B, T) symbol ids when every x_t is one-hot (x_t = e_s): then
+                                 x_t @ W_x is row s of W_x (a copy) and dW_x a sum of dz rows */
 } lstm_dims;
 
 typedef struct {
@@ -47,6 +50,7 @@ const char *lstm_error_message(int code);
 int lstm_openmp(void);
 int64_t lstm_panel_width(int64_t dtype_size);
 int64_t lstm_workspace_bytes(const lstm_dims *d, int64_t dtype_size);
+int lstm_parallel_plan(const lstm_dims *d, int64_t dtype_size);  /* LSTM_PAR_SHARDS or _UNITS, or -1 */
 int64_t lstm_matmul_workspace_bytes(int64_t K, int64_t N, int64_t dtype_size);
 
 int lstm_forward_f32(const lstm_dims *d, const int64_t *offs, int64_t n_params, const float *theta,
@@ -88,5 +92,10 @@ int lstm_matmul_f64(int64_t M, int64_t N, int64_t K, const double *A, int64_t a_
 #define LSTM_EWORKSPACE 3  /* the workspace is smaller than lstm_workspace_bytes() */
 #define LSTM_ECLASS 4      /* a class id is outside [0, output_size) */
 #define LSTM_EARG 5        /* a required pointer is NULL, or an optimizer setting is invalid */
+
+/* lstm_dims.parallel */
+#define LSTM_PAR_AUTO 0
+#define LSTM_PAR_SHARDS 1
+#define LSTM_PAR_UNITS 2
 
 #endif

@@ -66,7 +66,8 @@ static int64_t FN(padded_width)(int64_t n)
  * Loop order (Goto's): K in KC slices, M in MC blocks, then every NR-column
  * panel of B against every MR-row tile of A, so a B panel slice is reused from
  * L1 by all row tiles of the block. The last 1..4 rows of a block use a 4-row
- * tile (a batch shard of 16 rows is 6 + 6 + 4, not 6 + 6 + 6).
+ * tile (a batch shard of 16 rows is 6 + 6 + 4, not 6 + 6 + 6), the last 1 or 2 rows a
+ * 1- or 2-row one.
  */
 
 /* Packs panel p (columns p*NR .. p*NR+NR-1) of B, b(k, j) = B[k * brs + j * bcs]. */
@@ -119,11 +120,36 @@ INLINE void FN(micro)(const int R, int64_t kc, const real *a, int64_t ars, int64
                       int64_t ldb, real *c, int64_t ldc, int64_t n, int add)
 {
     typedef FN(vec) vec;
+    /* A 1- or 2-row tile has only 2 or 4 accumulators: too few chains to hide the FMA
+     * latency. It keeps KP = 4 / R sets of them, for consecutive k in turn, added up at
+     * the end (in a fixed order), so 8 independent chains are in flight in every tile. */
+    const int KP = R >= 4 ? 1 : 4 / R; /* R is a constant at every call: so is KP */
     const real *ap[MR];
     for (int i = 0; i < R; i++) ap[i] = a + min64(i, m - 1) * ars;
-    vec acc[MR][2];
+    vec acc[MR][2], part[3][MR][2];
     for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = (vec){0};
-    for (int64_t k = 0; k < kc; k++) {
+    for (int p = 0; p < KP - 1; p++)
+        for (int i = 0; i < R; i++) part[p][i][0] = part[p][i][1] = (vec){0};
+    int64_t k = 0;
+    for (; KP > 1 && k + KP <= kc; k += KP) {
+#pragma GCC unroll 4
+        for (int p = 0; p < KP; p++) {
+            const vec b0 = FN(loadv)(b + (k + p) * ldb), b1 = FN(loadv)(b + (k + p) * ldb + VL);
+            const int64_t ka = (k + p) * acs;
+#pragma GCC unroll 2
+            for (int i = 0; i < R; i++) {
+                const real x = ap[i][ka];
+                if (p == 0) {
+                    acc[i][0] += x * b0;
+                    acc[i][1] += x * b1;
+                } else {
+                    part[p - 1][i][0] += x * b0;
+                    part[p - 1][i][1] += x * b1;
+                }
+            }
+        }
+    }
+    for (; k < kc; k++) {
         const vec b0 = FN(loadv)(b + k * ldb), b1 = FN(loadv)(b + k * ldb + VL);
         const int64_t ka = k * acs;
 #pragma GCC unroll 6
@@ -133,6 +159,11 @@ INLINE void FN(micro)(const int R, int64_t kc, const real *a, int64_t ars, int64
             acc[i][1] += x * b1;
         }
     }
+    for (int p = 0; p < KP - 1; p++)
+        for (int i = 0; i < R; i++) {
+            acc[i][0] += part[p][i][0];
+            acc[i][1] += part[p][i][1];
+        }
     if (m == R && n == NR) {
         for (int i = 0; i < R; i++) {
             real *ci = c + i * ldc;
@@ -168,9 +199,11 @@ static void FN(pack_a)(int64_t mc, int64_t kc, const real *A, int64_t ars, int64
     }
 }
 
-/* apack: room for MC x KC reals, or NULL (then A is never packed). */
+/* apack: room for MC x KC reals, or NULL (then A is never packed). With a packed B, ldb
+ * is the padded width of the whole packed matrix (0: round_up(N, NR)) and j0 its first
+ * column used here (a multiple of NR): the product is then with columns j0 .. j0+N-1. */
 HOT static void FN(gemm)(int64_t M, int64_t N, int64_t K, const real *A, int64_t ars, int64_t acs, const real *B,
-                         int64_t ldb, int packed, real *C, int64_t ldc, int add, real *apack)
+                         int64_t ldb, int64_t j0, int packed, real *C, int64_t ldc, int add, real *apack)
 {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
@@ -178,7 +211,7 @@ HOT static void FN(gemm)(int64_t M, int64_t N, int64_t K, const real *A, int64_t
             for (int64_t i = 0; i < M; i++) memset(C + i * ldc, 0, (size_t)N * sizeof(real));
         return;
     }
-    const int64_t Np = round_up(N, NR);
+    const int64_t Np = packed && ldb > 0 ? ldb : round_up(N, NR);
     const int pack_a = apack && acs != 1 && N > NR; /* a transposed A, reused by several panels */
     for (int64_t pc = 0; pc < K; pc += KC) {
         const int64_t kc = min64(KC, K - pc);
@@ -193,16 +226,22 @@ HOT static void FN(gemm)(int64_t M, int64_t N, int64_t K, const real *A, int64_t
             }
             for (int64_t jc = 0; jc < N; jc += NR) {
                 /* this slice of panel jc / NR: packed, or in place */
-                const real *bp = packed ? B + pc * Np + jc * kc : B + pc * ldb + jc;
+                const real *bp = packed ? B + pc * Np + (j0 + jc) * kc : B + pc * ldb + jc;
                 const int64_t ldbp = packed ? NR : ldb, n = min64(NR, N - jc);
                 for (int64_t ir = 0; ir < mc; ir += MR) {
                     const int64_t m = min64(MR, mc - ir);
                     const real *at = a + (ir / MR) * a_ts;
                     real *ct = C + (ic + ir) * ldc + jc;
-                    if (m > 4) /* a 4-row tile for the last 1..4 rows wastes less than a 6-row one */
+                    /* the smallest tile that holds the last rows: a one-row product (a batch
+                     * of one, a shard of one row) must not pay for four */
+                    if (m > 4)
                         FN(micro)(MR, kc, at, a_rs, a_cs, m, bp, ldbp, ct, ldc, n, acc);
-                    else
+                    else if (m > 2)
                         FN(micro)(4, kc, at, a_rs, a_cs, m, bp, ldbp, ct, ldc, n, acc);
+                    else if (m == 2)
+                        FN(micro)(2, kc, at, a_rs, a_cs, m, bp, ldbp, ct, ldc, n, acc);
+                    else
+                        FN(micro)(1, kc, at, a_rs, a_cs, m, bp, ldbp, ct, ldc, n, acc);
                 }
             }
         }
@@ -213,13 +252,20 @@ HOT static void FN(gemm)(int64_t M, int64_t N, int64_t K, const real *A, int64_t
 INLINE void FN(gemm_packed)(int64_t M, int64_t N, int64_t K, const real *A, int64_t ars, int64_t acs,
                             const real *Bp, real *C, int64_t ldc, int add)
 {
-    FN(gemm)(M, N, K, A, ars, acs, Bp, 0, 1, C, ldc, add, NULL);
+    FN(gemm)(M, N, K, A, ars, acs, Bp, 0, 0, 1, C, ldc, add, NULL);
+}
+
+/* The same with columns j0 .. j0+N-1 of a packed B whose padded width is Np. */
+INLINE void FN(gemm_packed_cols)(int64_t M, int64_t N, int64_t K, const real *A, int64_t ars, int64_t acs,
+                                 const real *Bp, int64_t Np, int64_t j0, real *C, int64_t ldc, int add)
+{
+    FN(gemm)(M, N, K, A, ars, acs, Bp, Np, j0, 1, C, ldc, add, NULL);
 }
 
 INLINE void FN(gemm_plain)(int64_t M, int64_t N, int64_t K, const real *A, int64_t ars, int64_t acs,
                            const real *B, int64_t ldb, real *C, int64_t ldc, int add, real *apack)
 {
-    FN(gemm)(M, N, K, A, ars, acs, B, ldb, 0, C, ldc, add, apack);
+    FN(gemm)(M, N, K, A, ars, acs, B, ldb, 0, 0, C, ldc, add, apack);
 }
 
 /* ======================= the workspace ======================= */
@@ -232,9 +278,13 @@ typedef struct {
 typedef struct {
     int64_t B, T, D, H, O, L, G, Gp, Op, Tout, S, bm, P, Pstride, nchunks, threads;
     int m2m, xent;
+    int team; /* 1: one shard, the threads share out its hidden units (few rows per thread) */
     const int64_t *offs;
+    const int64_t *sym; /* dims.x_symbols: one-hot input as symbol ids (B, T), or NULL */
     real **pwx, **pwh, **pwxt, **pwht; /* per layer: packed W_x, W_h, W_x^T (l > 0), W_h^T */
+    real **pwxg, **pwhg;               /* team: per layer and gate (4 l + g) packed W_x, W_h columns of the gate */
     real *pwy, *pwyt;                  /* packed W_y and W_y^T */
+    real **tapack;                     /* team: one (MC, KC) A-tile buffer per thread */
     FN(shard) *sh;
     double *loss; /* (S) each shard's sum of loss terms */
     double *sq;   /* (nchunks) sum of squared gradient per chunk (for clipping) */
@@ -248,9 +298,11 @@ static int64_t FN(carve)(const lstm_dims *d, char *base, FN(work) *w)
     w->B = d->batch, w->T = d->steps, w->D = d->input_size, w->H = d->hidden_size;
     w->O = d->output_size, w->L = d->layers, w->threads = d->threads;
     w->m2m = d->many_to_many != 0, w->xent = d->xent != 0;
-    w->G = 4 * w->H, w->Gp = FN(padded_width)(w->G), w->Op = FN(padded_width)(w->O);
     w->Tout = w->m2m ? w->T : 1;
-    shard_plan(d, &w->S, &w->bm);
+    shard_plan(d, NR, &w->S, &w->bm, &w->team);
+    /* z is read in place as a B operand from any gate's first column in team mode: room for a
+     * whole panel past the last gate */
+    w->G = 4 * w->H, w->Gp = FN(padded_width)(w->G + (w->team ? NR : 0)), w->Op = FN(padded_width)(w->O);
     w->P = (w->D + w->H + 1) * w->G + (w->L - 1) * (2 * w->H + 1) * w->G + (w->H + 1) * w->O;
     w->Pstride = round_up(w->P, ALIGN / es); /* private rows on separate cache lines */
     w->nchunks = ceil_div(w->P, CHUNK);
@@ -268,6 +320,19 @@ static int64_t FN(carve)(const lstm_dims *d, char *base, FN(work) *w)
         real *pxt = l > 0 ? take(&a, es, G, round_up(Dl, NR), 1, 1) : NULL;
         real *pht = take(&a, es, G, round_up(H, NR), 1, 1);
         if (base && !a.too_big) w->pwx[l] = px, w->pwh[l] = ph, w->pwxt[l] = pxt, w->pwht[l] = pht;
+    }
+    w->pwxg = w->team ? take(&a, sizeof(real *), 4 * L, 1, 1, 1) : NULL;
+    w->pwhg = w->team ? take(&a, sizeof(real *), 4 * L, 1, 1, 1) : NULL;
+    for (int64_t l = 0; w->team && l < L; l++)
+        for (int g = 0; g < 4; g++) {
+            real *px = take(&a, es, l == 0 ? D : H, round_up(H, NR), 1, 1);
+            real *ph = take(&a, es, H, round_up(H, NR), 1, 1);
+            if (base && !a.too_big) w->pwxg[4 * l + g] = px, w->pwhg[4 * l + g] = ph;
+        }
+    w->tapack = w->team ? take(&a, sizeof(real *), w->threads, 1, 1, 1) : NULL;
+    for (int64_t t = 0; w->team && t < w->threads; t++) {
+        real *ap = take(&a, es, MC, KC, 1, 1);
+        if (base && !a.too_big) w->tapack[t] = ap;
     }
     w->pwy = take(&a, es, H, round_up(w->O, NR), 1, 1);
     w->pwyt = take(&a, es, w->O, round_up(H, NR), 1, 1);
@@ -293,6 +358,14 @@ static int64_t FN(carve)(const lstm_dims *d, char *base, FN(work) *w)
     return a.too_big ? -1 : a.used;
 }
 
+static int FN(parallel_plan)(const lstm_dims *d)
+{
+    int64_t shards, rows;
+    int team;
+    shard_plan(d, NR, &shards, &rows, &team);
+    return team ? LSTM_PAR_UNITS : LSTM_PAR_SHARDS;
+}
+
 static int64_t FN(workspace_bytes)(const lstm_dims *d)
 {
     FN(work) w;
@@ -313,6 +386,10 @@ static int FN(setup)(const lstm_dims *d, const int64_t *offs, int64_t n_params, 
     if (!base) return LSTM_EWORKSPACE;
     FN(carve)(d, base, w);
     w->offs = offs;
+    w->sym = d->x_symbols;
+    if (w->sym)
+        for (int64_t k = 0; k < w->B * w->T; k++)
+            if (w->sym[k] < 0 || w->sym[k] >= w->D) return LSTM_ECLASS;
     return LSTM_OK;
 }
 
@@ -335,8 +412,15 @@ static void FN(pack_weights)(const FN(work) *w, const real *theta, int backward)
         for (int64_t l = 0; l < L; l++) {
             const int64_t Dl = l == 0 ? w->D : H;
             const real *Wx = theta + offs[3 * l], *Wh = theta + offs[3 * l + 1];
-            FN(pack_b_shared)(Dl, G, Wx, G, 1, w->pwx[l]);                         /* W_x (D_l, 4H) */
-            FN(pack_b_shared)(H, G, Wh, G, 1, w->pwh[l]);                          /* W_h (H, 4H) */
+            const int pack_x = !(l == 0 && w->sym); /* one-hot input reads rows of W_x as they are */
+            if (!w->team) { /* (the team reads them gate by gate, below) */
+                if (pack_x) FN(pack_b_shared)(Dl, G, Wx, G, 1, w->pwx[l]); /* W_x (D_l, 4H) */
+                FN(pack_b_shared)(H, G, Wh, G, 1, w->pwh[l]);              /* W_h (H, 4H) */
+            }
+            for (int g = 0; w->team && g < 4; g++) { /* each gate's H columns on their own */
+                if (pack_x) FN(pack_b_shared)(Dl, H, Wx + g * H, G, 1, w->pwxg[4 * l + g]);
+                FN(pack_b_shared)(H, H, Wh + g * H, G, 1, w->pwhg[4 * l + g]);
+            }
             if (backward && l > 0) FN(pack_b_shared)(G, Dl, Wx, 1, G, w->pwxt[l]); /* W_x^T (4H, D_l) */
             if (backward) FN(pack_b_shared)(G, H, Wh, 1, G, w->pwht[l]);           /* W_h^T (4H, H) */
         }
@@ -376,16 +460,23 @@ INLINE void FN(cell_forward)(int64_t H, const real *restrict i, const real *rest
     }
 }
 
-HOT static void FN(gates_forward)(int64_t nb, int64_t H, real *z, int64_t ldz, const real *b, const real *c_prev,
-                                  real *c_new, real *tc, real *h)
+/* Hidden units u0 .. u1-1 of every row (all of them: 0, H). */
+HOT static void FN(gates_forward)(int64_t nb, int64_t H, int64_t u0, int64_t u1, real *z, int64_t ldz, const real *b,
+                                  const real *c_prev, real *c_new, real *tc, real *h)
 {
+    const int64_t n = u1 - u0;
     for (int64_t r = 0; r < nb; r++) {
-        real *zr = z + r * ldz;
-        FN(sigmoid_inplace)(2 * H, zr, b);                 /* i = sigmoid(z_i), f = sigmoid(z_f) */
-        FN(tanh_inplace)(H, zr + 2 * H, b + 2 * H);        /* g = tanh(z_g) */
-        FN(sigmoid_inplace)(H, zr + 3 * H, b + 3 * H);     /* o = sigmoid(z_o) */
-        FN(cell_forward)(H, zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + r * H, c_new + r * H, tc + r * H,
-                         h + r * H);
+        real *zr = z + r * ldz + u0;
+        const int64_t cr = r * H + u0;
+        if (n == H) {
+            FN(sigmoid_inplace)(2 * H, zr, b); /* i = sigmoid(z_i), f = sigmoid(z_f) in one pass */
+        } else {
+            FN(sigmoid_inplace)(n, zr, b + u0);         /* i */
+            FN(sigmoid_inplace)(n, zr + H, b + H + u0); /* f */
+        }
+        FN(tanh_inplace)(n, zr + 2 * H, b + 2 * H + u0);    /* g = tanh(z_g) */
+        FN(sigmoid_inplace)(n, zr + 3 * H, b + 3 * H + u0); /* o = sigmoid(z_o) */
+        FN(cell_forward)(n, zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + cr, c_new + cr, tc + cr, h + cr);
     }
 }
 
@@ -412,13 +503,15 @@ INLINE void FN(gates_backward_row)(int64_t H, real *restrict zi, real *restrict 
     }
 }
 
-HOT static void FN(gates_backward)(int64_t nb, int64_t H, real *z, int64_t ldz, const real *c_prev, const real *tc,
-                                   const real *dh, const real *dhn, real *dcn)
+/* Hidden units u0 .. u1-1 of every row (all of them: 0, H). */
+HOT static void FN(gates_backward)(int64_t nb, int64_t H, int64_t u0, int64_t u1, real *z, int64_t ldz,
+                                   const real *c_prev, const real *tc, const real *dh, const real *dhn, real *dcn)
 {
     for (int64_t r = 0; r < nb; r++) {
-        real *zr = z + r * ldz;
-        FN(gates_backward_row)(H, zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + r * H, tc + r * H, dh + r * H,
-                               dhn + r * H, dcn + r * H);
+        real *zr = z + r * ldz + u0;
+        const int64_t cr = r * H + u0;
+        FN(gates_backward_row)(u1 - u0, zr, zr + H, zr + 2 * H, zr + 3 * H, c_prev + cr, tc + cr, dh + cr, dhn + cr,
+                               dcn + cr);
     }
 }
 
@@ -448,37 +541,90 @@ HOT static void FN(bias_grad)(int64_t T, int64_t nb, int64_t bm, int64_t G, int6
 #define ZS(l) (sh->z + (l) * T * bm * Gp)
 #define TCS(l) (sh->tc + (l) * T * bm * H)
 
-static void FN(shard_forward)(const FN(work) *w, int64_t s, const real *theta, const real *x)
+/* One-hot input (w->sym): z[t, r, c0 .. c0+n) = W_x[s(t, r), c0 .. c0+n) for the shard's rows
+ * (padding rows 0), in place of the product with x. */
+static void FN(gather_rows)(const FN(work) *w, int64_t s, const real *Wx, int64_t c0, int64_t n, real *z, int64_t ldz)
+{
+    const int64_t T = w->T, G = w->G, bm = w->bm, lo = s * bm, nb = min64(bm, w->B - lo);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < bm; r++) {
+            real *zr = z + (t * bm + r) * ldz + c0;
+            if (r < nb)
+                memcpy(zr, Wx + w->sym[(lo + r) * T + t] * G + c0, (size_t)n * sizeof(real));
+            else
+                memset(zr, 0, (size_t)n * sizeof(real));
+        }
+}
+
+/* One-hot input: dW_x[:, c0 .. c0+n) = sum over the shard's rows of dz[t, r] added to row
+ * s(t, r), in (t, r) order; rows of W_x no symbol used stay 0. */
+static void FN(scatter_rows)(const FN(work) *w, int64_t s, const real *z, int64_t ldz, int64_t c0, int64_t n,
+                             real *dWx)
+{
+    const int64_t T = w->T, G = w->G, bm = w->bm, lo = s * bm, nb = min64(bm, w->B - lo);
+    for (int64_t d = 0; d < w->D; d++) memset(dWx + d * G + c0, 0, (size_t)n * sizeof(real));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < nb; r++) {
+            real *restrict row = dWx + w->sym[(lo + r) * T + t] * G + c0;
+            const real *restrict zr = z + (t * bm + r) * ldz + c0;
+            for (int64_t j = 0; j < n; j++) row[j] += zr[j];
+        }
+}
+
+/* The shard's rows of x (B, T, D), time-major; h_0 = c_0 = 0; padding rows zero. */
+static void FN(stage_shard)(const FN(work) *w, int64_t s, const real *x)
 {
     const FN(shard) *sh = &w->sh[s];
-    const int64_t T = w->T, D = w->D, H = w->H, G = w->G, Gp = w->Gp, L = w->L, O = w->O, bm = w->bm;
+    const int64_t T = w->T, D = w->D, H = w->H, L = w->L, bm = w->bm;
     const int64_t lo = s * bm, nb = min64(bm, w->B - lo);
-    /* this shard's rows of x (B, T, D), time-major; padding rows zero */
-    for (int64_t t = 0; t < T; t++)
+    for (int64_t t = 0; t < T && !w->sym; t++) /* (one-hot input is read as symbol ids instead) */
         for (int64_t r = 0; r < bm; r++)
             for (int64_t k = 0; k < D; k++) sh->xs[(t * bm + r) * D + k] = r < nb ? x[((lo + r) * T + t) * D + k] : 0;
     for (int64_t l = 0; l < L; l++) {
-        const int64_t Dl = l == 0 ? D : H;
-        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H; /* (T, bm, D_l): x, or h_1..h_T below */
-        real *h = HS(l), *c = CS(l), *z = ZS(l), *tc = TCS(l);
-        const real *b = theta + w->offs[3 * l + 2];
+        real *h = HS(l), *c = CS(l);
         memset(h, 0, (size_t)(bm * H) * sizeof(real)); /* h_0 = 0 */
         memset(c, 0, (size_t)(bm * H) * sizeof(real)); /* c_0 = 0 */
         for (int64_t t = 1; t <= T && nb < bm; t++) {  /* padding rows stay zero */
             memset(h + (t * bm + nb) * H, 0, (size_t)((bm - nb) * H) * sizeof(real));
             memset(c + (t * bm + nb) * H, 0, (size_t)((bm - nb) * H) * sizeof(real));
         }
-        /* x_t @ W_x for every step at once: (T*bm, D_l) @ (D_l, 4H) */
-        FN(gemm_packed)(T * bm, G, Dl, in, Dl, 1, w->pwx[l], z, Gp, 0);
+    }
+}
+
+static void FN(head_forward)(const FN(work) *w, int64_t s, const real *theta);
+
+static void FN(shard_forward)(const FN(work) *w, int64_t s, const real *theta, const real *x)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t T = w->T, D = w->D, H = w->H, G = w->G, Gp = w->Gp, L = w->L, bm = w->bm;
+    const int64_t nb = min64(bm, w->B - s * bm);
+    FN(stage_shard)(w, s, x);
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t Dl = l == 0 ? D : H;
+        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H; /* (T, bm, D_l): x, or h_1..h_T below */
+        real *h = HS(l), *c = CS(l), *z = ZS(l), *tc = TCS(l);
+        const real *b = theta + w->offs[3 * l + 2];
+        if (l == 0 && w->sym) /* one-hot x_t = e_s: x_t @ W_x is row s of W_x */
+            FN(gather_rows)(w, s, theta + w->offs[0], 0, G, z, Gp);
+        else /* x_t @ W_x for every step at once: (T*bm, D_l) @ (D_l, 4H) */
+            FN(gemm_packed)(T * bm, G, Dl, in, Dl, 1, w->pwx[l], z, Gp, 0);
         for (int64_t t = 0; t < T; t++) {
             real *zt = z + t * bm * Gp;
             if (t > 0) /* += h_{t-1} @ W_h; h_0 = 0 needs no product */
                 FN(gemm_packed)(nb, G, H, h + t * bm * H, H, 1, w->pwh[l], zt, Gp, 1);
-            FN(gates_forward)(nb, H, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
+            FN(gates_forward)(nb, H, 0, H, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
                               h + (t + 1) * bm * H);
         }
     }
-    /* head: y = h @ W_y + b_y on h_T, or on every h_t */
+    FN(head_forward)(w, s, theta);
+}
+
+/* The head: y = h @ W_y + b_y on h_T, or on every h_t. */
+static void FN(head_forward)(const FN(work) *w, int64_t s, const real *theta)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t T = w->T, H = w->H, L = w->L, O = w->O, bm = w->bm;
+    const int64_t nb = min64(bm, w->B - s * bm);
     const real *top = HS(L - 1), *by = theta + w->offs[3 * L + 1];
     if (w->m2m)
         FN(gemm_packed)(T * bm, O, H, top + bm * H, H, 1, w->pwy, sh->yout, O, 0);
@@ -526,16 +672,16 @@ static double FN(shard_loss)(const FN(work) *w, int64_t s, const real *y, const 
     return total;
 }
 
-static void FN(shard_backward)(const FN(work) *w, int64_t s)
+/* The head's gradients dW_y = top^T dy, db_y = column sums of dy, and dLoss/dh of the top
+ * layer = dy @ W_y^T into dh. */
+static void FN(head_backward)(const FN(work) *w, int64_t s)
 {
     const FN(shard) *sh = &w->sh[s];
-    const int64_t T = w->T, D = w->D, H = w->H, G = w->G, Gp = w->Gp, L = w->L, O = w->O, Op = w->Op;
+    const int64_t T = w->T, H = w->H, L = w->L, O = w->O, Op = w->Op;
     const int64_t bm = w->bm, Tout = w->Tout, nb = min64(bm, w->B - s * bm);
     const int64_t *offs = w->offs;
     real *grad = sh->grad, *dh = sh->dh;
     const real *top = HS(L - 1);
-
-    /* head: dW_y = top^T dy, db_y = column sums of dy, dh = dy @ W_y^T */
     real *dWy = grad + offs[3 * L], *dby = grad + offs[3 * L + 1];
     if (w->m2m) {
         FN(gemm_plain)(H, O, T * bm, top + bm * H, 1, H, sh->dy, Op, dWy, O, 0, sh->apack);
@@ -549,7 +695,16 @@ static void FN(shard_backward)(const FN(work) *w, int64_t s)
     for (int64_t tt = 0; tt < Tout; tt++)
         for (int64_t r = 0; r < nb; r++)
             for (int64_t k = 0; k < O; k++) dby[k] += sh->dy[(tt * bm + r) * Op + k];
+}
 
+static void FN(shard_backward)(const FN(work) *w, int64_t s)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t T = w->T, D = w->D, H = w->H, G = w->G, Gp = w->Gp, L = w->L;
+    const int64_t bm = w->bm, nb = min64(bm, w->B - s * bm);
+    const int64_t *offs = w->offs;
+    real *grad = sh->grad, *dh = sh->dh;
+    FN(head_backward)(w, s);
     for (int64_t l = L - 1; l >= 0; l--) {
         const int64_t Dl = l == 0 ? D : H;
         const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H;
@@ -560,19 +715,141 @@ static void FN(shard_backward)(const FN(work) *w, int64_t s)
         for (int64_t t = T - 1; t >= 0; t--) {
             if (t < T - 1) /* dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now) */
                 FN(gemm_packed)(nb, H, G, z + (t + 1) * bm * Gp, Gp, 1, w->pwht[l], sh->dhn, H, 0);
-            FN(gates_backward)(nb, H, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H, dh + t * bm * H,
+            FN(gates_backward)(nb, H, 0, H, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H, dh + t * bm * H,
                                sh->dhn, sh->dcn);
         }
         /* weight gradients, one product each over all steps:
          *   dW_x = sum_t x_t^T dz_t        = in^T (D_l, T*bm) @ dz (T*bm, 4H)
          *   dW_h = sum_t h_{t-1}^T dz_t    (h_0 = 0: from t = 2 on) */
         real *dWx = grad + offs[3 * l], *dWh = grad + offs[3 * l + 1], *db = grad + offs[3 * l + 2];
-        const int narrow = Dl < MR; /* a thin dW_x (few inputs) is cheaper in the db pass below */
-        if (!narrow) FN(gemm_plain)(Dl, G, T * bm, in, 1, Dl, z, Gp, dWx, G, 0, sh->apack);
+        const int one_hot = l == 0 && w->sym;
+        const int narrow = !one_hot && Dl < MR; /* a thin dW_x (few inputs) is cheaper in the db pass below */
+        if (one_hot)
+            FN(scatter_rows)(w, s, z, Gp, 0, G, dWx);
+        else if (!narrow)
+            FN(gemm_plain)(Dl, G, T * bm, in, 1, Dl, z, Gp, dWx, G, 0, sh->apack);
         FN(gemm_plain)(H, G, (T - 1) * bm, h + bm * H, 1, H, z + bm * Gp, Gp, dWh, G, 0, sh->apack);
         FN(bias_grad)(T, nb, bm, G, Gp, z, narrow ? Dl : 0, in, db, dWx);
         if (l > 0) /* dLoss/dh of the layer below: dz @ W_x^T, (T*bm, 4H) @ (4H, H) */
             FN(gemm_packed)(T * bm, H, G, z, Gp, 1, w->pwxt[l], dh, H, 0);
+    }
+}
+
+/* ======================= one shard, its hidden units shared by the threads ======================= *
+ *
+ * For a batch too small to give every thread a shard of its own (lstm.c: shard_plan), all
+ * threads of the parallel region run these on the one shard together. Thread k owns hidden
+ * units [u0, u1) (whole column panels): their four gate columns of every product, their
+ * gate math, c, h and dz, so its slice of W_h (and W_h^T) stays in its own cache for the
+ * whole sequence; a barrier per step makes h_t (forward) or dz_t (backward) whole before
+ * the next step reads all of it. What is cheap and shared (the input, the head, the loss)
+ * runs on one thread. */
+
+static void FN(team_units)(const FN(work) *w, int64_t *u0, int64_t *u1)
+{
+#ifdef _OPENMP
+    const int64_t k = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int64_t k = 0, nt = 1;
+#endif
+    const int64_t panels = ceil_div(w->H, NR);
+    *u0 = min64(w->H, (k * panels / nt) * NR);
+    *u1 = min64(w->H, ((k + 1) * panels / nt) * NR);
+}
+
+static real *FN(team_apack)(const FN(work) *w)
+{
+#ifdef _OPENMP
+    return w->tapack[omp_get_thread_num()];
+#else
+    return w->tapack[0];
+#endif
+}
+
+static void FN(team_forward)(const FN(work) *w, const real *theta, const real *x)
+{
+    const FN(shard) *sh = &w->sh[0];
+    const int64_t T = w->T, D = w->D, H = w->H, Gp = w->Gp, L = w->L, bm = w->bm, nb = w->B;
+    const int64_t Hp = round_up(H, NR);
+    int64_t u0, u1;
+    FN(team_units)(w, &u0, &u1);
+    const int64_t n = u1 - u0;
+#pragma omp single
+    FN(stage_shard)(w, 0, x); /* (a barrier at its end) */
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t Dl = l == 0 ? D : H;
+        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H;
+        real *h = HS(l), *c = CS(l), *z = ZS(l), *tc = TCS(l);
+        const real *b = theta + w->offs[3 * l + 2];
+        for (int g = 0; n > 0 && g < 4; g++) /* x_t @ W_x, every step: this thread's columns of each gate */
+            if (l == 0 && w->sym)
+                FN(gather_rows)(w, 0, theta + w->offs[0], g * H + u0, n, z, Gp);
+            else
+                FN(gemm_packed_cols)(T * bm, n, Dl, in, Dl, 1, w->pwxg[4 * l + g], Hp, u0, z + g * H + u0, Gp, 0);
+        for (int64_t t = 0; t < T; t++) {
+            real *zt = z + t * bm * Gp;
+            for (int g = 0; t > 0 && n > 0 && g < 4; g++) /* += h_{t-1} @ W_h, all of h_{t-1} */
+                FN(gemm_packed_cols)(nb, n, H, h + t * bm * H, H, 1, w->pwhg[4 * l + g], Hp, u0, zt + g * H + u0,
+                                     Gp, 1);
+            if (n > 0)
+                FN(gates_forward)(nb, H, u0, u1, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
+                                  h + (t + 1) * bm * H);
+#pragma omp barrier
+        }
+    }
+#pragma omp single
+    FN(head_forward)(w, 0, theta);
+}
+
+static void FN(team_backward)(const FN(work) *w)
+{
+    const FN(shard) *sh = &w->sh[0];
+    const int64_t T = w->T, D = w->D, H = w->H, Gp = w->Gp, L = w->L, bm = w->bm, nb = w->B;
+    const int64_t *offs = w->offs;
+    real *grad = sh->grad, *dh = sh->dh;
+    int64_t u0, u1;
+    FN(team_units)(w, &u0, &u1);
+    const int64_t n = u1 - u0;
+    real *apack = FN(team_apack)(w);
+#pragma omp single
+    FN(head_backward)(w, 0);
+    for (int64_t l = L - 1; l >= 0; l--) {
+        const int64_t Dl = l == 0 ? D : H;
+        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H;
+        const real *h = HS(l), *c = CS(l), *tc = TCS(l);
+        real *z = ZS(l);
+        for (int64_t r = 0; r < nb; r++) { /* nothing flows back from step T+1 */
+            memset(sh->dhn + r * H + u0, 0, (size_t)n * sizeof(real));
+            memset(sh->dcn + r * H + u0, 0, (size_t)n * sizeof(real));
+        }
+        for (int64_t t = T - 1; t >= 0; t--) {
+            if (t < T - 1 && n > 0) /* dh_t through h_{t+1}: dz_{t+1} (all of it) @ this thread's columns of W_h^T */
+                FN(gemm_packed_cols)(nb, n, 4 * H, z + (t + 1) * bm * Gp, Gp, 1, w->pwht[l], round_up(H, NR), u0,
+                                     sh->dhn + u0, H, 0);
+            if (n > 0)
+                FN(gates_backward)(nb, H, u0, u1, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H,
+                                   dh + t * bm * H, sh->dhn, sh->dcn);
+#pragma omp barrier
+        }
+        /* this thread's gate columns of dW_x = in^T dz, dW_h = h_{t-1}^T dz and db */
+        real *dWx = grad + offs[3 * l], *dWh = grad + offs[3 * l + 1], *db = grad + offs[3 * l + 2];
+        for (int g = 0; n > 0 && g < 4; g++) {
+            const int64_t c0 = g * H + u0;
+            if (l == 0 && w->sym)
+                FN(scatter_rows)(w, 0, z, Gp, c0, n, dWx);
+            else
+                FN(gemm_plain)(Dl, n, T * bm, in, 1, Dl, z + c0, Gp, dWx + c0, 4 * H, 0, apack);
+            FN(gemm_plain)(H, n, (T - 1) * bm, h + bm * H, 1, H, z + bm * Gp + c0, Gp, dWh + c0, 4 * H, 0, apack);
+            real *restrict dbg = db + c0;
+            memset(dbg, 0, (size_t)n * sizeof(real));
+            for (int64_t row = 0; row < T * bm; row++) {
+                const real *restrict zr = z + row * Gp + c0;
+                for (int64_t j = 0; j < n; j++) dbg[j] += zr[j];
+            }
+        }
+        if (l > 0 && n > 0) /* dLoss/dh of the layer below, its units u0..u1: dz @ W_x^T */
+            FN(gemm_packed_cols)(T * bm, n, 4 * H, z, Gp, 1, w->pwxt[l], round_up(H, NR), u0, dh + u0, H, 0);
+#pragma omp barrier
     }
 }
 
@@ -689,12 +966,24 @@ static int FN(run)(const FN(work) *w, const real *theta, const real *x, const re
     FN(pack_weights)(w, theta, backward);
     const int64_t n_terms = w->xent ? w->B * w->Tout : w->B * w->Tout * w->O;
     const real coef = (real)((w->xent ? 1.0 : 2.0) / (double)n_terms);
+    if (w->team) {
+#pragma omp parallel num_threads(w->threads)
+        {
+            FN(team_forward)(w, theta, x);
+            if (backward) {
+#pragma omp single
+                w->loss[0] = FN(shard_loss)(w, 0, y, cls, coef);
+                FN(team_backward)(w);
+            }
+        }
+    } else {
 #pragma omp parallel for schedule(static, 1) num_threads(min64(w->threads, w->S))
-    for (int64_t s = 0; s < w->S; s++) {
-        FN(shard_forward)(w, s, theta, x);
-        if (backward) {
-            w->loss[s] = FN(shard_loss)(w, s, y, cls, coef);
-            FN(shard_backward)(w, s);
+        for (int64_t s = 0; s < w->S; s++) {
+            FN(shard_forward)(w, s, theta, x);
+            if (backward) {
+                w->loss[s] = FN(shard_loss)(w, s, y, cls, coef);
+                FN(shard_backward)(w, s);
+            }
         }
     }
     if (y_hat) /* (Tout, bm, O) per shard -> (B, Tout, O) */
@@ -808,7 +1097,7 @@ int FN(lstm_matmul)(int64_t M, int64_t N, int64_t K, const real *A, int64_t ars,
     FN(matmul_carve)(K, N, base, &Bp, &apack);
     if (pack) FN(pack_b)(K, N, B, ldb, 1, Bp);
     for (int64_t rep = 0; rep < repeats; rep++)
-        FN(gemm)(M, N, K, A, ars, acs, pack ? Bp : B, ldb, (int)(pack != 0), C, ldc, 0, apack);
+        FN(gemm)(M, N, K, A, ars, acs, pack ? Bp : B, pack ? 0 : ldb, 0, (int)(pack != 0), C, ldc, 0, apack);
     UNPOISON(ws, ws_bytes);
     return LSTM_OK;
 }
