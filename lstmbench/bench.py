@@ -9,7 +9,8 @@ Rules (docs/benchmarks.md says why):
   measured in this run; the reference on all cores is shown beside it;
 * medians over repeats, with the interquartile range; thread counts recorded;
 * GFLOP/s from the FLOP model (lstmbench.flops) and percent of this machine's
-  matrix-product peak, measured in the same run.
+  FMA peak with its widest vectors, measured in the same run (lstmbench.peak),
+  with the BLAS rate and kernel beside it.
 """
 
 from __future__ import annotations
