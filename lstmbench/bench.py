@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.console import progress_bar
 from lstmbench.flops import train_step_flops
 from lstmbench.params import init_params
 from lstmbench.protocol import Backend, default_threads
@@ -31,6 +32,9 @@ from lstmbench.registry import get_backend, list_backends
 
 REFERENCE = "numpy"
 BENCH_OPTIMIZER = OptimizerConfig("adam", lr=1e-3)
+# A row whose interquartile range is wider than this fraction of its median was timed while
+# something else was running: on a quiet machine repeats of a step agree to a few percent.
+UNSTABLE_SPREAD = 0.25
 
 
 @dataclass
@@ -105,6 +109,7 @@ class BenchRow:
     pct_peak: float | None = None  # of the FMA peak on the threads used (CPU rows)
     speedup: float | None = None  # over the reference with one BLAS thread
     runtime: dict[str, Any] = field(default_factory=dict)
+    unstable: str = ""  # why the timing is not to be trusted ("" when it is)
 
 
 def bench_model(hidden: int, dtype: str = "float32", input_size: int = 1, output_size: int = 1,
@@ -204,9 +209,8 @@ def run_workloads(workloads: list[Workload], backends: list[str] | None = None, 
     """Verify, then time one training step per backend on every workload. With torch: a
     torch.nn.LSTM peer row on each of ``torch_devices`` ("cuda" only where a timed backend
     runs on a GPU). Returns a report dict; the ceilings are measured in the same run, last."""
-    from tqdm.auto import tqdm
-
     threads = threads or default_threads()
+    load_before = _load_average()
     if backends:
         names, skipped = list(backends), {}
         for name in names:  # one named but not available: get_backend says why, before any timing
@@ -218,8 +222,8 @@ def run_workloads(workloads: list[Workload], backends: list[str] | None = None, 
                    if (peer := _torch_peer(device))]
     ref = get_backend(REFERENCE)
     rows: list[BenchRow] = []
-    bar = tqdm(total=len(workloads) * (len(names) + 2 + len(torch_peers)), disable=not progress, desc="bench",
-               unit="run")
+    bar = progress_bar(progress, total=len(workloads) * (len(names) + 2 + len(torch_peers)), desc="bench",
+                       unit="run")
     cases = {}
     for work in workloads:
         cfg = work.model(dtype)
@@ -266,12 +270,35 @@ def run_workloads(workloads: list[Workload], backends: list[str] | None = None, 
             row.speedup = base[row.workload] / row.timing.median_s
             if ceilings["fma_gflops"] and not _gpu_row(row.runtime):  # a CPU peak: no percentage of it for a GPU
                 row.pct_peak = 100 * row.gflops / _peak_for(ceilings, row.threads, threads)
+            row.unstable = unstable_reason(row)
     order = {work.name: k for k, work in enumerate(workloads)}
     rows.sort(key=lambda r: order[r.workload])  # stable: keeps the row order within a workload
     bar.close()
-    return {"kind": "grid", "machine": machine_info(), "dtype": dtype, "threads": threads, **ceilings,
+    return {"kind": "grid", "machine": machine_info(), "load_average": [load_before, _load_average()],
+            "dtype": dtype, "threads": threads, **ceilings,
             "optimizer": BENCH_OPTIMIZER.to_dict(), "unavailable": skipped,
             "workloads": [asdict(w) | {"describe": w.describe} for w in workloads], "rows": [asdict(r) for r in rows]}
+
+
+def unstable_reason(row: BenchRow) -> str:
+    """Why a timed row is not to be trusted: a wide spread over its repeats, or a rate
+    above the peak measured in the same run (the peak was measured while the machine was
+    busier than during the row); "" if neither."""
+    t = row.timing
+    reasons = []
+    if t is not None and t.q3_s - t.q1_s > UNSTABLE_SPREAD * t.median_s:
+        reasons.append(f"IQR {100 * (t.q3_s - t.q1_s) / t.median_s:.0f}% of the median")
+    if row.pct_peak is not None and row.pct_peak > 100:
+        reasons.append("above the peak measured in this run")
+    return "; ".join(reasons)
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes), where the OS reports one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _peak_for(ceilings: dict[str, Any], row_threads: int, threads: int) -> float:
@@ -415,15 +442,13 @@ def run_scaling(backends: list[str] | None = None, hidden: int = 32, base_n: int
                 progress: bool = True) -> dict[str, Any]:
     """Epoch time for N, 2N, 4N, 8N sequences with a fixed minibatch and with full-batch
     steps, and the fitted exponent per backend."""
-    from tqdm.auto import tqdm
-
     threads = threads or default_threads()
     names = backends or default_backends()[0]
     sizes = [base_n * k for k in (1, 2, 4, 8)]
     cfg = bench_model(hidden, dtype)
     x_all, y_all = bench_batch(cfg, sizes[-1], steps, seed=1)
     results = []
-    bar = tqdm(total=len(names) * len(sizes) * 2, disable=not progress, desc="scaling", unit="run")
+    bar = progress_bar(progress, total=len(names) * len(sizes) * 2, desc="scaling", unit="run")
     for name in names:
         backend = get_backend(name)
         backend.set_threads(1 if name == REFERENCE else threads)
@@ -495,18 +520,34 @@ def format_grid(report: dict[str, Any]) -> str:
         if t is None:
             lines.append(f"{lead}{'-':>9} {'':>15}  {'':>10}  {'':>8} {'':>6}  {'':>8}  {r['status']}: {r['detail']}")
             continue
-        iqr = f"{t['q1_s'] * 1e3:.2f}-{t['q3_s'] * 1e3:.2f}"
+        iqr = f"{_sig(t['q1_s'] * 1e3)}-{_sig(t['q3_s'] * 1e3)}"
         mark = "verified" if r["backend"] != REFERENCE else "reference"
+        if r.get("unstable"):
+            mark += f"  ! unstable: {r['unstable']}"
         pct = f"{r['pct_peak']:>5.1f}%" if r["pct_peak"] is not None else f"{'-':>6}"
-        lines.append(f"{lead}{t['median_s'] * 1e3:>9.2f} {iqr:>15}  {r['samples_per_s']:>10.1f}  {r['gflops']:>8.1f} "
-                     f"{pct}  {r['speedup']:>7.2f}x  {mark}")
+        lines.append(f"{lead}{_sig(t['median_s'] * 1e3, 4):>9} {iqr:>15}  {r['samples_per_s']:>10.1f}  "
+                     f"{r['gflops']:>8.1f} {pct}  {_sig(r['speedup']) + 'x':>8}  {mark}")
     for name, reason in report.get("unavailable", {}).items():
         lines.append(f"{name}: not timed: {reason}")
+    unstable = [r for r in report["rows"] if r.get("unstable")]
+    if unstable:
+        load = report.get("load_average") or [None]
+        busy = f" (load average {load[0]:.1f} on {report['machine']['usable_cores']} cores at the start)" \
+            if load[0] is not None else ""
+        lines.append(f"warning: {len(unstable)} row(s) marked ! are unstable{busy}: something else was using the "
+                     "cores. Compare nothing across them; rerun on a quiet machine, or with more --repeats.")
     lines.append("speedup = time of the NumPy reference with 1 BLAS thread / time of the row, same run; "
                  "GFLOP/s from the model's FLOP count (docs/benchmarks.md)")
     if any(_gpu_row(r["runtime"]) for r in report["rows"]):
         lines.append("%peak is of the CPU's FMA peak, so GPU rows have none")
     return "\n".join(lines)
+
+
+def _sig(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant figures, never in exponent form for the sizes
+    a bench shows (0.00123, 1.23, 1234)."""
+    text = f"{value:.{digits}g}"
+    return f"{value:.{max(0, digits - 1 - int(np.floor(np.log10(abs(value)))))}f}" if "e" in text else text
 
 
 def format_scaling(report: dict[str, Any]) -> str:
@@ -608,8 +649,6 @@ def run_distributed(world, backend_name: str, hidden: int = 128, batch: int = 12
     Every epoch is timed on rank 0 between barriers, after a warm-up epoch; medians of
     ``repeats``. The share in Allreduce is the time in the gradient hook's Allreduce
     (waiting for the slowest rank included) over the epoch's."""
-    from tqdm.auto import tqdm
-
     from lstmbench.distributed import threads_per_rank
 
     threads = threads or threads_per_rank(world)
@@ -617,7 +656,7 @@ def run_distributed(world, backend_name: str, hidden: int = 128, batch: int = 12
     backend.set_threads(threads)
     cfg = bench_model(hidden, dtype)
     rows = []
-    bar = tqdm(total=world.size * 2, disable=not (progress and world.is_root), desc="distributed", unit="run")
+    bar = progress_bar(progress and world.is_root, total=world.size * 2, desc="distributed", unit="run")
     for ranks in range(1, world.size + 1):
         sub = world.subset(ranks)
         for mode in ("strong", "weak"):

@@ -8,9 +8,12 @@ half-written checkpoint and never destroys the previous good one. Loaded with
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lstmbench.config import ModelConfig, OptimizerConfig
-from lstmbench.errors import CheckpointError, LstmbenchError
+from lstmbench.errors import CheckpointError, LstmbenchError, OutputError
 from lstmbench.params import Params, check_params
 
 FORMAT = "lstmbench-checkpoint"
@@ -35,10 +38,15 @@ class Checkpoint:
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place.
+    An OSError (no permission, a full disk) becomes an OutputError naming the file; the
+    file that was there before is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {_why(exc)}") from None
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
     try:
         with os.fdopen(fd, "wb") as f:
@@ -46,9 +54,44 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {_why(exc)}") from None
         raise
+
+
+def check_output_dir(folder: str | os.PathLike, needed_bytes: int = 0, what: str = "output folder") -> Path:
+    """Check, before any work, that ``folder`` is a writable folder or can be made one, with
+    ``needed_bytes`` free on its disk; an OutputError that says what is wrong otherwise.
+    Creates nothing (the first write does). ``what`` names the folder in messages (the
+    CLI passes its flag)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder} is a file, not a folder")
+    base = next(p for p in (folder, *folder.parents) if p.exists())  # where the first write creates things
+    if not base.is_dir():
+        raise OutputError(f"{what} {folder} cannot be made: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lstmbench-probe.", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if base == folder else f" (it would be made in {base})"
+        raise OutputError(f"{what} {folder} is not writable{where}: {_why(exc)}") from None
+    free = shutil.disk_usage(base).free
+    if free < needed_bytes:
+        raise OutputError(f"{what} {folder}: only {free / 1e6:.1f} MB free on its disk, the run needs about "
+                          f"{needed_bytes / 1e6:.1f} MB for its checkpoints and plots")
+    return folder
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{exc.strerror.lower()} (check the folder's permissions, or choose another)"
+    return exc.strerror or str(exc)
 
 
 def _umask() -> int:
@@ -82,14 +125,22 @@ def save_checkpoint(
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint; any problem is a CheckpointError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        names = " or ".join(str(path / n) for n in ("best.npz", "last.npz") if (path / n).is_file())
+        raise CheckpointError(f"{path} is a folder; name a checkpoint file in it"
+                              + (f": {names}" if names else " (lstmbench train writes best.npz and last.npz)"))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # np.load would try to read it as a pickle, and say so
+        raise CheckpointError(f"{path} is not an lstmbench checkpoint (those are .npz files written by "
+                              "`lstmbench train` or lstmbench.save_checkpoint)")
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # we close the file, even on error
             arrays = {k: data[k] for k in data.files}
         header = json.loads(bytes(arrays.pop("header")).decode())
     except Exception as exc:  # np.load and zipfile raise many types on damaged files
-        raise CheckpointError(f"{path} is not a readable lstmbench checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path} is a damaged or foreign .npz file, not a readable lstmbench checkpoint "
+                              f"({type(exc).__name__}: {exc})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an lstmbench checkpoint")
     if header.get("version") != FORMAT_VERSION:

@@ -54,3 +54,7 @@ class DivergenceError(LstmbenchError, FloatingPointError):
 class DeviceError(LstmbenchError, RuntimeError):
     """A GPU operation failed (out of memory, a failed kernel launch); the message names
     the step and the shape."""
+
+
+class OutputError(LstmbenchError, OSError):
+    """An output file or folder cannot be written (a file in the way, no permission, a full disk)."""

@@ -37,7 +37,8 @@ class Source:
     """Where the data came from; stored in checkpoints so `predict` can reload it."""
 
     kind: str  # "series" or "text"
-    spec: dict[str, Any]  # {"dataset": name} | {"csv": path, "columns": [...], "index_column": ...} | {"text_file": path}
+    # {"dataset": name} | {"csv": path, "columns": [...], "index_column": ..., "detect_index": bool} | {"text_file": path}
+    spec: dict[str, Any]
 
     def load(self):
         """The Series or text this source names."""
@@ -50,7 +51,8 @@ class Source:
             return lbdata.load_series(name) if name in lbdata.BUNDLED_SERIES else lbdata.load_text(name)
         if "csv" in self.spec:
             return lbdata.read_csv_series(self.spec["csv"], columns=self.spec.get("columns"),
-                                          index_column=self.spec.get("index_column"))
+                                          index_column=self.spec.get("index_column"),
+                                          detect_index=self.spec.get("detect_index", True))
         path = Path(self.spec["text_file"])
         try:
             return path.read_text(encoding="utf-8")
@@ -59,7 +61,10 @@ class Source:
 
 
 def make_source(dataset: str | None = None, csv: str | None = None, columns: list[str] | None = None,
-                index_column: str | None = None, text_file: str | None = None) -> Source:
+                index_column: str | None = None, text_file: str | None = None, detect_index: bool = True) -> Source:
+    """The data source the CLI's data flags name (exactly one of dataset, csv, text_file).
+    ``index_column``: the CSV's time index; None detects one (lbdata.read_csv_series)
+    unless ``detect_index`` is False."""
     given = [v for v in (dataset, csv, text_file) if v is not None]
     if len(given) != 1:
         raise DataError("give exactly one of --dataset, --csv or --text-file")
@@ -69,7 +74,8 @@ def make_source(dataset: str | None = None, csv: str | None = None, columns: lis
         kind = "text" if dataset in (*lbdata.BUNDLED_TEXTS, "anbn") else "series"
         return Source(kind, {"dataset": dataset})
     if csv is not None:
-        return Source("series", {"csv": str(Path(csv).resolve()), "columns": columns, "index_column": index_column})
+        return Source("series", {"csv": str(Path(csv).resolve()), "columns": columns, "index_column": index_column,
+                                 "detect_index": detect_index})
     return Source("text", {"text_file": str(Path(text_file).resolve())})
 
 
@@ -165,8 +171,16 @@ def plot_run(backend: Backend, task: Task, params: Params, history: list[dict], 
         ax.plot(when, win.scaler.inverse(out, column=col)[:, 0], "C0.-", label=f"LSTM ({backend.name})")
         ax.plot(when, win.scaler.inverse(win.test.last_input, column=col)[:, 0], "C1--", alpha=0.7,
                 label="naive: last value")
-        ax.set_title(f"{win.series.name}: test part, one step ahead")
+        ahead = "one step ahead" if win.horizon == 1 else f"the first of {win.horizon} steps forecast"
+        ax.set_title(f"{win.series.name}: test part, {ahead}")
         ax.set_ylabel(win.series.columns[col])
+        ax.set_xlabel(win.series.index_name or "row")
+        if when.dtype.kind == "M":  # dates: short labels that do not overlap
+            import matplotlib.dates as mdates
+
+            locator = mdates.AutoDateLocator()
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         ax.legend()
     else:
         out = predict_in_chunks(backend, task.cfg, params, task.test[0][:1])
@@ -218,6 +232,10 @@ def sample_text(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, 
     if temperature <= 0:
         raise DataError(f"temperature must be positive, got {temperature}")
     vocab = lbdata.Vocabulary.from_list(meta["vocab"])
+    unknown = sorted(set(prime) - set(vocab.symbols[1:]))  # symbols[0] is UNK, which no text spells
+    if unknown:
+        raise DataError(f"the prime text has symbol(s) {''.join(unknown)!r} that the model never saw; it knows "
+                        f"{''.join(vocab.symbols[1:])!r}")
     rng = np.random.default_rng(seed)
     ids = list(vocab.encode(prime)) or [int(rng.integers(1, vocab.size))]
     for _ in range(length):

@@ -15,6 +15,8 @@ from lstmbench.errors import BackendUnavailableError, UnknownBackendError
 from lstmbench.protocol import Backend
 
 ENTRY_POINT_GROUP = "lstmbench.backends"
+#: the built-in CPU backends, fastest first (docs/benchmarks.md); the reference is the fallback
+FASTEST_FIRST = ("c", "numba", "numpy")
 
 _instances: dict[str, Backend] = {}
 _extra: dict[str, Backend] = {}  # registered at run time with register_backend()
@@ -92,3 +94,18 @@ def list_backends() -> list[BackendInfo]:
             available, reason, dtypes, description = False, f"failed to load: {exc}", (), ""
         infos.append(BackendInfo(name, available, reason, tuple(dtypes), description))
     return infos
+
+
+def fastest_available() -> str:
+    """The name of the fastest built-in backend that can run here (CPU backends only: a
+    GPU pays off for large models, so `--backend cuda` is the user's choice)."""
+    return next(name for name in FASTEST_FIRST if _runs_here(name))
+
+
+def _runs_here(name: str) -> bool:
+    if name == FASTEST_FIRST[-1]:
+        return True
+    try:
+        return load_backend(name).availability()[0]
+    except Exception:  # a backend that fails to load is not available
+        return False

@@ -4,8 +4,9 @@ Epochs over minibatches shuffled by a generator seeded with (seed, epoch), so
 the order of epoch k does not depend on what ran before: a run stopped and
 resumed visits the same batches in the same order as an uninterrupted one, and
 (with the optimizer state restored from the checkpoint) ends with the same
-parameters. Checkpoints are written atomically; a NaN/inf loss stops the run
-and keeps the last good checkpoint; Ctrl-C saves the exact position and exits.
+parameters. Checkpoints are written atomically; a NaN/inf loss, or one that
+explodes (EXPLODED times its best so far), stops the run and keeps the last good
+checkpoint; Ctrl-C saves the exact position and exits.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lstmbench.checkpoint import Checkpoint, save_checkpoint
 from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.console import progress_bar
 from lstmbench.distributed import SINGLE, DistributedError, World, on_every_rank, shard
-from lstmbench.errors import CheckpointError, ConfigError, DeviceError, DivergenceError
+from lstmbench.errors import CheckpointError, ConfigError, DeviceError, DivergenceError, OutputError
 from lstmbench.metrics import mean_loss
 from lstmbench.params import Params
 from lstmbench.protocol import Backend
@@ -33,6 +34,10 @@ from lstmbench.validation import check_inputs, check_targets
 
 LAST_CHECKPOINT = "last.npz"  # resumable: latest parameters, optimizer state, position
 BEST_CHECKPOINT = "best.npz"  # best validation loss: what `predict` uses
+# A minibatch loss this many times the best so far (the first minibatch's, or the best epoch
+# mean) means the run is diverging. One minibatch of an epoch can exceed that epoch's mean
+# at most (minibatches per epoch) times, so a healthy run does not reach it.
+EXPLODED = 1e3
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,11 @@ class _Progress:
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    first_loss: float | None = None  # of the run's first minibatch: the scale a diverging loss is judged by
+
+    def best_train_loss(self) -> float:
+        return min([self.first_loss if self.first_loss is not None else math.inf,
+                    *(h["train_loss"] for h in self.history)])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -153,18 +163,23 @@ def train(
     batches_per_epoch = math.ceil(n / run.batch_size)
     stop_reason = "completed"
     start = time.perf_counter()
-    bar = tqdm(total=run.epochs * batches_per_epoch, initial=progress.epoch * batches_per_epoch + progress.batch,
-               disable=not (run.progress and world.is_root), unit="batch", desc=f"train[{backend.name}]",
-               leave=False)
+    bar = progress_bar(run.progress and world.is_root, total=run.epochs * batches_per_epoch,
+                       initial=progress.epoch * batches_per_epoch + progress.batch, unit="batch",
+                       desc=f"train[{backend.name}]", leave=False)
 
     def checkpoint(path_name: str, saved_params: Params, with_state: bool) -> None:
         if run.out_dir is None or not world.is_root:
             return
-        save_checkpoint(
-            Path(run.out_dir) / path_name, cfg, saved_params, opt,
-            backend.get_optimizer_state(state) if with_state else None,
-            {**meta, "run": _run_meta(run), "progress": vars(progress).copy()} if with_state else meta,
-        )
+        try:
+            save_checkpoint(
+                Path(run.out_dir) / path_name, cfg, saved_params, opt,
+                backend.get_optimizer_state(state) if with_state else None,
+                {**meta, "run": _run_meta(run), "progress": vars(progress).copy()} if with_state else meta,
+            )
+        except OutputError as exc:
+            raise OutputError(f"{exc}; the run stopped at the end of epoch {progress.epoch}. Checkpoints already in "
+                              f"{run.out_dir} are unchanged (each is replaced only once its new copy is "
+                              "complete); free space and continue with --resume") from None
 
     guard = _InterruptGuard()
     try:
@@ -172,6 +187,7 @@ def train(
         while progress.epoch < run.epochs:
             order = epoch_order(n, run.seed, progress.epoch)
             epoch_start = time.perf_counter()
+            best_loss = progress.best_train_loss()
             while progress.batch < batches_per_epoch:
                 idx = order[progress.batch * run.batch_size : (progress.batch + 1) * run.batch_size]
                 if world.distributed:  # this rank's shard; the hook sums gradients and losses over ranks
@@ -184,11 +200,16 @@ def train(
                 except DeviceError as exc:  # a GPU failure (out of memory, a failed launch)
                     raise DeviceError(f"{exc}; at epoch {progress.epoch + 1}, batch {progress.batch + 1} the run "
                                       f"stopped. {_kept(run, progress)}") from exc
-                if not math.isfinite(loss):  # the loss is the global one: every rank stops here
+                if progress.first_loss is None:
+                    progress.first_loss = best_loss = loss
+                exploded = 0 < best_loss < math.inf and EXPLODED * best_loss < loss < math.inf
+                if not math.isfinite(loss) or exploded:  # the loss is the global one: every rank stops here
+                    what = (f"exploded to {loss:.3g}, over {EXPLODED:g} times its best so far ({best_loss:.3g})"
+                            if exploded else f"became {loss}")
                     raise on_every_rank(DivergenceError(
-                        f"training loss became {loss} at epoch {progress.epoch + 1}, batch {progress.batch + 1}; "
-                        f"the run stopped. {_kept(run, progress)} "
-                        "Try a smaller learning rate or gradient clipping (--clip-norm)."
+                        f"training loss {what} at epoch {progress.epoch + 1}, batch {progress.batch + 1}: the run "
+                        f"diverged and stopped. {_kept(run, progress)} "
+                        "Try a smaller learning rate (--lr) or gradient clipping (--clip-norm)."
                     ))
                 progress.loss_sum += loss * len(idx)
                 progress.batch += 1

@@ -167,3 +167,41 @@ def test_bad_bench_arguments_are_one_line_errors(capsys):
             main(["bench", *args])
         assert info.value.code == 2
         assert "error: argument" in capsys.readouterr().err
+
+
+# --- unstable rows (a busy machine) ----------------------------------------------------
+
+
+def _timed_row(median, q1, q3, pct=50.0):
+    row = bench.BenchRow("numba", "numba", "w", 4, 3, 5, 2, "ok", timing=bench.Timing(median, q1, q3, 7))
+    row.pct_peak = pct
+    return row
+
+
+def test_unstable_rows_are_named():
+    assert bench.unstable_reason(_timed_row(1.0, 0.95, 1.05)) == ""
+    assert bench.unstable_reason(_timed_row(1.0, 0.8, 1.3)) == "IQR 50% of the median"
+    assert bench.unstable_reason(_timed_row(1.0, 0.99, 1.0, pct=116.9)) == "above the peak measured in this run"
+    assert bench.unstable_reason(_timed_row(1.0, 0.5, 1.5, pct=120)).count(";") == 1  # both reasons
+
+
+def test_report_marks_unstable_rows_and_warns():
+    report = small_grid(["numpy"])
+    row = report["rows"][0]
+    assert "unstable" in row  # every run decides it
+    row["unstable"], row["pct_peak"] = "above the peak measured in this run", 116.9
+    text = bench.format_grid(report)
+    assert "! unstable: above the peak measured in this run" in text
+    assert "warning: 1 row(s) marked ! are unstable" in text and "quiet machine" in text
+    for r in report["rows"]:
+        r["unstable"] = ""
+    assert "unstable" not in bench.format_grid(report)
+
+
+def test_small_figures_keep_their_significant_digits():
+    assert bench._sig(0.00123) == "0.00123" and bench._sig(2512.3, 4) == "2512" and bench._sig(1.2345) == "1.23"
+    report = small_grid(["numpy"])
+    row = report["rows"][0]
+    row["speedup"], row["timing"]["median_s"] = 0.00123, 2.5123
+    line = next(line for line in bench.format_grid(report).splitlines() if line.startswith(row["workload"]))
+    assert "0.00123x" in line and "2512" in line  # not "0.00x", and ms to 4 figures

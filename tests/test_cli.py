@@ -101,7 +101,7 @@ def test_garbage_checkpoint_is_rejected(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a checkpoint")
     code, _, err = run(capsys, "predict", str(bad))
-    assert code == 2 and "not a readable lstmbench checkpoint" in err
+    assert code == 2 and "is not an lstmbench checkpoint" in err and "pickle" not in err
 
 
 def _two_column_csv(path):
@@ -145,3 +145,210 @@ def test_outputs_get_the_usual_file_mode(tmp_path, capsys):
         os.umask(mask)
     for name in ("best.npz", "last.npz", "metrics.json", "predictions.png"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+# --- the rough edges a newcomer met (issue 11): each test fails without its fix ---------------
+
+import errno  # noqa: E402
+
+import lstmbench as lb  # noqa: E402
+from lstmbench import checkpoint as checkpoint_module  # noqa: E402
+
+NILE = ["train", "--dataset", "nile", "--window", "5", "--hidden", "4", "--quiet"]
+
+
+def test_train_and_predict_default_to_the_fastest_backend(tmp_path, capsys):
+    fastest = lb.fastest_available()
+    assert fastest == "c"  # the C extension builds wherever lstmbench installs (gcc is required)
+    code, _, err = run(capsys, *NILE, "--epochs", "1", "--out", str(tmp_path))
+    assert code == 0, err
+    assert f"backend {fastest} (the fastest available here" in err
+    assert json.loads((tmp_path / "metrics.json").read_text())["backend"] == fastest
+    code, _, err = run(capsys, "predict", str(tmp_path / "best.npz"))
+    assert code == 0 and f"backend {fastest} (the fastest available here" in err
+
+
+def test_fastest_available_skips_backends_that_cannot_run(monkeypatch):
+    from lstmbench import registry
+
+    monkeypatch.setattr(registry, "_runs_here", lambda name: name in ("numba", "numpy"))
+    assert lb.fastest_available() == "numba"
+    monkeypatch.setattr(registry, "_runs_here", lambda name: name == "numpy")
+    assert lb.fastest_available() == "numpy"
+
+
+@pytest.mark.parametrize("case", ["existing file", "under a file"])
+def test_out_that_cannot_be_a_folder_is_one_line(tmp_path, capsys, case):
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    out = blocker if case == "existing file" else blocker / "run"
+    code, stdout, err = run(capsys, *NILE, "--epochs", "1", "--out", str(out))
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"error: --out {out} is a file, not a folder" if case == "existing file"
+                                            else f"error: --out {out} cannot be made: {blocker} is a file, not a folder")
+    assert blocker.read_text() == "keep me"
+
+
+def test_unwritable_out_is_one_line(tmp_path, capsys, monkeypatch):
+    # Tests run as root here, for whom chmod does not stop writes; so the OS's answer is simulated.
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", refuse)
+    code, _, err = run(capsys, *NILE, "--epochs", "1", "--out", str(tmp_path / "ro"))
+    assert code == 2 and "Traceback" not in err
+    assert f"error: --out {tmp_path / 'ro'} is not writable (it would be made in {tmp_path}): permission denied" in err
+
+
+def test_full_disk_is_found_before_training(tmp_path, capsys, monkeypatch):
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    code, _, err = run(capsys, *NILE, "--epochs", "1", "--out", str(tmp_path / "o"))
+    assert code == 2 and "MB free on its disk" in err and "epoch" not in err
+
+
+def test_disk_full_during_training_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    real_savez, calls = np.savez, []
+
+    def savez(f, **arrays):
+        calls.append(1)
+        if len(calls) > 2:  # epoch 1 wrote best.npz and last.npz; the disk is full after that
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_savez(f, **arrays)
+
+    monkeypatch.setattr(checkpoint_module.np, "savez", savez)
+    code, _, err = run(capsys, *NILE, "--epochs", "3", "--lr", "0.001", "--out", str(tmp_path))
+    assert code == 2 and "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    assert "no space left on the device" in message and "end of epoch 2" in message and "--resume" in message
+    kept = load_checkpoint(tmp_path / "last.npz")
+    assert kept.meta["progress"]["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "last.npz"]  # no temporary file left
+
+
+def test_progress_is_line_by_line_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    # capsys's stderr is not a terminal, as in a CI log
+    code, _, err = run(capsys, "train", "--dataset", "nile", "--window", "5", "--hidden", "4", "--epochs", "3",
+                       "--out", str(tmp_path))
+    assert code == 0
+    assert "\r" not in err and "batch/s" not in err  # no progress bar redraws
+    assert [line.split()[:2] for line in err.splitlines() if line.startswith("epoch")] == \
+        [["epoch", "1"], ["epoch", "2"], ["epoch", "3"]]
+
+
+def test_csv_with_a_year_column_uses_it_as_index(tmp_path, capsys):
+    csv = tmp_path / "flow.csv"
+    csv.write_text("year,flow\n" + "".join(f"{1900 + i},{100 + 10 * np.sin(i / 3):.3f}\n" for i in range(60)))
+    out = tmp_path / "r"
+    code, _, err = run(capsys, "train", "--csv", str(csv), "--window", "5", "--hidden", "4", "--epochs", "1",
+                       "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert "time index: column 'year' (strictly increasing integers), detected" in err
+    assert load_checkpoint(out / "best.npz").meta["columns"] == ["flow"]
+    code, stdout, _ = run(capsys, "predict", str(out / "best.npz"), "--steps", "2")
+    assert code == 0
+    assert "(year 1959)" in stdout and "  1960: " in stdout and "  1961: " in stdout
+    code, stdout, _ = run(capsys, "predict", str(out / "best.npz"), "--steps", "2", "--json")
+    assert json.loads(stdout)["at"] == ["1960", "1961"]
+    # --index-column none: the year is a value column again
+    code, _, err = run(capsys, "train", "--csv", str(csv), "--index-column", "none", "--window", "5", "--hidden",
+                       "4", "--epochs", "1", "--out", str(tmp_path / "r2"), "--quiet")
+    assert code == 0 and load_checkpoint(tmp_path / "r2" / "best.npz").meta["columns"] == ["year", "flow"]
+
+
+def test_predict_prints_the_years_of_the_forecast(tmp_path, capsys):
+    assert run(capsys, "train", "--dataset", "sunspots", "--hidden", "4", "--epochs", "1", "--out", str(tmp_path),
+               "--quiet")[0] == 0
+    code, stdout, _ = run(capsys, "predict", str(tmp_path / "best.npz"), "--steps", "2")
+    assert code == 0 and "(year 2008)" in stdout and "  2009: " in stdout and "  2010: " in stdout
+
+
+@pytest.mark.parametrize("steps", ["0", "-2"])
+def test_predict_steps_must_be_positive(tmp_path, capsys, steps):
+    with pytest.raises(SystemExit) as info:
+        main(["predict", str(tmp_path / "best.npz"), "--steps", steps])
+    assert info.value.code == 2
+    assert "argument --steps: must be at least 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("text")
+    text = out / "t.txt"
+    text.write_text("abcabcabd " * 60)
+    assert main(["train", "--text-file", str(text), "--seq-len", "12", "--hidden", "8", "--epochs", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    return out / "best.npz"
+
+
+@pytest.fixture(scope="module")
+def series_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("series")
+    assert main([*NILE, "--epochs", "1", "--out", str(out)]) == 0
+    return out / "best.npz"
+
+
+def test_flags_that_do_not_apply_to_the_checkpoint_are_errors(text_model, series_model, capsys):
+    code, _, err = run(capsys, "predict", str(series_model), "--prime", "abc")
+    assert code == 2 and "--prime does not apply" in err and "a series model" in err and "--steps" in err
+    code, _, err = run(capsys, "predict", str(text_model), "--steps", "3")
+    assert code == 2 and "--steps does not apply" in err and "a text model" in err and "--prime" in err
+
+
+def test_unknown_prime_symbols_are_an_error_listing_the_known(text_model, capsys):
+    code, _, err = run(capsys, "predict", str(text_model), "--prime", "abz!")
+    assert code == 2 and "'!z'" in err and "never saw" in err and "' abcd'" in err
+
+
+def test_predict_on_a_folder_names_the_file(series_model, capsys):
+    code, _, err = run(capsys, "predict", str(series_model.parent))
+    assert code == 2
+    assert f"{series_model.parent} is a folder; name a checkpoint file in it: {series_model}" in err
+
+
+def test_resume_with_overwrite_is_an_error(tmp_path, capsys):
+    code, _, err = run(capsys, *NILE, "--epochs", "1", "--out", str(tmp_path), "--resume", "--overwrite")
+    assert code == 2 and "pass one of them" in err and not (tmp_path / "last.npz").exists()
+
+
+def test_more_threads_than_cores_warns(tmp_path, capsys):
+    code, _, err = run(capsys, *NILE, "--epochs", "1", "--out", str(tmp_path), "--backend", "numpy",
+                       "--threads", str(lb.default_threads() + 1))
+    assert code == 0 and f"warning: --threads {lb.default_threads() + 1} is more than the" in err
+
+
+def test_a_huge_learning_rate_stops_with_advice(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--dataset", "sunspots", "--lr", "1e6", "--hidden", "8", "--epochs", "5",
+                       "--out", str(tmp_path), "--quiet")
+    assert code == 3
+    message = err.strip().splitlines()[-1]
+    assert "diverged" in message and "--lr" in message and "--clip-norm" in message
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("flag, value, rule", [
+    ("--hidden", "0", "must be at least 1"), ("--epochs", "0", "must be at least 1"),
+    ("--window", "-3", "must be at least 1"), ("--lr", "0", "must be a positive finite number"),
+    ("--momentum", "1.5", "must be at least 0 and below 1"), ("--seed", "-1", "must be 0 or more"),
+    ("--batch-size", "x", "'x' is not an integer"),
+])
+def test_errors_name_the_flag(capsys, flag, value, rule):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--dataset", "nile", flag, value])
+    assert info.value.code == 2
+    assert f"argument {flag}: {rule}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, rule", [
+    ("--batch", "-1", "must be at least 1, got -1"), ("--repeats", "0", "must be at least 1, got 0"),
+    ("--hidden", "0", "must be at least 1, got 0"), ("--steps", "1.5", "'1.5' is not an integer"),
+])
+def test_bad_bench_arguments_are_one_line_errors(capsys, flag, value, rule):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {rule}" in err and "Traceback" not in err

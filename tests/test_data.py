@@ -13,6 +13,8 @@ from lstmbench.data import (
     Standardizer,
     Vocabulary,
     anbn,
+    future_index,
+    index_description,
     load_series,
     load_text,
     make_text_dataset,
@@ -101,11 +103,36 @@ def test_read_csv_selects_numeric_columns(tmp_path):
     s = read_csv_series(path, index_column="date")
     assert s.columns == ("temp", "rain")
     assert np.array_equal(s.values, [[1.5, 0.0], [2.5, 3.0]])
-    assert list(s.index) == ["2020-01", "2020-02"]
-    assert s.name == "data"
+    assert list(s.index) == [np.datetime64("2020-01"), np.datetime64("2020-02")]
+    assert s.name == "data" and s.index_name == "date"
 
-    only = read_csv_series(path, columns=["rain"])
-    assert only.columns == ("rain",) and np.array_equal(only.index, [0, 1])
+    only = read_csv_series(path, columns=["rain"])  # the date column is found as the index
+    assert only.columns == ("rain",) and only.index_name == "date" and only.index.dtype.kind == "M"
+    plain = read_csv_series(path, columns=["rain"], detect_index=False)
+    assert plain.index_name is None and np.array_equal(plain.index, [0, 1])
+
+
+def test_read_csv_finds_a_year_or_date_index_in_the_first_column(tmp_path):
+    years = read_csv_series(write(tmp_path, "year,a\n1990,1\n1991,2\n1993,3\n"))
+    assert years.columns == ("a",) and years.index_name == "year" and list(years.index) == [1990, 1991, 1993]
+    assert index_description(years) == "column 'year' (strictly increasing integers)"
+    days = read_csv_series(write(tmp_path, "when,a\n2024-02-28,1\n2024-02-29,2\n2024-03-01 ,3\n", "d.csv"))
+    assert days.index_name == "when" and days.index[-1] == np.datetime64("2024-03-01")
+    assert index_description(days) == "column 'when' (dates)"
+    # not an index: not increasing, or the only column, or asked for as a value, or detection off
+    for text, kwargs in (("t,a\n3,1\n2,2\n5,3\n", {}), ("t,a\n1,1\n1,2\n2,3\n", {}), ("t\n1\n2\n3\n", {}),
+                         ("t,a\n1,1\n2,2\n3,3\n", {"columns": ["t", "a"]}),
+                         ("t,a\n1,1\n2,2\n3,3\n", {"detect_index": False})):
+        s = read_csv_series(write(tmp_path, text, "n.csv"), **kwargs)
+        assert s.index_name is None and s.columns[0] == "t", text
+
+
+def test_future_index_continues_a_regular_index():
+    assert list(future_index(np.array([2000, 2001, 2002]), 2)) == [2003, 2004]
+    months = np.array(["2020-01", "2020-02"], dtype="datetime64[M]")
+    assert list(future_index(months, 2)) == [np.datetime64("2020-03"), np.datetime64("2020-04")]
+    assert future_index(np.array([1, 2, 4]), 2) is None  # irregular: no guess
+    assert future_index(np.array(["a", "b"]), 1) is None
 
 
 def test_read_csv_missing_cell_names_line_and_column(tmp_path):
@@ -158,7 +185,7 @@ def test_read_csv_ragged_row(tmp_path):
 def test_read_csv_skips_blank_lines_and_bom(tmp_path):
     path = tmp_path / "bom.csv"
     path.write_bytes("\ufeffa,b\r\n1,2\r\n\r\n3,4\r\n\r\n".encode("utf-8"))
-    s = read_csv_series(path)
+    s = read_csv_series(path, detect_index=False)  # (a would be found as an index: 1, 3 increase)
     assert s.columns == ("a", "b")
     assert np.array_equal(s.values, [[1, 2], [3, 4]])
 

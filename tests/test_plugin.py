@@ -1,19 +1,22 @@
-"""A backend shipped by another distribution, found through the entry point.
+"""Backends shipped by another distribution, found through the entry point.
 
-tests/plugin/ is a tiny package, ``lstmbench-testplugin``, that registers two
-backends in the ``lstmbench.backends`` group exactly as a third-party plugin
-would: ``testplugin-good`` (the reference math) and ``testplugin-flipped`` (one
-gradient with the wrong sign). It is pip-installed into this interpreter's
-environment for the duration of this module and uninstalled afterwards.
+The example plugin, docs/examples/lstmbench-example (``example`` and ``example-fused``:
+an LSTM in plain NumPy), and its deliberately broken copy (docs/examples/make_broken_copy.py:
+``example-broken``, with the gradient of W_x of the wrong sign) are pip-installed into this
+interpreter's environment from temporary copies for the duration of this module, as a
+user installs a third-party backend package, and uninstalled afterwards. The kit must
+pass the example and catch the broken copy.
 """
 
 import importlib
 import importlib.metadata
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import Phase, settings
@@ -22,19 +25,39 @@ import lstmbench
 from lstmbench import registry
 from lstmbench.testing import CHECKS, check_backend, conformance_params, run_conformance_case
 
-PLUGIN_SRC = Path(__file__).parent / "plugin"
-DIST = "lstmbench-testplugin"
-GOOD, FLIPPED = "testplugin-good", "testplugin-flipped"
-PLUGIN_NAMES = (GOOD, FLIPPED)
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "docs" / "examples"
+EXAMPLE_SRC = EXAMPLES / "lstmbench-example"
+GUIDE = REPO / "docs" / "adding-a-backend.md"
+DISTS = ("lstmbench-example", "lstmbench-example-broken")
+MODULES = ("lstmbench_example", "lstmbench_example_broken")
+GOOD, FUSED, BROKEN = "example", "example-fused", "example-broken"
+PLUGIN_NAMES = (GOOD, FUSED, BROKEN)
+
+
+def _helper():
+    """docs/examples/make_broken_copy.py, the one definition of the broken copy."""
+    spec = importlib.util.spec_from_file_location("make_broken_copy", EXAMPLES / "make_broken_copy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _forget_plugin() -> None:
     """Drop every trace of the plugin from this process (registry caches, modules)."""
     for name in PLUGIN_NAMES:
         lstmbench.unregister_backend(name)
-    for mod in [m for m in sys.modules if m == "lstmbench_testplugin" or m.startswith("lstmbench_testplugin.")]:
+    for mod in [m for m in sys.modules if m.split(".")[0] in MODULES]:
         del sys.modules[mod]
     importlib.invalidate_caches()
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def _can_build_without_isolation() -> bool:
@@ -53,23 +76,34 @@ def _pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args, "-q", "--disable-pip-version-check"], check=True)
 
 
+def _build_leftovers(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir() if p.name == "build" or p.name.endswith(".egg-info")}
+
+
 @pytest.fixture(scope="module")
 def plugin_installed(tmp_path_factory):
-    # setuptools writes build/ and *.egg-info beside pyproject.toml: build a copy,
+    present = [d for d in DISTS if _installed(d)]
+    if present:  # installing over it and uninstalling afterwards would remove the user's own install
+        pytest.skip(f"{', '.join(present)} is already installed here; pip uninstall it to run these tests")
+    # setuptools writes build/ and *.egg-info beside pyproject.toml: build copies,
     # so the repository stays clean.
-    src = tmp_path_factory.mktemp("plugin-src") / "lstmbench-testplugin"
-    shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    leftovers_before = _build_leftovers(EXAMPLE_SRC)
+    root = tmp_path_factory.mktemp("plugin-src")
+    helper = _helper()
+    good = root / "lstmbench-example"
+    shutil.copytree(EXAMPLE_SRC, good, ignore=helper.LEFTOVERS)
+    broken = helper.make_broken_copy(root / "lstmbench-example-broken")
     _forget_plugin()
     # Build with this environment's setuptools (no network) when it can; otherwise
     # let pip fetch a build backend into an isolated build environment.
     isolation = ["--no-build-isolation"] if _can_build_without_isolation() else []
-    _pip("install", "--no-deps", *isolation, str(src))
+    _pip("install", "--no-deps", *isolation, str(good), str(broken))
     importlib.invalidate_caches()
     try:
-        yield
+        yield SimpleNamespace(good=good, broken=broken, leftovers_before=leftovers_before)
     finally:
         _forget_plugin()
-        _pip("uninstall", "-y", DIST)
+        _pip("uninstall", "-y", *DISTS)
         importlib.invalidate_caches()
 
 
@@ -87,10 +121,9 @@ def no_shrinking():
         settings.load_profile("lstmbench-test-restore")
 
 
-def test_plugin_source_is_clean():
-    """The install builds from a copy: no build artifacts ever land in the repository."""
-    leftovers = [p.name for p in PLUGIN_SRC.iterdir() if p.name == "build" or p.name.endswith(".egg-info")]
-    assert leftovers == []
+def test_plugin_source_is_clean(plugin_installed):
+    """The install builds from a copy: no build artifacts land in the repository."""
+    assert _build_leftovers(EXAMPLE_SRC) == plugin_installed.leftovers_before
 
 
 def test_discovered_through_entry_point(plugin_installed):
@@ -104,33 +137,41 @@ def test_discovered_through_entry_point(plugin_installed):
         assert infos[name].available, infos[name].reason
         assert infos[name].reason == ""
         assert infos[name].dtypes == ("float32", "float64")
-        assert infos[name].description.startswith("test plugin")
+    assert infos[GOOD].description.startswith("example plugin")
+    assert infos[FUSED].description.startswith("example plugin")
+    assert infos[BROKEN].description.startswith("a broken copy of the example plugin")
 
 
 def test_loaded_from_the_plugin_package(plugin_installed):
-    good = lstmbench.get_backend(GOOD)
-    flipped = lstmbench.get_backend(FLIPPED)
-    assert isinstance(good, lstmbench.Backend) and isinstance(flipped, lstmbench.Backend)
-    assert type(good).__module__ == "lstmbench_testplugin"
-    assert (good.name, flipped.name) == (GOOD, FLIPPED)
+    good, fused, broken = (lstmbench.get_backend(name) for name in PLUGIN_NAMES)
+    assert all(isinstance(b, lstmbench.Backend) for b in (good, fused, broken))
+    assert type(good).__module__ == "lstmbench_example"
+    assert type(fused).__module__ == "lstmbench_example.fused"
+    assert type(broken).__module__ == "lstmbench_example_broken"
+    assert (good.name, fused.name, broken.name) == PLUGIN_NAMES
     assert lstmbench.get_backend(GOOD) is good  # one instance per name
-    # imported from site-packages, not from the source tree
-    assert PLUGIN_SRC.resolve() not in Path(sys.modules["lstmbench_testplugin"].__file__).resolve().parents
+    # imported from site-packages, not from the source tree or the copies
+    for module in MODULES:
+        where = Path(sys.modules[module].__file__).resolve().parents
+        assert EXAMPLES.resolve() not in where
+        assert plugin_installed.good.resolve() not in where and plugin_installed.broken.resolve() not in where
 
 
-def test_good_plugin_passes_conformance(plugin_installed):
-    results = check_backend(GOOD, max_examples=10)
+@pytest.mark.parametrize("name", [GOOD, FUSED])
+def test_example_passes_conformance(plugin_installed, name):
+    results = check_backend(name, max_examples=10)
     assert {(r.check, r.dtype) for r in results} == {(c, d) for c in CHECKS for d in ("float64", "float32")}
-    assert all(r.backend == GOOD for r in results)
+    assert all(r.backend == name for r in results)
     assert all(r.status in ("passed", "skipped") for r in results), [r for r in results if r.status == "failed"]
     passed = {(r.check, r.dtype) for r in results if r.status == "passed"}
-    for check in ("forward", "loss_and_grads", "training_steps", "bad_inputs"):
+    for check in ("forward", "loss_and_grads", "training_steps", "gradient_hook", "bad_inputs"):
         assert (check, "float64") in passed and (check, "float32") in passed
+    assert all(r.worst.ratio <= 1 for r in results if r.worst is not None)
 
 
-def test_flipped_gradient_is_caught(plugin_installed, no_shrinking):
+def test_broken_copy_is_caught(plugin_installed, no_shrinking):
     checks = ["forward", "loss_and_grads", "training_steps"]
-    results = check_backend(FLIPPED, checks=checks, max_examples=10, raise_on_failure=False)
+    results = check_backend(BROKEN, checks=checks, max_examples=10, raise_on_failure=False)
     status = {(r.check, r.dtype): r for r in results}
     assert set(status) == {(c, d) for c in checks for d in ("float64", "float32")}
     for dtype in ("float64", "float32"):
@@ -138,15 +179,16 @@ def test_flipped_gradient_is_caught(plugin_installed, no_shrinking):
         for check in ("loss_and_grads", "training_steps"):
             assert status[check, dtype].status == "failed"
         # the report points at the planted bug
-        assert "l0.W_h" in status["loss_and_grads", dtype].detail
+        assert "l0.W_x" in status["loss_and_grads", dtype].detail
+        assert status["loss_and_grads", dtype].worst.what == "gradient of l0.W_x"
 
 
-def test_flipped_gradient_raises_by_default(plugin_installed, no_shrinking):
+def test_broken_copy_raises_by_default(plugin_installed, no_shrinking):
     with pytest.raises(AssertionError) as info:
-        check_backend(FLIPPED, checks=["loss_and_grads"], dtypes=("float64",), max_examples=10)
+        check_backend(BROKEN, checks=["loss_and_grads"], dtypes=("float64",), max_examples=10)
     message = str(info.value)
     assert "1 conformance check(s) failed" in message
-    assert FLIPPED in message and "loss_and_grads" in message
+    assert BROKEN in message and "loss_and_grads" in message
 
 
 def test_conformance_params_shape():
@@ -165,6 +207,26 @@ def test_plugin_conformance_cases(plugin_installed, backend, check, dtype):
     run_conformance_case(backend, check, dtype)
 
 
-def test_conformance_case_fails_for_flipped(plugin_installed, no_shrinking):
-    with pytest.raises(AssertionError, match="l0.W_h"):
-        run_conformance_case(FLIPPED, "loss_and_grads", "float64")
+def test_conformance_case_fails_for_broken(plugin_installed, no_shrinking):
+    with pytest.raises(AssertionError, match="l0.W_x"):
+        run_conformance_case(BROKEN, "loss_and_grads", "float64")
+
+
+def test_the_examples_own_tests_pass(plugin_installed):
+    """docs/examples/lstmbench-example/tests, run as its author runs them."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                         cwd=plugin_installed.good, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    counts = re.search(r"(\d+) passed, (\d+) skipped", run.stdout)
+    # 2 backends x 8 checks x 2 dtypes; declared_unsupported skips (everything is supported)
+    assert counts and (int(counts[1]), int(counts[2])) == (28, 4), run.stdout
+
+
+def test_guide_quotes_the_example_files():
+    """docs/adding-a-backend.md shows the example's code: every block it introduces with a
+    link to a file under examples/ must appear in that file, verbatim."""
+    quotes = re.findall(r"\]\((examples/[^)\s]+)\):?\n+```[a-z]*\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    assert len(quotes) >= 4, "the guide no longer quotes the example's files"
+    for path, block in quotes:
+        text = (GUIDE.parent / path).read_text()
+        assert block in text, f"the guide's block from {path} is not in that file:\n{block}"

@@ -564,3 +564,32 @@ def test_numpy_integer_seed(data, tmp_path):
     result = run_train(data, tmp_path, epochs=2, seed=np.int64(3))
     assert result.stop_reason == "completed"
     assert load_checkpoint(tmp_path / LAST_CHECKPOINT).meta["run"]["seed"] == 3
+
+
+class ScaledLossAt(NumpyReference):
+    """Multiplies the n-th training step's loss by ``factor`` (the step itself runs)."""
+
+    def __init__(self, n, factor):
+        super().__init__()
+        self.n, self.factor, self.calls = n, factor, 0
+
+    def train_step(self, state, x, y):
+        self.calls += 1
+        loss = super().train_step(state, x, y)
+        return loss * self.factor if self.calls == self.n else loss
+
+
+def test_an_exploding_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    out = tmp_path / "run"
+    n = BATCHES_PER_EPOCH + 3  # third batch of the second epoch
+    with pytest.raises(DivergenceError) as info:
+        run_train(data, out, epochs=4, backend=ScaledLossAt(n, 1e4))
+    message = str(info.value)
+    assert "exploded to" in message and "over 1000 times its best so far" in message
+    assert "epoch 2, batch 3" in message and "(epoch 1)" in message and "--lr" in message
+    assert load_checkpoint(out / LAST_CHECKPOINT).meta["progress"]["epoch"] == 1
+
+
+def test_a_loss_spike_below_the_explosion_limit_trains_on(data, tmp_path):
+    result = run_train(data, tmp_path / "run", epochs=3, backend=ScaledLossAt(BATCHES_PER_EPOCH + 3, 100))
+    assert result.stop_reason == "completed"

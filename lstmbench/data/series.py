@@ -25,9 +25,10 @@ class Series:
 
     values: np.ndarray  # (N, C) float64
     columns: tuple[str, ...]
-    index: np.ndarray | None = None  # (N,) e.g. years; None -> 0..N-1
+    index: np.ndarray | None = None  # (N,) e.g. years or datetime64 dates; None -> 0..N-1
     name: str = "series"
     source: str = "user data"
+    index_name: str | None = None  # the CSV column the index came from, if any
 
     def __post_init__(self) -> None:
         values = np.array(self.values, dtype=np.float64)
@@ -64,20 +65,25 @@ def load_series(name: str) -> Series:
     source = (folder / f"{name}.SOURCE.txt").read_text(encoding="utf-8").splitlines()[0]
     with resources.as_file(folder / f"{name}.csv") as path:
         series = read_csv_series(path, index_column=_BUNDLED_INDEX[name])
-    return Series(series.values, series.columns, series.index, name=name, source=source)
+    return Series(series.values, series.columns, series.index, name=name, source=source,
+                  index_name=series.index_name)
 
 
 def read_csv_series(
     path: str | Path,
     columns: Sequence[str] | None = None,
     index_column: str | None = None,
+    detect_index: bool = True,
 ) -> Series:
     """Read a comma-separated file with a header row into a Series.
 
     ``columns`` picks the value columns by name.  By default every column
-    except ``index_column`` whose first data cell is a number is used, so a
-    text column (a date, a label) is skipped rather than reported.  Every
-    problem raises DataError naming the file, line and column.
+    except the index column whose first data cell is a number is used, so a
+    text column (a label) is skipped rather than reported.  Without
+    ``index_column``, a first column of strictly increasing integers (years)
+    or ISO 8601 dates is taken as the index (``detect_index=False``: never;
+    ``Series.index_name`` says which column it was).  Every problem raises
+    DataError naming the file, line and column.
     """
     path = Path(path)
     try:
@@ -112,6 +118,9 @@ def read_csv_series(
         return header.index(column)
 
     index_pos = None if index_column is None else position(index_column)
+    if index_pos is None and detect_index and len(header) > 1 and (columns is None or header[0] not in columns):
+        if _looks_like_index([row[0].strip() for _, row in body]):
+            index_pos = 0
     if columns is None:
         wanted = [
             i for i, cell in enumerate(body[0][1])
@@ -139,7 +148,7 @@ def read_csv_series(
                 raise DataError(f"{path}, line {line}, column {header[index_pos]!r}: empty cell")
         index = _parse_index(cells)
     return Series(values, tuple(header[i] for i in wanted), index, name=path.stem,
-                  source=f"user CSV file {path}")
+                  source=f"user CSV file {path}", index_name=None if index_pos is None else header[index_pos])
 
 
 def _numbered_rows(reader: Any):
@@ -172,13 +181,41 @@ def _parse_cell(cell: str, path: Path, line: int, column: str) -> float:
 
 
 def _parse_index(cells: list[str]) -> np.ndarray:
-    """Integers if every cell is one (years), else floats, else the strings."""
-    for kind in (int, float):
+    """Integers if every cell is one (years), else floats, else ISO 8601 dates
+    (datetime64), else the strings."""
+    for kind in (int, float, np.datetime64):
         try:
             return np.array([kind(c) for c in cells])
         except ValueError:
             pass
     return np.array(cells)
+
+
+def _looks_like_index(cells: list[str]) -> bool:
+    """Whether ``cells`` are a time index: strictly increasing integers or ISO 8601 dates."""
+    if len(cells) < 2:
+        return False
+    index = _parse_index(cells)
+    return index.dtype.kind in "iM" and bool(np.all(index[1:] > index[:-1]))
+
+
+def index_description(series: Series) -> str:
+    """How the series' index was read, for messages: "column 'year' (strictly increasing integers)"."""
+    if series.index_name is None:
+        return "row numbers"
+    kind = {"i": "strictly increasing integers", "M": "dates", "f": "numbers"}.get(series.index.dtype.kind, "labels")
+    return f"column {series.index_name!r} ({kind})"
+
+
+def future_index(index: np.ndarray, steps: int) -> np.ndarray | None:
+    """The index of the ``steps`` rows after the end of a regularly spaced index
+    (years, dates a fixed time apart, row numbers); None if the spacing varies."""
+    if len(index) < 2 or index.dtype.kind not in "iuM":
+        return None
+    gaps = np.diff(index)
+    if not np.all(gaps == gaps[0]):
+        return None
+    return index[-1] + gaps[0] * np.arange(1, steps + 1)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,10 @@ large gradients get almost no extra room, noise-level ones the most Adam can do.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -67,8 +69,64 @@ def reference() -> Backend:
     return load_backend(REFERENCE)
 
 
+@dataclass(frozen=True)
+class WorstError:
+    """The comparison that came closest to its tolerance: ``ratio`` is
+    |actual - expected| / allowed at its worst entry (at most 1 passes; inf where
+    nothing was allowed, or for NaN), ``what`` names the array ("gradient of l0.W_h"),
+    ``index`` is the entry's position in it."""
+
+    ratio: float
+    what: str
+    index: tuple[int, ...]
+
+
+class ErrorRecorder:
+    """Keeps the worst error of every :func:`assert_close` made while it is active."""
+
+    def __init__(self) -> None:
+        self.worst: WorstError | None = None
+        self.comparisons = 0
+
+    def add(self, candidate: WorstError) -> None:
+        self.comparisons += 1
+        if self.worst is None or candidate.ratio > self.worst.ratio:
+            self.worst = candidate
+
+
+# the recorders active in this context; a tuple, so that nested ones all see each comparison
+_RECORDERS: ContextVar[tuple[ErrorRecorder, ...]] = ContextVar("lstmbench_error_recorders", default=())
+
+
+@contextmanager
+def record_errors() -> Iterator[ErrorRecorder]:
+    """``with record_errors() as rec:``, then ``rec.worst`` is the worst error, relative to
+    its tolerance, of every assert_close inside the block (None if there was none).
+    A check passes when every comparison is at most 1: how far below 1 says how much room
+    the backend leaves."""
+    recorder = ErrorRecorder()
+    token = _RECORDERS.set(_RECORDERS.get() + (recorder,))
+    try:
+        yield recorder
+    finally:
+        _RECORDERS.reset(token)
+
+
+def _record(what: str, err: np.ndarray, allowed: np.ndarray) -> None:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(err == 0, 0.0, err / allowed)  # 0/0: exactly equal
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)  # NaN in the result: as bad as it gets
+    if ratio.size == 0:
+        return
+    at = np.unravel_index(np.argmax(ratio), ratio.shape)
+    worst = WorstError(float(ratio[at]), what, tuple(int(i) for i in at))
+    for recorder in _RECORDERS.get():
+        recorder.add(worst)
+
+
 def assert_close(what: str, actual, expected, dtype: str, slack: np.ndarray | float = 0.0) -> None:
-    """Compare one array against the reference with the dtype's tolerance (+ ``slack``)."""
+    """Compare one array against the reference with the dtype's tolerance (+ ``slack``).
+    Inside :func:`record_errors` the comparison's worst error is also recorded."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.shape != expected.shape:
         raise AssertionError(f"{what}: shape {actual.shape}, reference has {expected.shape}")
@@ -76,13 +134,16 @@ def assert_close(what: str, actual, expected, dtype: str, slack: np.ndarray | fl
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
     err = np.abs(actual.astype(np.float64) - expected)
     allowed = tol.rtol * np.abs(expected) + tol.atol * scale + slack
+    if _RECORDERS.get():
+        _record(what, err, np.broadcast_to(allowed, err.shape))
     bad = ~(err <= allowed)  # also catches NaN
     if bad.any():
         worst = np.unravel_index(np.argmax(np.where(bad, err, -1)), err.shape) if err.ndim else ()
+        worst = tuple(int(i) for i in worst)  # (0, 2), not (np.int64(0), np.int64(2))
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {err.size} entries differ from the reference beyond the {dtype} "
             f"tolerance (rtol={tol.rtol}, atol={tol.atol}*{scale:.3g}); worst at {worst}: "
-            f"{actual[worst]!r} vs {expected[worst]!r}"
+            f"{actual[worst]} vs {expected[worst]}"
         )
 
 

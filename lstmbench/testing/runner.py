@@ -9,20 +9,28 @@ A plugin author's whole test file can be::
     def test_conformance(backend, check, dtype):
         run_conformance_case(backend, check, dtype)
 
-or, without pytest: ``lstmbench.testing.check_backend("mybackend")``.
+or, without pytest: ``lstmbench.testing.check_backend("mybackend")``, or from a shell:
+``lstmbench check mybackend`` (lstmbench/check.py).
 Example counts come from the active Hypothesis settings profile.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+try:
+    from builtins import BaseExceptionGroup
+except ImportError:  # Python 3.10: the backport, a dependency of Hypothesis there
+    from exceptiongroup import BaseExceptionGroup
+
 from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
 
 from lstmbench.errors import BackendUnavailableError
 from lstmbench.protocol import Backend
-from lstmbench.registry import backend_names, get_backend
-from lstmbench.testing.checks import CHECKS, unsupported_optimizers, unsupported_variants
+from lstmbench.registry import backend_names, get_backend, load_backend
+from lstmbench.testing.checks import CHECKS, WorstError, record_errors, unsupported_optimizers, unsupported_variants
 from lstmbench.testing.strategies import cases
 
 DTYPES = ("float64", "float32")
@@ -40,6 +48,11 @@ class CheckResult:
     dtype: str
     status: str  # "passed", "failed", "skipped"
     detail: str = ""
+    # the worst error against the tolerance over every comparison the check made, in
+    # every example Hypothesis ran (a failing check: > 1); None: no tolerance comparison
+    # (bad_inputs, declared_unsupported, deterministic's exact ones, a skip)
+    worst: WorstError | None = None
+    seconds: float = 0.0
 
 
 def _skip_reason(backend: Backend, check: str, dtype: str) -> str | None:
@@ -53,11 +66,19 @@ def _skip_reason(backend: Backend, check: str, dtype: str) -> str | None:
     return None
 
 
-def run_check(backend: str | Backend, check: str, dtype: str = "float64", max_examples: int | None = None) -> None:
-    """Run one check over Hypothesis-drawn cases; AssertionError on a disagreement,
-    CheckSkipped if it does not apply (unavailable backend, unsupported dtype)."""
+def _known_check(check: str) -> None:
     if check not in CHECKS:
         raise KeyError(f"unknown check {check!r}; checks: {', '.join(CHECKS)}")
+
+
+def run_check(backend: str | Backend, check: str, dtype: str = "float64", max_examples: int | None = None,
+              seed: int | None = None) -> WorstError | None:
+    """Run one check over Hypothesis-drawn cases; AssertionError on a disagreement,
+    CheckSkipped if it does not apply (unavailable backend, unsupported dtype).
+    Returns the worst error against the tolerance it saw (None: no such comparison).
+    ``seed`` makes the examples a function of the seed alone: Hypothesis's database of
+    earlier failures is then neither replayed nor written."""
+    _known_check(check)
     if isinstance(backend, str):
         try:
             backend = get_backend(backend)
@@ -71,34 +92,63 @@ def run_check(backend: str | Backend, check: str, dtype: str = "float64", max_ex
     if check in ("bad_inputs", "declared_unsupported"):
         examples = min(examples, FEW_EXAMPLES)
     fn = CHECKS[check]
+    reproducible = {} if seed is None else {"database": None}
 
-    @settings(profile, max_examples=examples, deadline=None,
+    @settings(profile, max_examples=examples, deadline=None, **reproducible,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(case=cases(dtype, backend.capabilities))
     def property_holds(case):
         fn(backend, case)
 
-    property_holds()
+    if seed is not None:
+        property_holds = hypothesis_seed(seed)(property_holds)
+    with record_errors() as recorder:
+        property_holds()
+    return recorder.worst
+
+
+def _first_failure(exc: BaseException) -> str:
+    """The message of a failure; of the first one when Hypothesis found several distinct ones."""
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        others = len(exc.exceptions) - 1
+        return _first_failure(exc.exceptions[0]) + (f"\n(and {others} other distinct failure(s))" if others else "")
+    if isinstance(exc, AssertionError):
+        return str(exc)
+    return f"raised {type(exc).__name__}: {exc}"  # a crash is a failure too
+
+
+def check_one(backend: str | Backend, check: str, dtype: str = "float64", max_examples: int | None = None,
+              seed: int | None = None) -> CheckResult:
+    """Run one check and report instead of raising: passed, failed (the backend disagreed,
+    or raised something unexpected) or skipped. An unknown backend or check still raises."""
+    _known_check(check)
+    name = backend if isinstance(backend, str) else backend.name
+    if isinstance(backend, str):
+        load_backend(backend)  # UnknownBackendError is the caller's mistake, not a failed check
+    start = time.perf_counter()
+    # run_check returns the worst error, but a failing one raises: record around it
+    with record_errors() as recorder:
+        try:
+            run_check(backend, check, dtype, max_examples, seed)
+            status, detail = "passed", ""
+        except CheckSkipped as exc:
+            status, detail = "skipped", str(exc)
+        except Exception as exc:
+            status, detail = "failed", _first_failure(exc)
+    return CheckResult(name, check, dtype, status, detail, recorder.worst, time.perf_counter() - start)
 
 
 def check_backend(backend: str | Backend = "all", checks=None, dtypes=DTYPES, max_examples: int | None = None,
-                  raise_on_failure: bool = True) -> list[CheckResult]:
+                  raise_on_failure: bool = True, seed: int | None = None) -> list[CheckResult]:
     """Run every check (or ``checks``) on one backend, or on all registered ones with
     ``"all"``. Returns one result per (backend, check, dtype); raises AssertionError
-    listing the failures if any and ``raise_on_failure``."""
+    listing the failures if any and ``raise_on_failure``. A backend that raises something
+    unexpected during a check fails that check."""
+    for check in checks or CHECKS:
+        _known_check(check)
     targets = backend_names() if backend == "all" else [backend]
-    results = []
-    for target in targets:
-        name = target if isinstance(target, str) else target.name
-        for check in checks or CHECKS:
-            for dtype in dtypes:
-                try:
-                    run_check(target, check, dtype, max_examples)
-                    results.append(CheckResult(name, check, dtype, "passed"))
-                except CheckSkipped as exc:
-                    results.append(CheckResult(name, check, dtype, "skipped", str(exc)))
-                except AssertionError as exc:
-                    results.append(CheckResult(name, check, dtype, "failed", str(exc)))
+    results = [check_one(target, check, dtype, max_examples, seed)
+               for target in targets for check in checks or CHECKS for dtype in dtypes]
     failures = [r for r in results if r.status == "failed"]
     if failures and raise_on_failure:
         lines = "\n".join(f"  {r.backend} {r.check} [{r.dtype}]: {r.detail.splitlines()[0]}" for r in failures)

@@ -1,0 +1,189 @@
+"""`lstmbench demo`: one model, trained from the same seed on every backend that runs
+here, each checked against the reference's result, then compared side by side.
+
+The check is on the whole training, not one step: every backend trains the model a
+second time in float64, and its final parameters must equal the NumPy reference's
+float64 ones to FLOAT64_AGREEMENT of the largest parameter. Correct backends differ
+there only by rounding, which after the demo's few hundred Adam steps is 1e-15 to
+1e-12 (measured for the series and text tasks, H up to 128); a wrong gradient moves
+parameters by 1e-3 or more. The float32 run (the one timed) cannot be held to a
+fixed tolerance that way: rounding in float32 grows with training, and the float32
+reference itself ends 1e-6 (series) to 1e-3 (text, 8 epochs) away from the float64
+answer; its distance from the reference is shown beside that for comparison.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import lstmbench as lb
+from lstmbench import experiment
+from lstmbench.bench import REFERENCE, default_backends
+from lstmbench.checkpoint import atomic_write, check_output_dir
+from lstmbench.params import Params
+from lstmbench.training import RunConfig, train
+
+#: the two demo tasks: a forecaster of yearly sunspots, and a character model of the bundled text
+TASKS = {
+    "series": dict(dataset="sunspots", hidden=48, epochs=30, batch_size=32, lr=0.01),
+    "text": dict(dataset="shakespeare", hidden=64, epochs=10, batch_size=32, lr=0.01, seq_len=32),
+}
+FLOAT64_AGREEMENT = 1e-9  # of the largest parameter
+
+
+@dataclass
+class DemoRow:
+    backend: str
+    threads: int
+    seconds: float  # the whole training in the demo's dtype (every epoch, validation included)
+    speedup: float  # the reference's seconds (one thread) / this row's
+    test: float  # test RMSE (series) or cross-entropy (text) of the best-validation parameters
+    naive: float  # the same for the naive baseline (last value / unigram frequencies)
+    deviation: float  # max |final parameter - the reference's| of the timed run
+    deviation64: float  # the same for the float64 training
+    allowed64: float
+    verified: bool
+
+
+def max_deviation(a: Params, b: Params) -> float:
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) for k in b)
+
+
+def run_demo(text: bool = False, epochs: int | None = None, hidden: int | None = None, dtype: str = "float32",
+             backends: list[str] | None = None, out: str | Path = "runs/demo", progress: bool = True,
+             say=print) -> dict[str, Any]:
+    """Train the demo task on every backend (or ``backends``; the reference always), verify
+    and compare them, write the plots into ``out``; returns the report."""
+    spec = dict(TASKS["text" if text else "series"])
+    spec.update({k: v for k, v in (("epochs", epochs), ("hidden", hidden)) if v is not None})
+    out = check_output_dir(out, what="--out")
+    source = experiment.make_source(spec["dataset"])
+    task = experiment.build_task(source, hidden_size=spec["hidden"], dtype=dtype, seq_len=spec.get("seq_len", 64))
+    opt = lb.OptimizerConfig("adam", lr=spec["lr"])
+    run = RunConfig(epochs=spec["epochs"], batch_size=spec["batch_size"], seed=0, progress=progress)
+    init = lb.init_params(task.cfg, seed=0)
+    names, left_out = (list(backends), {}) if backends else default_backends()
+    names = [REFERENCE] + [n for n in names if n != REFERENCE]
+    fastest = lb.fastest_available() if lb.fastest_available() in names else names[-1]
+    say(f"lstmbench demo: {_describe(task, spec)}; {len(task.train[0])} training examples, {run.epochs} epochs, "
+        f"{dtype}, Adam, seed 0")
+    say(f"backends: {', '.join(names)}" + "".join(f"; {n} left out: {why}" for n, why in left_out.items()))
+
+    exact = lb.ModelConfig(**{**task.cfg.to_dict(), "dtype": "float64"})
+    exact_data = [tuple(a.astype(np.float64) if a.dtype.kind == "f" else a for a in part) for part in (task.train, task.val)]
+    exact_init = {k: v.astype(np.float64) for k, v in init.items()}
+    quiet = RunConfig(epochs=run.epochs, batch_size=run.batch_size, seed=run.seed, progress=False)
+    trained: dict[str, Any] = {}
+    for name in names:
+        backend = lb.get_backend(name)
+        backend.set_threads(1 if name == REFERENCE else None)  # the reference is the sequential row
+        _warm_up(backend, [task.cfg, exact], task.train, opt, say)
+        on_epoch = _epoch_printer() if (text and name == fastest) else None
+        started = time.perf_counter()
+        result = train(backend, task.cfg, opt, init, task.train, task.val, run, on_epoch=on_epoch)
+        seconds = time.perf_counter() - started
+        check = result if dtype == "float64" else train(backend, exact, opt, exact_init, *exact_data, quiet)
+        trained[name] = (backend, backend.threads, result, seconds, check.last_params)
+        say(f"  {name:<8} {backend.threads} thread(s): {seconds:6.2f} s")
+    ref_result, ref_seconds, ref_check = (trained[REFERENCE][k] for k in (2, 3, 4))
+    allowed = FLOAT64_AGREEMENT * max(float(np.max(np.abs(v))) for v in ref_check.values())
+
+    rows = []
+    for name, (backend, threads, result, seconds, check) in trained.items():
+        scores = experiment.evaluate(backend, task, result.params)
+        test, naive = ((scores["test_rmse"], scores["naive_rmse"]) if "test_rmse" in scores else
+                       (scores["test_loss"], scores["naive_loss"]))
+        deviation64 = max_deviation(check, ref_check)
+        rows.append(DemoRow(name, threads, seconds, ref_seconds / seconds, test, naive,
+                            max_deviation(result.last_params, ref_result.last_params), deviation64, allowed,
+                            deviation64 <= allowed))
+    backend, _, result, _, _ = trained[fastest]
+    forecast_png, speedup_png = out / ("predictions.png" if text else "forecast.png"), out / "speedup.png"
+    experiment.plot_run(backend, task, result.params, result.history, forecast_png)
+    plot_speedups(rows, speedup_png, _describe(task, spec))
+    report = {"task": "text" if text else "series", "spec": spec, "model": task.cfg.to_dict(), "dtype": dtype,
+              "fastest": fastest, "rows": [asdict(r) for r in rows], "left_out": left_out,
+              "units": scores.get("units", "nats/symbol"),
+              "plots": [str(forecast_png), str(speedup_png)]}
+    if text:
+        report["sample"] = experiment.sample_text(backend, task.cfg, result.params, task.meta, "ROMEO:", 240,
+                                                  temperature=0.7)
+    return report
+
+
+def _describe(task: experiment.Task, spec: dict) -> str:
+    if task.windows is not None:
+        index = task.windows.series.index
+        return (f"a forecaster of yearly sunspots ({index[0]}-{index[-1]}), H={spec['hidden']}, "
+                f"window {task.meta['window']}")
+    return f"a next-character model of the bundled text (V={task.cfg.output_size}), H={spec['hidden']}, " \
+           f"sequences of {task.meta['seq_len']}"
+
+
+def _warm_up(backend: lb.Backend, cfgs: list[lb.ModelConfig], data, opt: lb.OptimizerConfig, say) -> None:
+    """A step and a forward pass of each model before any clock starts, so compiling is not timed."""
+    numba = any(key.startswith("numba") for key in backend.runtime_info())
+    if numba:  # Numba's on-disk cache cannot be asked cheaply whether it holds these kernels
+        say(f"  {backend.name}: loading its Numba kernels; the first run compiles them (about 30 s, cached "
+            "afterwards) ...")
+    start = time.perf_counter()
+    for cfg in cfgs:
+        x, y = (a[:2].astype(cfg.dtype) if a.dtype.kind == "f" else a[:2] for a in data)
+        state = backend.init_state(cfg, lb.init_params(cfg, seed=0), opt)
+        backend.train_step(state, x, y)
+        backend.forward(cfg, backend.get_params(state), x)
+    if numba:
+        say(f"  {backend.name}: kernels ready in {time.perf_counter() - start:.1f} s")
+
+
+def _epoch_printer():
+    from tqdm.auto import tqdm
+
+    def report(rec):
+        tqdm.write(f"    epoch {rec['epoch']:3d}  train loss {rec['train_loss']:.4f}  validation {rec['val_loss']:.4f} "
+                   "nats/symbol", file=sys.stderr)
+    return report
+
+
+def format_demo(report: dict[str, Any]) -> str:
+    metric = "test RMSE" if report["task"] == "series" else "test xent"
+    baseline = "naive (last value)" if report["task"] == "series" else "unigram"
+    dtype = report["dtype"]
+    header = (f"{'backend':<8} {'threads':>7} {'train s':>8} {'speedup':>8} {metric:>10} {baseline:>18}  "
+              f"{'|params - ref| ' + dtype:>24}  {'float64: verified':>26}")
+    lines = [header, "-" * len(header)]
+    for r in report["rows"]:
+        verdict = f"{r['deviation64']:.2g} <= {r['allowed64']:.2g} {'yes' if r['verified'] else 'NO'}"
+        lines.append(f"{r['backend']:<8} {r['threads']:>7} {r['seconds']:>8.2f} {r['speedup']:>7.2f}x "
+                     f"{r['test']:>10.4g} {r['naive']:>18.4g}  {r['deviation']:>24.2g}  {verdict:>26}")
+    units = f"of {report['units']!r}" if report["task"] == "series" else "in nats/symbol"
+    lines += [f"speedup: the reference's training time on one thread / the row's, this run. {metric} {units}, "
+              "of the parameters with the best validation loss.",
+              "verified: the same training in float64 ends at the reference's parameters, up to rounding "
+              "(max difference <= 1e-9 of the largest parameter)"]
+    return "\n".join(lines)
+
+
+def plot_speedups(rows: list[DemoRow], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [f"{r.backend}\n{r.threads} thread(s)" for r in rows]
+    bars = ax.bar(labels, [r.speedup for r in rows], color=["C7" if r.backend == REFERENCE else "C0" for r in rows])
+    ax.bar_label(bars, [f"{r.speedup:.1f}x" for r in rows])
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set_ylabel("training speedup over the reference")
+    ax.margins(y=0.15)  # room for the bar labels
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
