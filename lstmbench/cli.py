@@ -158,7 +158,7 @@ def cmd_predict(args) -> int:
         raise LstmbenchError(f"{args.checkpoint} was not written by `lstmbench train` (no task description)")
     task = meta["task"]
     wrong = [flag for kind, flags in PREDICT_FLAGS.items() if kind != task for flag in flags
-             if getattr(args, flag) not in (None, False)]
+             if getattr(args, flag) is not None and getattr(args, flag) is not False]  # 0 is given, too
     if wrong:
         names = " and ".join("--" + f.replace("_", "-") for f in wrong)
         raise LstmbenchError(f"{names} {'does' if len(wrong) == 1 else 'do'} not apply to {args.checkpoint}, a {task} "

@@ -35,8 +35,10 @@ from lstmbench.validation import check_inputs, check_targets
 LAST_CHECKPOINT = "last.npz"  # resumable: latest parameters, optimizer state, position
 BEST_CHECKPOINT = "best.npz"  # best validation loss: what `predict` uses
 # A minibatch loss this many times the best so far (the first minibatch's, or the best epoch
-# mean) means the run is diverging. One minibatch of an epoch can exceed that epoch's mean
-# at most (minibatches per epoch) times, so a healthy run does not reach it.
+# mean) means the run is diverging. Losses are >= 0, so one minibatch can exceed its epoch's
+# mean at most (minibatches per epoch) times: with fewer than 1000 minibatches an epoch, a
+# run whose loss is not growing cannot reach it, and with more it would take one minibatch
+# far outside ordinary noise.
 EXPLODED = 1e3
 
 

@@ -296,6 +296,8 @@ def test_flags_that_do_not_apply_to_the_checkpoint_are_errors(text_model, series
     assert code == 2 and "--prime does not apply" in err and "a series model" in err and "--steps" in err
     code, _, err = run(capsys, "predict", str(text_model), "--steps", "3")
     assert code == 2 and "--steps does not apply" in err and "a text model" in err and "--prime" in err
+    code, _, err = run(capsys, "predict", str(series_model), "--length", "0", "--seed", "0")
+    assert code == 2 and "--length and --seed do not apply" in err  # 0 is a value given, not an absent flag
 
 
 def test_unknown_prime_symbols_are_an_error_listing_the_known(text_model, capsys):
