@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import asdict
 
+from lstmbench.console import progress_bar
 from lstmbench.errors import LstmbenchError
 
 QUICK_EXAMPLES = 3  # a smoke test: seconds for a NumPy-speed backend, and a wrong gradient still fails
@@ -75,27 +76,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     backends = [lb.get_backend(name) for name in dict.fromkeys(args.backends)]
     examples = QUICK_EXAMPLES if args.quick else args.examples or settings().max_examples
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    progress = Progress(enabled=not args.json and sys.stderr.isatty())
+    # which check is running, on a terminal only: a slow check would otherwise look like a hang
+    bar = progress_bar(not args.json, total=len(backends) * len(checks) * len(dtypes), leave=False,
+                       bar_format="{n}/{total} {desc}")
 
     how = " (--quick)" if args.quick else "" if args.examples else " (the Hypothesis profile's max_examples)"
     results = []
     started = time.perf_counter()
     for backend in backends:
         if not args.json:
-            print(f"lstmbench check {backend.name}: {len(checks)} check(s) x {', '.join(dtypes)}, {examples} "
-                  f"examples per check{how}, seed {seed}", flush=True)
+            bar.write(f"lstmbench check {backend.name}: {len(checks)} check(s) x {', '.join(dtypes)}, {examples} "
+                      f"examples per check{how}, seed {seed}", file=sys.stdout)
         own = []
         for check in checks:
             for dtype in dtypes:
-                progress.show(f"running {check} {dtype} on {backend.name} ...")
+                bar.set_description_str(f"running {check} {dtype} on {backend.name} ...")
                 result = check_one(backend, check, dtype, max_examples=examples, seed=seed)
-                progress.clear()
+                bar.update()
                 own.append(result)
                 if not args.json:
-                    print(format_result(result), flush=True)
+                    bar.write(format_result(result), file=sys.stdout)
         results += own
         if not args.json:
-            print(f"{backend.name}: {summary(own)}", flush=True)
+            bar.write(f"{backend.name}: {summary(own)}", file=sys.stdout)
+    bar.close()
     failed = any(r.status == "failed" for r in results)
     if args.json:
         print(json.dumps({"seed": seed, "examples": examples, "results": [asdict(r) for r in results],
@@ -129,22 +133,3 @@ def summary(results) -> str:
     seconds = sum(r.seconds for r in results)
     return f"{c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped in {seconds:.1f} s"
 
-
-class Progress:
-    """Which check is running, on one stderr line that the next result replaces; only on
-    a terminal, where a check that takes a while would otherwise look like a hang."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.width = enabled, 0
-
-    def show(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + text)
-            sys.stderr.flush()
-            self.width = len(text)
-
-    def clear(self) -> None:
-        if self.enabled and self.width:
-            sys.stderr.write("\r" + " " * self.width + "\r")
-            sys.stderr.flush()
-            self.width = 0

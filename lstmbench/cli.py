@@ -235,8 +235,7 @@ def bench_distributed(args) -> int:
     with w.together("preparing the benchmark"):
         if args.backends and len(args.backends) > 1:
             raise LstmbenchError("--distributed times one backend; name one with --backends")
-        available = [b.name for b in lb.list_backends() if b.available]
-        name = args.backends[0] if args.backends else next((n for n in ("c", "numba") if n in available), "numpy")
+        name = args.backends[0] if args.backends else lb.fastest_available()
         lb.get_backend(name)
     report = bench.run_distributed(w, name, hidden=args.hidden[0], batch=args.batch[0], steps=args.steps,
                                    dtype=args.dtype, batches=args.batches, threads=args.threads,

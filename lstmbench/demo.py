@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,8 +26,8 @@ import lstmbench as lb
 from lstmbench import experiment
 from lstmbench.bench import REFERENCE, default_backends
 from lstmbench.checkpoint import atomic_write, check_output_dir
-from lstmbench.params import Params
-from lstmbench.training import RunConfig, train
+from lstmbench.params import Params, cast_params
+from lstmbench.training import RunConfig, TrainResult, train
 
 #: the two demo tasks: a forecaster of yearly sunspots, and a character model of the bundled text
 TASKS = {
@@ -55,6 +55,16 @@ def max_deviation(a: Params, b: Params) -> float:
     return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) for k in b)
 
 
+class Trained(NamedTuple):
+    """One backend's demo run: the float32 (timed) training and its float64 check's parameters."""
+
+    backend: lb.Backend
+    threads: int
+    result: TrainResult
+    seconds: float
+    check: Params
+
+
 def run_demo(text: bool = False, epochs: int | None = None, hidden: int | None = None, dtype: str = "float32",
              backends: list[str] | None = None, out: str | Path = "runs/demo", progress: bool = True,
              say=print) -> dict[str, Any]:
@@ -70,16 +80,17 @@ def run_demo(text: bool = False, epochs: int | None = None, hidden: int | None =
     init = lb.init_params(task.cfg, seed=0)
     names, left_out = (list(backends), {}) if backends else default_backends()
     names = [REFERENCE] + [n for n in names if n != REFERENCE]
-    fastest = lb.fastest_available() if lb.fastest_available() in names else names[-1]
+    fastest = lb.fastest_available()
+    fastest = fastest if fastest in names else names[-1]
     say(f"lstmbench demo: {_describe(task, spec)}; {len(task.train[0])} training examples, {run.epochs} epochs, "
         f"{dtype}, Adam, seed 0")
     say(f"backends: {', '.join(names)}" + "".join(f"; {n} left out: {why}" for n, why in left_out.items()))
 
     exact = lb.ModelConfig(**{**task.cfg.to_dict(), "dtype": "float64"})
     exact_data = [tuple(a.astype(np.float64) if a.dtype.kind == "f" else a for a in part) for part in (task.train, task.val)]
-    exact_init = {k: v.astype(np.float64) for k, v in init.items()}
-    quiet = RunConfig(epochs=run.epochs, batch_size=run.batch_size, seed=run.seed, progress=False)
-    trained: dict[str, Any] = {}
+    exact_init = cast_params(init, np.float64)
+    quiet = replace(run, progress=False)
+    trained: dict[str, Trained] = {}
     for name in names:
         backend = lb.get_backend(name)
         backend.set_threads(1 if name == REFERENCE else None)  # the reference is the sequential row
@@ -89,27 +100,28 @@ def run_demo(text: bool = False, epochs: int | None = None, hidden: int | None =
         result = train(backend, task.cfg, opt, init, task.train, task.val, run, on_epoch=on_epoch)
         seconds = time.perf_counter() - started
         check = result if dtype == "float64" else train(backend, exact, opt, exact_init, *exact_data, quiet)
-        trained[name] = (backend, backend.threads, result, seconds, check.last_params)
+        trained[name] = Trained(backend, backend.threads, result, seconds, check.last_params)
         say(f"  {name:<8} {backend.threads} thread(s): {seconds:6.2f} s")
-    ref_result, ref_seconds, ref_check = (trained[REFERENCE][k] for k in (2, 3, 4))
-    allowed = FLOAT64_AGREEMENT * max(float(np.max(np.abs(v))) for v in ref_check.values())
+    ref = trained[REFERENCE]
+    allowed = FLOAT64_AGREEMENT * max(float(np.max(np.abs(v))) for v in ref.check.values())
 
-    rows = []
-    for name, (backend, threads, result, seconds, check) in trained.items():
-        scores = experiment.evaluate(backend, task, result.params)
+    rows, units = [], "nats/symbol"
+    for name, t in trained.items():
+        scores = experiment.evaluate(t.backend, task, t.result.params)
         test, naive = ((scores["test_rmse"], scores["naive_rmse"]) if "test_rmse" in scores else
                        (scores["test_loss"], scores["naive_loss"]))
-        deviation64 = max_deviation(check, ref_check)
-        rows.append(DemoRow(name, threads, seconds, ref_seconds / seconds, test, naive,
-                            max_deviation(result.last_params, ref_result.last_params), deviation64, allowed,
+        units = scores.get("units", units)  # the same for every backend: the task's
+        deviation64 = max_deviation(t.check, ref.check)
+        rows.append(DemoRow(name, t.threads, t.seconds, ref.seconds / t.seconds, test, naive,
+                            max_deviation(t.result.last_params, ref.result.last_params), deviation64, allowed,
                             deviation64 <= allowed))
-    backend, _, result, _, _ = trained[fastest]
+    backend, result = trained[fastest].backend, trained[fastest].result
     forecast_png, speedup_png = out / ("predictions.png" if text else "forecast.png"), out / "speedup.png"
     experiment.plot_run(backend, task, result.params, result.history, forecast_png)
     plot_speedups(rows, speedup_png, _describe(task, spec))
     report = {"task": "text" if text else "series", "spec": spec, "model": task.cfg.to_dict(), "dtype": dtype,
               "fastest": fastest, "rows": [asdict(r) for r in rows], "left_out": left_out,
-              "units": scores.get("units", "nats/symbol"),
+              "units": units,
               "plots": [str(forecast_png), str(speedup_png)]}
     if text:
         report["sample"] = experiment.sample_text(backend, task.cfg, result.params, task.meta, "ROMEO:", 240,

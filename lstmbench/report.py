@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lstmbench.errors import LstmbenchError, OutputError
+from lstmbench.checkpoint import atomic_write, check_output_dir
+from lstmbench.errors import LstmbenchError
 
 TRAIN_STEP = "bench_train_step.TrainStep.time_train_step"
 SPEEDUP = "bench_train_step.Speedup.track_speedup"
@@ -341,7 +342,7 @@ def _wants_log(unit: str, values: list[float]) -> bool:
 
 
 def _save(fig, path: Path) -> tuple[int, int]:
-    fig.savefig(path, format="png", dpi=DPI)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
     w, h = fig.canvas.get_width_height()
     return w, h
 
@@ -569,23 +570,15 @@ def build_page(benchmarks: dict, machines: list[Machine], out: Path, source: Pat
 def write_report(results_dir: str | Path, out: str | Path = ".asv/report", machine: str | None = None) -> Path:
     """Write ``out``/index.html and its PNG charts from the asv results in
     ``results_dir``; returns the page's absolute path."""
-    from lstmbench.checkpoint import check_output_dir
-
     benchmarks, machines = load_results(results_dir, machine)
     out = check_output_dir(out, what="--out")
     for m in machines:
         for u in m.unreadable:
             print(f"warning: skipped unreadable result file {u}", file=sys.stderr)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        page = build_page(benchmarks, machines, out, Path(results_dir))
-        index = out / "index.html"
-        tmp = out / ".index.html.tmp"
-        tmp.write_text("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                       "<title>lstmbench benchmark history</title>"
-                       f"<style>{CSS}</style></head><body>\n" + "\n".join(page.parts) + "\n</body></html>\n",
-                       encoding="utf-8")
-        tmp.replace(index)  # a browser never sees half a page
-    except OSError as exc:
-        raise OutputError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+    page = build_page(benchmarks, machines, out, Path(results_dir))  # writes the charts
+    text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>lstmbench benchmark history</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(page.parts) + "\n</body></html>\n")
+    index = out / "index.html"
+    atomic_write(index, lambda f: f.write(text.encode("utf-8")))  # a browser never sees half a page
     return index.resolve()

@@ -6,10 +6,13 @@ The ``cuda`` backend runs in Numba's CUDA simulator here, unless the caller set
 NUMBA_ENABLE_CUDASIM itself (NUMBA_ENABLE_CUDASIM=0 on a GPU machine runs the
 same tests on the device). It must be set before numba.cuda is first imported."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -17,3 +20,16 @@ settings.register_profile("ci", max_examples=15, derandomize=True, print_blob=Tr
 settings.register_profile("dev", max_examples=30, **common)
 settings.register_profile("thorough", max_examples=300, **common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+@pytest.fixture(scope="session")
+def broken_copy_maker():
+    """docs/examples/make_broken_copy.py as a module: the one definition of the example
+    plugin's broken copy (tests/test_plugin.py, tests/test_check_command.py)."""
+    spec = importlib.util.spec_from_file_location("make_broken_copy", EXAMPLES / "make_broken_copy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

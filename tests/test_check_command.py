@@ -38,12 +38,9 @@ def _load_package(name: str, directory: Path):
 
 
 @pytest.fixture(scope="module")
-def example_backends(tmp_path_factory):
+def example_backends(tmp_path_factory, broken_copy_maker):
     """``example`` and ``example-broken``, registered for this module."""
-    spec = importlib.util.spec_from_file_location("make_broken_copy", EXAMPLES / "make_broken_copy.py")
-    helper = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helper)
-    broken_dir = helper.make_broken_copy(tmp_path_factory.mktemp("broken") / "lstmbench-example-broken")
+    broken_dir = broken_copy_maker.make_broken_copy(tmp_path_factory.mktemp("broken") / "lstmbench-example-broken")
     packages = {"lstmbench_example_from_docs": EXAMPLES / "lstmbench-example" / "lstmbench_example",
                 "lstmbench_example_broken_from_docs": broken_dir / "lstmbench_example_broken"}
     good, broken = (_load_package(name, path).ExampleBackend() for name, path in packages.items())

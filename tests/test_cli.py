@@ -1,10 +1,13 @@
 """The `lstmbench` command end to end, in-process (fast) through cli.main."""
 
+import errno
 import json
 
 import numpy as np
 import pytest
 
+import lstmbench as lb
+from lstmbench import checkpoint as checkpoint_module
 from lstmbench.checkpoint import load_checkpoint
 from lstmbench.cli import main
 
@@ -148,11 +151,6 @@ def test_outputs_get_the_usual_file_mode(tmp_path, capsys):
 
 
 # --- the rough edges a newcomer met (issue 11): each test fails without its fix ---------------
-
-import errno  # noqa: E402
-
-import lstmbench as lb  # noqa: E402
-from lstmbench import checkpoint as checkpoint_module  # noqa: E402
 
 NILE = ["train", "--dataset", "nile", "--window", "5", "--hidden", "4", "--quiet"]
 

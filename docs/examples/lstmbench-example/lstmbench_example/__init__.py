@@ -8,7 +8,6 @@ from __future__ import annotations
 from importlib.util import find_spec
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from lstmbench import Backend, Capabilities
 
@@ -31,10 +30,14 @@ class ExampleBackend(Backend):
     # Inputs are validated before these are called: x is (B, T, D) of cfg.dtype and
     # finite, params have exactly cfg's names, shapes and dtype, y matches the task.
     def _forward(self, cfg, params, x):
+        from threadpoolctl import threadpool_limits  # here, so that availability() can say it is missing
+
         with threadpool_limits(self.threads, user_api="blas"):  # honour --threads
             return lstm.forward(cfg, params, x)[0]  # (B, O) or (B, T, O), cfg.dtype
 
     def _loss_and_grads(self, cfg, params, x, y):
+        from threadpoolctl import threadpool_limits
+
         with threadpool_limits(self.threads, user_api="blas"):
             loss, grads = lstm.loss_and_grads(cfg, params, x, y)
         return float(loss), grads  # grads: the same keys, shapes and dtype as params
