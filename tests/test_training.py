@@ -206,17 +206,17 @@ def test_signal_after_update_then_resume(data, tmp_path, sig):
 # --- divergence ------------------------------------------------------------------
 
 
-class BadLossAt(NumpyReference):
-    """Returns ``value`` as the loss of the n-th training step (the step itself runs)."""
+class LossAt(NumpyReference):
+    """Returns ``change(loss)`` as the loss of the n-th training step (the step itself runs)."""
 
-    def __init__(self, n, value):
+    def __init__(self, n, change):
         super().__init__()
-        self.n, self.value, self.calls = n, value, 0
+        self.n, self.change, self.calls = n, change, 0
 
     def train_step(self, state, x, y):
         self.calls += 1
         loss = super().train_step(state, x, y)
-        return self.value if self.calls == self.n else loss
+        return self.change(loss) if self.calls == self.n else loss
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -230,7 +230,7 @@ def test_divergence_keeps_last_good_checkpoint(data, tmp_path, value):
 
     n = 2 * BATCHES_PER_EPOCH + 2  # second batch of the third epoch
     with pytest.raises(DivergenceError) as info:
-        run_train(data, out, epochs=5, backend=BadLossAt(n, value), on_epoch=on_epoch)
+        run_train(data, out, epochs=5, backend=LossAt(n, lambda loss: value), on_epoch=on_epoch)
     message = str(info.value)
     assert f"became {value}" in message
     assert "epoch 3, batch 2" in message
@@ -566,24 +566,11 @@ def test_numpy_integer_seed(data, tmp_path):
     assert load_checkpoint(tmp_path / LAST_CHECKPOINT).meta["run"]["seed"] == 3
 
 
-class ScaledLossAt(NumpyReference):
-    """Multiplies the n-th training step's loss by ``factor`` (the step itself runs)."""
-
-    def __init__(self, n, factor):
-        super().__init__()
-        self.n, self.factor, self.calls = n, factor, 0
-
-    def train_step(self, state, x, y):
-        self.calls += 1
-        loss = super().train_step(state, x, y)
-        return loss * self.factor if self.calls == self.n else loss
-
-
 def test_an_exploding_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
     out = tmp_path / "run"
     n = BATCHES_PER_EPOCH + 3  # third batch of the second epoch
     with pytest.raises(DivergenceError) as info:
-        run_train(data, out, epochs=4, backend=ScaledLossAt(n, 1e4))
+        run_train(data, out, epochs=4, backend=LossAt(n, lambda loss: loss * 1e4))
     message = str(info.value)
     assert "exploded to" in message and "over 1000 times its best so far" in message
     assert "epoch 2, batch 3" in message and "(epoch 1)" in message and "--lr" in message
@@ -591,5 +578,5 @@ def test_an_exploding_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_pa
 
 
 def test_a_loss_spike_below_the_explosion_limit_trains_on(data, tmp_path):
-    result = run_train(data, tmp_path / "run", epochs=3, backend=ScaledLossAt(BATCHES_PER_EPOCH + 3, 100))
+    result = run_train(data, tmp_path / "run", epochs=3, backend=LossAt(BATCHES_PER_EPOCH + 3, lambda loss: loss * 100))
     assert result.stop_reason == "completed"
