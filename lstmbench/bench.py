@@ -66,8 +66,8 @@ class Workload:
     one_hot: bool = False  # inputs are one-hot symbols (input_size of them), as text models see them
 
     def model(self, dtype: str) -> ModelConfig:
-        return ModelConfig(self.input_size, self.hidden, self.output_size, self.layers, self.loss, self.many_to_many,
-                           dtype)
+        return bench_model(self.hidden, dtype, self.input_size, self.output_size, self.layers, self.loss,
+                           self.many_to_many)
 
     def data(self, cfg: ModelConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         return bench_batch(cfg, self.batch, self.steps, seed, self.one_hot)
@@ -114,7 +114,8 @@ class BenchRow:
 
 def bench_model(hidden: int, dtype: str = "float32", input_size: int = 1, output_size: int = 1,
                 layers: int = 1, loss: str = "mse", many_to_many: bool = False) -> ModelConfig:
-    """The default benchmark task: many-to-one MSE regression, D=1, O=1."""
+    """A benchmark model (Workload.model passes every field); the defaults are the default task:
+    many-to-one MSE regression, D=1, O=1."""
     return ModelConfig(input_size, hidden, output_size, layers, loss, many_to_many, dtype)
 
 
@@ -265,11 +266,14 @@ def run_workloads(workloads: list[Workload], backends: list[str] | None = None, 
     ref.set_threads(None)
     ceilings = measure_ceilings(dtype, threads)  # last too: it runs every core flat out
     base = {r.workload: r.timing.median_s for r in rows if r.label == f"{REFERENCE} (1 BLAS thread)"}
+    fma = ceilings["fma_peak"]
     for row in rows:
         if row.timing is not None:
             row.speedup = base[row.workload] / row.timing.median_s
-            if ceilings["fma_gflops"] and not _gpu_row(row.runtime):  # a CPU peak: no percentage of it for a GPU
-                row.pct_peak = 100 * row.gflops / _peak_for(ceilings, row.threads, threads)
+            if fma and not _gpu_row(row.runtime):  # a CPU peak: no percentage of it for a GPU
+                # the FMA peak of the row's threads: measured on all ``threads``, per core below that
+                row_peak = fma["gflops"] if row.threads >= threads else fma["per_core_gflops"] * row.threads
+                row.pct_peak = 100 * row.gflops / row_peak
             row.unstable = unstable_reason(row)
     order = {work.name: k for k, work in enumerate(workloads)}
     rows.sort(key=lambda r: order[r.workload])  # stable: keeps the row order within a workload
@@ -301,21 +305,16 @@ def _load_average() -> float | None:
         return None
 
 
-def _peak_for(ceilings: dict[str, Any], row_threads: int, threads: int) -> float:
-    """The FMA peak of a row's threads: measured on all ``threads``, per core below that."""
-    return ceilings["fma_gflops"] if row_threads >= threads else ceilings["fma_gflops_per_core"] * row_threads
-
-
 def measure_ceilings(dtype: str, threads: int) -> dict[str, Any]:
     """This machine's ceilings now: the FMA peak of its widest vectors (on one thread and on
     ``threads``), the BLAS matrix-product rate on ``threads`` and which kernel BLAS ran."""
     from lstmbench import peak
 
     fma = peak.fma_peak(dtype, threads)
-    return {"fma_peak": fma.to_dict() if fma else None, "fma_gflops": fma.gflops if fma else None,
-            "fma_gflops_per_core": fma.per_core_gflops if fma else None,
-            "matmul_peak_gflops": peak.matmul_peak_gflops(dtype, threads), "blas": peak.blas_info(),
-            "blas_restriction": peak.blas_restriction()}
+    matmul = peak.matmul_peak_gflops(dtype, threads)
+    blas = peak.blas_info()
+    return {"fma_peak": fma.to_dict() if fma else None, "matmul_peak_gflops": matmul, "blas": blas,
+            "blas_restriction": peak.blas_restriction(blas)}
 
 
 def _torch_peer(device: str = "cpu"):

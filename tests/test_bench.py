@@ -188,7 +188,6 @@ def test_unstable_rows_are_named():
 def test_report_marks_unstable_rows_and_warns():
     report = small_grid(["numpy"])
     row = report["rows"][0]
-    assert "unstable" in row  # every run decides it
     row["unstable"], row["pct_peak"] = "above the peak measured in this run", 116.9
     text = bench.format_grid(report)
     assert "! unstable: above the peak measured in this run" in text

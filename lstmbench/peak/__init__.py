@@ -103,12 +103,15 @@ def blas_info() -> list[dict]:
     return [{k: lib.get(k) for k in keys} for lib in threadpool_info() if lib.get("user_api") == "blas"]
 
 
-def blas_restriction() -> str | None:
-    """One line if an environment variable holds OpenBLAS below this CPU's widest vectors, else None."""
+def blas_restriction(libs: list[dict] | None = None) -> str | None:
+    """One line if an environment variable holds OpenBLAS below this CPU's widest vectors, else None.
+    ``libs``: :func:`blas_info`'s list where the caller has it already (else it is asked)."""
     set_vars = [f"{v}={os.environ[v]}" for v in OPENBLAS_OVERRIDES if os.environ.get(v)]
     if not set_vars or widest_vector_bits() < 512:
         return None
-    kernels = sorted({str(lib["architecture"]) for lib in blas_info() if lib["internal_api"] == "openblas"})
+    if libs is None:
+        libs = blas_info()
+    kernels = sorted({str(lib["architecture"]) for lib in libs if lib["internal_api"] == "openblas"})
     if kernels and all(k.lower() in AVX512_KERNELS for k in kernels):
         return None
     return (f"{', '.join(set_vars)} holds OpenBLAS to its {'/'.join(kernels) or 'chosen'} kernel (no AVX-512) on a "
