@@ -8,6 +8,7 @@ named arrays the rest of lstmbench uses is a set of views into the vector.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
@@ -24,17 +25,9 @@ class Layout:
 
     @classmethod
     def of(cls, cfg: ModelConfig) -> "Layout":
-        slices, pos = {}, 0
-        for name, shape in cfg.param_shapes().items():
-            n = int(np.prod(shape))
-            slices[name] = (pos, pos + n, shape)
-            pos += n
-        L = cfg.num_layers
-        offs = np.zeros((L + 1, 3), dtype=np.int64)
-        for layer in range(L):
-            offs[layer] = [slices[f"l{layer}.{p}"][0] for p in ("W_x", "W_h", "b")]
-        offs[L, :2] = [slices["head.W"][0], slices["head.b"][0]]
-        return cls(offs, slices, pos)
+        """The layout of ``cfg``, made once per model and shared (it is never changed:
+        the dataclass is frozen and ``offs`` is read-only)."""
+        return _layout_of(cfg)
 
     def flatten(self, arrays: Mapping[str, np.ndarray], dtype) -> np.ndarray:
         flat = np.empty(self.size, dtype=dtype)
@@ -44,6 +37,22 @@ class Layout:
 
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         return {name: flat[a:b].reshape(shape) for name, (a, b, shape) in self.slices.items()}
+
+
+@lru_cache(maxsize=64)
+def _layout_of(cfg: ModelConfig) -> Layout:
+    slices, pos = {}, 0
+    for name, shape in cfg.param_shapes().items():
+        n = int(np.prod(shape))
+        slices[name] = (pos, pos + n, shape)
+        pos += n
+    L = cfg.num_layers
+    offs = np.zeros((L + 1, 3), dtype=np.int64)
+    for layer in range(L):
+        offs[layer] = [slices[f"l{layer}.{p}"][0] for p in ("W_x", "W_h", "b")]
+    offs[L, :2] = [slices["head.W"][0], slices["head.b"][0]]
+    offs.setflags(write=False)  # shared by every caller of Layout.of
+    return Layout(offs, slices, pos)
 
 
 @dataclass

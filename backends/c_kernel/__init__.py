@@ -105,6 +105,7 @@ class Workspace:
 
     block: np.ndarray  # uint8; C carves and aligns its buffers inside
     dims: object  # the lstm_dims struct (cffi)
+    plan: str  # how the threads share a step of this shape: "shards" or "units" (lstm_parallel_plan)
 
 
 class CKernel(Backend):
@@ -117,7 +118,6 @@ class CKernel(Backend):
     def __init__(self) -> None:
         super().__init__()
         self._ext = None
-        self._layouts: dict[ModelConfig, Layout] = {}
         self._pool: dict[tuple, list[Workspace]] = {}
         self._pool_lock = threading.Lock()
         self.source_dir = sources.HERE  # where the sources checked against the binary live
@@ -177,10 +177,10 @@ class CKernel(Backend):
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _layout(self, cfg: ModelConfig) -> Layout:
-        if cfg not in self._layouts:
-            self._layouts[cfg] = Layout.of(cfg)
-        return self._layouts[cfg]
+    @staticmethod
+    def _layout(cfg: ModelConfig) -> Layout:
+        """Layout.of(cfg) (which caches it); kept for tests/test_c_backend.py, which calls it."""
+        return Layout.of(cfg)
 
     def _acquire(self, cfg: ModelConfig, B: int, T: int) -> tuple[tuple, Workspace]:
         """A workspace for this shape (from the pool, or new); concurrent calls get different ones."""
@@ -201,8 +201,9 @@ class CKernel(Backend):
         nbytes = lib.lstm_workspace_bytes(dims, cfg.np_dtype.itemsize)
         if nbytes < 0:
             raise ShapeError(f"the C kernel cannot hold a batch of shape ({B}, {T}, {cfg.input_size}) for {cfg}")
+        plan = PARALLEL[lib.lstm_parallel_plan(dims, cfg.np_dtype.itemsize)]  # depends on the dims alone
         # zeros: buffer padding the kernel never writes stays finite
-        return key, Workspace(np.zeros(nbytes, np.uint8), dims)
+        return key, Workspace(np.zeros(nbytes, np.uint8), dims, plan)
 
     def _release(self, key: tuple, ws: Workspace) -> None:
         with self._pool_lock:
@@ -228,7 +229,7 @@ class CKernel(Backend):
         """Validate every array, then run one C entry point ("forward", "loss_grad", "train_step").
         x, y, theta, grad, y_hat and slots must already be contiguous arrays of the model's dtype."""
         ffi, lib = self._lib()
-        dt, layout = cfg.np_dtype, self._layout(cfg)
+        dt, layout = cfg.np_dtype, Layout.of(cfg)
         if not isinstance(x, np.ndarray) or x.ndim != 3:
             raise ShapeError(f"x must be a (batch, steps, {cfg.input_size}) array")
         B, T = x.shape[0], x.shape[1]
@@ -251,7 +252,7 @@ class CKernel(Backend):
                    for s in slots]
         symbols = one_hot_symbols(x)  # one-hot input: read as symbol ids (gathers instead of products)
         key, ws = self._acquire(cfg, B, T)
-        self.last_plan = PARALLEL[lib.lstm_parallel_plan(ws.dims, dt.itemsize)]
+        self.last_plan = ws.plan
         ws.dims.x_symbols = ffi.NULL if symbols is None else c_array(ffi, symbols, np.int64, (B, T), "x symbols")
         try:
             p_ws = c_array(ffi, ws.block, np.uint8, ws.block.shape, "workspace", writable=True)
@@ -275,21 +276,21 @@ class CKernel(Backend):
     # -- protocol ------------------------------------------------------------------------
 
     def _forward(self, cfg, params, x):
-        theta = self._layout(cfg).flatten(params, cfg.np_dtype)
+        theta = Layout.of(cfg).flatten(params, cfg.np_dtype)
         B, T = x.shape[0], x.shape[1]
         out = np.empty((B, T if cfg.many_to_many else 1, cfg.output_size), dtype=cfg.np_dtype)
         self._call("forward", cfg, theta, np.ascontiguousarray(x), y_hat=out)
         return out if cfg.many_to_many else out[:, 0].copy()
 
     def _loss_and_grads(self, cfg, params, x, y):
-        layout = self._layout(cfg)
+        layout = Layout.of(cfg)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
         loss = self._call("loss_grad", cfg, layout.flatten(params, cfg.np_dtype), np.ascontiguousarray(x), y,
                           grad=grad)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     def _init_state(self, cfg, params, opt, opt_state):
-        return FlatTrainState.create(self._layout(cfg), cfg, opt, params, opt_state)
+        return FlatTrainState.create(Layout.of(cfg), cfg, opt, params, opt_state)
 
     def _train_step(self, state: FlatTrainState, x, y):
         ffi, lib = self._lib()

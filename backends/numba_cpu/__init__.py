@@ -53,7 +53,6 @@ class NumbaThreads(Backend):
     def __init__(self) -> None:
         super().__init__()
         self._workspaces: dict[tuple, Workspace] = {}
-        self._layouts: dict[ModelConfig, Layout] = {}
         self._blas = None
 
     def availability(self):
@@ -90,11 +89,6 @@ class NumbaThreads(Backend):
             self._blas = ThreadpoolController()
         return kernels
 
-    def _layout(self, cfg: ModelConfig) -> Layout:
-        if cfg not in self._layouts:
-            self._layouts[cfg] = Layout.of(cfg)
-        return self._layouts[cfg]
-
     def _run(self, cfg: ModelConfig, theta: np.ndarray, x: np.ndarray, y, backward: bool) -> tuple[Workspace, float]:
         """Run every shard; returns the workspace (outputs, per-shard gradients) and the mean loss."""
         import numba
@@ -107,7 +101,7 @@ class NumbaThreads(Backend):
         if ws is None:
             if len(self._workspaces) > 8:  # a few shapes (full batches, the last partial batch) are typical
                 self._workspaces.clear()
-            ws = self._workspaces[key] = Workspace.make(cfg, B, T, threads, self._layout(cfg).size)
+            ws = self._workspaces[key] = Workspace.make(cfg, B, T, threads, Layout.of(cfg).size)
         dt = cfg.np_dtype
         xent = cfg.loss == "xent"
         Tout = T if cfg.many_to_many else 1
@@ -121,7 +115,7 @@ class NumbaThreads(Backend):
         b = ws.buffers
         numba.set_num_threads(threads)
         with self._blas.limit(limits=1, user_api="blas"):
-            k.run_shards(np.ascontiguousarray(x), y_real, y_class, xent, theta, b["theta_t"], self._layout(cfg).offs,
+            k.run_shards(np.ascontiguousarray(x), y_real, y_class, xent, theta, b["theta_t"], Layout.of(cfg).offs,
                          cfg.hidden_size, cfg.many_to_many, ws.shard_lo, ws.shard_nb, b["xs"], b["hs"], b["cs"],
                          b["gates"], b["tcs"], b["rec"], b["yout"], b["dy"], b["dh_in"], b["dhn"], b["dcn"],
                          b["grads"], b["losses"], dt.type(1.0), coef, backward)
@@ -138,18 +132,18 @@ class NumbaThreads(Backend):
     # -- protocol ------------------------------------------------------------------------
 
     def _forward(self, cfg, params, x):
-        ws, _ = self._run(cfg, self._layout(cfg).flatten(params, cfg.np_dtype), x, None, backward=False)
+        ws, _ = self._run(cfg, Layout.of(cfg).flatten(params, cfg.np_dtype), x, None, backward=False)
         return self._outputs(cfg, ws, x.shape[0])
 
     def _loss_and_grads(self, cfg, params, x, y):
-        layout = self._layout(cfg)
+        layout = Layout.of(cfg)
         ws, loss = self._run(cfg, layout.flatten(params, cfg.np_dtype), x, y, backward=True)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
         self._kernels().reduce_shards(ws.buffers["grads"], grad)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     def _init_state(self, cfg, params, opt, opt_state):
-        return FlatTrainState.create(self._layout(cfg), cfg, opt, params, opt_state)
+        return FlatTrainState.create(Layout.of(cfg), cfg, opt, params, opt_state)
 
     def _train_step(self, state: FlatTrainState, x, y):
         cfg, opt, dt = state.cfg, state.opt, state.cfg.np_dtype

@@ -27,7 +27,7 @@ import numpy as np
 
 from lstmbench import Backend, Capabilities, ModelConfig
 from lstmbench.errors import DeviceError, ShapeError
-from lstmbench.layout import Layout
+from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.protocol import TrainState
 
 RUNTIME = "the CUDA runtime that matches the driver (pip install 'numba-cuda[cu12]' or 'numba-cuda[cu13]')"
@@ -165,8 +165,8 @@ class Workspace:
         dev["loss_part"] = zeros(p.loss_blocks, np.float64)
         dev["loss"] = zeros(1, np.float64)
         y_shape = (Tout, Bp) if xent else (Tout, Bp, O)
-        host = lambda shape, dtype: _pinned_zeros(shape, dtype)  # noqa: E731
-        return cls(p, host((T, Bp, D0), dt), host(y_shape, np.int32 if xent else dt), host((1,), np.float64), dev)
+        return cls(p, _pinned_zeros((T, Bp, D0), dt), _pinned_zeros(y_shape, np.int32 if xent else dt),
+                   _pinned_zeros((1,), np.float64), dev)
 
 
 def _pinned_zeros(shape, dtype) -> np.ndarray:
@@ -218,7 +218,6 @@ class NumbaCuda(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._layouts: dict[ModelConfig, Layout] = {}
         self._model_arrays: dict[ModelConfig, ModelArrays] = {}
         self._workspaces: dict[tuple, Workspace] = {}
         self._limits: DeviceLimits | None = None
@@ -276,14 +275,9 @@ class NumbaCuda(Backend):
             self._limits = DeviceLimits.current()
         return self._limits
 
-    def _layout(self, cfg: ModelConfig) -> Layout:
-        if cfg not in self._layouts:
-            self._layouts[cfg] = Layout.of(cfg)
-        return self._layouts[cfg]
-
     def _model(self, cfg: ModelConfig) -> ModelArrays:
         if cfg not in self._model_arrays:
-            offs = self._layout(cfg).offs
+            offs = Layout.of(cfg).offs
             cuda = _cuda()
             self._model_arrays[cfg] = ModelArrays(cuda.to_device(np.ascontiguousarray(offs[:-1, 1])),
                                                   cuda.to_device(np.ascontiguousarray(offs[:-1, 2])))
@@ -343,7 +337,7 @@ class NumbaCuda(Backend):
         """Every layer's recurrence, then the head: yout = h @ W_y + b_y."""
         k, p, d = _kernels(), ws.plan, ws.dev
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
-        Bp, G, offs = p.padded_batch, 4 * H, self._layout(cfg).offs
+        Bp, G, offs = p.padded_batch, 4 * H, Layout.of(cfg).offs
         rows = T * Bp
         forward = k.lstm_forward_kernel(dt, p.rows)
         for layer in range(L):
@@ -365,11 +359,10 @@ class NumbaCuda(Backend):
         """Loss and dy, then backpropagation through time into ``grad`` (bias sums last)."""
         k, p, d = _kernels(), ws.plan, ws.dev
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
-        Bp, G, offs, model = p.padded_batch, 4 * H, self._layout(cfg).offs, self._model(cfg)
+        Bp, G, offs, model = p.padded_batch, 4 * H, Layout.of(cfg).offs, self._model(cfg)
         Tout = T if cfg.many_to_many else 1
         xent = cfg.loss == "xent"
-        n_terms = Tout * B if xent else Tout * B * O
-        coef = dt.type((1.0 if xent else 2.0) / n_terms)
+        coef = dt.type((1.0 if xent else 2.0) / self._n_terms(cfg, B, T))
         self._launch(k.loss_kernel(dt), p.loss_blocks, p.loss_threads, 8 * p.loss_threads, d["yout"], d["y_real"],
                      d["y_class"], xent, d["dy"], d["loss_part"], d["dby_part"], B, Bp, Tout, O, coef)
         self._launch(k.transpose_kernel(dt), _elementwise_blocks(L * H * G, UPDATE_BLOCKS), k.REDUCE_THREADS, 0,
@@ -423,7 +416,7 @@ class NumbaCuda(Backend):
 
         def run():
             ws = self._workspace(cfg, B, T)
-            theta = self._to_device(self._layout(cfg).flatten(params, cfg.np_dtype))
+            theta = self._to_device(Layout.of(cfg).flatten(params, cfg.np_dtype))
             self._stage(cfg, ws, x, None)
             self._forward_pass(cfg, ws, theta, T)
             yout = ws.dev["yout"].copy_to_host(stream=self._stream)
@@ -436,7 +429,7 @@ class NumbaCuda(Backend):
         return np.ascontiguousarray(out if cfg.many_to_many else out[:, 0])
 
     def _loss_and_grads(self, cfg, params, x, y):
-        layout = self._layout(cfg)
+        layout = Layout.of(cfg)
         B, T = x.shape[0], x.shape[1]
 
         def run():
@@ -454,20 +447,19 @@ class NumbaCuda(Backend):
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     def _init_state(self, cfg, params, opt, opt_state):
-        layout = self._layout(cfg)
+        layout = Layout.of(cfg)
         dt = cfg.np_dtype
 
         def run():
             cuda = _cuda()
-            slots = sorted({key.split("/")[0] for key in opt_state if "/" in key})
+            host = FlatTrainState.create(layout, cfg, opt, params, opt_state)  # the flat vectors, on the host
             # theta, W_h^T, the gradient and every optimizer slot
-            _check_free_memory((3 + len(slots)) * layout.size * dt.itemsize, f"the training state of {cfg}")
-            flat_slots = {s: cuda.to_device(layout.flatten({n: opt_state[f"{s}/{n}"] for n in layout.slices}, dt))
-                          for s in slots}
+            _check_free_memory((3 + len(host.slots)) * layout.size * dt.itemsize, f"the training state of {cfg}")
             return CudaTrainState(cfg, opt, {}, {"step": np.array(opt_state["step"], dtype=np.int64)}, layout=layout,
-                                  theta=cuda.to_device(layout.flatten(params, dt)),
+                                  theta=cuda.to_device(host.theta),
                                   theta_t=cuda.device_array(layout.size, dt), grad=cuda.device_array(layout.size, dt),
-                                  slots=flat_slots, norm_part=cuda.to_device(np.zeros(NORM_BLOCKS, np.float64)))
+                                  slots={s: cuda.to_device(flat) for s, flat in host.slots.items()},
+                                  norm_part=cuda.to_device(np.zeros(NORM_BLOCKS, np.float64)))
 
         return self._device("init_state", cfg, (), run)
 

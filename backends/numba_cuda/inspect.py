@@ -26,10 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstmbench_backends.numba_cuda import MAX_ROWS_PER_BLOCK, kernels
+
+#: rows per recurrence block that plan() can pick: the powers of two up to MAX_ROWS_PER_BLOCK
+ROWS_PER_BLOCK = tuple(1 << k for k in range(MAX_ROWS_PER_BLOCK.bit_length()))
 #: every kernel variant the backend can launch: (factory name, factory arguments after the dtype)
 VARIANTS = (
-    [("gemm_kernel", (bm, bn)) for bm in (16, 64) for bn in (16, 64)]
-    + [(f"lstm_{d}_kernel", (rows,)) for d in ("forward", "backward") for rows in (1, 2, 4, 8)]
+    [("gemm_kernel", (bm, bn)) for bm in kernels.GEMM_TILE_SIZES for bn in kernels.GEMM_TILE_SIZES]
+    + [(f"lstm_{d}_kernel", (rows,)) for d in ("forward", "backward") for rows in ROWS_PER_BLOCK]
     + [(name, ()) for name in ("transpose_kernel", "loss_kernel", "finish_kernel", "sum_squares_kernel",
                                "adam_kernel", "sgd_kernel")]
 )
@@ -76,8 +80,6 @@ def _ptxas_info(ptx: str, cc: tuple[int, int]) -> tuple[int, int]:
 def compile_report(cc: tuple[int, int] = (9, 0)) -> list[KernelReport]:
     """One report per (kernel variant, dtype)."""
     from numba import cuda
-
-    from lstmbench_backends.numba_cuda import kernels
 
     if kernels.SIMULATOR:
         raise RuntimeError("the simulator is on (NUMBA_ENABLE_CUDASIM); it compiles nothing")

@@ -36,10 +36,10 @@ No kernel uses atomics: every sum has a fixed order, so a run is reproducible
 bit for bit. Shared memory is always the launch's dynamic shared memory
 (``cuda.shared.array(0, ...)``), indexed flat: the simulator's registry of
 fixed-size shared arrays is not thread-safe, and on the first launch in a
-process two threads of a block can each get their own "shared" array (a
-16-thread test kernel came out wrong in 1 of 60 processes). Accumulators
-are typed with the kernel's dtype (``DT(0)``): a bare ``0.0`` would make float32
-kernels accumulate in float64 on the GPU.
+process two threads of a block can each get their own "shared" array (seen
+once with a 16-thread test kernel in a fresh process: an observation, not a
+measured rate). Accumulators are typed with the kernel's dtype (``DT(0)``): a
+bare ``0.0`` would make float32 kernels accumulate in float64 on the GPU.
 
 Buffers (flat device arrays, time-major; Bp = blocks * ROWS rows, the rows past
 the batch are zero padding that stays out of every gradient):
