@@ -17,6 +17,7 @@ import pytest
 
 import lstmbench as lb
 from lstmbench.errors import DTypeError, ShapeError
+from lstmbench.layout import Layout
 from lstmbench.testing import Case
 from lstmbench.testing.checks import check_forward, check_loss_and_grads, check_training_steps
 from lstmbench_backends import c_kernel
@@ -100,7 +101,7 @@ def test_wrong_arrays_raise_before_c_is_called():
     (ffi, lib), _ = backend._extension()
     backend._ext = ((ffi, _NoCalls(lib)), "")
     cfg = lb.ModelConfig(2, 5, 3, dtype="float32")
-    layout = backend._layout(cfg)
+    layout = Layout.of(cfg)
     theta = layout.flatten(lb.init_params(cfg), np.float32)
     x = np.zeros((4, 3, 2), np.float32)
     y = np.zeros((4, 3), np.float32)

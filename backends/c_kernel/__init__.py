@@ -177,11 +177,6 @@ class CKernel(Backend):
 
     # -- plumbing ------------------------------------------------------------------------
 
-    @staticmethod
-    def _layout(cfg: ModelConfig) -> Layout:
-        """Layout.of(cfg) (which caches it); kept for tests/test_c_backend.py, which calls it."""
-        return Layout.of(cfg)
-
     def _acquire(self, cfg: ModelConfig, B: int, T: int) -> tuple[tuple, Workspace]:
         """A workspace for this shape (from the pool, or new); concurrent calls get different ones."""
         ffi, lib = self._lib()
