@@ -37,7 +37,7 @@ def available_backend() -> CKernel:
 
 def test_importing_the_backend_does_not_load_the_extension():
     code = ("import sys, lstmbench_backends.c_kernel; "
-            "assert not [m for m in sys.modules if m.endswith('_lstm_c')], 'extension loaded at import'")
+            "assert not [m for m in sys.modules if '_lstm_c' in m], 'extension loaded at import'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -46,6 +46,65 @@ def test_extension_is_built_where_a_compiler_exists():
     """With a compiler the install must have built it (the extension is optional for pip, not for CI)."""
     ok, why = CKernel().availability()
     assert ok, why
+
+
+def _has_avx512() -> bool:
+    ext, _ = c_kernel._load_extension(32)
+    return ext is not None and bool(ext[1].lstm_cpu_has_avx512())
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc is not installed")
+def test_the_64_byte_build_runs_where_the_cpu_has_avx512():
+    """auto runs the 64-byte (AVX-512) build where it can, and 64 is refused, by name, where not."""
+    backend = available_backend()
+    if _has_avx512():
+        assert backend.runtime_info()["vector_bytes"] == 64 and backend.runtime_info()["isa"].startswith("x86-64-v4")
+        backend.vector_bytes = 32
+        assert backend.runtime_info()["vector_bytes"] == 32
+    else:
+        assert backend.runtime_info()["vector_bytes"] == 32
+        backend.vector_bytes = 64
+        ok, why = backend.availability()
+        assert not ok and "AVX-512" in why
+    backend.vector_bytes = 48
+    with pytest.raises(ValueError, match="vector_bytes"):
+        backend.availability()
+
+
+def _same_bits_cases():
+    """Shapes whose products and plans use the wider panels differently: H not a multiple of
+    either panel width, more panels than threads in one width and not the other, both plans,
+    one-hot input, B = 1, several layers."""
+    rng = np.random.default_rng(5)
+    adam = lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.5)
+    for dtype in ("float64", "float32"):
+        for (D, H, O, L, loss, m2m, B, T) in ((3, 40, 4, 2, "mse", False, 16, 9), (1, 96, 1, 1, "mse", False, 1, 12),
+                                                (6, 40, 6, 3, "xent", True, 3, 7), (3, 37, 3, 1, "mse", True, 100, 5)):
+            cfg = lb.ModelConfig(D, H, O, L, loss, m2m, dtype)
+            lead = (B, T) if m2m else (B,)
+            x = (np.eye(D, dtype=dtype)[rng.integers(0, D, (B, T))] if loss == "xent"
+                 else rng.standard_normal((B, T, D)).astype(dtype))
+            y = rng.integers(0, O, lead) if loss == "xent" else rng.standard_normal(lead + (O,)).astype(dtype)
+            yield Case(cfg, lb.init_params(cfg, H), x, y, adam, 3)
+
+
+@pytest.mark.parametrize("parallel", ["shards", "units", "auto"])
+def test_the_32_and_64_byte_builds_give_the_same_bits(parallel):
+    """Vector width changes which registers hold a column, never the order of any sum, so the two
+    builds must agree bit for bit: forward, loss, gradients and trained parameters."""
+    from lstmbench.testing.checks import _run_everything
+
+    if not _has_avx512():
+        pytest.skip("this CPU has no AVX-512, so the 64-byte build cannot run")
+    runs = {}
+    for width in (32, 64):
+        backend = available_backend()
+        backend.vector_bytes, backend.parallel = width, parallel
+        backend.set_threads(2)
+        runs[width] = [_run_everything(backend, case) for case in _same_bits_cases()]
+    for case, narrow, wide in zip(_same_bits_cases(), runs[32], runs[64]):
+        for key in narrow:
+            assert np.array_equal(narrow[key], wide[key]), f"{key} differs for {case.cfg}, B={case.x.shape[0]}"
 
 
 def test_stale_binary_is_refused(tmp_path):
@@ -74,7 +133,7 @@ def test_stale_detection_compares_the_embedded_hash(monkeypatch):
 
 
 def test_unbuilt_extension_says_what_to_run(monkeypatch):
-    monkeypatch.setattr(c_kernel, "_load_extension", lambda: (None, "No module named '_lstm_c'"))
+    monkeypatch.setattr(c_kernel, "_load_extension", lambda width=32: (None, "No module named '_lstm_c'"))
     monkeypatch.setattr(c_kernel, "_compiler_found", lambda: True)
     ok, why = CKernel().availability()
     assert not ok and "not built" in why and "pip install" in why
@@ -84,13 +143,10 @@ def test_unbuilt_extension_says_what_to_run(monkeypatch):
 
 
 class _NoCalls:
-    """Stands in for the compiled library: only the source hash may be read."""
+    """Stands in for the compiled library: only the source hash and the CPU's AVX-512 may be read."""
 
     def __init__(self, lib):
-        self._hash = lib.lstm_source_hash
-
-    def lstm_source_hash(self):
-        return self._hash()
+        self.lstm_source_hash, self.lstm_cpu_has_avx512 = lib.lstm_source_hash, lib.lstm_cpu_has_avx512
 
     def __getattr__(self, name):
         raise AssertionError(f"C function {name} was called before the arguments were checked")
@@ -99,7 +155,7 @@ class _NoCalls:
 def test_wrong_arrays_raise_before_c_is_called():
     backend = available_backend()
     (ffi, lib), _ = backend._extension()
-    backend._ext = ((ffi, _NoCalls(lib)), "")
+    backend._exts[backend._width()] = ((ffi, _NoCalls(lib)), "")
     cfg = lb.ModelConfig(2, 5, 3, dtype="float32")
     layout = Layout.of(cfg)
     theta = layout.flatten(lb.init_params(cfg), np.float32)
@@ -250,14 +306,16 @@ def test_matrix_product_matches_numpy(dtype, transpose_a, pack_b):
 
 
 @pytest.mark.skipif(GCC is None, reason="gcc is not installed")
-def test_kernel_is_clean_under_address_sanitizer(tmp_path):
+@pytest.mark.parametrize("vector_bytes", [32, 64])
+def test_kernel_is_clean_under_address_sanitizer(tmp_path, vector_bytes):
     """asan_driver.c runs forward, backward and both optimizers for both dtypes, 1-3 layers,
-    both losses and task shapes, on sizes that leave padding, under ASan and UBSan."""
+    both losses and task shapes, on sizes that leave padding, under ASan and UBSan, in both
+    builds (their panels, padding and workspace layouts differ)."""
     exe = tmp_path / "asan_driver"
     build = subprocess.run(
         [GCC, "-std=c11", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-         "-fno-omit-frame-pointer", "-fopenmp", "-Wall", "-Wno-psabi", str(C_DIR / "asan_driver.c"), "-lm",
-         "-o", str(exe)],
+         "-fno-omit-frame-pointer", "-fopenmp", "-Wall", "-Wno-psabi", f"-DLSTM_VECTOR_BYTES={vector_bytes}",
+         str(C_DIR / "asan_driver.c"), "-lm", "-o", str(exe)],
         capture_output=True, text=True)
     assert build.returncode == 0, f"the ASan build failed:\n{build.stderr}"
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1",

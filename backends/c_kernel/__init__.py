@@ -1,7 +1,9 @@
 """The C backend (registered as ``c``): the training step in plain C11, on OpenMP threads.
 
-The C source (lstm.c, lstm_body.h) is compiled into the cffi extension
-``_lstm_c`` when the package is installed (see build_ffi.py and docs/c-backend.md).
+The C source (lstm.c, lstm_body.h) is compiled into two cffi extensions when
+the package is installed: ``_lstm_c``, with 32-byte vectors in its matrix
+products, and ``_lstm_c_avx512``, with 64-byte ones, which runs on CPUs with
+AVX-512 (see build_ffi.py and docs/c-backend.md). They give the same bits.
 Importing this module is cheap and never fails: the extension is loaded on first
 use, and :meth:`CKernel.availability` says why it cannot run (not built, built
 from other sources than the ones next to it, no C compiler) and what to do.
@@ -67,13 +69,19 @@ def _usable_threads(requested: int) -> int:
     return requested
 
 
-def _load_extension():
-    """(ffi, lib) of the compiled extension, or (None, reason)."""
+VECTOR_BYTES = ("auto", 32, 64)  # CKernel.vector_bytes: which build runs
+
+
+def _load_extension(vector_bytes: int = 32):
+    """(ffi, lib) of the extension built with ``vector_bytes``-wide vectors, or (None, reason)."""
     try:
-        from lstmbench_backends.c_kernel import _lstm_c
+        if vector_bytes == 64:
+            from lstmbench_backends.c_kernel import _lstm_c_avx512 as ext
+        else:
+            from lstmbench_backends.c_kernel import _lstm_c as ext
     except ImportError as exc:
         return None, str(exc)
-    return (_lstm_c.ffi, _lstm_c.lib), ""
+    return (ext.ffi, ext.lib), ""
 
 
 def _compiler_found() -> bool:
@@ -117,7 +125,7 @@ class CKernel(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._ext = None
+        self._exts: dict[int, tuple] = {}  # vector bytes -> _load_extension's answer
         self._pool: dict[tuple, list[Workspace]] = {}
         self._pool_lock = threading.Lock()
         self.source_dir = sources.HERE  # where the sources checked against the binary live
@@ -127,16 +135,42 @@ class CKernel(Backend):
         # units); the last two for measurements (tools/ablation_parallel.py).
         self.parallel = "auto"
         self.last_plan: str | None = None  # what the last call ran
+        # The micro-kernel's vectors: 32 or 64 bytes (AVX-512 only); "auto": 64 where the CPU
+        # has AVX-512 and the 64-byte build exists. Both give the same bits; 32 and 64 are for
+        # measurements (tools/c_vector_width.py).
+        self.vector_bytes: int | str = "auto"
+        self._auto_width: int | None = None
 
     # -- environment -------------------------------------------------------------------
 
+    def _load(self, width: int):
+        if width not in self._exts:
+            self._exts[width] = _load_extension(width)
+        return self._exts[width]
+
+    def _width(self) -> int:
+        """The vector width that runs: ``vector_bytes``, or what "auto" picks."""
+        if self.vector_bytes not in VECTOR_BYTES:
+            raise ValueError(f"vector_bytes must be one of {', '.join(map(str, VECTOR_BYTES))}, "
+                             f"got {self.vector_bytes!r}")
+        if self.vector_bytes != "auto":
+            return self.vector_bytes
+        if self._auto_width is None:
+            narrow, _ = self._load(32)
+            wide = narrow is not None and narrow[1].lstm_cpu_has_avx512() and self._load(64)[0] is not None
+            self._auto_width = 64 if wide else 32
+        return self._auto_width
+
     def _extension(self):
-        if self._ext is None:
-            self._ext = _load_extension()
-        return self._ext
+        return self._load(self._width())
 
     def availability(self):
         ext, why = self._extension()
+        if ext is not None and self._width() == 64 and not ext[1].lstm_cpu_has_avx512():
+            return False, "vector_bytes=64 needs a CPU with AVX-512, and this one has none; use 32 or auto"
+        if ext is None and self._width() == 64:
+            return False, (f"the 64-byte (AVX-512) build of the C extension is not there ({why}); "
+                           f"run {REBUILD}, or use vector_bytes 32 or auto")
         if ext is None:
             if not _compiler_found():
                 return False, ("the C extension is not built and no C compiler was found; install gcc "
@@ -154,13 +188,14 @@ class CKernel(Backend):
     def _lib(self):
         """(ffi, lib), checked against the sources once per backend object and source folder
         (hashing the sources on every call would cost more than a small training step)."""
-        if self._verified != self.source_dir:
+        checked = (self.source_dir, self._width())
+        if self._verified != checked:
             ok, why = self.availability()
             if not ok:
                 from lstmbench.errors import BackendUnavailableError
 
                 raise BackendUnavailableError(f"backend 'c' is not available: {why}")
-            self._verified = self.source_dir
+            self._verified = checked
         return self._extension()[0]
 
     def runtime_info(self):
@@ -171,7 +206,7 @@ class CKernel(Backend):
         if ext is not None:
             ffi, lib = ext
             info.update(openmp=bool(lib.lstm_openmp()), isa=ffi.string(lib.lstm_isa()).decode(),
-                        build_flags=ffi.string(lib.lstm_build_info()).decode())
+                        vector_bytes=lib.lstm_vector_bytes(), build_flags=ffi.string(lib.lstm_build_info()).decode())
         info["parallel"] = self.parallel if self.last_plan is None else f"{self.parallel}: {self.last_plan} last"
         return info
 
@@ -183,7 +218,7 @@ class CKernel(Backend):
         threads = _usable_threads(self.threads)
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
-        key = (cfg, B, T, threads, self.parallel)
+        key = (cfg, B, T, threads, self.parallel, lib.lstm_vector_bytes())  # the layout depends on all
         with self._pool_lock:
             free = self._pool.get(key)
             if free:
@@ -337,18 +372,22 @@ def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
     return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
+_MATMUL_BACKENDS: dict = {}  # vector_bytes -> a CKernel, checked once against the sources
+
+
 def matmul(a: np.ndarray, b: np.ndarray, transpose_a: bool = False, pack_b: bool = True, repeats: int = 1,
-           n: int | None = None) -> np.ndarray:
+           n: int | None = None, vector_bytes: int | str = "auto") -> np.ndarray:
     """C = A @ B (or A^T @ B) with the kernel's own matrix product, for tests and the GEMM benchmark.
 
     a: (M, K), or (K, M) with ``transpose_a``; b: (K, N) row-major. With
     ``pack_b=False`` B is read in place, which needs b's row length to be at least
     N rounded up to the panel width: pass the real column count as ``n``.
+    ``vector_bytes``: which build runs, as :attr:`CKernel.vector_bytes`.
     """
-    ext, why = _load_extension()
-    if ext is None:
-        raise RuntimeError(f"the C extension is not built: {why}")
-    ffi, lib = ext
+    if vector_bytes not in _MATMUL_BACKENDS:
+        _MATMUL_BACKENDS[vector_bytes] = CKernel()
+        _MATMUL_BACKENDS[vector_bytes].vector_bytes = vector_bytes
+    ffi, lib = _MATMUL_BACKENDS[vector_bytes]._lib()
     dt = a.dtype
     if dt not in (np.float32, np.float64):
         raise DTypeError(f"matmul takes float32 or float64, got {dt}")

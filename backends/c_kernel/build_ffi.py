@@ -1,16 +1,20 @@
-"""Builds the C kernel into the cffi extension ``lstmbench_backends.c_kernel._lstm_c``.
+"""Builds the C kernel into two cffi extensions of the same sources.
 
-setup.py names this file in ``cffi_modules``, so ``pip install`` (editable or
-not) compiles it. The extension is marked optional: without a working C
-compiler the install still succeeds, and the backend's availability() says
-what is missing.
-
-Flags: C11, -O3; the hot functions carry target_clones (x86-64-v4, -v3 and a
+``lstmbench_backends.c_kernel._lstm_c``: 32-byte vectors in the matrix-product
+micro-kernel, hot functions in three target_clones (x86-64-v4, -v3 and a
 baseline copy, chosen at load time), so the binary is portable yet uses AVX2/
-AVX-512 where the CPU has them. LSTMBENCH_C_NATIVE=1 at build time compiles
-for -march=native instead (local benchmarking only: the binary may not run on
-another CPU). OpenMP is used when the compiler supports -fopenmp; without it
-the kernel runs on one thread.
+AVX-512 where the CPU has them. ``..._lstm_c_avx512``: the same with 64-byte
+(zmm) vectors, which the backend loads on CPUs with AVX-512 (built on x86-64
+only). Bit for bit they compute the same numbers (tests/test_c_backend.py).
+
+setup.py names ``ffibuilder`` and ``ffibuilder_avx512`` in ``cffi_modules``, so
+``pip install`` (editable or not) compiles both. They are marked optional:
+without a working C compiler the install still succeeds, and the backend's
+availability() says what is missing.
+
+LSTMBENCH_C_NATIVE=1 at build time compiles for -march=native instead (local
+benchmarking only: the binary may not run on another CPU). OpenMP is used
+when the compiler supports -fopenmp; without it the kernel runs on one thread.
 
 Run directly (``python backends/c_kernel/build_ffi.py``) it builds in place,
 for quick experiments without pip.
@@ -28,6 +32,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULE = "lstmbench_backends.c_kernel._lstm_c"
+MODULE_AVX512 = MODULE + "_avx512"
 
 
 def _load_sources_module():
@@ -64,32 +69,26 @@ def _supports(flags: list[str]) -> bool:
 
 
 NATIVE = os.environ.get("LSTMBENCH_C_NATIVE", "") == "1"
-VECTOR_BYTES = os.environ.get("LSTMBENCH_C_VECTOR_BYTES", "32")  # 64: zmm micro-kernel, native builds only
 OPENMP = _supports(["-fopenmp"])
 CFLAGS = ["-std=c11", "-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-Wno-psabi"]
 if NATIVE:
     CFLAGS += ["-march=native", "-DLSTM_NATIVE"]
-if VECTOR_BYTES != "32":
-    if not NATIVE or VECTOR_BYTES not in ("16", "64"):
-        raise SystemExit("LSTMBENCH_C_VECTOR_BYTES=16 or 64 needs LSTMBENCH_C_NATIVE=1")
-    CFLAGS += [f"-DLSTM_VECTOR_BYTES={VECTOR_BYTES}"]
 if OPENMP:
     CFLAGS += ["-fopenmp"]
-BUILD_INFO = " ".join(CFLAGS)
 SOURCE_HASH = _load_sources_module().source_hash(HERE)
 
 
-
-def make_builder(c_source: str) -> FFI:
+def make_builder(c_source: str, vector_bytes: int = 32) -> FFI:
+    flags = CFLAGS + [f"-DLSTM_VECTOR_BYTES={vector_bytes}"]
     builder = FFI()
     builder.cdef(_cdef())
     builder.set_source(
-        MODULE,
+        MODULE if vector_bytes == 32 else MODULE_AVX512,
         '#include "lstm_api.h"\n',
         sources=[c_source],
         include_dirs=[HERE],
-        define_macros=[("LSTM_SOURCE_HASH", f'"{SOURCE_HASH}"'), ("LSTM_BUILD_FLAGS", f'"{BUILD_INFO}"')],
-        extra_compile_args=CFLAGS,
+        define_macros=[("LSTM_SOURCE_HASH", f'"{SOURCE_HASH}"'), ("LSTM_BUILD_FLAGS", f'"{" ".join(flags)}"')],
+        extra_compile_args=flags,
         extra_link_args=["-fopenmp"] if OPENMP else [],
         libraries=["m"],
         optional=True,  # no compiler: install anyway; availability() explains
@@ -98,11 +97,19 @@ def make_builder(c_source: str) -> FFI:
 
 
 # setuptools insists on source paths relative to setup.py (the working directory of the build)
-ffibuilder = make_builder(os.path.relpath(os.path.join(HERE, "lstm.c")))
+SOURCE = os.path.relpath(os.path.join(HERE, "lstm.c"))
+ffibuilder = make_builder(SOURCE)
+ffibuilder_avx512 = make_builder(SOURCE, 64)
 
 if __name__ == "__main__":
-    # In-place build for experiments: the extension lands next to this file.
-    out = make_builder(os.path.join(HERE, "lstm.c")).compile(tmpdir=os.path.join(HERE, "..", "..", "build", "cffi"), verbose=True)
-    target = os.path.join(HERE, os.path.basename(out))
-    shutil.move(out, target)
-    print(target, file=sys.stderr)
+    # In-place build for experiments: the extensions land next to this file.
+    for width in (32, 64):
+        try:
+            out = make_builder(os.path.join(HERE, "lstm.c"), width).compile(
+                tmpdir=os.path.join(HERE, "..", "..", "build", "cffi"), verbose=True)
+        except Exception as exc:  # the 64-byte build exists on x86-64 only
+            print(f"{width}-byte build skipped: {exc}", file=sys.stderr)
+            continue
+        target = os.path.join(HERE, os.path.basename(out))
+        shutil.move(out, target)
+        print(target, file=sys.stderr)

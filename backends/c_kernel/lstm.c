@@ -50,10 +50,28 @@
 
 /* ---- compiler plumbing ------------------------------------------------------ */
 
+/* The micro-kernel's vectors: 32 bytes (AVX2 ymm, in every clone) or 64 (AVX-512 zmm). The
+ * package builds the kernel twice, _lstm_c with 32 and _lstm_c_avx512 with 64 (build_ffi.py),
+ * and the backend loads the second on a CPU with AVX-512: on Zen 5, whose 512-bit FMAs are
+ * full width, it makes a training step up to 1.8x faster (docs/c-backend.md). */
+#ifndef LSTM_VECTOR_BYTES
+#define LSTM_VECTOR_BYTES 32
+#endif
+#if LSTM_VECTOR_BYTES != 32 && LSTM_VECTOR_BYTES != 64
+#error "LSTM_VECTOR_BYTES must be 32 or 64"
+#endif
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(LSTM_NATIVE)
-/* One copy per x86-64 level; the dynamic loader picks one (GNU ifunc) at load time. */
+/* One copy per x86-64 level; the dynamic loader picks one (GNU ifunc) at load time. The
+ * 64-byte build is loaded only where AVX-512 is: its baseline copy exists for the loader. */
 #define LSTM_CLONES 1
+#if LSTM_VECTOR_BYTES == 64
+#define HOT __attribute__((noinline, target_clones("arch=x86-64-v4", "default")))
+#else
 #define HOT __attribute__((noinline, target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+#elif LSTM_VECTOR_BYTES == 64 && !defined(LSTM_NATIVE)
+#error "64-byte vectors need target_clones (GCC on x86-64 Linux) or a -march=native build"
 #else
 #define LSTM_CLONES 0
 #define HOT __attribute__((noinline))
@@ -96,6 +114,20 @@ INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 const char *lstm_source_hash(void) { return LSTM_SOURCE_HASH; }
 const char *lstm_build_info(void) { return LSTM_BUILD_FLAGS; }
 
+int lstm_vector_bytes(void) { return LSTM_VECTOR_BYTES; }
+
+int lstm_cpu_has_avx512(void)
+{
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
 int lstm_openmp(void)
 {
 #ifdef _OPENMP
@@ -111,12 +143,9 @@ const char *lstm_isa(void)
     return "native (built with -march=native)";
 #elif LSTM_CLONES
     /* The same test the ifunc resolvers make for target_clones. */
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl"))
-        return "x86-64-v4 clone (AVX-512)";
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+    if (lstm_cpu_has_avx512()) return "x86-64-v4 clone (AVX-512)";
+    if (LSTM_VECTOR_BYTES == 32 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("bmi2"))
         return "x86-64-v3 clone (AVX2, FMA)";
     return "default clone (baseline x86-64)";
 #else
@@ -293,17 +322,6 @@ INLINE double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 #define FN__(name, suffix) name##_##suffix
 #define FN_(name, suffix) FN__(name, suffix)
 #define FN(name) FN_(name, SUF)
-
-/* The micro-kernel's vectors: 32 bytes, for every clone. 64 (AVX-512 zmm) is a build option
- * of -march=native builds only (LSTMBENCH_C_NATIVE=1 LSTMBENCH_C_VECTOR_BYTES=64): on the
- * Zen 4 it was measured on, whose 512-bit FMAs are two 256-bit halves, it made no training
- * step faster (docs/c-backend.md); a CPU with full-width AVX-512 may differ. */
-#ifndef LSTM_VECTOR_BYTES
-#define LSTM_VECTOR_BYTES 32
-#endif
-#if !defined(LSTM_NATIVE) && LSTM_VECTOR_BYTES != 32
-#error "LSTM_VECTOR_BYTES other than 32 needs a -march=native build (LSTMBENCH_C_NATIVE=1)"
-#endif
 
 #define real float
 #define SUF f32

@@ -48,6 +48,8 @@ const char *lstm_build_info(void);
 const char *lstm_isa(void);
 const char *lstm_error_message(int code);
 int lstm_openmp(void);
+int lstm_vector_bytes(void);     /* of the micro-kernel's vectors: 32 (_lstm_c) or 64 (_lstm_c_avx512) */
+int lstm_cpu_has_avx512(void);   /* 1 if this CPU has AVX-512 (F, BW, CD, DQ, VL: x86-64-v4) */
 int64_t lstm_panel_width(int64_t dtype_size);
 int64_t lstm_workspace_bytes(const lstm_dims *d, int64_t dtype_size);
 int lstm_parallel_plan(const lstm_dims *d, int64_t dtype_size);  /* LSTM_PAR_SHARDS or _UNITS, or -1 */

@@ -2,7 +2,7 @@
  *
  * Included twice by lstm.c: with real = float (names end in _f32) and with
  * real = double (_f64). FN(name) appends the suffix; VL is the number of reals
- * in a 32-byte vector; ACT_TANH / ACT_SIGMOID are the activations and REAL_SQRT
+ * in a vector of the micro-kernel (LSTM_VECTOR_BYTES, lstm.c); ACT_TANH / ACT_SIGMOID are the activations and REAL_SQRT
  * the square root in the dtype (lstm.c).
  *
  * Notation as in the reference: B batch, T steps, D input width, H hidden,
