@@ -12,7 +12,8 @@ on the same data. torch (if installed) is timed with 1 thread and with
 lstmbench.train_step_flops; "peak" is numpy's sgemm (2048^3) with BLAS on the
 same number of threads, measured in the same run.
 
-``gemm``: the kernel's own product against numpy's (BLAS on ``--threads``)
+``gemm``: the kernel's own product, in both builds (32- and 64-byte vectors;
+the second on CPUs with AVX-512 only), against numpy's (BLAS on ``--threads``)
 at the shapes of a training step (one thread's shard: b rows).
 """
 
@@ -140,8 +141,9 @@ def grid(threads: int, rounds: int) -> None:
 
 def gemm(threads: int) -> None:
     rng = np.random.default_rng(0)
+    widths = (32, 64) if CKernel().runtime_info()["vector_bytes"] == 64 else (32,)  # auto picks 64 on AVX-512
     print(f"GFLOP/s, best of 5; numpy with BLAS on {threads} thread(s), the C product on 1")
-    print(f"{'product':>34} | {'numpy':>6} {'C':>6}")
+    print(f"{'product':>34} | {'numpy':>6} " + " ".join(f"{f'C {w}B':>6}" for w in widths))
     shapes = []
     for H in (32, 128, 512):
         for b in (16, 64):
@@ -157,7 +159,7 @@ def gemm(threads: int) -> None:
             b = aligned_empty((K, N), np.float32)
             b[:] = rng.standard_normal(b.shape)
             if not packed:  # read in place, as the kernel reads dz: row length padded
-                bp = aligned_empty((K, (-(-N // 16) | 1) * 16), np.float32)
+                bp = aligned_empty((K, (-(-N // 32) | 1) * 32), np.float32)  # >= N rounded up to either panel
                 bp[:] = 0
                 bp[:, :N] = b
             reps = max(1, int(2e9 / (2 * M * N * K)))
@@ -172,11 +174,14 @@ def gemm(threads: int) -> None:
                 return flops / min(ts) / 1e9
 
             t_np = best(lambda: [(a.T @ b if trans else a @ b) for _ in range(reps)])
-            if packed:  # packing once per call, amortised over reps as the kernel packs once per step
-                t_c = best(lambda: matmul(a, b, transpose_a=trans, repeats=reps))
-            else:
-                t_c = best(lambda: matmul(a, bp, transpose_a=trans, pack_b=False, n=N, repeats=reps))
-            print(f"{label:>34} | {t_np:6.1f} {t_c:6.1f}")
+            t_c = []
+            for width in widths:
+                if packed:  # packing once per call, amortised over reps as the kernel packs once per step
+                    t_c.append(best(lambda: matmul(a, b, transpose_a=trans, repeats=reps, vector_bytes=width)))
+                else:
+                    t_c.append(best(lambda: matmul(a, bp, transpose_a=trans, pack_b=False, n=N, repeats=reps,
+                                                   vector_bytes=width)))
+            print(f"{label:>34} | {t_np:6.1f} " + " ".join(f"{t:6.1f}" for t in t_c))
 
 
 if __name__ == "__main__":
