@@ -7,15 +7,48 @@ The math and its fast form are in kernels.py.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 
 from lstmbench import Backend, Capabilities, ModelConfig
 from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import clip_scale
+
+PARALLEL = ("auto", "shards", "units")
+UNITS_ROWS = 8  # auto shares out hidden units only up to this many rows per thread (measured)
+
+
+@functools.cache
+def l2_bytes() -> int:
+    """One core's L2 cache in bytes (Linux sysfs), or 0 where the system does not say."""
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                return int(size.rstrip("KM")) * (1 << 20 if size.endswith("M") else 1 << 10 if size.endswith("K") else 1)
+        except (OSError, ValueError):
+            return 0
+    return 0
+
+
+def shares_units(parallel: str, B: int, H: int, threads: int, itemsize: int, l2: int) -> bool:
+    """Whether a step of B rows runs as one shard whose hidden units the threads share.
+
+    auto, as measured (docs/numba-backend.md): with few rows per thread, when W_h (4H^2 reals)
+    does not fit one core's L2 but each thread's part of it fits in half of it, so every thread
+    streams its part from its own L2 at each step instead of all of W_h from L3. Otherwise a
+    parallel region per time step costs more than it saves, or the parts do not fit either."""
+    if parallel not in PARALLEL:
+        raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
+    if threads < 2 or parallel == "shards":
+        return False
+    w_h = 4 * H * H * itemsize
+    return parallel == "units" or (math.ceil(B / threads) <= UNITS_ROWS and w_h / threads <= l2 / 2 and w_h >= l2)
 
 
 @dataclass
@@ -27,8 +60,9 @@ class Workspace:
     buffers: dict[str, np.ndarray]
 
     @classmethod
-    def make(cls, cfg: ModelConfig, B: int, T: int, threads: int, size: int) -> "Workspace":
-        rows = math.ceil(B / max(1, min(threads, B)))  # rows per shard
+    def make(cls, cfg: ModelConfig, B: int, T: int, threads: int, size: int, units: bool) -> "Workspace":
+        """units: one shard of all B rows, whose hidden units the threads share out."""
+        rows = B if units else math.ceil(B / max(1, min(threads, B)))  # rows per shard
         S = math.ceil(B / rows)
         L, H, D, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
         Tout = T if cfg.many_to_many else 1
@@ -39,12 +73,18 @@ class Workspace:
             yout=z(S, Tout, rows, O), dy=z(S, Tout, rows, O), dh_in=z(S, T, rows, H),
             dhn=z(S, rows, H), dcn=z(S, rows, H), grads=z(S, size), losses=np.zeros(S), theta_t=z(size),
         )
+        # the parts' packed columns of W_h and W_h^T and their products (kernels.team_forward_steps);
+        # one part of size 1 when the threads are on batch shards
+        P = threads if units else 1
+        n = math.ceil(H / P) if units else 1
+        buffers.update(whp=z(P, H if units else 1, 4 * n), rsp=z(P, rows if units else 1, 4 * n),
+                       whtp=z(P, 4 * H if units else 1, n), dhp=z(P, rows if units else 1, n))
         lo = np.arange(S, dtype=np.int64) * rows
         return cls(lo, np.minimum(rows, B - lo).astype(np.int64), buffers)
 
 
 class NumbaThreads(Backend):
-    """Batch shards on Numba threads, BLAS for the products, fused Adam/SGD."""
+    """Batch shards (or, for few rows, hidden units) on Numba threads, BLAS for the products, fused Adam/SGD."""
 
     name = "numba"
     description = "Numba, batch shards on CPU threads, fused training step"
@@ -54,6 +94,11 @@ class NumbaThreads(Backend):
         super().__init__()
         self._workspaces: dict[tuple, Workspace] = {}
         self._blas = None
+        # How the threads share a step: "auto" (by the shape, shares_units), "shards" (each
+        # thread its own batch rows) or "units" (one shard, the threads share its hidden units;
+        # a parallel region per time step); the last two for measurements.
+        self.parallel = "auto"
+        self.last_plan: str | None = None  # what the last call ran
 
     def availability(self):
         missing = [m for m in ("numba", "scipy") if find_spec(m) is None]
@@ -71,6 +116,7 @@ class NumbaThreads(Backend):
         from lstmbench.peak import blas_info, blas_restriction
 
         info = {"threads": self.threads, "numba_threading_layer": layer,
+                "parallel": self.parallel if self.last_plan is None else f"{self.parallel}: {self.last_plan} last",
                 "numba_max_threads": numba.config.NUMBA_NUM_THREADS,
                 "blas": ", ".join(sorted({f"{b['internal_api']} {b['architecture']} kernel" for b in blas_info()}))}
         if restriction := blas_restriction():
@@ -96,12 +142,14 @@ class NumbaThreads(Backend):
         k = self._kernels()
         B, T = x.shape[0], x.shape[1]
         threads = min(self.threads, numba.config.NUMBA_NUM_THREADS)
-        key = (cfg, B, T, threads)
+        units = shares_units(self.parallel, B, cfg.hidden_size, threads, cfg.np_dtype.itemsize, l2_bytes())
+        self.last_plan = "units" if units else "shards"
+        key = (cfg, B, T, threads, units)
         ws = self._workspaces.get(key)
         if ws is None:
             if len(self._workspaces) > 8:  # a few shapes (full batches, the last partial batch) are typical
                 self._workspaces.clear()
-            ws = self._workspaces[key] = Workspace.make(cfg, B, T, threads, Layout.of(cfg).size)
+            ws = self._workspaces[key] = Workspace.make(cfg, B, T, threads, Layout.of(cfg).size, units)
         dt = cfg.np_dtype
         xent = cfg.loss == "xent"
         Tout = T if cfg.many_to_many else 1
@@ -118,7 +166,8 @@ class NumbaThreads(Backend):
             k.run_shards(np.ascontiguousarray(x), y_real, y_class, xent, theta, b["theta_t"], Layout.of(cfg).offs,
                          cfg.hidden_size, cfg.many_to_many, ws.shard_lo, ws.shard_nb, b["xs"], b["hs"], b["cs"],
                          b["gates"], b["tcs"], b["rec"], b["yout"], b["dy"], b["dh_in"], b["dhn"], b["dcn"],
-                         b["grads"], b["losses"], dt.type(1.0), coef, backward)
+                         b["grads"], b["losses"], dt.type(1.0), coef, backward, b["whp"], b["rsp"], b["whtp"],
+                         b["dhp"])
         return ws, float(b["losses"].sum() / n_terms) if backward else math.nan
 
     @staticmethod

@@ -11,6 +11,11 @@ What is different is only how it is computed:
   forward and backward through every layer on its own rows and writes its
   gradient into its own row of ``grads``; the rows are then summed in shard
   order, so a given thread count always gives the same bits;
+* or, for a batch of few rows, there is one shard and the threads share its
+  hidden units: at every time step a ``prange`` over parts, each multiplying
+  h_{t-1} by its own packed columns of the four gates and doing its units'
+  gate math (team_forward_steps, team_backward_steps); the end of each step's
+  parallel region is the barrier before the next step reads all of h_t;
 * the four gate products are one (D, 4H) and one (H, 4H) product;
 * x_t @ W_x for all T steps is one (T*b, D) @ (D, 4H) product before the
   recurrence, and the weight gradients are one large product each after the
@@ -133,7 +138,105 @@ def _sigmoid(x):
 
 
 @njit(**JIT)
-def shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, rec, yout, one):
+def cell_forward(i, f, g, o, c_prev, c_new, tc, h):
+    """One row of one step, on 1-D views of its hidden units (all of them, or a thread's part):
+    activates the gates in place and writes c_t, tanh(c_t), h_t. Short loops over views that
+    start at 0, which LLVM vectorises (an index range starting above 0 was not vectorised)."""
+    for j in range(i.shape[0]):
+        i[j] = sigmoid(i[j])
+    for j in range(f.shape[0]):
+        f[j] = sigmoid(f[j])
+    for j in range(g.shape[0]):
+        g[j] = tanh(g[j])
+    for j in range(o.shape[0]):
+        o[j] = sigmoid(o[j])
+    for j in range(c_new.shape[0]):  # c_t = f * c_{t-1} + i * g
+        c_new[j] = f[j] * c_prev[j] + i[j] * g[j]
+    for j in range(tc.shape[0]):
+        tc[j] = tanh(c_new[j])
+    for j in range(h.shape[0]):  # h_t = o * tanh(c_t)
+        h[j] = o[j] * tc[j]
+
+
+@njit(**JIT)
+def cell_backward(i, f, g, o, c_prev, tc, dh, dh_next, dc_next, one):
+    """One row of one step, on 1-D views of its hidden units: the stored gates i, f, g, o become
+    dz in place (the reference's layer_backward); dh_next, dc_next arrive from step t+1, and
+    dc_next leaves for step t-1."""
+    for j in range(i.shape[0]):
+        i_, f_, g_, o_, tanh_c = i[j], f[j], g[j], o[j], tc[j]
+        d_h = dh[j] + dh_next[j]
+        d_c = d_h * o_ * (one - tanh_c * tanh_c) + dc_next[j]
+        i[j] = d_c * g_ * i_ * (one - i_)
+        f[j] = d_c * c_prev[j] * f_ * (one - f_)
+        g[j] = d_c * i_ * (one - g_ * g_)
+        o[j] = d_h * tanh_c * o_ * (one - o_)
+        dc_next[j] = d_c * f_
+
+
+@njit(parallel=True, **JIT)
+def team_forward_steps(z, h, c, tc, Wh, b, nb, whp, rsp):
+    """One layer's recurrence with the threads sharing its hidden units (a batch of few rows):
+    part k owns units k*n .. k*n+n-1 (n = whp.shape[2] // 4, the last part fewer) and multiplies
+    h_{t-1} by whp[k], its columns of the four gates side by side (padding zero). Each step is
+    one parallel region; its end is the barrier before the next step reads all of h_t."""
+    P, H, n = whp.shape[0], Wh.shape[0], whp.shape[2] // 4
+    for k in prange(P):  # each part packs its own columns
+        u0 = k * n
+        for i in range(H):
+            for g in range(4):
+                for j in range(n):
+                    whp[k, i, g * n + j] = Wh[i, g * H + u0 + j] if u0 + j < H else 0
+    for t in range(z.shape[0]):
+        for k in prange(P):
+            u0 = k * n
+            m = min(n, H - u0)
+            if m > 0:
+                if t > 0:  # h_0 = 0: no recurrent product at the first step
+                    np.dot(h[t], whp[k], rsp[k])
+                for r in range(nb):
+                    for g in range(4):  # z_t = x_t W_x + h_{t-1} W_h + b, this part's columns
+                        for j in range(m):
+                            col = g * H + u0 + j
+                            if t > 0:
+                                z[t, r, col] = z[t, r, col] + rsp[k, r, g * n + j] + b[col]
+                            else:
+                                z[t, r, col] = z[t, r, col] + b[col]
+                    zr, u1 = z[t, r], u0 + m
+                    cell_forward(zr[u0:u1], zr[H + u0 : H + u1], zr[2 * H + u0 : 2 * H + u1], zr[3 * H + u0 : 3 * H + u1],
+                                 c[t, r, u0:u1], c[t + 1, r, u0:u1], tc[t, r, u0:u1], h[t + 1, r, u0:u1])
+
+
+@njit(parallel=True, **JIT)
+def team_backward_steps(z, c, tc, dh, dh_next, dc_next, WhT, nb, whtp, dhp, one):
+    """The backward sweep of one layer, shared out like team_forward_steps: part k multiplies
+    dz_{t+1} by whtp[k], its units' columns of W_h^T (4H, n), for its part of dLoss/dh_t."""
+    P, H, n = whtp.shape[0], WhT.shape[1], whtp.shape[2]
+    for k in prange(P):
+        u0 = k * n
+        for i in range(4 * H):
+            for j in range(n):
+                whtp[k, i, j] = WhT[i, u0 + j] if u0 + j < H else 0
+    T = z.shape[0]
+    for t in range(T - 1, -1, -1):
+        for k in prange(P):
+            u0 = k * n
+            m = min(n, H - u0)
+            if m > 0:
+                if t < T - 1:  # dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T, this part's units
+                    np.dot(z[t + 1], whtp[k], dhp[k])
+                    for r in range(nb):
+                        for j in range(m):
+                            dh_next[r, u0 + j] = dhp[k, r, j]
+                for r in range(nb):
+                    zr, u1 = z[t, r], u0 + m
+                    cell_backward(zr[u0:u1], zr[H + u0 : H + u1], zr[2 * H + u0 : 2 * H + u1],
+                                  zr[3 * H + u0 : 3 * H + u1], c[t, r, u0:u1], tc[t, r, u0:u1], dh[t, r, u0:u1],
+                                  dh_next[r, u0:u1], dc_next[r, u0:u1], one)
+
+
+@njit(**JIT)
+def shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, rec, yout, one, whp, rsp):
     T, D0 = x.shape[1], x.shape[2]
     L, bm, G = hs.shape[1], xs.shape[2], 4 * H
     for t in range(T):  # this shard's rows of x (B, T, D), time-major
@@ -151,31 +254,23 @@ def shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates,
             np.dot(xs[s].reshape((T * bm, D0)), Wx, z.reshape((T * bm, G)))
         else:
             np.dot(hs[s, l - 1, 1:].reshape((T * bm, H)), Wx, z.reshape((T * bm, G)))
-        for t in range(T):
-            if t > 0:  # h_0 = 0: no recurrent product at the first step
-                np.dot(h[t], Wh, rs)
-            for r in range(nb):
-                # one row at a time, in short loops LLVM vectorises; z_t = x_t W_x + h_{t-1} W_h + b
-                if t > 0:
-                    for j in range(G):
-                        z[t, r, j] = z[t, r, j] + rs[r, j] + b[j]
-                else:
-                    for j in range(G):
-                        z[t, r, j] = z[t, r, j] + b[j]
-                # (loops start at 0 with the offset inside: a range(a, b) loop with a > 0
-                # was not vectorised by LLVM here)
-                for j in range(2 * H):  # i, f
-                    z[t, r, j] = sigmoid(z[t, r, j])
-                for j in range(H):  # g
-                    z[t, r, 2 * H + j] = tanh(z[t, r, 2 * H + j])
-                for j in range(H):  # o
-                    z[t, r, 3 * H + j] = sigmoid(z[t, r, 3 * H + j])
-                for j in range(H):  # c_t = f * c_{t-1} + i * g
-                    c[t + 1, r, j] = z[t, r, H + j] * c[t, r, j] + z[t, r, j] * z[t, r, 2 * H + j]
-                for j in range(H):
-                    tc[t, r, j] = tanh(c[t + 1, r, j])
-                for j in range(H):  # h_t = o * tanh(c_t)
-                    h[t + 1, r, j] = z[t, r, 3 * H + j] * tc[t, r, j]
+        if whp.shape[0] > 1:  # the threads share this shard's hidden units
+            team_forward_steps(z, h, c, tc, Wh, b, nb, whp, rsp)
+        else:
+            for t in range(T):
+                if t > 0:  # h_0 = 0: no recurrent product at the first step
+                    np.dot(h[t], Wh, rs)
+                for r in range(nb):
+                    # one row at a time, in short loops LLVM vectorises; z_t = x_t W_x + h_{t-1} W_h + b
+                    if t > 0:
+                        for j in range(G):
+                            z[t, r, j] = z[t, r, j] + rs[r, j] + b[j]
+                    else:
+                        for j in range(G):
+                            z[t, r, j] = z[t, r, j] + b[j]
+                    zr = z[t, r]
+                    cell_forward(zr[:H], zr[H : 2 * H], zr[2 * H : 3 * H], zr[3 * H :], c[t, r], c[t + 1, r], tc[t, r],
+                                 h[t + 1, r])
     # head: y = h @ W_y + b_y on h_T, or on every h_t
     O = yout.shape[3]
     Wy = theta[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
@@ -222,7 +317,7 @@ def shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef):
 
 @njit(**JIT)
 def shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn, dcn,
-                   grads, one):
+                   grads, one, whtp, dhp):
     L, T, bm, G = hs.shape[1], gates.shape[2], xs.shape[2], 4 * H
     D0, O = xs.shape[3], dy.shape[3]
     g_all = grads[s]
@@ -254,20 +349,16 @@ def shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gat
         z, c, tc, dh_next, dc_next = gates[s, l], cs[s, l], tcs[s, l], dhn[s], dcn[s]
         dh_next[:] = 0  # nothing flows back into the last step
         dc_next[:] = 0
-        for t in range(T - 1, -1, -1):
-            if t < T - 1:  # dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now)
-                np.dot(z[t + 1], WhT, dh_next)
-            for r in range(nb):
-                for j in range(H):
-                    i, f, g, o = z[t, r, j], z[t, r, H + j], z[t, r, 2 * H + j], z[t, r, 3 * H + j]
-                    tanh_c = tc[t, r, j]
-                    d_h = dh[t, r, j] + dh_next[r, j]
-                    d_c = d_h * o * (one - tanh_c * tanh_c) + dc_next[r, j]
-                    z[t, r, j] = d_c * g * i * (one - i)
-                    z[t, r, H + j] = d_c * c[t, r, j] * f * (one - f)
-                    z[t, r, 2 * H + j] = d_c * i * (one - g * g)
-                    z[t, r, 3 * H + j] = d_h * tanh_c * o * (one - o)
-                    dc_next[r, j] = d_c * f
+        if whtp.shape[0] > 1:  # the threads share this shard's hidden units
+            team_backward_steps(z, c, tc, dh, dh_next, dc_next, WhT, nb, whtp, dhp, one)
+        else:
+            for t in range(T - 1, -1, -1):
+                if t < T - 1:  # dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now)
+                    np.dot(z[t + 1], WhT, dh_next)
+                for r in range(nb):
+                    zr = z[t, r]
+                    cell_backward(zr[:H], zr[H : 2 * H], zr[2 * H : 3 * H], zr[3 * H :], c[t, r], tc[t, r], dh[t, r],
+                                  dh_next[r], dc_next[r], one)
         # weight gradients: one large product each over all steps
         dz = z.reshape((T * bm, G))
         if l == 0:
@@ -309,17 +400,32 @@ def transpose_weights(theta, offs, H, D0, O, theta_t):
 
 @njit(parallel=True, **JIT)
 def run_shards(x, y_real, y_class, xent, theta, theta_t, offs, H, many_to_many, shard_lo, shard_nb, xs, hs, cs,
-               gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward):
-    """Forward (and, if ``backward``, loss and gradients) of every shard, one per thread."""
+               gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward, whp, rsp, whtp, dhp):
+    """Forward (and, if ``backward``, loss and gradients) of every shard, one per thread; or, when
+    whp holds more than one part, of the one shard, the threads sharing its hidden units."""
     if backward:
         transpose_weights(theta, offs, H, x.shape[2], yout.shape[3], theta_t)
+    if whp.shape[0] > 1:
+        run_one_shard(0, x, y_real, y_class, xent, theta, theta_t, offs, H, many_to_many, shard_lo, shard_nb, xs,
+                      hs, cs, gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward, whp,
+                      rsp, whtp, dhp)
+        return
     for s in prange(shard_lo.shape[0]):
-        lo, nb = shard_lo[s], shard_nb[s]
-        shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, rec, yout, one)
-        if backward:
-            losses[s] = shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef)
-            shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn,
-                           dcn, grads, one)
+        run_one_shard(s, x, y_real, y_class, xent, theta, theta_t, offs, H, many_to_many, shard_lo, shard_nb, xs,
+                      hs, cs, gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward, whp,
+                      rsp, whtp, dhp)
+
+
+@njit(**JIT)
+def run_one_shard(s, x, y_real, y_class, xent, theta, theta_t, offs, H, many_to_many, shard_lo, shard_nb, xs, hs,
+                  cs, gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward, whp, rsp, whtp,
+                  dhp):
+    lo, nb = shard_lo[s], shard_nb[s]
+    shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, rec, yout, one, whp, rsp)
+    if backward:
+        losses[s] = shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef)
+        shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn, dcn,
+                       grads, one, whtp, dhp)
 
 
 @njit(parallel=True, **JIT)
