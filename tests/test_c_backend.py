@@ -332,38 +332,6 @@ def test_kernel_is_clean_under_address_sanitizer(tmp_path, vector_bytes):
     assert "all cases passed" in run.stdout
 
 
-@pytest.mark.parametrize("check", ["forward", "loss_and_grads", "training_steps", "gradient_hook", "deterministic",
-                                   "thread_independent"])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_kit_with_the_threads_sharing_hidden_units(check, dtype):
-    """parallel="units": one shard whose hidden units the threads share (what auto picks for a
-    batch with few rows per thread; the kit's tiny models would otherwise get batch shards)."""
-    from lstmbench.testing import run_check
-
-    backend = available_backend()
-    backend.set_threads(2)
-    backend.parallel = "units"
-    run_check(backend, check, dtype, max_examples=15)
-    assert backend.last_plan == "units"
-
-
-@pytest.mark.parametrize("H,B,layers", [(40, 1, 1), (37, 3, 2), (64, 2, 3)])  # several panels per thread
-def test_hidden_units_shared_out_match_the_reference(H, B, layers):
-    backend = available_backend()
-    backend.set_threads(2)
-    backend.parallel = "units"
-    for loss, m2m in (("mse", False), ("xent", True)):
-        cfg = lb.ModelConfig(3, H, 4, layers, loss, m2m, "float64")
-        rng = np.random.default_rng(H)
-        x = rng.standard_normal((B, 6, 3))
-        y = rng.standard_normal((B, 4)) if loss == "mse" else rng.integers(0, 4, size=(B, 6))
-        case = Case(cfg, lb.init_params(cfg, 1), x, y, lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.5), 3)
-        check_forward(backend, case)
-        check_loss_and_grads(backend, case)
-        check_training_steps(backend, case)
-    assert backend.runtime_info()["parallel"] == "units: units last"
-
-
 def test_auto_puts_the_threads_on_hidden_units_only_for_few_rows():
     backend = available_backend()
     backend.set_threads(2)
