@@ -58,3 +58,8 @@ class DeviceError(LstmbenchError, RuntimeError):
 
 class OutputError(LstmbenchError, OSError):
     """An output file or folder cannot be written (a file in the way, no permission, a full disk)."""
+
+
+class ResourceError(LstmbenchError, MemoryError):
+    """A run or a file needs more memory (or other machine resources) than this machine has;
+    the message gives the figures."""
