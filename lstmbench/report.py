@@ -7,7 +7,10 @@ drawn by matplotlib; it needs nothing but the folder it is written to.
 The results are read with asv's own loaders (benchmarks.json for the benchmarks and
 their parameters, ``asv.results.Results.load`` for each result file), so the page shows
 what asv's site would: results recorded by an older version of a benchmark's code are
-left out, a failed measurement (None) or a skipped one (NaN) is a gap.
+left out, a failed measurement (None) or a skipped one (NaN) is a gap. asv's loaders take
+any JSON, so each file is first checked for what the page relies on: a result file that
+fails is skipped with a warning, a benchmarks.json that fails (the whole page needs it) is
+a ReportError naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import html
 import itertools
 import math
 import re
+import reprlib
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -96,9 +100,19 @@ def find_results_dir(config: str | None = None, results: str | None = None) -> P
     asv = _asv()
     try:  # asv's own reader: the file has // comments
         conf = asv.util.load_json(str(path), js_comments=True)
-    except (asv.util.UserError, ValueError) as exc:
+    except (asv.util.UserError, ValueError, OSError) as exc:
         raise ReportError(f"cannot read asv's configuration {path}: {exc}") from None
-    return path.parent / conf.get("results_dir", "results")  # "results" is asv's default
+    if not isinstance(conf, dict):
+        raise ReportError(f"asv's configuration {path} is {_shown(conf)}, not a JSON object")
+    results_dir = conf.get("results_dir", "results")  # "results" is asv's default
+    if not isinstance(results_dir, str):
+        raise ReportError(f"asv's configuration {path} has the results_dir {_shown(results_dir)}, not a path")
+    return path.parent / results_dir
+
+
+def _shown(value) -> str:
+    """A value of a file, for a message: its repr, shortened."""
+    return reprlib.repr(value)
 
 
 # --------------------------------------------------------------------------- loading
@@ -139,10 +153,7 @@ def load_results(results_dir: str | Path, machine: str | None = None) -> tuple[d
     if not bench_file.is_file():
         raise ReportError(f"no results for the benchmarks in {results_dir}: it has no benchmarks.json "
                           "(`asv run` writes it)")
-    try:
-        benchmarks = asv.util.load_json(str(bench_file), api_version=asv.benchmarks.Benchmarks.api_version)
-    except asv.util.UserError as exc:
-        raise ReportError(str(exc)) from None
+    benchmarks = _load_benchmarks(asv, bench_file)
     names = sorted(p.parent.name for p in results_dir.glob("*/machine.json"))
     if machine is not None:
         if machine not in names:
@@ -157,18 +168,18 @@ def load_results(results_dir: str | Path, machine: str | None = None) -> tuple[d
 
 
 def _load_machine(asv, folder: Path, benchmarks: dict) -> Machine:
+    m = Machine(folder.name, {}, [])
     try:
-        info = asv.util.load_json(str(folder / "machine.json"), api_version=asv.machine.Machine.api_version)
-    except (asv.util.UserError, ValueError) as exc:
-        info = {"machine.json": f"unreadable: {exc}"}
-    m = Machine(folder.name, info, [])
+        m.info = _read_json(asv, folder / "machine.json", asv.machine.Machine.api_version)
+    except ReportError as exc:
+        m.unreadable.append(f"{folder.name}/machine.json: {exc}")
     for path in sorted(folder.glob("*.json")):
         if path.name == "machine.json":
             continue
         try:
-            r = asv.results.Results.load(str(path), machine_name=folder.name)
-        except (asv.util.UserError, ValueError, TypeError) as exc:
-            m.unreadable.append(f"{path.name}: {exc}")
+            r = _load_result_file(asv, path, folder.name)
+        except ReportError as exc:
+            m.unreadable.append(f"{folder.name}/{path.name}: {exc}")
             continue
         keys = r.get_result_keys(benchmarks)  # drops results of another version of the benchmark
         m.stale += len(set(r.get_all_result_keys()) & benchmarks.keys() - keys)
@@ -180,6 +191,137 @@ def _load_machine(asv, folder: Path, benchmarks: dict) -> Machine:
             m.python.append(str(r.params["python"]))
     m.python = sorted(set(m.python))
     return m
+
+
+# --------------------------------------------------------------------------- checking what is loaded
+
+
+def _read_json(asv, path: Path, api_version: int) -> dict:
+    """A file of asv's: a JSON object of format ``api_version``, read by asv (which checks
+    the version); a ReportError naming the file when it is not one."""
+    try:
+        return asv.util.load_json(str(path), api_version=api_version)
+    except asv.util.UserError as exc:  # asv's message names the file
+        raise ReportError(str(exc)) from None
+    except (OSError, ValueError) as exc:  # a folder, no permission, not UTF-8
+        raise ReportError(f"cannot read {path}: {exc}") from None
+    except TypeError:  # asv looked "version" up in a list or a number, or compared a string version
+        raise ReportError(f"{path} holds no JSON object of asv's format version {api_version}") from None
+
+
+def _load_benchmarks(asv, path: Path) -> dict:
+    """benchmarks.json: benchmark name -> asv's description, every one checked, since
+    the whole page needs them (a ReportError naming the file and the benchmark)."""
+    benchmarks = _read_json(asv, path, asv.benchmarks.Benchmarks.api_version)
+    for name, bench in benchmarks.items():
+        problem = _benchmark_problem(name, bench)
+        if problem:
+            raise ReportError(f"{path}: the benchmark {name} {problem} (`asv run` writes the file anew)")
+    return benchmarks
+
+
+def _benchmark_problem(name: str, bench) -> str | None:
+    """What makes benchmarks.json's entry ``name`` unusable for the page, or None."""
+    if not isinstance(bench, dict):
+        return f"is {_shown(bench)}, not an object"
+    if bench.get("name") != name:
+        return f"has the name {_shown(bench.get('name'))}"
+    params, param_names = bench.get("params"), bench.get("param_names")
+    if not _is_param_lists(params):
+        return f"has the params {_shown(params)}, not a list of non-empty lists of values"
+    if not (isinstance(param_names, list) and all(isinstance(n, str) for n in param_names)):
+        return f"has the param_names {_shown(param_names)}, not a list of names"
+    if len(param_names) != len(params):
+        return f"has {len(param_names)} param_names for {len(params)} lists of params"
+    if not isinstance(bench.get("unit", ""), str):
+        return f"has the unit {_shown(bench['unit'])}, not a string"
+    return None
+
+
+def _is_param_lists(params) -> bool:
+    """A benchmark's parameters as asv stores them: a list of non-empty lists of values
+    (each the repr of one, a string)."""
+    return isinstance(params, list) and all(
+        isinstance(p, list) and p and all(isinstance(v, str) for v in p) for p in params)
+
+
+def _load_result_file(asv, path: Path, machine: str):
+    """One result file as asv's Results, once its JSON is checked for what asv's loader
+    and get_result_value assume and the page uses; a ReportError if it fails.
+
+    The file is read twice, here and by asv's loader: Results keeps a benchmark's raw
+    values to itself, and their number must match its parameters'."""
+    problem = _result_file_problem(_read_json(asv, path, asv.results.Results.api_version))
+    if problem:
+        raise ReportError(problem)
+    try:
+        return asv.results.Results.load(str(path), machine_name=machine)
+    except (asv.util.UserError, ValueError, TypeError) as exc:  # another machine's file; a stats column no list
+        raise ReportError(str(exc)) from None
+
+
+def _is_timestamp(date) -> bool:
+    """A commit's date as asv records it: a JavaScript timestamp (an integer, ms) of a
+    date that can be printed, or None."""
+    if date is None:
+        return True
+    if isinstance(date, bool) or not isinstance(date, int):
+        return False
+    try:
+        _date(date)
+    except (OverflowError, ValueError, OSError):  # past the year 9999, or out of the C library's range
+        return False
+    return True
+
+
+RESULT_FILE_FIELDS = {  # a field of a result file -> (what it must be, a test of that)
+    "commit_hash": ("a string", lambda v: isinstance(v, str)),
+    "date": ("a JavaScript timestamp (an integer, ms)", _is_timestamp),
+    "env_name": ("a string", lambda v: isinstance(v, str)),
+    "params": ("an object", lambda v: isinstance(v, dict)),
+    "result_columns": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
+    "results": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def _result_file_problem(data: dict) -> str | None:
+    """What in a result file's JSON is not as asv writes it, or None."""
+    for name, (what, fits) in RESULT_FILE_FIELDS.items():
+        if name not in data:
+            return f"it has no {name}"
+        if not fits(data[name]):
+            return f"{name} is {_shown(data[name])}, not {what}"
+    for name, entry in data["results"].items():
+        problem = _result_entry_problem(data["result_columns"], entry)
+        if problem:
+            return f"the entry of {name} in its results {problem}"
+    return None
+
+
+def _result_entry_problem(columns: list[str], entry) -> str | None:
+    """What is wrong with one benchmark's entry in a result file's results (a value per
+    one of ``columns``: result, params, version, ...), or None."""
+    if not isinstance(entry, list):
+        return f"is {_shown(entry)}, not a list"
+    fields = dict(zip(columns, entry))
+    values, params = fields.get("result"), fields.get("params")
+    if values is None:
+        return None  # no values at all (asv: the environment failed to build)
+    if not (isinstance(values, list) and all(_is_measurement(v) for v in values)):
+        return f"has the values {_shown(values)}, not a list of numbers, None (failed) or NaN (skipped)"
+    if not _is_param_lists(params):
+        return f"has the params {_shown(params)}, not a list of non-empty lists of values"
+    combinations = math.prod(len(p) for p in params)
+    if len(values) != combinations:
+        return f"has {len(values)} values for {combinations} parameter combinations"
+    return None
+
+
+def _is_measurement(value) -> bool:
+    """One value asv recorded: a number (that converts to a float), None (failed) or NaN (skipped)."""
+    if value is None or isinstance(value, float):
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
 
 
 # --------------------------------------------------------------------------- arranging

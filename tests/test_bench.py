@@ -1,14 +1,16 @@
 """`lstmbench bench`: verification gates the timings; the report and outputs are well formed.
 (No test asserts a time: only structure, verification and arithmetic.)"""
 
+import io
 import json
+import sys
 
 import numpy as np
 import pytest
 
 import lstmbench as lb
 from lstmbench import peak
-from lstmbench import bench
+from lstmbench import bench, console
 from lstmbench.cli import main
 from lstmbench_backends.reference import NumpyReference
 
@@ -187,6 +189,8 @@ def test_unstable_rows_are_named():
 
 def test_report_marks_unstable_rows_and_warns():
     report = small_grid(["numpy"])
+    for r in report["rows"]:  # a busy machine marks rows of its own: start from none
+        r["unstable"] = ""
     row = report["rows"][0]
     row["unstable"], row["pct_peak"] = "above the peak measured in this run", 116.9
     text = bench.format_grid(report)
@@ -204,3 +208,124 @@ def test_small_figures_keep_their_significant_digits():
     row["speedup"], row["timing"]["median_s"] = 0.00123, 2.5123
     line = next(line for line in bench.format_grid(report).splitlines() if line.startswith(row["workload"]))
     assert "0.00123x" in line and "2512" in line  # not "0.00x", and ms to 4 figures
+
+
+# --- progress when stderr is not a terminal --------------------------------------------
+
+
+class FakeClock:
+    """time for lstmbench.console: monotonic() is ``now``, moved on by the test, and by
+    ``tick`` more at every call."""
+
+    def __init__(self, tick: float = 0.0):
+        self.now, self.tick = 1000.0, tick
+
+    def monotonic(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+class Log(io.StringIO):
+    """A stderr that is a file, not a terminal; ``flushed``: its text at the last flush."""
+
+    flushed = ""
+
+    def flush(self):
+        self.flushed = self.getvalue()
+
+
+def stderr_to_log(monkeypatch) -> Log:
+    """sys.stderr a Log for the rest of the test (in its body: pytest sets its own
+    sys.stderr again between a test's fixtures and the test)."""
+    stream = Log()
+    monkeypatch.setattr(sys, "stderr", stream)
+    return stream
+
+
+def test_progress_in_a_log_is_a_plain_line_every_interval(monkeypatch):
+    log = stderr_to_log(monkeypatch)
+    clock = FakeClock()
+    monkeypatch.setattr(console, "time", clock)
+    bar = console.progress_bar(total=18, desc="bench", unit="run")
+    bar.update(2)
+    bar.set_postfix_str("numba char-onehot")
+    clock.now += console.LOG_INTERVAL_S - 0.5
+    bar.update(1)
+    assert log.getvalue() == ""  # nothing before the interval has passed
+    clock.now += 0.5
+    bar.update(0)
+    line = log.getvalue()
+    assert line.startswith("bench: 3/18 [00:10<") and line.endswith(", numba char-onehot]\n"), line
+    assert log.flushed == line
+    bar.update(4)
+    clock.now += console.LOG_INTERVAL_S - 0.5
+    bar.update(1)
+    assert log.getvalue() == line  # the next one: an interval after this one
+    clock.now += 0.5
+    bar.set_postfix(train="0.25", val="0.5")
+    second = log.getvalue()[len(line):]
+    assert second.startswith("bench: 8/18 [00:20<") and second.endswith(", train=0.25, val=0.5]\n"), second
+    bar.update(10)
+    bar.close()
+    last = log.getvalue().splitlines()[-1]
+    assert last.startswith("bench: 18/18 [00:20<") and log.flushed == log.getvalue()
+    assert len(log.getvalue().splitlines()) == 3 and "\r" not in log.getvalue()
+
+
+def test_progress_in_a_log_keeps_the_callers_lines_and_format(monkeypatch, capsys):
+    log = stderr_to_log(monkeypatch)
+    clock = FakeClock()
+    monkeypatch.setattr(console, "time", clock)
+    bar = console.progress_bar(total=4, bar_format="{n}/{total} {desc}")  # as lstmbench check's
+    bar.write("a result", file=sys.stdout)
+    bar.set_description_str("running gradients float32 on numba ...")
+    bar.update()
+    bar.close()
+    assert capsys.readouterr().out == "a result\n"
+    assert log.getvalue() == ""  # a run shorter than the interval: no progress line, not even at close
+    with console.progress_bar(total=4, bar_format="{n}/{total} {desc}") as bar:
+        clock.now += console.LOG_INTERVAL_S
+        bar.set_description_str("running gradients float32 on numba ...")
+        clock.now += console.LOG_INTERVAL_S
+        bar.update()
+    assert log.getvalue() == "0/4 running gradients float32 on numba ...\n1/4 running gradients float32 on numba ...\n"
+    bar.close()  # closed already, by the with statement; and nothing done since the last line
+    assert len(log.getvalue().splitlines()) == 2
+
+
+def test_no_progress_when_disabled(monkeypatch):
+    log = stderr_to_log(monkeypatch)
+    clock = FakeClock(tick=console.LOG_INTERVAL_S)
+    monkeypatch.setattr(console, "time", clock)
+    bar = console.progress_bar(False, total=3, desc="bench")
+    for _ in range(3):
+        bar.set_postfix_str("numpy")
+        bar.update()
+    bar.close()
+    assert log.getvalue() == ""
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = console.progress_bar(total=3, desc="bench", unit="run")
+    bar.update(3)
+    bar.close()
+    assert "\rbench: 100%|" in terminal.getvalue()  # tqdm's redraw of its bar
+
+
+def test_bench_reports_progress_to_a_log(monkeypatch):
+    """`lstmbench bench 2> file`: a line of progress whenever the interval has passed (here
+    at every call of the bar, the clock moving on a whole interval at each look)."""
+    log = stderr_to_log(monkeypatch)
+    monkeypatch.setattr(console, "time", FakeClock(tick=console.LOG_INTERVAL_S))
+    bench.run_grid(["numpy", "numba"], hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=1, with_torch=False)
+    lines = log.getvalue().splitlines()
+    assert lines and "\r" not in log.getvalue()
+    done = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("bench: ")]
+    assert len(done) == len(lines) and done == sorted(done) and lines[-1].startswith("bench: 4/4 ")
+    assert any(line.endswith(", numba H=4 B=3]") for line in lines)

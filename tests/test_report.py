@@ -281,6 +281,130 @@ def test_user_errors_are_one_line(case, results_dir, tmp_path, monkeypatch, caps
     assert not (tmp_path / "out").exists()
 
 
+# --- asv files that are valid JSON of the wrong shape: no traceback ---------------------
+
+BENCH_BOX_LATEST = f"bench-box/{COMMITS[-1][:8]}-{ENV}.json"  # the latest commit's result file
+
+
+def copy_with_change(results_dir: Path, tmp_path: Path, file: str, change) -> Path:
+    """A copy of the results in which ``change`` edits the JSON of ``file`` (relative to
+    the results folder) in place, or returns what replaces it."""
+    copy = tmp_path / "results"
+    shutil.copytree(results_dir, copy)
+    path = copy / file
+    data = json.loads(path.read_text())
+    replaced = change(data)
+    path.write_text(json.dumps(data if replaced is None else replaced))
+    return copy
+
+
+def benchmark_field(benchmark: str, **fields):
+    """A change setting ``fields`` of one benchmark in benchmarks.json."""
+    return lambda benchmarks: benchmarks[benchmark].update(fields)
+
+
+def result_column(column: str, value, name: str = report.TRAIN_STEP):
+    """A change setting one column (asv's result_columns: result, params, version, ...) of
+    one benchmark's entry in a result file."""
+    def change(data):
+        data["results"][name][data["result_columns"].index(column)] = value
+    return change
+
+
+def drop_last_value(data):
+    data["results"][report.TRAIN_STEP][data["result_columns"].index("result")].pop()
+
+
+BROKEN_BENCHMARKS = {  # change to benchmarks.json -> what the error names
+    "params not a list of lists": (benchmark_field(report.TRAIN_STEP, params=["'numpy'", "32", "32"]),
+                                   [report.TRAIN_STEP, "params"]),
+    "params a number": (benchmark_field(report.EXPONENT, params=2), [report.EXPONENT, "params"]),
+    "params an empty list": (benchmark_field(report.SPEEDUP, params=[[], ["32"], ["32"]]), [report.SPEEDUP, "params"]),
+    "param_names of the wrong length": (benchmark_field(report.TRAIN_STEP, param_names=["backend", "hidden"]),
+                                        [report.TRAIN_STEP, "param_names"]),
+    "unit a number": (benchmark_field(report.TRAIN_STEP, unit=0.001), [report.TRAIN_STEP, "unit"]),
+    "name another one": (benchmark_field(report.TRAIN_STEP, name=report.SPEEDUP), [report.TRAIN_STEP, "name"]),
+    "a benchmark a string": (lambda b: b.update({report.TRAIN_STEP: "time_train_step"}),
+                             [report.TRAIN_STEP, "not an object"]),
+    "version a string": (lambda b: b.update(version="2"), ["format version 2"]),
+    "a list": (lambda b: [b], ["benchmarks.json"]),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_BENCHMARKS)
+def test_a_malformed_benchmarks_json_is_a_one_line_error(case, results_dir, tmp_path, capsys):
+    change, named = BROKEN_BENCHMARKS[case]
+    results = copy_with_change(results_dir, tmp_path, "benchmarks.json", change)
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert str(results / "benchmarks.json") in err and all(n in err for n in named), err
+    assert not (tmp_path / "out").exists()
+
+
+BROKEN_RESULT_FILES = {  # change to the latest commit's result file on bench-box -> what the warning names
+    "results a string": (lambda d: d.update(results="oops"), "results"),
+    "a benchmark's results a string": (lambda d: d["results"].update({report.TRAIN_STEP: "oops"}), report.TRAIN_STEP),
+    "values a string": (result_column("result", "oops"), report.TRAIN_STEP),
+    "values of the wrong length": (drop_last_value, "23 values for 24 parameter combinations"),
+    "a value a string": (result_column("result", ["fast"] * 24), report.TRAIN_STEP),
+    "a value too large for a float": (result_column("result", [10**400] * 24), report.TRAIN_STEP),
+    "parameters not a list of lists": (result_column("params", "backend"), report.TRAIN_STEP),
+    "commit_hash a number": (lambda d: d.update(commit_hash=12345), "commit_hash"),
+    "date a string": (lambda d: d.update(date="yesterday"), "date"),
+    "date past the year 9999": (lambda d: d.update(date=10**20), "date"),
+    "env_name a number": (lambda d: d.update(env_name=3), "env_name"),
+    "params a list": (lambda d: d.update(params=[d["params"]]), "params"),
+    "result_columns a string": (lambda d: d.update(result_columns="result"), "result_columns"),
+    "version a string": (lambda d: d.update(version="2"), "format version 2"),
+    "a list": (lambda d: [d], BENCH_BOX_LATEST),
+    "a number": (lambda d: 7, BENCH_BOX_LATEST),
+}
+
+
+def commits_on_page(page: Path, machine: str) -> list[str]:
+    text = page.read_text(encoding="utf-8")
+    table = Parsed(text[text.index(f"<h2>Machine {machine}</h2>"):]).tables[1]  # after machine.json's
+    assert table[0][:2] == ["#", "commit"]
+    return [row[1] for row in table[1:]]
+
+
+@pytest.mark.parametrize("case", BROKEN_RESULT_FILES)
+def test_a_malformed_result_file_is_skipped_with_a_warning(case, results_dir, tmp_path, capsys):
+    change, named = BROKEN_RESULT_FILES[case]
+    results = copy_with_change(results_dir, tmp_path, BENCH_BOX_LATEST, change)
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    warning = f"warning: skipped unreadable result file {BENCH_BOX_LATEST}: "
+    assert captured.err.startswith(warning) and captured.err.count("\n") == 1, captured.err
+    assert named in captured.err and "Traceback" not in captured.err, captured.err
+    assert commits_on_page(Path(captured.out.strip()), "bench-box") == [c[:8] for c in COMMITS[:-1]]
+
+
+@pytest.mark.parametrize("change", [lambda m: [m], lambda m: m.update(version="1")], ids=["a list", "version a string"])
+def test_a_malformed_machine_json_is_skipped_with_a_warning(change, results_dir, tmp_path, capsys):
+    results = copy_with_change(results_dir, tmp_path, "bench-box/machine.json", change)
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: skipped unreadable result file bench-box/machine.json: "), captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    page = Path(captured.out.strip())
+    assert commits_on_page(page, "bench-box") == [c[:8] for c in COMMITS]  # its results are all there
+    assert MACHINE["cpu"] not in page.read_text() and OTHER_MACHINE["cpu"] in page.read_text()
+
+
+@pytest.mark.parametrize("conf, named", [('[{"version": 1}]', "not a JSON object"),
+                                         ('{"version": 1, "results_dir": 3}', "results_dir")],
+                         ids=["a list", "results_dir a number"])
+def test_a_malformed_asv_conf_json_is_a_one_line_error(conf, named, tmp_path, monkeypatch, capsys):
+    (tmp_path / "asv.conf.json").write_text(conf)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert "asv.conf.json" in err and named in err, err
+
+
 def test_without_asv_the_error_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "asv", None)  # import asv raises ImportError
     with pytest.raises(report.ReportError, match=re.escape("pip install -e '.[dev]'")):
