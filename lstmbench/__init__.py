@@ -12,6 +12,9 @@ Importing this package is cheap: no backend is imported until it is asked for.
 
 from lstmbench.config import ModelConfig, OptimizerConfig
 from lstmbench.errors import (
+    BackendConflictError,
+    BackendError,
+    BackendLoadError,
     BackendUnavailableError,
     CheckpointError,
     ConfigError,
@@ -54,6 +57,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "BackendConflictError",
+    "BackendError",
+    "BackendLoadError",
     "BackendInfo",
     "BackendUnavailableError",
     "Capabilities",

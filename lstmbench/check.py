@@ -3,7 +3,8 @@
 One line per check and dtype: PASS with the worst error seen against the tolerance
 (1 is the limit; "worst 0.03 of tolerance" leaves 30x room), FAIL with the first line
 of what disagreed, SKIP with the reason. Exit status: 0 when nothing failed, 1 when a
-check failed, 2 for a usage error (unknown or unavailable backend, unknown check).
+check failed, 2 for a usage error (unknown or unavailable backend, unknown check) or a
+backend that fails to load.
 
 Examples per check: --quick draws QUICK_EXAMPLES, --examples N draws N, and the default
 is the kit's own: the active Hypothesis profile's max_examples (Hypothesis's default is
@@ -38,7 +39,7 @@ def register(sub) -> None:
         "check", help="run the conformance kit on a backend: does it compute what the reference computes?",
         description="Run the conformance kit on registered backends (a plugin's included) and report per check "
                     "and dtype. Exit status 0: every check passed or was skipped; 1: a check failed; "
-                    "2: a usage error.")
+                    "2: a usage error or a backend that fails to load.")
     p.add_argument("backends", nargs="+", metavar="BACKEND", help="backend name(s), see `lstmbench backends`")
     count = p.add_mutually_exclusive_group()
     count.add_argument("--quick", action="store_true",

@@ -67,7 +67,11 @@ class ModelConfig:
         return shapes
 
     def num_params(self) -> int:
-        return int(sum(np.prod(s) for s in self.param_shapes().values()))
+        """The parameter count, in closed form (no walk over the layers: a size check can ask
+        it of any configuration, a billion layers included)."""
+        H, L = self.hidden_size, self.num_layers
+        per_layer = 4 * H * (H + 1)  # W_h and b
+        return 4 * H * self.input_size + 4 * H * H * (L - 1) + L * per_layer + H * self.output_size + self.output_size
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -142,8 +142,8 @@ def _warm_up(backend: lb.Backend, cfgs: list[lb.ModelConfig], data, opt: lb.Opti
     """A step and a forward pass of each model before any clock starts, so compiling is not timed."""
     numba = any(key.startswith("numba") for key in backend.runtime_info())
     if numba:  # Numba's on-disk cache cannot be asked cheaply whether it holds these kernels
-        say(f"  {backend.name}: loading its Numba kernels; the first run compiles them (about 30 s, cached "
-            "afterwards) ...")
+        say(f"  {backend.name}: loading its Numba kernels (from the cache in about a second; the first run on a "
+            "machine compiles them, a minute or more) ...")
     start = time.perf_counter()
     for cfg in cfgs:
         x, y = (a[:2].astype(cfg.dtype) if a.dtype.kind == "f" else a[:2] for a in data)

@@ -35,6 +35,14 @@ class UnknownBackendError(LstmbenchError, LookupError):
     """No backend of that name is registered."""
 
 
+class BackendConflictError(LstmbenchError, LookupError):
+    """Two plugins register the same backend name."""
+
+
+class BackendLoadError(LstmbenchError, RuntimeError):
+    """A backend's entry point failed to import, to construct, or gave no Backend."""
+
+
 class BackendUnavailableError(LstmbenchError, RuntimeError):
     """The backend exists but cannot run on this machine (the message says why)."""
 
@@ -63,3 +71,9 @@ class OutputError(LstmbenchError, OSError):
 class ResourceError(LstmbenchError, MemoryError):
     """A run or a file needs more memory (or other machine resources) than this machine has;
     the message gives the figures."""
+
+
+class BackendError(LstmbenchError, RuntimeError):
+    """A backend returned what the protocol does not allow (an output of the wrong shape or
+    dtype, NaN from finite inputs, a loss that is not a number): a bug in that backend, named
+    in the message."""

@@ -9,7 +9,9 @@ Two task kinds:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,14 @@ from lstmbench import data as lbdata
 from lstmbench.checkpoint import atomic_write
 from lstmbench.config import ModelConfig
 from lstmbench.distributed import SINGLE, World, shard
-from lstmbench.errors import DataError
+from lstmbench.console import progress_bar
+from lstmbench.errors import CheckpointError, DataError, LstmbenchError
 from lstmbench.metrics import accuracy, mae, mean_loss, rmse
 from lstmbench.params import Params
 from lstmbench.protocol import Backend
+from lstmbench.resources import check_fits
 
+SOURCE_KEYS = ("dataset", "csv", "text_file")  # a Source's spec names exactly one
 SYNTHETIC = {"sine": "noisy sine mixture (1000 steps)", "anbn": "a^n b^n strings (400 of them)"}
 
 
@@ -53,11 +58,26 @@ class Source:
             return lbdata.read_csv_series(self.spec["csv"], columns=self.spec.get("columns"),
                                           index_column=self.spec.get("index_column"),
                                           detect_index=self.spec.get("detect_index", True))
-        path = Path(self.spec["text_file"])
-        try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot read text file {path}: {exc}") from None
+        return read_text_file(Path(self.spec["text_file"]))
+
+
+#: bytes of memory per byte of a text file while it is read and decoded (the bytes, then a str of
+#: up to 4 bytes per character)
+TEXT_READ_FACTOR = 5
+
+
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file's contents; a DataError for anything that is not a regular file (a
+    folder, /dev/zero, a pipe) and a ResourceError, before reading, for one too large for memory."""
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a regular file"
+        raise DataError(f"text file {path} {what}")
+    check_fits(path.stat().st_size * TEXT_READ_FACTOR, f"reading text file {path}",
+               "use a shorter text")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read text file {path}: {exc}") from None
 
 
 def make_source(dataset: str | None = None, csv: str | None = None, columns: list[str] | None = None,
@@ -94,27 +114,54 @@ class Task:
 
 
 def build_task(source: Source, *, hidden_size: int, num_layers: int = 1, dtype: str = "float32",
-               window: int = 20, horizon: int = 1, target: str | int = 0, seq_len: int = 64) -> Task:
+               window: int = 20, horizon: int = 1, target: str | int | None = None, seq_len: int = 64) -> Task:
+    """The arrays and model of a run. ``target`` None: the first value column that is not
+    index-like (lbdata.default_target). ``meta`` records the data's fingerprint."""
+    task = _build_task(source, hidden_size, num_layers, dtype, window, horizon, target, seq_len)
+    task.meta["fingerprint"] = fingerprint({"train": task.train, "val": task.val, "test": task.test})
+    return task
+
+
+def _build_task(source: Source, hidden_size: int, num_layers: int, dtype: str, window: int, horizon: int,
+                target: str | int | None, seq_len: int) -> Task:
     loaded = source.load()
     if source.kind == "series":
         win = lbdata.make_windows(loaded, window, horizon, target_column=target)
         cfg = ModelConfig(input_size=win.series.values.shape[1], hidden_size=hidden_size, output_size=horizon,
                           num_layers=num_layers, loss="mse", many_to_many=False, dtype=dtype)
-        split = lambda s: (s.x.astype(dtype), s.y.astype(dtype))  # noqa: E731
+        split = lambda s: (s.x.astype(dtype, copy=False), s.y.astype(dtype, copy=False))  # noqa: E731
         meta = {"task": "series", "source": source.spec, "window": window, "horizon": horizon,
                 "target_column": win.target_column, "columns": list(win.series.columns),
                 "scaler": win.scaler.to_dict()}
         return Task(source, cfg, split(win.train), split(win.val), split(win.test), meta, windows=win)
-    text = lbdata.make_text_dataset(loaded, seq_len)
+    text = lbdata.make_text_dataset(loaded, seq_len, dtype=dtype)
     V = text.vocab.size
     cfg = ModelConfig(input_size=V, hidden_size=hidden_size, output_size=V, num_layers=num_layers,
                       loss="xent", many_to_many=True, dtype=dtype)
-    split = lambda s: (s.x.astype(dtype), s.y)  # noqa: E731
+    split = lambda s: (s.x.astype(dtype, copy=False), s.y)  # noqa: E731
     meta = {"task": "text", "source": source.spec, "seq_len": seq_len, "vocab": text.vocab.to_list()}
     return Task(source, cfg, split(text.train), split(text.val), split(text.test), meta, text=text)
 
 
-def predict_in_chunks(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, chunk: int = 4096,
+def fingerprint(parts: dict[str, tuple[np.ndarray, ...]]) -> dict[str, dict[str, Any]]:
+    """Per part of the data: its number of examples and a SHA-256 of every value in it (shapes
+    and dtypes included), so that a resume can tell exactly which part changed."""
+    out = {}
+    for name, arrays in parts.items():
+        digest = hashlib.sha256()
+        for a in arrays:
+            a = np.ascontiguousarray(a)
+            digest.update(f"{a.dtype.str}{a.shape}".encode())
+            digest.update(a.data)
+        out[name] = {"examples": len(arrays[0]), "sha256": digest.hexdigest()}
+    return out
+
+
+#: rows per forward call when a whole split is evaluated (bounds the activations' memory)
+EVAL_CHUNK = 4096
+
+
+def predict_in_chunks(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, chunk: int = EVAL_CHUNK,
                       world: World = SINGLE):
     """Model outputs for every row of ``x``; with several ranks each computes its shard
     and every rank gets them all."""
@@ -150,7 +197,21 @@ def evaluate(backend: Backend, task: Task, params: Params, world: World = SINGLE
 
 
 def write_metrics(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))
+    """JSON that any parser reads: a non-finite number (an infinite best loss before any epoch)
+    is written as null, never as the NaN/Infinity that json.dumps would emit."""
+    text = json.dumps(finite_json(payload), indent=2, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def finite_json(value):
+    """``value`` with every non-finite float replaced by None, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def plot_run(backend: Backend, task: Task, params: Params, history: list[dict], path: Path) -> None:
@@ -203,8 +264,59 @@ def plot_run(backend: Backend, task: Task, params: Params, history: list[dict], 
     plt.close(fig)
 
 
+def check_meta(cfg: ModelConfig, meta: dict, path) -> str:
+    """The task ("series" or "text") of a checkpoint written by `lstmbench train`, after checking
+    that its meta describes ``cfg``'s model; a CheckpointError naming the file and the entry
+    otherwise (a checkpoint is data from outside: it may have been edited)."""
+    task = meta.get("task")
+    if task not in ("series", "text"):
+        raise CheckpointError(f"{path} was not written by `lstmbench train` (no task description)")
+    problems = _series_meta_problems(cfg, meta) if task == "series" else _text_meta_problems(cfg, meta)
+    source = meta.get("source")
+    if not (isinstance(source, dict) and sum(isinstance(source.get(k), str) for k in SOURCE_KEYS) == 1):
+        problems.append(f"source must name one of {', '.join(SOURCE_KEYS)}, got {source!r:.100}")
+    if problems:
+        raise CheckpointError(f"{path} has a damaged description of its {task} model: {'; '.join(problems)}")
+    return task
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _series_meta_problems(cfg: ModelConfig, meta: dict) -> list[str]:
+    columns, scaler = meta.get("columns"), meta.get("scaler")
+    problems = [f"{key} must be a positive integer, got {meta.get(key)!r}" for key in ("window", "horizon")
+                if not _is_count(meta.get(key))]
+    if meta.get("horizon") != cfg.output_size and not problems:
+        problems.append(f"horizon {meta['horizon']} but the model has {cfg.output_size} outputs")
+    if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns) and len(columns) == cfg.input_size):
+        problems.append(f"columns must be {cfg.input_size} column name(s), got {columns!r:.100}")
+    target = meta.get("target_column")
+    if not (isinstance(target, int) and not isinstance(target, bool) and 0 <= target < cfg.input_size):
+        problems.append(f"target_column must be a position in 0..{cfg.input_size - 1}, got {target!r}")
+    try:
+        if lbdata.Standardizer.from_dict(scaler).mean.size != cfg.input_size:
+            problems.append(f"the scaler has {len(scaler['mean'])} column(s), the model {cfg.input_size}")
+    except LstmbenchError as exc:
+        problems.append(f"scaler: {exc}")
+    return problems
+
+
+def _text_meta_problems(cfg: ModelConfig, meta: dict) -> list[str]:
+    problems = [] if _is_count(meta.get("seq_len")) else [f"seq_len must be a positive integer, got {meta.get('seq_len')!r}"]
+    try:
+        vocab = lbdata.Vocabulary.from_list(meta.get("vocab") or ())
+        if vocab.size != cfg.input_size or vocab.size != cfg.output_size:
+            problems.append(f"the vocabulary has {vocab.size} symbols, the model {cfg.input_size} inputs and "
+                            f"{cfg.output_size} outputs")
+    except (LstmbenchError, TypeError) as exc:
+        problems.append(f"vocab: {exc}")
+    return problems
+
+
 def forecast(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, series: lbdata.Series,
-             steps: int) -> np.ndarray:
+             steps: int, progress: bool = False) -> np.ndarray:
     """The next ``steps`` values of the target column after the end of ``series``.
     Beyond the model's horizon, predictions are fed back (univariate series only)."""
     scaler = lbdata.Standardizer.from_dict(meta["scaler"])
@@ -218,16 +330,18 @@ def forecast(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, ser
                         f"it cannot feed its predictions back, so --steps must be <= {horizon}")
     history = scaler.transform(series.values)[-window:]  # (window, C), standardized
     predicted: list[float] = []
-    while len(predicted) < steps:
-        out = backend.forward(cfg, params, history[None].astype(cfg.dtype))[0].astype(np.float64)  # (horizon,)
-        predicted.extend(out.tolist())
-        if len(predicted) < steps:  # feed the forecast back (univariate only, checked above)
-            history = np.concatenate([history, out[:, None]])[-window:]
+    with progress_bar(progress, total=steps, desc="forecast", unit="step", leave=False) as bar:
+        while len(predicted) < steps:
+            out = backend.forward(cfg, params, history[None].astype(cfg.dtype))[0].astype(np.float64)  # (horizon,)
+            bar.update(min(horizon, steps - len(predicted)))
+            predicted.extend(out.tolist())
+            if len(predicted) < steps:  # feed the forecast back (univariate only, checked above)
+                history = np.concatenate([history, out[:, None]])[-window:]
     return scaler.inverse(np.array(predicted[:steps])[:, None], column=col)[:, 0]
 
 
 def sample_text(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, prime: str, length: int,
-                temperature: float = 1.0, seed: int = 0) -> str:
+                temperature: float = 1.0, seed: int = 0, progress: bool = False) -> str:
     """Continue ``prime`` by ``length`` symbols sampled from the model."""
     if temperature <= 0:
         raise DataError(f"temperature must be positive, got {temperature}")
@@ -238,9 +352,11 @@ def sample_text(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, 
                         f"{''.join(vocab.symbols[1:])!r}")
     rng = np.random.default_rng(seed)
     ids = list(vocab.encode(prime)) or [int(rng.integers(1, vocab.size))]
-    for _ in range(length):
-        context = vocab.one_hot(np.array(ids[-meta["seq_len"] :]))[None].astype(cfg.dtype)
-        logits = backend.forward(cfg, params, context)[0, -1].astype(np.float64) / temperature
-        probs = np.exp(logits - logits.max())
-        ids.append(int(rng.choice(vocab.size, p=probs / probs.sum())))
+    with progress_bar(progress, total=length, desc="sample", unit="symbol", leave=False) as bar:
+        for _ in range(length):
+            context = vocab.one_hot(np.array(ids[-meta["seq_len"] :]), cfg.dtype)[None]
+            logits = backend.forward(cfg, params, context)[0, -1].astype(np.float64) / temperature
+            probs = np.exp(logits - logits.max())
+            ids.append(int(rng.choice(vocab.size, p=probs / probs.sum())))
+            bar.update(1)
     return vocab.decode(ids)

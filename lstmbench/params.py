@@ -38,8 +38,12 @@ def init_params(cfg: ModelConfig, seed: int = 0) -> Params:
     return params
 
 
-def check_params(cfg: ModelConfig, params: Mapping[str, np.ndarray], what: str = "params") -> None:
-    """Raise a clear error unless ``params`` has exactly cfg's names, shapes and dtype, all finite."""
+def check_params(cfg: ModelConfig, params: Mapping[str, np.ndarray], what: str = "params",
+                 finite: bool = True) -> None:
+    """Raise a clear error unless ``params`` has exactly cfg's names, shapes and dtype (and,
+    with ``finite``, only finite values)."""
+    if not isinstance(params, Mapping):
+        raise DTypeError(f"{what} must be a mapping of names to arrays, got {type(params).__name__}")
     expected = cfg.param_shapes()
     missing = [k for k in expected if k not in params]
     extra = [k for k in params if k not in expected]
@@ -53,7 +57,7 @@ def check_params(cfg: ModelConfig, params: Mapping[str, np.ndarray], what: str =
             raise ShapeError(f"{what}[{name!r}] has shape {value.shape}, expected {shape}")
         if value.dtype != cfg.np_dtype:
             raise DTypeError(f"{what}[{name!r}] has dtype {value.dtype}, the model uses {cfg.dtype}")
-        if not np.all(np.isfinite(value)):
+        if finite and not np.all(np.isfinite(value)):
             raise NonFiniteError(f"{what}[{name!r}] contains NaN or infinity")
 
 

@@ -20,7 +20,7 @@ from lstmbench.config import DTYPES, LOSSES, OPTIMIZERS, ModelConfig, OptimizerC
 from lstmbench.errors import ConfigError, UnsupportedError
 from lstmbench.optim import OptState, init_optimizer_state, optimizer_step
 from lstmbench.params import Params, check_params, copy_params
-from lstmbench.validation import check_inputs, check_targets
+from lstmbench.validation import check_inputs, check_loss, check_outputs, check_targets
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,11 @@ class TrainState:
         return float(self.gradient_hook(grad, loss))
 
 
+#: the most threads a backend may be given per usable core: some oversubscription is allowed (tests
+#: and experiments use it), tens of thousands of threads crash OpenMP runtimes
+MAX_THREADS_PER_CORE = 8
+
+
 def default_threads() -> int:
     """All cores this process may use."""
     try:
@@ -121,6 +126,10 @@ class Backend:
             n = default_threads()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ConfigError(f"thread count must be a positive integer, got {n!r}")
+        cores = default_threads()
+        if n > MAX_THREADS_PER_CORE * cores:
+            raise ConfigError(f"thread count {n} is more than {MAX_THREADS_PER_CORE} per core on the {cores} core(s) "
+                              "this process may use; threading runtimes fail (or crash) long before such counts")
         self._threads = int(n)
 
     def runtime_info(self) -> dict[str, Any]:
@@ -140,7 +149,7 @@ class Backend:
         self.check_supported(cfg)
         check_params(cfg, params)
         check_inputs(cfg, x)
-        return self._forward(cfg, params, x)
+        return check_outputs(self.name, cfg, x, self._forward(cfg, params, x))
 
     def loss_and_grads(
         self, cfg: ModelConfig, params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray
@@ -150,7 +159,9 @@ class Backend:
         check_params(cfg, params)
         check_inputs(cfg, x)
         check_targets(cfg, x, y)
-        return self._loss_and_grads(cfg, params, x, y)
+        loss, grads = self._loss_and_grads(cfg, params, x, y)
+        check_params(cfg, grads, what=f"backend {self.name!r}'s gradients", finite=False)
+        return check_loss(self.name, loss, "loss_and_grads"), grads
 
     def init_state(
         self,
@@ -179,11 +190,13 @@ class Backend:
         """One optimizer step on (x, y); returns the loss before the update."""
         check_inputs(state.cfg, x)
         check_targets(state.cfg, x, y)
-        return self._train_step(state, x, y)
+        return check_loss(self.name, self._train_step(state, x, y), "train_step")
 
     def get_params(self, state: TrainState) -> Params:
-        """Host copy of the current parameters."""
-        return self._get_params(state)
+        """Host copy of the current parameters (checked: names, shapes, dtype, finite)."""
+        params = self._get_params(state)
+        check_params(state.cfg, params, what=f"backend {self.name!r}'s parameters")
+        return params
 
     def get_optimizer_state(self, state: TrainState) -> OptState:
         """Host copy of the optimizer state (for checkpoints)."""

@@ -28,8 +28,8 @@ def available_memory() -> int:
 
 
 def gigabytes(n: float) -> str:
-    """A byte count for messages: "4.6 GB", "0.02 GB"."""
-    return f"{n / 1e9:.3g} GB"
+    """A byte count for messages: "4.6 GB", "320 MB"."""
+    return f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
 
 
 def check_fits(needed: float, what: str, advice: str = "") -> None:
@@ -39,3 +39,24 @@ def check_fits(needed: float, what: str, advice: str = "") -> None:
     if needed > available:
         raise ResourceError(f"{what} needs about {gigabytes(needed)} of memory and this machine has "
                             f"{gigabytes(available)} available" + (f"; {advice}" if advice else ""))
+
+
+#: copies of the parameters a training run holds at once: the host's, the backend's, the
+#: gradient, Adam's two moments, the best so far, the copies handed out at the end of an
+#: epoch and the flat buffers of the fused backends
+PARAMETER_COPIES = 10
+#: values kept per hidden unit, step, layer and row for backpropagation through time and its
+#: temporaries (gate pre-activations and activations, c, tanh(c), h, their gradients)
+ACTIVATION_WORDS = 24
+
+
+def training_bytes(cfg, batch_size: int, steps: int, threads: int = 1, eval_rows: int = 0) -> int:
+    """About the memory a training run of ``cfg`` needs beyond its data: the parameters and
+    their copies (one gradient buffer more per thread), and the activations of the larger of a
+    training minibatch and an evaluation chunk of ``eval_rows`` rows. An estimate meant to
+    refuse what cannot fit, not a promise."""
+    itemsize = cfg.np_dtype.itemsize
+    parameters = cfg.num_params() * (PARAMETER_COPIES + threads)
+    outputs_per_step = 3 * cfg.output_size if cfg.many_to_many else 0  # logits, softmax, their gradient
+    per_row = steps * (cfg.num_layers * ACTIVATION_WORDS * cfg.hidden_size + outputs_per_step)
+    return (parameters + max(batch_size, eval_rows) * per_row) * itemsize

@@ -16,17 +16,18 @@ import math
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from lstmbench.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpoint, save_checkpoint
+from lstmbench.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from lstmbench.config import ModelConfig, OptimizerConfig
 from lstmbench.console import progress_bar
 from lstmbench.distributed import SINGLE, DistributedError, World, on_every_rank, shard
-from lstmbench.errors import CheckpointError, ConfigError, DeviceError, DivergenceError, OutputError
+from lstmbench.errors import CheckpointError, ConfigError, DeviceError, DivergenceError, NonFiniteError, OutputError
 from lstmbench.metrics import mean_loss
 from lstmbench.params import Params
 from lstmbench.protocol import Backend
@@ -72,6 +73,8 @@ class TrainResult:
     best_val_loss: float
     stop_reason: str  # "completed", "early stopping", "interrupted"
     seconds: float
+    run_id: str | None = None  # names the run in every checkpoint it writes (None: a run from before run ids)
+    position: str = ""  # where the run stopped, for messages: "epoch 3, after batch 5 of 7"
 
 
 @dataclass
@@ -84,8 +87,14 @@ class _Progress:
     best_val_loss: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: losses, seconds, backend
     first_loss: float | None = None  # of the run's first minibatch: the scale a diverging loss is judged by
+
+    def where(self, batches_per_epoch: int) -> str:
+        """The position in words: "the end of epoch 3" or "epoch 4, after batch 5 of 7"."""
+        if self.batch == 0:
+            return f"the end of epoch {self.epoch}" if self.epoch else "the start (no step taken)"
+        return f"epoch {self.epoch + 1}, after batch {self.batch} of {batches_per_epoch}"
 
     def best_train_loss(self) -> float:
         return min([self.first_loss if self.first_loss is not None else math.inf,
@@ -153,10 +162,11 @@ def train(
     progress = _Progress()
     opt_state = None
     best_params = params
+    run_id = resume.meta.get("run_id") if resume is not None else uuid.uuid4().hex
     with world.together("restoring the checkpoint"):
         if resume is not None and world.is_root:
             params, opt_state, progress = _restore(resume, cfg, opt, run, meta)
-            best_params = _load_best(run.out_dir, cfg, fallback=params)
+            best_params = _load_best(run.out_dir, cfg, run_id, progress, fallback=params)
     params, opt_state, progress, best_params = world.bcast((params, opt_state, progress, best_params))
     state = backend.init_state(cfg, params, opt, opt_state)
 
@@ -175,7 +185,8 @@ def train(
             save_checkpoint(
                 Path(run.out_dir) / path_name, cfg, saved_params, opt,
                 backend.get_optimizer_state(state) if with_state else None,
-                {**meta, "run": _run_meta(run), "progress": vars(progress).copy()} if with_state else meta,
+                {**meta, "run_id": run_id, "run": _run_meta(run, backend), "progress": vars(progress).copy()}
+                if with_state else {**meta, "run_id": run_id},
             )
         except OutputError as exc:
             raise OutputError(f"{exc}; the run stopped at the end of epoch {progress.epoch}. Checkpoints already in "
@@ -219,7 +230,13 @@ def train(
                 # hook has added up their stop requests, so all of them stop at this step.
                 if (state.gradient_hook.stop if world.distributed else guard.requested):
                     raise KeyboardInterrupt
-            current = backend.get_params(state)
+            try:
+                current = backend.get_params(state)
+            except NonFiniteError as exc:  # the last step of the epoch diverged (its loss was still finite)
+                raise on_every_rank(DivergenceError(
+                    f"the parameters became NaN or infinite in epoch {progress.epoch + 1} ({exc}); "
+                    f"{_kept(run, progress)} Try a smaller learning rate (--lr) or gradient clipping (--clip-norm)."
+                )) from None
             world.check_same_arrays(current, f"the parameters after epoch {progress.epoch + 1}",
                                     fix="their models drifted apart; the backend must make the same update on every "
                                         "rank (deterministic, and through the training state's gradient hook)")
@@ -229,7 +246,7 @@ def train(
                     f"validation loss became {val_loss} after epoch {progress.epoch + 1}; {_kept(run, progress)}"
                 ))
             record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / n, "val_loss": val_loss,
-                      "seconds": time.perf_counter() - epoch_start}
+                      "seconds": time.perf_counter() - epoch_start, "backend": backend.name}
             progress.history.append(record)
             progress.epoch, progress.batch, progress.loss_sum = progress.epoch + 1, 0, 0.0
             improved = val_loss < progress.best_val_loss - run.min_delta
@@ -259,7 +276,8 @@ def train(
         bar.close()
         state.gradient_hook = None
     return TrainResult(best_params, backend.get_params(state), progress.history, progress.best_epoch,
-                       progress.best_val_loss, stop_reason, time.perf_counter() - start)
+                       progress.best_val_loss, stop_reason, time.perf_counter() - start, run_id,
+                       progress.where(batches_per_epoch))
 
 
 def _check_shards(n: int, batch_size: int, ranks: int) -> None:
@@ -313,14 +331,27 @@ def _kept(run: RunConfig, progress: _Progress) -> str:
     return f"The last good checkpoint (epoch {progress.epoch}) is kept in {Path(run.out_dir) / LAST_CHECKPOINT}."
 
 
-def _run_meta(run: RunConfig) -> dict[str, Any]:
-    return {"batch_size": run.batch_size, "seed": run.seed}
+def _run_meta(run: RunConfig, backend: Backend | None = None) -> dict[str, Any]:
+    """The run's settings as a checkpoint records them; a resume must match RESUME_MUST_MATCH."""
+    saved = {"batch_size": run.batch_size, "seed": run.seed, "epochs": run.epochs, "patience": run.patience}
+    if backend is not None:
+        saved |= {"backend": backend.name, "threads": backend.threads}
+    return saved
+
+
+#: what a resumed run must share with its checkpoint to continue exactly (the rest, such as
+#: the epoch budget or the backend, may change)
+RESUME_MUST_MATCH = ("batch_size", "seed")
 
 
 def _restore(ckpt: Checkpoint, cfg: ModelConfig, opt: OptimizerConfig, run: RunConfig, meta: dict):
     """Parameters, optimizer state and position from a last.npz, checked against this run
-    (model, optimizer, batch size, seed, and the data description in ``meta``)."""
-    saved_meta = {k: v for k, v in ckpt.meta.items() if k not in ("run", "progress")}
+    (model, optimizer, batch size, seed, and the data: its fingerprint and description in ``meta``)."""
+    saved_meta = {k: v for k, v in ckpt.meta.items() if k not in ("run", "progress", "run_id")}
+    difference = data_difference(saved_meta.get("fingerprint"), meta.get("fingerprint"))
+    if difference:
+        raise CheckpointError(f"the data differs from the data the checkpoint was trained on: {difference}; "
+                              "resume with the same data")
     if json.loads(json.dumps(meta)) != saved_meta:
         raise CheckpointError(f"checkpoint was trained on {saved_meta}, this run uses {meta}; "
                               "resume with the same data and windows")
@@ -329,19 +360,49 @@ def _restore(ckpt: Checkpoint, cfg: ModelConfig, opt: OptimizerConfig, run: RunC
     if ckpt.optimizer != opt:
         raise CheckpointError(f"checkpoint optimizer {ckpt.optimizer} does not match this run's {opt}")
     saved = ckpt.meta.get("run")
-    if saved is None or ckpt.opt_state is None or "progress" not in ckpt.meta:
+    if not isinstance(saved, dict) or ckpt.opt_state is None or not isinstance(ckpt.meta.get("progress"), dict):
         raise CheckpointError("checkpoint has no training state to resume from (use last.npz)")
-    if saved != _run_meta(run):
-        raise CheckpointError(f"checkpoint was written with {saved}, this run uses {_run_meta(run)}; "
+    ours = _run_meta(run)
+    if any(saved.get(k) != ours[k] for k in RESUME_MUST_MATCH):
+        raise CheckpointError(f"checkpoint was written with {saved}, this run uses {ours}; "
                               "batch size and seed must match to resume exactly")
-    progress = _Progress(**ckpt.meta["progress"])
+    try:
+        progress = _Progress(**ckpt.meta["progress"])
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint's training position is damaged: {exc}") from None
     return ckpt.params, ckpt.opt_state, progress
 
 
-def _load_best(out_dir, cfg: ModelConfig, fallback: Params) -> Params:
-    from lstmbench.checkpoint import load_checkpoint
+def data_difference(saved: dict | None, current: dict | None) -> str:
+    """Which parts of the data differ between two fingerprints (experiment.fingerprint), in
+    words; "" when they agree or either is missing (checked by the data description then)."""
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return ""
+    parts = []
+    for part in sorted(set(saved) | set(current)):
+        was, now = saved.get(part), current.get(part)
+        if was == now:
+            continue
+        if isinstance(was, dict) and isinstance(now, dict) and was.get("examples") != now.get("examples"):
+            parts.append(f"the {part} part has {now.get('examples')} examples, the checkpoint's had "
+                         f"{was.get('examples')}")
+        else:
+            parts.append(f"the values of the {part} part differ")
+    return "; ".join(parts)
 
-    path = Path(out_dir) / BEST_CHECKPOINT if out_dir is not None else None
-    if path is None or not path.exists():
+
+def _load_best(out_dir, cfg: ModelConfig, run_id: str | None, progress: _Progress, fallback: Params) -> Params:
+    """The best parameters so far, from best.npz beside the resumed last.npz: it must exist when
+    the run has a best epoch and belong to the same run (run id and model)."""
+    if out_dir is None or progress.best_epoch == 0:
         return fallback
-    return load_checkpoint(path).params
+    path = Path(out_dir) / BEST_CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing: the run's best model (epoch {progress.best_epoch}) cannot be "
+                              "restored; put it back, or start the run again with --overwrite")
+    best = load_checkpoint(path)
+    if best.meta.get("run_id") != run_id or best.model != cfg:
+        raise CheckpointError(f"{path} belongs to another run (run id {best.meta.get('run_id')}, model "
+                              f"{best.model}; this run is {run_id}, {cfg}): it cannot be the best model of the run "
+                              "being resumed; put the run's own best.npz back, or start again with --overwrite")
+    return best.params

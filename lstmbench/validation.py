@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from lstmbench.config import ModelConfig
-from lstmbench.errors import DataError, DTypeError, NonFiniteError, ShapeError
+from lstmbench.errors import BackendError, DataError, DTypeError, NonFiniteError, ShapeError
 
 
 def check_inputs(cfg: ModelConfig, x) -> np.ndarray:
@@ -57,3 +57,30 @@ def check_targets(cfg: ModelConfig, x: np.ndarray, y) -> np.ndarray:
                 f"'xent' targets must lie in [0, {cfg.output_size}), got values in [{y.min()}, {y.max()}]"
             )
     return y
+
+
+def check_outputs(backend: str, cfg: ModelConfig, x: np.ndarray, out) -> np.ndarray:
+    """What a backend's forward returned must be (B, O) or (B, T, O) of the model's dtype and
+    finite (the parameters and inputs were checked finite before the call)."""
+    want = (x.shape[0], x.shape[1], cfg.output_size) if cfg.many_to_many else (x.shape[0], cfg.output_size)
+    if not isinstance(out, np.ndarray):
+        raise BackendError(f"backend {backend!r} returned {type(out).__name__} from forward, not a numpy array")
+    if out.shape != want:
+        raise BackendError(f"backend {backend!r} returned outputs of shape {out.shape} from forward; for x of "
+                           f"shape {x.shape} the model's outputs have shape {want}")
+    if out.dtype != cfg.np_dtype:
+        raise BackendError(f"backend {backend!r} returned {out.dtype} outputs from forward; the model uses {cfg.dtype}")
+    if not np.all(np.isfinite(out)):
+        raise BackendError(f"backend {backend!r} returned {int(out.size - np.isfinite(out).sum())} NaN or infinite "
+                           "output(s) from forward, from finite parameters and inputs")
+    return out
+
+
+def check_loss(backend: str, loss, method: str) -> float:
+    """A loss a backend returned, as a float (it may be infinite or NaN: training calls that
+    divergence); anything that is not one number is the backend's error."""
+    try:
+        return float(loss)
+    except (TypeError, ValueError):
+        raise BackendError(f"backend {backend!r} returned {type(loss).__name__} {np.shape(loss)} as the loss from "
+                           f"{method}, not a number") from None

@@ -8,7 +8,7 @@ import pytest
 
 import lstmbench as lb
 from lstmbench import checkpoint as checkpoint_module
-from lstmbench.checkpoint import load_checkpoint
+from lstmbench.checkpoint import LOCK_FILE, load_checkpoint
 from lstmbench.cli import main
 
 
@@ -126,6 +126,8 @@ def test_multi_column_model_predicts_within_its_horizon(tmp_path, capsys):
     assert code == 0 and json.loads(stdout)["column"] == "b" and len(json.loads(stdout)["forecast"]) == 3
     code, _, err = run(capsys, "predict", str(out / "best.npz"), "--steps", "4")
     assert code == 2 and "--steps must be <= 3" in err
+    code, stdout, err = run(capsys, "predict", str(out / "best.npz"))  # the default: its horizon
+    assert code == 0 and "next 3 value(s) of 'b'" in stdout, err
 
 
 def test_resume_on_other_data_is_refused(tmp_path, capsys):
@@ -133,7 +135,7 @@ def test_resume_on_other_data_is_refused(tmp_path, capsys):
     assert run(capsys, *base, "--dataset", "nile", "--epochs", "1")[0] == 0
     before = (tmp_path / "last.npz").read_bytes()
     code, _, err = run(capsys, *base, "--dataset", "sunspots", "--epochs", "2", "--resume")
-    assert code == 2 and "same data" in err
+    assert code == 2 and "--dataset sunspots (the run trained on --dataset nile)" in err
     assert (tmp_path / "last.npz").read_bytes() == before
 
 
@@ -224,7 +226,7 @@ def test_disk_full_during_training_keeps_the_last_good_checkpoint(tmp_path, caps
     assert "no space left on the device" in message and "end of epoch 2" in message and "--resume" in message
     kept = load_checkpoint(tmp_path / "last.npz")
     assert kept.meta["progress"]["epoch"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "last.npz"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, "best.npz", "last.npz"]  # no temporary file
 
 
 def test_progress_is_line_by_line_when_stderr_is_not_a_terminal(tmp_path, capsys):

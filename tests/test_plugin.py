@@ -22,8 +22,10 @@ import pytest
 from hypothesis import Phase, settings
 
 import lstmbench
-from lstmbench import registry
+from lstmbench import cli, registry
+from lstmbench.errors import ConfigError, LstmbenchError
 from lstmbench.testing import CHECKS, check_backend, conformance_params, run_conformance_case
+from lstmbench_backends.reference import NumpyReference
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "docs" / "examples"
@@ -222,3 +224,140 @@ def test_guide_quotes_the_example_files():
     for path, block in quotes:
         text = (GUIDE.parent / path).read_text()
         assert block in text, f"the guide's block from {path} is not in that file:\n{block}"
+
+
+# -- name clashes and broken plugins ------------------------------------------------------
+# Throwaway distributions written into a temporary folder on sys.path, as pip leaves one in
+# site-packages (a .dist-info with METADATA and entry_points.txt, beside its module): found
+# through the entry-point group like an installed plugin, in this process only.
+
+BAD = "lstmbench-test-bad"
+BROKEN_PLUGINS = {  # how the plugin fails: (its module, what the error says after "failed to load: ")
+    "import": ("import lstmbench_test_missing_dep\n",
+               "ModuleNotFoundError: No module named 'lstmbench_test_missing_dep'"),
+    "syntax": ("class Backend(:\n", "SyntaxError: "),
+    "construction": ("from lstmbench_backends.reference import NumpyReference\n\n"
+                     "class Backend(NumpyReference):\n"
+                     "    name = 'bad'\n\n"
+                     "    def __init__(self):\n"
+                     "        raise RuntimeError('no licence key found')\n",
+                     "RuntimeError: no licence key found"),
+    "not-a-backend": ("def Backend():\n    return 42\n", "the entry point gave int, not an lstmbench.Backend"),
+}
+
+
+@pytest.fixture
+def fake_plugins(tmp_path, monkeypatch):
+    """``add(dist, {backend name: module:attr}, {module: source})`` writes a distribution;
+    the registry starts without cached backends and is restored afterwards."""
+    modules = []
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_instances", {})
+
+    def add(dist, entry_points, sources):
+        info = tmp_path / f"{dist.replace('-', '_')}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        lines = [f"{name} = {value}" for name, value in entry_points.items()]
+        (info / "entry_points.txt").write_text("\n".join([f"[{registry.ENTRY_POINT_GROUP}]", *lines, ""]))
+        for module, source in sources.items():
+            (tmp_path / f"{module}.py").write_text(source)
+        modules.extend(sources)
+        importlib.invalidate_caches()
+
+    yield add
+    for module in modules:
+        sys.modules.pop(module, None)
+    importlib.invalidate_caches()
+
+
+def _cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+IMPOSTOR = ("from lstmbench_backends.reference import NumpyReference\n\n"
+            "class Impostor(NumpyReference):\n"
+            "    description = 'not the reference'\n")
+
+
+def test_a_plugin_cannot_take_a_built_in_name(fake_plugins, capsys):
+    fake_plugins("lstmbench-test-impostor", {"numpy": "lstmbench_test_impostor:Impostor"},
+                 {"lstmbench_test_impostor": IMPOSTOR})
+    assert type(lstmbench.load_backend("numpy")) is type(lstmbench.get_backend("numpy")) is NumpyReference
+    assert "lstmbench_test_impostor" not in sys.modules  # never imported
+    assert lstmbench.backend_names().count("numpy") == 1
+    code, out, _ = _cli(capsys, "backends")
+    assert code == 0
+    refused = [line for line in out.splitlines() if "lstmbench-test-impostor" in line]
+    assert len(refused) == 1
+    assert refused[0].startswith("numpy (plugin from lstmbench-test-impostor 0.1: refused)  no")
+    assert ("refused: the plugin lstmbench-test-impostor 0.1 (lstmbench_test_impostor:Impostor) registers the "
+            "built-in backend name 'numpy'; it must pick another name" in refused[0])
+    built_in = [line for line in out.splitlines() if re.match(r"numpy +yes ", line)]
+    assert len(built_in) == 1 and "NumPy reference" in built_in[0]
+
+
+def test_two_plugins_of_one_name_are_an_error_naming_both(fake_plugins, capsys):
+    twin = ("from lstmbench_backends.reference import NumpyReference\n\n"
+            "class Twin(NumpyReference):\n"
+            "    name = 'twin'\n")
+    for side in ("a", "b"):
+        fake_plugins(f"lstmbench-test-twin-{side}", {"twin": f"lstmbench_test_twin_{side}:Twin"},
+                     {f"lstmbench_test_twin_{side}": twin})
+    with pytest.raises(LstmbenchError) as info:
+        lstmbench.get_backend("twin")
+    message = str(info.value)
+    assert ("backend name 'twin' is registered by 2 plugins: lstmbench-test-twin-a 0.1 "
+            "(lstmbench_test_twin_a:Twin) and lstmbench-test-twin-b 0.1 (lstmbench_test_twin_b:Twin)" in message)
+    assert "uninstall" in message
+    code, out, err = _cli(capsys, "check", "twin", "--quick")
+    assert (code, out, err) == (2, "", f"error: {message}\n")
+    infos = {i.name: i for i in lstmbench.list_backends()}
+    assert not infos["twin"].available and infos["twin"].reason == message
+
+
+def test_register_backend_keeps_built_in_names_unless_told():
+    class Impostor(NumpyReference):
+        description = "not the reference"
+
+    reference = lstmbench.get_backend("numpy")
+    try:
+        with pytest.raises(ConfigError, match=r"'numpy' is the name of a built-in backend.*replace=True"):
+            lstmbench.register_backend(Impostor())
+        assert lstmbench.get_backend("numpy") is reference
+        impostor = Impostor()
+        lstmbench.register_backend(impostor, replace=True)  # the explicit choice
+        assert lstmbench.get_backend("numpy") is impostor
+    finally:
+        lstmbench.unregister_backend("numpy")
+    assert type(lstmbench.get_backend("numpy")) is NumpyReference
+
+
+@pytest.fixture(scope="module")
+def series_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert cli.main(["train", "--dataset", "nile", "--window", "5", "--hidden", "4", "--epochs", "1",
+                     "--backend", "numpy", "--out", str(out), "--quiet"]) == 0
+    return out / "best.npz"
+
+
+@pytest.mark.parametrize("how", BROKEN_PLUGINS)
+def test_a_plugin_that_fails_to_load_is_a_one_line_error(fake_plugins, capsys, tmp_path, series_checkpoint, how):
+    source, says = BROKEN_PLUGINS[how]
+    fake_plugins(BAD, {"bad": "lstmbench_test_bad:Backend"}, {"lstmbench_test_bad": source})
+    capsys.readouterr()  # the checkpoint's training
+    commands = {"check": ["check", "bad", "--quick"],
+                "train": ["train", "--dataset", "nile", "--backend", "bad", "--out", str(tmp_path / "run")],
+                "predict": ["predict", str(series_checkpoint), "--backend", "bad"]}
+    for command, argv in commands.items():
+        code, out, err = _cli(capsys, *argv)
+        assert (code, out) == (2, ""), command
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"error: backend 'bad' (entry point lstmbench_test_bad:Backend from {BAD} 0.1) "
+                              f"failed to load: {says}"), err
+        assert f"a fault of the plugin {BAD} or of what it imports, not of lstmbench" in err
+    assert not (tmp_path / "run").exists()
+    info = {i.name: i for i in lstmbench.list_backends()}["bad"]  # still listed, as unavailable
+    assert not info.available and info.reason == err.removeprefix("error: ").strip()

@@ -219,6 +219,29 @@ class LossAt(NumpyReference):
         return self.change(loss) if self.calls == self.n else loss
 
 
+class NaNParamsAt(NumpyReference):
+    """Its n-th step leaves NaN parameters behind but reports a finite loss."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def _train_step(self, state, x, y):
+        self.calls += 1
+        loss = super()._train_step(state, x, y)
+        if self.calls == self.n:
+            state.params["head.b"][...] = np.nan
+        return loss
+
+
+def test_parameters_that_become_nan_at_the_end_of_an_epoch_are_a_divergence(data, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(DivergenceError, match="parameters became NaN or infinite in epoch 2") as info:
+        run_train(data, out, epochs=3, backend=NaNParamsAt(2 * BATCHES_PER_EPOCH))  # the last step of epoch 2
+    assert "(epoch 1) is kept" in str(info.value)
+    assert load_checkpoint(out / LAST_CHECKPOINT).meta["progress"]["epoch"] == 1
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_divergence_keeps_last_good_checkpoint(data, tmp_path, value):
     out = tmp_path / "run"

@@ -10,6 +10,7 @@ import numpy as np
 
 from lstmbench.data.series import split_sizes
 from lstmbench.errors import DataError
+from lstmbench.resources import check_fits
 
 BUNDLED_TEXTS: tuple[str, ...] = ("shakespeare",)
 
@@ -58,10 +59,10 @@ class Vocabulary:
         ids = self._check_ids(ids)
         return "".join(self.symbols[i] for i in ids.reshape(-1))
 
-    def one_hot(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
-        """(..., V) float64 with a single 1 per position."""
+    def one_hot(self, ids: Sequence[int] | np.ndarray, dtype="float64") -> np.ndarray:
+        """(..., V) with a single 1 per position."""
         ids = self._check_ids(ids)
-        out = np.zeros(ids.shape + (self.size,), dtype=np.float64)
+        out = np.zeros(ids.shape + (self.size,), dtype=dtype)
         np.put_along_axis(out, ids[..., None], 1.0, axis=-1)
         return out
 
@@ -85,7 +86,7 @@ class Vocabulary:
 
 @dataclass(frozen=True)
 class TextSplit:
-    x: np.ndarray  # (n, seq_len, V) one-hot float64 inputs
+    x: np.ndarray  # (n, seq_len, V) one-hot inputs (float64 unless asked otherwise)
     y: np.ndarray  # (n, seq_len) int64: y[i, t] is the id of the symbol after x[i, t]
 
     def __len__(self) -> int:
@@ -107,14 +108,16 @@ def make_text_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     stride: int | None = None,
+    dtype="float64",
 ) -> TextDataset:
     """Next-symbol sequences from a chronological split of ``text``.
 
     The vocabulary comes from the training text only, so val/test symbols
     never seen in training map to UNK.  Sequences start every ``stride``
     characters (default ``seq_len``: non-overlapping) and never cross a part
-    boundary, so each part needs ``seq_len + 1`` characters.  Memory grows as
-    n * seq_len * V * 8 bytes: a small stride on a long text is large.
+    boundary, so each part needs ``seq_len + 1`` characters.  The one-hot inputs
+    take n * seq_len * V bytes of ``dtype`` (checked against the memory available
+    before they are made): a small stride on a long text is large.
     """
     for label, value in (("seq_len", seq_len), ("stride", seq_len if stride is None else stride)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -133,11 +136,15 @@ def make_text_dataset(
             )
 
     vocab = Vocabulary.from_text(parts["train"])
+    starts = {part: np.arange(0, len(chunk) - seq_len, stride) for part, chunk in parts.items()}
+    symbols = sum(len(s) for s in starts.values()) * seq_len
+    check_fits(symbols * vocab.size * np.dtype(dtype).itemsize,
+               f"the one-hot text data ({symbols} positions x {vocab.size} distinct symbols)",
+               "use a shorter text, a text with fewer distinct symbols, or a larger stride")
     splits = {}
     for part, chunk in parts.items():
         ids = vocab.encode(chunk)
-        starts = np.arange(0, len(ids) - seq_len, stride)
-        positions = starts[:, None] + np.arange(seq_len)
-        splits[part] = TextSplit(x=vocab.one_hot(ids[positions]), y=ids[positions + 1])
+        positions = starts[part][:, None] + np.arange(seq_len)
+        splits[part] = TextSplit(x=vocab.one_hot(ids[positions], dtype), y=ids[positions + 1])
     return TextDataset(splits["train"], splits["val"], splits["test"], vocab, seq_len)
 

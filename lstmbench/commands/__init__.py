@@ -1,0 +1,1 @@
+"""The `lstmbench` subcommands: one module each, each adding its parser with ``register(sub)``."""

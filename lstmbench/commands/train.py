@@ -1,0 +1,413 @@
+"""`lstmbench train`: train a model on a bundled dataset, a CSV file or a text file.
+
+The output folder holds one run and is locked while the run writes to it. A resumed run takes
+its settings (data, model, optimizer, batch size, seed, backend) from its last checkpoint; a flag
+given with --resume must agree with them, except the epoch budget, patience, the backend and
+its threads, which may change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tqdm.auto import tqdm
+
+import lstmbench as lb
+from lstmbench import data as lbdata
+from lstmbench import distributed, experiment
+from lstmbench.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    PLOT_FILE,
+    Checkpoint,
+    RunFolder,
+    check_output_dir,
+    load_checkpoint,
+)
+from lstmbench.commands.common import (
+    add_backend_args,
+    chosen,
+    choose_backend,
+    fraction,
+    index_column,
+    natural,
+    positive,
+    positive_float,
+    say,
+)
+from lstmbench.config import OptimizerConfig
+from lstmbench.errors import CheckpointError, DivergenceError, LstmbenchError
+from lstmbench.resources import available_memory, check_fits, gigabytes, training_bytes
+from lstmbench.training import RunConfig, train
+
+#: the settings a run is made of, with their defaults for a new run (a resumed run has its own).
+#: The learning rate is 10x OptimizerConfig's (torch's Adam default): see docs/training.md.
+DEFAULTS: dict[str, Any] = {
+    "window": 20, "horizon": 1, "target": None, "seq_len": 64, "hidden": 32, "layers": 1, "dtype": "float32",
+    "optimizer": "adam", "lr": 0.01, "momentum": 0.0, "clip_norm": None, "batch_size": 32, "epochs": 20,
+    "patience": None, "seed": 0,
+}
+#: settings a resumed run may change; any other flag given with --resume must equal the run's
+MAY_CHANGE = ("epochs", "patience")
+#: flags that only one kind of data takes
+ONLY_FOR = {"window": "series", "horizon": "series", "target": "series", "columns": "csv",
+            "index_column": "csv", "seq_len": "text"}
+DATA_FLAGS = ("dataset", "csv", "text_file", "columns", "index_column")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model on a bundled dataset, a CSV file or a text file",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data (with --resume: the run's own unless given)")
+    data.add_argument("--dataset", help=f"bundled or synthetic dataset: {', '.join(experiment.dataset_names())}")
+    data.add_argument("--csv", help="a CSV file with a header row (a time series)")
+    data.add_argument("--columns", nargs="+", help="CSV value columns to use (default: every numeric column)")
+    data.add_argument("--index-column", help="CSV column holding the time index, e.g. year (default: detected, see "
+                                             "docs/training.md; none: no index)")
+    data.add_argument("--target", type=_column, help="column to forecast, by name or position (default: the first "
+                                                     "value column that is not a time column)")
+    data.add_argument("--text-file", help="a UTF-8 text file for next-symbol prediction")
+    data.add_argument("--window", type=positive, help="series: input steps per example (default 20)")
+    data.add_argument("--horizon", type=positive, help="series: values to forecast after each window (default 1)")
+    data.add_argument("--seq-len", type=positive, help="text: symbols per sequence (default 64)")
+    model = p.add_argument_group("model and training (with --resume: the run's own unless given)")
+    model.add_argument("--hidden", type=positive, help="hidden size H (default 32)")
+    model.add_argument("--layers", type=positive, help="stacked LSTM layers (default 1)")
+    model.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
+    model.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam")
+    model.add_argument("--lr", type=positive_float, help="learning rate (default 0.01)")
+    model.add_argument("--momentum", type=fraction, help="SGD momentum (default 0)")
+    model.add_argument("--clip-norm", type=positive_float, help="clip the global gradient norm to this")
+    model.add_argument("--batch-size", type=positive, help="default 32")
+    model.add_argument("--epochs", type=positive, help="total epochs, those already done included (default 20)")
+    model.add_argument("--patience", type=positive, help="early stopping: epochs without improvement")
+    model.add_argument("--seed", type=natural, help="seeds the initial parameters and the shuffling (default 0)")
+    add_backend_args(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=_folder, default="runs/latest", help="output folder (default runs/latest)")
+    out.add_argument("--resume", action="store_true", help="continue the run saved in --out, with its settings")
+    out.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+class Run(NamedTuple):
+    """Everything a run is made of, before its first step."""
+
+    settings: dict[str, Any]
+    backend: lb.Backend
+    task: experiment.Task
+    opt: OptimizerConfig
+    config: RunConfig
+    memory: int  # bytes it needs beyond its data (about)
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    w = distributed.world()  # several ranks under mpiexec: data-parallel (docs/distributed.md)
+    with ExitStack() as stack:
+        resume = saved = None
+        with w.together("opening the run to resume"):  # only rank 0 reads and writes --out
+            if args.resume and args.overwrite:
+                raise LstmbenchError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+            if args.resume and w.is_root:
+                resume = _claim_output(stack, out, args)
+                saved = _saved_run(resume)
+        if args.resume:
+            saved = w.bcast(saved)
+        with w.together("preparing the run"):
+            new = _prepare(args, saved, out, w)
+        if not args.resume:  # claimed once everything that can fail before training has passed
+            with w.together("opening the output folder"):
+                if w.is_root:
+                    _claim_output(stack, out, args)
+        _say_run(args, new, saved, w)
+        try:
+            result = train(new.backend, new.task.cfg, new.opt, lb.init_params(new.task.cfg, seed=new.settings["seed"]),
+                           new.task.train, new.task.val, new.config, resume=resume, meta=new.task.meta,
+                           on_epoch=_print_epoch, world=w)
+        except DivergenceError as exc:
+            say(f"error: {exc}")
+            return 3
+        if result.stop_reason == "interrupted":
+            say(f"interrupted at {result.position}: state saved to {out / LAST_CHECKPOINT}; continue with "
+                f"`lstmbench train --resume --out {out}`")
+            return 130
+        return _finish(result, new, out, w)
+
+
+def _prepare(args, saved: dict | None, out: Path, w: distributed.World) -> Run:
+    settings = _settings(args, saved)
+    threads = args.threads or (distributed.threads_per_rank(w) if w.distributed else None)
+    backend = choose_backend(settings["backend"], threads)
+    task = _task(settings)
+    opt = OptimizerConfig(settings["optimizer"], lr=settings["lr"], momentum=settings["momentum"],
+                          clip_norm=settings["clip_norm"])
+    config = RunConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], seed=settings["seed"],
+                       patience=settings["patience"], out_dir=out, progress=not args.quiet)
+    memory = _check_memory(task, config, backend)
+    if w.is_root:
+        check_output_dir(out, needed_bytes=_output_bytes(task.cfg), what="--out")
+    return Run(settings, backend, task, opt, config, memory)
+
+
+def _claim_output(stack: ExitStack, out: Path, args) -> Checkpoint | None:
+    """Rank 0: lock --out for this run (held until the run's last file is written), then
+    decide what the folder holds: the checkpoint to resume, or nothing (a run already there
+    is refused unless --overwrite, which removes its files)."""
+    check_output_dir(out, what="--out")
+    folder = stack.enter_context(RunFolder(out, what="--out"))
+    if folder.removed:
+        size = sum(n for _, n in folder.removed)
+        say(f"removed {len(folder.removed)} temporary file(s) ({size / 1e6:.1f} MB) left in {out} by an "
+            "interrupted run")
+    if args.resume:
+        if not (out / LAST_CHECKPOINT).exists():
+            raise LstmbenchError(f"{out} holds no run to resume (no {LAST_CHECKPOINT}); start one without --resume")
+        return load_checkpoint(out / LAST_CHECKPOINT)
+    if folder.holds_run():
+        if not args.overwrite:
+            raise LstmbenchError(f"{out} already holds a run{_describe_run(out)}; pass --resume to continue it, "
+                                 f"--overwrite to replace it, or --out {_free_folder(out)} for a new run")
+        folder.clear()
+    return None
+
+
+def _describe_run(out: Path) -> str:
+    try:
+        meta = load_checkpoint(out / LAST_CHECKPOINT, arrays=False).meta
+        return f" ({meta['progress']['epoch']} of {meta['run']['epochs']} epochs done)"
+    except (LstmbenchError, KeyError, TypeError):
+        return ""
+
+
+def _free_folder(out: Path) -> Path:
+    """A sibling of ``out`` that does not exist yet: runs/latest-2, runs/latest-3, ..."""
+    return next(p for k in range(2, 10_000) if not (p := out.with_name(f"{out.name}-{k}")).exists())
+
+
+def _saved_run(ckpt: Checkpoint) -> dict[str, Any]:
+    """The settings of the run a last.npz belongs to (train's flag names), its data source and
+    where it stands."""
+    meta, model, opt = ckpt.meta, ckpt.model, ckpt.optimizer
+    run = meta.get("run")
+    if meta.get("task") not in ("series", "text") or not isinstance(meta.get("source"), dict) or opt is None \
+            or not isinstance(run, dict) or not isinstance(meta.get("progress"), dict):
+        raise CheckpointError(f"{LAST_CHECKPOINT} was not written by `lstmbench train` (no run settings in it)")
+    settings = {"hidden": model.hidden_size, "layers": model.num_layers, "dtype": model.dtype,
+                "optimizer": opt.kind, "lr": opt.lr, "momentum": opt.momentum, "clip_norm": opt.clip_norm,
+                "batch_size": run.get("batch_size"), "seed": run.get("seed"),
+                "epochs": run.get("epochs", DEFAULTS["epochs"]), "patience": run.get("patience")}
+    if meta["task"] == "series":
+        settings |= {"window": meta.get("window"), "horizon": meta.get("horizon"), "target": meta.get("target_column")}
+    else:
+        settings["seq_len"] = meta.get("seq_len")
+    return {"settings": settings, "task": meta["task"], "source": meta["source"], "columns": meta.get("columns"),
+            "backend": run.get("backend"), "threads": run.get("threads"), "progress": meta["progress"]}
+
+
+def _settings(args, saved: dict | None) -> dict[str, Any]:
+    """Every setting of this run: the flags given, then the resumed run's own (a flag that
+    contradicts them is an error) or the defaults; plus the data source and the backend."""
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    if saved is None:
+        source = _source(args)
+        _refuse_flags_that_do_not_apply(args, source)
+        return {**DEFAULTS, **given, "source": source, "backend": args.backend}
+    _refuse_contradictions(args, saved)
+    done = saved["progress"]["epoch"]
+    epochs = given.get("epochs", saved["settings"]["epochs"])
+    if epochs <= done:
+        raise LstmbenchError(f"the run has already done {done} epochs" + (
+            f", more than --epochs {epochs}" if epochs < done else "") + "; give a larger --epochs to train it further")
+    backend = args.backend or (saved["backend"] if saved["backend"] in lb.backend_names() else None)
+    return {**DEFAULTS, **saved["settings"], **given, "source": experiment.Source(saved["task"], saved["source"]),
+            "backend": backend}
+
+
+def _source(args) -> experiment.Source:
+    column, detect = index_column(args.index_column)
+    return experiment.make_source(args.dataset, args.csv, args.columns, column, args.text_file, detect_index=detect)
+
+
+def _data_kind(source: experiment.Source) -> str:
+    return "csv" if "csv" in source.spec else source.kind
+
+
+def _refuse_flags_that_do_not_apply(args, source: experiment.Source) -> None:
+    kind = _data_kind(source)
+    wrong = [flag for flag, wants in ONLY_FOR.items() if getattr(args, flag) is not None
+             and wants != kind and not (wants == "series" and kind == "csv")]
+    if wrong:
+        names = " and ".join(_flag(f) for f in wrong)
+        what = {"csv": "a CSV file", "series": f"the {source.spec.get('dataset')} series", "text": "text"}[kind]
+        raise LstmbenchError(f"{names} {'does' if len(wrong) == 1 else 'do'} not apply to {what}; "
+                             + ", ".join(f"{_flag(f)} is for {ONLY_FOR[f]} data" for f in wrong))
+
+
+def _refuse_contradictions(args, saved: dict) -> None:
+    """A flag given with --resume must say what the run already is."""
+    wrong = []
+    for name, value in saved["settings"].items():
+        given = getattr(args, name)
+        if given is None or name in MAY_CHANGE:
+            continue
+        if name == "target" and isinstance(given, str):
+            given_position = saved["columns"].index(given) if given in (saved["columns"] or []) else given
+            if given_position == value:
+                continue
+        if given != value:
+            wrong.append(f"{_flag(name)} {given} (the run has {value})")
+    wrong += _data_contradictions(args, saved)
+    if wrong:
+        raise LstmbenchError("--resume continues the run with its own settings, and these flags contradict them: "
+                             + "; ".join(wrong) + ". Leave them out, or start a new run in another --out")
+
+
+def _data_contradictions(args, saved: dict) -> list[str]:
+    given = {f: getattr(args, f) for f in DATA_FLAGS if getattr(args, f) is not None}
+    if not given:
+        return []
+    spec = saved["source"]
+    ours = _source(args).spec if any(f in given for f in DATA_FLAGS[:3]) else {}
+    wrong = [f"{_flag(f)} {given[f]} (the run trained on {_source_text(spec)})"
+             for f in DATA_FLAGS[:3] if f in given and ours.get(f) != spec.get(f)]
+    if "columns" in given and given["columns"] != (spec.get("columns") or saved["columns"]):
+        wrong.append(f"--columns {' '.join(given['columns'])} (the run has {' '.join(saved['columns'] or [])})")
+    if "index_column" in given and index_column(given["index_column"]) != (spec.get("index_column"),
+                                                                           spec.get("detect_index", True)):
+        wrong.append(f"--index-column {given['index_column']} (the run has {spec.get('index_column') or 'none'})")
+    return wrong
+
+
+def _source_text(spec: dict) -> str:
+    key = next((k for k in DATA_FLAGS[:3] if k in spec), None)
+    return f"{_flag(key)} {spec[key]}" if key else str(spec)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _task(settings: dict) -> experiment.Task:
+    return experiment.build_task(settings["source"], hidden_size=settings["hidden"], num_layers=settings["layers"],
+                                 dtype=settings["dtype"], window=settings["window"], horizon=settings["horizon"],
+                                 target=settings["target"], seq_len=settings["seq_len"])
+
+
+def _check_memory(task: experiment.Task, run: RunConfig, backend: lb.Backend) -> int:
+    """Refuse, before any parameter exists, a run that cannot fit in memory; the bytes it needs."""
+    cfg = task.cfg
+    eval_rows = min(experiment.EVAL_CHUNK, max(len(task.val[0]), len(task.test[0])))
+    batch = min(run.batch_size, len(task.train[0]))
+    needed = training_bytes(cfg, batch, task.train[0].shape[1], backend.threads, eval_rows)
+    check_fits(needed, f"training this model ({cfg.num_params():,} parameters: H={cfg.hidden_size}, "
+                       f"{cfg.num_layers} layer(s), {cfg.dtype})",
+               "use a smaller --hidden, --layers or --batch-size")
+    return needed
+
+
+def _output_bytes(cfg: lb.ModelConfig) -> int:
+    """About what a run writes: best.npz, last.npz (parameters and Adam's two moments),
+    their temporary copies while replaced, metrics and the plot."""
+    return 8 * cfg.np_dtype.itemsize * cfg.num_params() + 2_000_000
+
+
+def _say_run(args, new: Run, saved: dict | None, w: distributed.World) -> None:
+    """The first lines of a run: what it trains, on what, from where."""
+    settings, task, backend, needed = new.settings, new.task, new.backend, new.memory
+    ranks = f", {w.size} ranks (data-parallel over MPI)" if w.distributed else ""
+    say(f"lstmbench train: {task.source.spec} -> {task.cfg}")
+    series = task.windows.series if task.windows is not None else None
+    spec = settings["source"].spec
+    if series is not None and series.index_name and "csv" in spec and spec.get("index_column") is None:
+        one = len(series.index_columns) == 1
+        say(f"  time index: {lbdata.index_description(series)}, detected (not "
+            f"{'a value column' if one else 'value columns'}; --index-column none to use "
+            f"{'it as one' if one else 'them as values'})")
+    for note in series.notes if series is not None else ():
+        say(f"  note: {note}")
+    say(f"  backend {backend.name}{chosen(settings['backend'])} on {backend.threads} thread(s)"
+        f"{' per rank' if ranks else ''}{ranks}, "
+        f"{len(task.train[0])} train / {len(task.val[0])} val / {len(task.test[0])} test examples")
+    data_bytes = sum(a.nbytes for part in (task.train, task.val, task.test) for a in part)
+    if needed + data_bytes > 1e9:
+        say(f"  memory: about {gigabytes(needed + data_bytes)} for the data and training, of "
+            f"{gigabytes(available_memory())} available")
+    if saved is not None:
+        say(f"  resuming {args.out}: {_position(saved['progress'], settings['epochs'])}"
+            f"{_backend_change(saved, backend)}")
+
+
+def _position(progress: dict, epochs: int) -> str:
+    epoch, batch = progress["epoch"], progress["batch"]
+    return f"{epoch} of {epochs} epochs done" + (f", and {batch} batch(es) of epoch {epoch + 1}" if batch else "")
+
+
+def _backend_change(saved: dict, backend: lb.Backend) -> str:
+    """What a resume on another backend or thread count changes (nothing, when both are the same)."""
+    if saved["backend"] in (None, backend.name) and saved["threads"] in (None, backend.threads):
+        return ""
+    was = f"{saved['backend']} on {saved['threads']} thread(s)"
+    return (f"; the run so far trained on {was}, this part on {backend.name} on {backend.threads}: the result "
+            "equals an uninterrupted run's up to rounding, not bit for bit")
+
+
+def _print_epoch(rec: dict) -> None:
+    tqdm.write(f"epoch {rec['epoch']:3d}  train {rec['train_loss']:.5f}  val {rec['val_loss']:.5f}  "
+               f"({rec['seconds']:.2f} s)", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _finish(result, new: Run, out: Path, w: distributed.World) -> int:
+    """Test metrics, metrics.json, the plot and the summary lines."""
+    task, backend = new.task, new.backend
+    report = experiment.evaluate(backend, task, result.params, world=w)
+    if not w.is_root:
+        return 0
+    backends = list(dict.fromkeys(h.get("backend") for h in result.history if h.get("backend")))
+    metrics = {"run_id": result.run_id, "model": task.cfg.to_dict(), "optimizer": new.opt.to_dict(),
+               "backend": backend.name, "backends": backends, "runtime": backend.runtime_info(), "ranks": w.size,
+               "data": task.meta["source"], "fingerprint": task.meta["fingerprint"],
+               "stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
+               "best_val_loss": result.best_val_loss, "seconds": result.seconds, "history": result.history,
+               "test": report}
+    experiment.write_metrics(out / METRICS_FILE, metrics)
+    experiment.plot_run(backend, task, result.params, result.history, out / PLOT_FILE)
+    print(f"backend {backend.name}: {_runtime_text(backend.runtime_info())}"
+          f"{f', {w.size} ranks' if w.distributed else ''}")
+    print(f"stopped: {result.stop_reason}; best validation loss {result.best_val_loss:.5f} at epoch {result.best_epoch}")
+    print(_verdict(report))
+    print(f"wrote {out / BEST_CHECKPOINT}, {out / LAST_CHECKPOINT}, {out / METRICS_FILE}, {out / PLOT_FILE}")
+    return 0
+
+
+def _runtime_text(info: dict) -> str:
+    """runtime_info() for a person: its facts in a line; the compiler flags stay in metrics.json."""
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in info.items() if k != "build_flags")
+
+
+def _verdict(report: dict) -> str:
+    if "test_rmse" in report:
+        verdict = "beats" if report["test_rmse"] < report["naive_rmse"] else "does NOT beat"
+        return (f"test RMSE {report['test_rmse']:.4g} {report['units']} vs naive last-value forecast "
+                f"{report['naive_rmse']:.4g}: the model {verdict} the naive forecast")
+    verdict = "beats" if report["test_loss"] < report["naive_loss"] else "does NOT beat"
+    return (f"test cross-entropy {report['test_loss']:.4f} nats/symbol (accuracy {report['test_accuracy']:.3f}) "
+            f"vs unigram baseline {report['naive_loss']:.4f} ({report['naive_accuracy']:.3f}): the model {verdict} it")
+
+
+def _column(text: str) -> int | str:
+    """A column given by position (digits) or by name."""
+    return int(text) if text.isdigit() else text
+
+
+def _folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return text
