@@ -5,8 +5,8 @@ with TrainStep.time_train_step. Skipped where mpi4py is not installed."""
 
 import numpy as np
 
-from lstmbench.bench import bench_model
-from lstmbench.distributed import World
+from lstmbench.bench.harness import bench_model
+from lstmbench.training.distributed import World
 
 from .common import BACKENDS, DTYPE, backend_or_skip, grid_case, train_state
 

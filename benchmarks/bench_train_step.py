@@ -2,7 +2,7 @@
 the speedup over the reference, GFLOP/s and peak memory."""
 
 import lstmbench as lb
-from lstmbench.bench import BENCH_OPTIMIZER, SUITE, verify
+from lstmbench.bench.harness import BENCH_OPTIMIZER, SUITE, verify
 
 from .common import (BACKENDS, DTYPE, REFERENCE, STEPS, THREADS, backend_or_skip, grid_case, median_seconds,
                      train_state)
@@ -32,7 +32,7 @@ class TrainStep:
 
 class Speedup:
     """Speedup over the NumPy reference with one BLAS thread, both timed in this
-    process on the same data; and the model GFLOP/s (lstmbench.flops). A backend
+    process on the same data; and the model GFLOP/s (lstmbench.bench.flops). A backend
     that disagrees with the reference on this configuration is not timed."""
 
     params = [[b for b in BACKENDS if b != REFERENCE], HIDDEN, BATCH]
@@ -74,7 +74,7 @@ class Threads:
 
 
 class Suite:
-    """The realistic workloads of `lstmbench bench --suite` (lstmbench.bench.SUITE), per
+    """The realistic workloads of `lstmbench bench --suite` (lstmbench.bench.harness.SUITE), per
     backend, each verified against the reference first; and the model GFLOP/s as a
     percentage of the FMA peak measured in the same process."""
 
@@ -98,7 +98,7 @@ class Suite:
         self.backend.train_step(self.state, self.x, self.y)
 
     def track_pct_fma_peak(self, backend, workload):
-        from lstmbench import peak
+        from lstmbench.bench import peak
 
         seconds = median_seconds(lambda: self.backend.train_step(self.state, self.x, self.y), repeats=3)
         fma = peak.fma_peak(DTYPE, self.backend.threads)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import lstmbench as lb
-from lstmbench.bench import BENCH_OPTIMIZER, bench_batch, bench_model, simulated
+from lstmbench.bench.harness import BENCH_OPTIMIZER, bench_batch, bench_model, simulated
 
 THREADS = lb.default_threads()  # every backend but the reference runs on all cores
 REFERENCE = "numpy"

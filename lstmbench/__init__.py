@@ -30,18 +30,17 @@ from lstmbench.errors import (
     UnknownBackendError,
     UnsupportedError,
 )
-from lstmbench.flops import train_step_flops
+from lstmbench.bench.flops import train_step_flops
 from lstmbench.optim import clip_scale, global_norm, init_optimizer_state, optimizer_step
 from lstmbench.params import (
     check_params,
     init_params,
     load_into_torch,
-    load_params,
     params_from_torch,
     params_to_torch,
-    save_params,
 )
 from lstmbench.protocol import Backend, Capabilities, TrainState, default_threads
+from lstmbench.training.checkpoint import load_params, save_params
 from lstmbench.registry import (
     BackendInfo,
     backend_names,

@@ -1,4 +1,8 @@
-"""Flat parameter layout: every parameter as a slice of one contiguous vector.
+"""A backend's training state, and the flat layout of the fast backends' state.
+
+``TrainState`` is what every backend's training state is (host arrays by default);
+``Layout`` puts every parameter in a slice of one contiguous vector and
+``FlatTrainState`` keeps parameters, gradient and optimizer buffers so.
 
 Fast backends keep parameters, gradients and optimizer buffers as flat vectors
 (one pass updates them all) and hand ``offs`` to their kernels; the dict of
@@ -9,12 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from lstmbench.config import ModelConfig
-from lstmbench.protocol import TrainState
+from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.optim import OptState
+from lstmbench.params import Params
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,41 @@ def _layout_of(cfg: ModelConfig) -> Layout:
     offs[L, :2] = [slices["head.W"][0], slices["head.b"][0]]
     offs.setflags(write=False)  # shared by every caller of Layout.of
     return Layout(offs, slices, pos)
+
+
+#: (gradient, loss) -> loss: see TrainState.gradient_hook
+GradientHook = Callable[[np.ndarray, float], float]
+
+
+@dataclass
+class TrainState:
+    """A backend's training state. The default keeps host arrays; fast backends
+    subclass it (or store what they like in ``extra``).
+
+    ``gradient_hook``, when set (data-parallel training sets it), must be called by
+    every training step exactly once, between the gradient and the update, through
+    :meth:`reduce_gradient`: with the gradient of the step's batch as one flat host
+    vector (lstmbench.layout order, the model's dtype) and the batch's mean loss. It
+    changes the gradient in place and returns the loss the step reports; the update,
+    clipping included, then uses the changed gradient. The conformance kit checks it.
+    """
+
+    cfg: ModelConfig
+    opt: OptimizerConfig
+    params: Params
+    opt_state: OptState
+    extra: dict[str, Any] = field(default_factory=dict)
+    gradient_hook: GradientHook | None = None
+
+    @property
+    def step(self) -> int:
+        return int(self.opt_state["step"])
+
+    def reduce_gradient(self, grad: np.ndarray, loss: float) -> float:
+        """Hand ``grad`` (flat, changed in place) and ``loss`` to the hook; the loss to report."""
+        if self.gradient_hook is None:
+            return loss
+        return float(self.gradient_hook(grad, loss))
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from lstmbench.config import ModelConfig
-from lstmbench.errors import CheckpointError, DTypeError, NonFiniteError, ShapeError
+from lstmbench.errors import DTypeError, NonFiniteError, ShapeError
 
 Params = dict[str, np.ndarray]
 
@@ -138,24 +138,3 @@ def load_into_torch(params: Mapping[str, np.ndarray], cfg: ModelConfig, lstm, li
     linear.load_state_dict(
         {k[len("head.") :]: torch.as_tensor(v, dtype=dtype) for k, v in sd.items() if k.startswith("head.")}
     )
-
-
-# --- files ------------------------------------------------------------------------
-
-
-def save_params(path, params: Mapping[str, np.ndarray], cfg: ModelConfig) -> None:
-    """Write params (and the config they belong to) atomically to an .npz file."""
-    from lstmbench.checkpoint import save_checkpoint
-
-    save_checkpoint(path, cfg, params)
-
-
-def load_params(path, cfg: ModelConfig | None = None) -> tuple[Params, ModelConfig]:
-    """Read params written by :func:`save_params` or a training checkpoint.
-    If ``cfg`` is given, a mismatch is a CheckpointError."""
-    from lstmbench.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    if cfg is not None and ckpt.model != cfg:
-        raise CheckpointError(f"{path}: checkpoint model {ckpt.model} does not match {cfg}")
-    return ckpt.params, ckpt.model

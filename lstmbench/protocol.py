@@ -11,16 +11,16 @@ that keeps parameters and optimizer state in its own memory (possibly a GPU).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
 from lstmbench.config import DTYPES, LOSSES, OPTIMIZERS, ModelConfig, OptimizerConfig
-from lstmbench.errors import ConfigError, UnsupportedError
-from lstmbench.optim import OptState, init_optimizer_state, optimizer_step
+from lstmbench.errors import BackendError, ConfigError, DataError, DTypeError, NonFiniteError, ShapeError, UnsupportedError
+from lstmbench.optim import OptState, init_optimizer_state, optimizer_step  # noqa: F401
 from lstmbench.params import Params, check_params, copy_params
-from lstmbench.validation import check_inputs, check_loss, check_outputs, check_targets
+from lstmbench.layout import GradientHook, Layout, TrainState  # noqa: F401  (TrainState, GradientHook: public here too)
 
 
 @dataclass(frozen=True)
@@ -49,41 +49,6 @@ class Capabilities:
         if opt is not None and opt.kind not in self.optimizers:
             return f"optimizer {opt.kind!r} is not supported (supported: {', '.join(self.optimizers)})"
         return None
-
-
-#: (gradient, loss) -> loss: see TrainState.gradient_hook
-GradientHook = Callable[[np.ndarray, float], float]
-
-
-@dataclass
-class TrainState:
-    """A backend's training state. The default keeps host arrays; fast backends
-    subclass it (or store what they like in ``extra``).
-
-    ``gradient_hook``, when set (data-parallel training sets it), must be called by
-    every training step exactly once, between the gradient and the update, through
-    :meth:`reduce_gradient`: with the gradient of the step's batch as one flat host
-    vector (lstmbench.layout order, the model's dtype) and the batch's mean loss. It
-    changes the gradient in place and returns the loss the step reports; the update,
-    clipping included, then uses the changed gradient. The conformance kit checks it.
-    """
-
-    cfg: ModelConfig
-    opt: OptimizerConfig
-    params: Params
-    opt_state: OptState
-    extra: dict[str, Any] = field(default_factory=dict)
-    gradient_hook: GradientHook | None = None
-
-    @property
-    def step(self) -> int:
-        return int(self.opt_state["step"])
-
-    def reduce_gradient(self, grad: np.ndarray, loss: float) -> float:
-        """Hand ``grad`` (flat, changed in place) and ``loss`` to the hook; the loss to report."""
-        if self.gradient_hook is None:
-            return loss
-        return float(self.gradient_hook(grad, loss))
 
 
 #: the most threads a backend may be given per usable core: some oversubscription is allowed (tests
@@ -218,8 +183,6 @@ class Backend:
     def _train_step(self, state: TrainState, x, y) -> float:
         loss, grads = self._loss_and_grads(state.cfg, state.params, x, y)
         if state.gradient_hook is not None:
-            from lstmbench.layout import Layout  # (layout imports this module)
-
             layout = Layout.of(state.cfg)
             flat = layout.flatten(grads, state.cfg.np_dtype)
             loss = state.reduce_gradient(flat, loss)
@@ -232,3 +195,80 @@ class Backend:
 
     def _get_optimizer_state(self, state: TrainState) -> OptState:
         return copy_params(state.opt_state)
+
+
+# -- the checks every public method runs (a plugin gets the documented errors for free) ---------
+
+
+def check_inputs(cfg: ModelConfig, x) -> np.ndarray:
+    """x must be a (B, T, D) array of the model's dtype with finite values."""
+    if not isinstance(x, np.ndarray):
+        raise DTypeError(f"x must be a numpy array, got {type(x).__name__}")
+    if x.ndim != 3:
+        raise ShapeError(f"x must have shape (batch, time, {cfg.input_size}), got {x.shape}")
+    B, T, D = x.shape
+    if B < 1 or T < 1:
+        raise ShapeError(f"x must hold at least one sequence of at least one step, got shape {x.shape}")
+    if D != cfg.input_size:
+        raise ShapeError(f"x has {D} features per step (shape {x.shape}), the model expects input_size={cfg.input_size}")
+    if x.dtype != cfg.np_dtype:
+        raise DTypeError(f"x has dtype {x.dtype}, the model uses {cfg.dtype}; convert with x.astype('{cfg.dtype}')")
+    if not np.all(np.isfinite(x)):
+        raise NonFiniteError(f"x contains {int(np.size(x) - np.isfinite(x).sum())} NaN or infinite values")
+    return x
+
+
+def expected_target_shape(cfg: ModelConfig, batch: int, steps: int) -> tuple[int, ...]:
+    lead = (batch, steps) if cfg.many_to_many else (batch,)
+    return lead + ((cfg.output_size,) if cfg.loss == "mse" else ())
+
+
+def check_targets(cfg: ModelConfig, x: np.ndarray, y) -> np.ndarray:
+    """y matches x and the task: MSE takes floats (B, O) or (B, T, O);
+    "xent" takes integer classes (B,) or (B, T) in [0, output_size)."""
+    if not isinstance(y, np.ndarray):
+        raise DTypeError(f"y must be a numpy array, got {type(y).__name__}")
+    want = expected_target_shape(cfg, x.shape[0], x.shape[1])
+    task = "many-to-many" if cfg.many_to_many else "many-to-one"
+    if y.shape != want:
+        raise ShapeError(f"y has shape {y.shape}; a {task} {cfg.loss!r} model with x of shape {x.shape} needs {want}")
+    if cfg.loss == "mse":
+        if y.dtype != cfg.np_dtype:
+            raise DTypeError(f"y has dtype {y.dtype}, the model uses {cfg.dtype}; convert with y.astype('{cfg.dtype}')")
+        if not np.all(np.isfinite(y)):
+            raise NonFiniteError(f"y contains {int(np.size(y) - np.isfinite(y).sum())} NaN or infinite values")
+    else:
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DTypeError(f"'xent' targets must be integer class ids, got dtype {y.dtype}")
+        if y.size and (y.min() < 0 or y.max() >= cfg.output_size):
+            raise DataError(
+                f"'xent' targets must lie in [0, {cfg.output_size}), got values in [{y.min()}, {y.max()}]"
+            )
+    return y
+
+
+def check_outputs(backend: str, cfg: ModelConfig, x: np.ndarray, out) -> np.ndarray:
+    """What a backend's forward returned must be (B, O) or (B, T, O) of the model's dtype and
+    finite (the parameters and inputs were checked finite before the call)."""
+    want = (x.shape[0], x.shape[1], cfg.output_size) if cfg.many_to_many else (x.shape[0], cfg.output_size)
+    if not isinstance(out, np.ndarray):
+        raise BackendError(f"backend {backend!r} returned {type(out).__name__} from forward, not a numpy array")
+    if out.shape != want:
+        raise BackendError(f"backend {backend!r} returned outputs of shape {out.shape} from forward; for x of "
+                           f"shape {x.shape} the model's outputs have shape {want}")
+    if out.dtype != cfg.np_dtype:
+        raise BackendError(f"backend {backend!r} returned {out.dtype} outputs from forward; the model uses {cfg.dtype}")
+    if not np.all(np.isfinite(out)):
+        raise BackendError(f"backend {backend!r} returned {int(out.size - np.isfinite(out).sum())} NaN or infinite "
+                           "output(s) from forward, from finite parameters and inputs")
+    return out
+
+
+def check_loss(backend: str, loss, method: str) -> float:
+    """A loss a backend returned, as a float (it may be infinite or NaN: training calls that
+    divergence); anything that is not one number is the backend's error."""
+    try:
+        return float(loss)
+    except (TypeError, ValueError):
+        raise BackendError(f"backend {backend!r} returned {type(loss).__name__} {np.shape(loss)} as the loss from "
+                           f"{method}, not a number") from None

@@ -13,7 +13,7 @@ import time
 
 import lstmbench as lb
 from lstmbench.cli import main
-from lstmbench.distributed import launched
+from lstmbench.training.distributed import launched
 from lstmbench_backends.reference import reference
 from lstmbench_backends.reference.reference import NumpyReference
 

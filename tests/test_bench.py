@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import lstmbench as lb
-from lstmbench import peak
-from lstmbench import bench, console
+from lstmbench.bench import peak
+from lstmbench.bench import harness as bench
+from lstmbench.training import progress as console
 from lstmbench.cli import main
 from lstmbench_backends.reference import NumpyReference
 
@@ -214,7 +215,7 @@ def test_small_figures_keep_their_significant_digits():
 
 
 class FakeClock:
-    """time for lstmbench.console: monotonic() is ``now``, moved on by the test, and by
+    """time for lstmbench.training.progress: monotonic() is ``now``, moved on by the test, and by
     ``tick`` more at every call."""
 
     def __init__(self, tick: float = 0.0):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import lstmbench as lb
-from lstmbench import checkpoint as checkpoint_module
-from lstmbench.checkpoint import LOCK_FILE, load_checkpoint
+from lstmbench.training import checkpoint as checkpoint_module
+from lstmbench.training.checkpoint import LOCK_FILE, load_checkpoint
 from lstmbench.cli import main
 
 

@@ -38,13 +38,13 @@ import numpy as np
 import pytest
 
 import lstmbench as lb
-from lstmbench import bench
-from lstmbench.checkpoint import load_checkpoint
+from lstmbench.bench import harness as bench
+from lstmbench.training.checkpoint import load_checkpoint
 from lstmbench.cli import main as cli_main
 from lstmbench.errors import DeviceError, NonFiniteError, ShapeError
 from lstmbench.testing import CHECKS, Case, CheckSkipped, run_check
 from lstmbench.testing.checks import check_forward, check_loss_and_grads, check_training_steps
-from lstmbench.training import LAST_CHECKPOINT
+from lstmbench.training.loop import LAST_CHECKPOINT
 
 from lstmbench_backends.numba_cuda import NumbaCuda, kernels  # imports numba.cuda: fails where it is missing
 

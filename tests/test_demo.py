@@ -6,7 +6,7 @@ import json
 import pytest
 
 import lstmbench as lb
-from lstmbench import demo
+from lstmbench.cli import demo
 from lstmbench.cli import main
 from lstmbench_backends.reference import NumpyReference
 

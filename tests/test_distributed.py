@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 import lstmbench as lb
-from lstmbench import distributed
-from lstmbench.checkpoint import load_checkpoint
+from lstmbench.training import distributed
+from lstmbench.training.checkpoint import load_checkpoint
 from lstmbench.cli import main as cli_main
-from lstmbench.distributed import SINGLE, World, shard
+from lstmbench.training.distributed import SINGLE, World, shard
 
 SCRIPT = Path(__file__).parent / "mpi_run.py"
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from lstmbench import report
+from lstmbench.bench import report
 from lstmbench.cli import main
 
 asv = pytest.importorskip("asv")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import lstmbench as lb
-from lstmbench import experiment, resources
-from lstmbench.checkpoint import LOCK_FILE, load_checkpoint, save_checkpoint
+from lstmbench import resources
+from lstmbench.training import experiment
+from lstmbench.training.checkpoint import LOCK_FILE, load_checkpoint, save_checkpoint
 from lstmbench.cli import main
 from lstmbench_backends.reference import NumpyReference
 

@@ -17,10 +17,10 @@ import pytest
 
 import lstmbench as lb
 from lstmbench import CheckpointError, DivergenceError, ModelConfig, NonFiniteError, OptimizerConfig, ShapeError
-from lstmbench.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from lstmbench.training.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from lstmbench.data import make_windows, noisy_sine_mixture
 from lstmbench.errors import ConfigError
-from lstmbench.training import BEST_CHECKPOINT, LAST_CHECKPOINT, RunConfig, train
+from lstmbench.training.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, RunConfig, train
 from lstmbench_backends.reference import NumpyReference
 
 CFG = ModelConfig(input_size=1, hidden_size=6, output_size=1)

@@ -8,10 +8,10 @@ CUDA error into a DeviceError)."""
 import pytest
 
 import lstmbench as lb
-from lstmbench import bench
-from lstmbench.checkpoint import load_checkpoint
+from lstmbench.bench import harness as bench
+from lstmbench.training.checkpoint import load_checkpoint
 from lstmbench.errors import DeviceError
-from lstmbench.training import LAST_CHECKPOINT, RunConfig, train
+from lstmbench.training.loop import LAST_CHECKPOINT, RunConfig, train
 from lstmbench_backends.reference import NumpyReference
 
 

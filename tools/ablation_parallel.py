@@ -13,7 +13,7 @@ Medians of 15 steps after 2 warm-up steps.
 import argparse
 
 import lstmbench as lb
-from lstmbench.bench import Workload, time_backend
+from lstmbench.bench.harness import Workload, time_backend
 
 DEFAULT = ["256,1,512", "256,2,512", "256,4,512", "256,8,128", "256,16,128", "256,32,64", "96,100,40", "512,8,64",
            "64,4,168"]

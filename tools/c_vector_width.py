@@ -15,7 +15,7 @@ import sys
 
 MEASURE = r"""
 import sys, time, numpy as np, lstmbench as lb
-from lstmbench.bench import SUITE, Workload, time_backend
+from lstmbench.bench.harness import SUITE, Workload, time_backend
 from lstmbench_backends.c_kernel import matmul
 width = int(sys.argv[1])
 be = lb.load_backend("c"); be.vector_bytes = width
@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     rounds = parser.parse_args().rounds
-    subprocess.run([sys.executable, "-c", "from lstmbench.peak import fma_peak\n"
+    subprocess.run([sys.executable, "-c", "from lstmbench.bench.peak import fma_peak\n"
                     "for bits in (256, 512): print(fma_peak('float32', 2, bits))"], check=True)
     for _ in range(rounds):
         for width in ("32", "64"):

@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import lstmbench as lb
-from lstmbench import bench
+from lstmbench.bench import harness as bench
 
 
 def child(hidden: int, batch: int, steps: int, repeats: int) -> float:

@@ -84,7 +84,7 @@ def device_tests(smoke: bool) -> bool:
 def real_size_checks(smoke: bool) -> list[dict]:
     """forward, loss and gradients, and 3 training steps against the reference."""
     import lstmbench as lb
-    from lstmbench import bench
+    from lstmbench.bench import harness as bench
 
     configs = [  # (D, H, O, L, loss, many_to_many, dtype, B, T)
         (84, 256, 84, 2, "xent", True, "float64", 32, 25),
@@ -105,7 +105,7 @@ def real_size_checks(smoke: bool) -> list[dict]:
 
 
 def benchmark(smoke: bool) -> list[dict]:
-    from lstmbench import bench
+    from lstmbench.bench import harness as bench
 
     hidden, batch, steps = ((4,), (3,), (5,)) if smoke else (HIDDEN, BATCH, STEPS)
     reports = []
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     result["goal"] = goal(result["bench"])
     result["seconds"] = time.perf_counter() - start
     (out / "cuda_bench.json").write_text(json.dumps(result, indent=2))
-    from lstmbench import bench
+    from lstmbench.bench import harness as bench
 
     (out / "cuda_bench.txt").write_text("\n\n".join(bench.format_grid(r) for r in result["bench"]) + "\n")
     log(f"6. goal at H=512, B=128, T=64: {json.dumps(result['goal'])}")

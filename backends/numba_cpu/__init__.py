@@ -113,7 +113,7 @@ class NumbaThreads(Backend):
             layer = numba.threading_layer()
         except ValueError:  # no parallel kernel has run yet
             layer = "not yet chosen"
-        from lstmbench.peak import blas_info, blas_restriction
+        from lstmbench.bench.peak import blas_info, blas_restriction
 
         info = {"threads": self.threads, "numba_threading_layer": layer,
                 "parallel": self.parallel if self.last_plan is None else f"{self.parallel}: {self.last_plan} last",

@@ -160,7 +160,7 @@ class NumpyReference(Backend):
         self._blas = ThreadpoolController()
 
     def runtime_info(self):
-        from lstmbench.peak import blas_restriction
+        from lstmbench.bench.peak import blas_restriction
 
         blas = [f"{lib['internal_api']} {lib.get('architecture', '?')} kernel ({lib['num_threads']} threads)"
                 for lib in self._blas.info() if lib.get("user_api") == "blas"]

@@ -23,8 +23,9 @@ import sys
 import time
 from dataclasses import asdict
 
-from lstmbench.console import progress_bar
+from lstmbench.cli.common import natural, positive
 from lstmbench.errors import LstmbenchError
+from lstmbench.training.progress import progress_bar
 
 QUICK_EXAMPLES = 3  # a smoke test: seconds for a NumPy-speed backend, and a wrong gradient still fails
 DTYPES = ("float64", "float32")
@@ -33,8 +34,6 @@ STATUS = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
 
 def register(sub) -> None:
     """Add the `check` subcommand to the CLI's subparsers (imports Hypothesis only when run)."""
-    from lstmbench.cli import _natural, _positive  # the CLI has loaded; not at import time
-
     p = sub.add_parser(
         "check", help="run the conformance kit on a backend: does it compute what the reference computes?",
         description="Run the conformance kit on registered backends (a plugin's included) and report per check "
@@ -44,12 +43,12 @@ def register(sub) -> None:
     count = p.add_mutually_exclusive_group()
     count.add_argument("--quick", action="store_true",
                        help=f"{QUICK_EXAMPLES} examples per check: a smoke test in seconds")
-    count.add_argument("--examples", type=_positive, metavar="N",
+    count.add_argument("--examples", type=positive, metavar="N",
                        help="examples per check (default: the Hypothesis profile's max_examples, 100 unless a "
                             "profile is loaded)")
     p.add_argument("--checks", nargs="+", metavar="NAME", help="run only these checks (default: all of them)")
     p.add_argument("--dtype", choices=DTYPES, help="one dtype (default: both)")
-    p.add_argument("--seed", type=_natural, help="seed of the examples, to repeat a run (default: a random one, "
+    p.add_argument("--seed", type=natural, help="seed of the examples, to repeat a run (default: a random one, "
                                                  "printed)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from lstmbench import data as lbdata
-from lstmbench import experiment
-from lstmbench.checkpoint import load_checkpoint
-from lstmbench.commands.common import (
+from lstmbench.training import experiment
+from lstmbench.training.checkpoint import load_checkpoint
+from lstmbench.cli.common import (
     add_backend_args,
     at_most,
     chosen,

@@ -1,8 +1,8 @@
-"""Builds the FMA probe (fma_probe.c) into the cffi extension ``lstmbench.peak._fma_probe``.
+"""Builds the FMA probe (fma_probe.c) into the cffi extension ``lstmbench.bench.peak._fma_probe``.
 
 setup.py names this file in ``cffi_modules`` next to the C backend's build. The
 extension is optional: without a compiler lstmbench installs anyway and
-``lstmbench.peak.fma_peak`` returns None (the probe is not built).
+``lstmbench.bench.peak.fma_peak`` returns None (the probe is not built).
 """
 
 import os
@@ -20,7 +20,7 @@ double fma_probe_gflops(int64_t vector_bytes, int64_t dtype_size, int64_t thread
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
-    "lstmbench.peak._fma_probe",
+    "lstmbench.bench.peak._fma_probe",
     "#include <stdint.h>\n" + CDEF,
     sources=[os.path.relpath(os.path.join(HERE, "fma_probe.c"))],
     extra_compile_args=["-std=c11", "-O2", "-fopenmp"],
@@ -29,4 +29,4 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(tmpdir=os.path.join(HERE, "..", "..", "build", "cffi"), verbose=True)
+    ffibuilder.compile(tmpdir=os.path.join(HERE, "..", "..", "..", "build", "cffi"), verbose=True)

@@ -39,7 +39,7 @@ class FmaPeak:
 
 def _probe():
     try:
-        from lstmbench.peak import _fma_probe
+        from lstmbench.bench.peak import _fma_probe
     except ImportError:
         return None
     return _fma_probe.lib
@@ -82,7 +82,7 @@ def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: in
     NumPy's BLAS on ``threads`` threads."""
     from threadpoolctl import threadpool_limits
 
-    from lstmbench.bench import time_calls
+    from lstmbench.bench.timing import time_calls
     from lstmbench.protocol import default_threads
 
     rng = np.random.default_rng(0)

@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 
 import lstmbench as lb
 from lstmbench import data as lbdata
-from lstmbench import distributed, experiment
-from lstmbench.checkpoint import (
+from lstmbench.training import distributed
+from lstmbench.training import experiment
+from lstmbench.training.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     METRICS_FILE,
@@ -29,7 +30,7 @@ from lstmbench.checkpoint import (
     check_output_dir,
     load_checkpoint,
 )
-from lstmbench.commands.common import (
+from lstmbench.cli.common import (
     add_backend_args,
     chosen,
     choose_backend,
@@ -43,7 +44,7 @@ from lstmbench.commands.common import (
 from lstmbench.config import OptimizerConfig
 from lstmbench.errors import CheckpointError, DivergenceError, LstmbenchError
 from lstmbench.resources import available_memory, check_fits, gigabytes, training_bytes
-from lstmbench.training import RunConfig, train
+from lstmbench.training.loop import RunConfig, train
 
 #: the settings a run is made of, with their defaults for a new run (a resumed run has its own).
 #: The learning rate is 10x OptimizerConfig's (torch's Adam default): see docs/training.md.

@@ -23,11 +23,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 import lstmbench as lb
-from lstmbench import experiment
-from lstmbench.bench import REFERENCE, default_backends
-from lstmbench.checkpoint import atomic_write, check_output_dir
+from lstmbench.training import experiment
+from lstmbench.bench.harness import REFERENCE, default_backends
+from lstmbench.training.checkpoint import atomic_write, check_output_dir
+from lstmbench.cli.common import positive
 from lstmbench.params import Params, cast_params
-from lstmbench.training import RunConfig, TrainResult, train
+from lstmbench.training.loop import RunConfig, TrainResult, train
 
 #: the two demo tasks: a forecaster of yearly sunspots, and a character model of the bundled text
 TASKS = {
@@ -199,3 +200,35 @@ def plot_speedups(rows: list[DemoRow], path: Path, title: str) -> None:
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the same model trained on every backend, verified and compared")
+    p.add_argument("--text", action="store_true", help="a next-character model of the bundled text instead of the "
+                                                       "sunspot forecaster")
+    p.add_argument("--epochs", type=positive, help="epochs (default 30; 10 with --text)")
+    p.add_argument("--hidden", type=positive, help="hidden size H (default 48; 64 with --text)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--backends", nargs="+", help="backends to train (default: every available one; the reference "
+                                                 "always)")
+    p.add_argument("--out", default="runs/demo", help="folder for the plots (default runs/demo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """The same model trained on every backend here, verified against the reference, compared."""
+    report = run_demo(text=args.text, epochs=args.epochs, hidden=args.hidden, dtype=args.dtype,
+                           backends=args.backends, out=args.out, progress=not args.quiet,
+                           say=lambda m: print(m, flush=True))
+    print()
+    print(format_demo(report))
+    if report["task"] == "text":
+        print(f"\nsampled from the {report['fastest']} model, primed with 'ROMEO:':\n{report['sample']}")
+    print(f"\nwrote {', '.join(report['plots'])}")
+    print("next: `lstmbench bench` times one training step per backend at larger sizes, with the machine's "
+          "FMA peak; `lstmbench train --help` trains on your own CSV or text")
+    failed = [r["backend"] for r in report["rows"] if not r["verified"]]
+    if failed:
+        print(f"error: {', '.join(failed)} did not reproduce the reference's model", file=sys.stderr)
+    return 1 if failed else 0

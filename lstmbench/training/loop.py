@@ -23,15 +23,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lstmbench.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
+from lstmbench.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from lstmbench.config import ModelConfig, OptimizerConfig
-from lstmbench.console import progress_bar
-from lstmbench.distributed import SINGLE, DistributedError, World, on_every_rank, shard
+from lstmbench.training.progress import progress_bar
+from lstmbench.training.distributed import SINGLE, DistributedError, World, on_every_rank, shard
 from lstmbench.errors import CheckpointError, ConfigError, DeviceError, DivergenceError, NonFiniteError, OutputError
-from lstmbench.metrics import mean_loss
+from lstmbench.training.metrics import mean_loss
 from lstmbench.params import Params
 from lstmbench.protocol import Backend
-from lstmbench.validation import check_inputs, check_targets
+from lstmbench.protocol import check_inputs, check_targets
 
 # A minibatch loss this many times the best so far (the first minibatch's, or the best epoch
 # mean) means the run is diverging. An epoch's loss is the row-weighted mean of its minibatch
@@ -144,7 +144,7 @@ def train(
 
     ``meta`` is stored in every checkpoint (dataset description, scaler, ...).
     ``resume``: a checkpoint written by this function (last.npz) to continue from.
-    ``world``: the ranks of a data-parallel run (lstmbench.distributed). Every rank calls
+    ``world``: the ranks of a data-parallel run (lstmbench.training.distributed). Every rank calls
     train with the same arguments and data; rank 0's parameters (or ``resume``, which
     only rank 0 needs) are broadcast, and only rank 0 writes checkpoints.
     """

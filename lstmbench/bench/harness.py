@@ -8,8 +8,8 @@ Rules (docs/benchmarks.md says why):
 * speedup = time(reference, BLAS pinned to 1 thread) / time(backend), both
   measured in this run; the reference on all cores is shown beside it;
 * medians over repeats, with the interquartile range; thread counts recorded;
-* GFLOP/s from the FLOP model (lstmbench.flops) and percent of this machine's
-  FMA peak with its widest vectors, measured in the same run (lstmbench.peak),
+* GFLOP/s from the FLOP model (lstmbench.bench.flops) and percent of this machine's
+  FMA peak with its widest vectors, measured in the same run (lstmbench.bench.peak),
   with the BLAS rate and kernel beside it.
 """
 
@@ -19,13 +19,14 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from lstmbench.config import ModelConfig, OptimizerConfig
-from lstmbench.console import progress_bar
-from lstmbench.flops import train_step_flops
+from lstmbench.training.progress import progress_bar
+from lstmbench.bench.flops import train_step_flops
+from lstmbench.bench.timing import Timing, time_calls  # noqa: F401  (Timing: part of this module's reports)
 from lstmbench.params import init_params
 from lstmbench.protocol import Backend, default_threads
 from lstmbench.registry import get_backend, list_backends
@@ -35,19 +36,6 @@ BENCH_OPTIMIZER = OptimizerConfig("adam", lr=1e-3)
 # A row whose interquartile range is wider than this fraction of its median was timed while
 # something else was running: on a quiet machine repeats of a step agree to a few percent.
 UNSTABLE_SPREAD = 0.25
-
-
-@dataclass
-class Timing:
-    median_s: float
-    q1_s: float
-    q3_s: float
-    repeats: int
-
-    @classmethod
-    def of(cls, seconds: list[float]) -> "Timing":
-        q1, med, q3 = np.percentile(seconds, [25, 50, 75])
-        return cls(float(med), float(q1), float(q3), len(seconds))
 
 
 @dataclass(frozen=True)
@@ -131,18 +119,6 @@ def bench_batch(cfg: ModelConfig, batch: int, steps: int, seed: int = 0,
     if cfg.loss == "xent":
         return x, rng.integers(0, cfg.output_size, size=lead)
     return x, rng.standard_normal(lead + (cfg.output_size,)).astype(cfg.dtype)
-
-
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
-    """Median and quartiles of ``repeats`` calls after ``warmup`` untimed ones (JIT, caches)."""
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return Timing.of(seconds)
 
 
 def verify(backend: Backend, cfg: ModelConfig, x: np.ndarray, y: np.ndarray, opt: OptimizerConfig = BENCH_OPTIMIZER,
@@ -308,7 +284,7 @@ def _load_average() -> float | None:
 def measure_ceilings(dtype: str, threads: int) -> dict[str, Any]:
     """This machine's ceilings now: the FMA peak of its widest vectors (on one thread and on
     ``threads``), the BLAS matrix-product rate on ``threads`` and which kernel BLAS ran."""
-    from lstmbench import peak
+    from lstmbench.bench import peak
 
     fma = peak.fma_peak(dtype, threads)
     matmul = peak.matmul_peak_gflops(dtype, threads)
@@ -503,7 +479,7 @@ def format_grid(report: dict[str, Any]) -> str:
                      f"({fma['per_core_gflops']:.1f} per core; {fma['isa']}, {fma['vector_bits']}-bit vectors, "
                      f"{fma['dtype']}): %peak is of this")
     else:
-        lines.append("FMA peak: not measured (the probe lstmbench.peak._fma_probe is not built): no %peak")
+        lines.append("FMA peak: not measured (the probe lstmbench.bench.peak._fma_probe is not built): no %peak")
     kernels = sorted({f"{b['internal_api']} {b['version']}, {b['architecture']} kernel" for b in report["blas"]})
     lines.append(f"BLAS matrix product measured now: {report['matmul_peak_gflops']:.1f} GFLOP/s on {threads} "
                  f"threads ({'; '.join(kernels) or 'no BLAS found'})")
@@ -565,7 +541,7 @@ def plot(grid: dict | None, scaling: dict | None, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lstmbench.checkpoint import atomic_write
+    from lstmbench.training.checkpoint import atomic_write
 
     panels = [p for p in (grid, scaling) if p]
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
@@ -608,7 +584,7 @@ def plot(grid: dict | None, scaling: dict | None, path) -> None:
 def _distributed_epoch(backend: Backend, cfg: ModelConfig, x, y, global_batch: int, world) -> tuple[float, float]:
     """(seconds, seconds in the gradient hook's Allreduce) of one epoch of data-parallel
     steps, on rank 0, between barriers."""
-    from lstmbench.distributed import shard
+    from lstmbench.training.distributed import shard
 
     state = backend.init_state(cfg, init_params(cfg, seed=0), BENCH_OPTIMIZER)
     reducing = 0.0
@@ -648,7 +624,7 @@ def run_distributed(world, backend_name: str, hidden: int = 128, batch: int = 12
     Every epoch is timed on rank 0 between barriers, after a warm-up epoch; medians of
     ``repeats``. The share in Allreduce is the time in the gradient hook's Allreduce
     (waiting for the slowest rank included) over the epoch's."""
-    from lstmbench.distributed import threads_per_rank
+    from lstmbench.training.distributed import threads_per_rank
 
     threads = threads or threads_per_rank(world)
     backend = get_backend(backend_name)

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 import lstmbench as lb
-from lstmbench import distributed
+from lstmbench.training import distributed
 
 
 def say(message: str) -> None:

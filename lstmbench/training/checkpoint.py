@@ -292,3 +292,17 @@ def _check_sizes(path: Path, model: ModelConfig, sizes: dict[str, int]) -> None:
         if size > limit:
             raise CheckpointError(f"{path} is inconsistent: array {name!r} holds {size} bytes, the model's "
                                   f"{name.split('/')[-1]} needs at most {limit}")
+
+
+def save_params(path, params: Mapping[str, np.ndarray], cfg: ModelConfig) -> None:
+    """Write params (and the config they belong to) atomically to an .npz file."""
+    save_checkpoint(path, cfg, params)
+
+
+def load_params(path, cfg: ModelConfig | None = None) -> tuple[Params, ModelConfig]:
+    """Read params written by :func:`save_params` or a training checkpoint.
+    If ``cfg`` is given, a mismatch is a CheckpointError."""
+    ckpt = load_checkpoint(path)
+    if cfg is not None and ckpt.model != cfg:
+        raise CheckpointError(f"{path}: checkpoint model {ckpt.model} does not match {cfg}")
+    return ckpt.params, ckpt.model

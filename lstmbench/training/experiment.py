@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from lstmbench import data as lbdata
-from lstmbench.checkpoint import atomic_write
+from lstmbench.training.checkpoint import atomic_write
 from lstmbench.config import ModelConfig
-from lstmbench.distributed import SINGLE, World, shard
-from lstmbench.console import progress_bar
+from lstmbench.training.distributed import SINGLE, World, shard
+from lstmbench.training.progress import progress_bar
 from lstmbench.errors import CheckpointError, DataError, LstmbenchError
-from lstmbench.metrics import accuracy, mae, mean_loss, rmse
+from lstmbench.training.metrics import accuracy, mae, mean_loss, rmse
 from lstmbench.params import Params
 from lstmbench.protocol import Backend
 from lstmbench.resources import check_fits

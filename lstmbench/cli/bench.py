@@ -1,0 +1,100 @@
+"""`lstmbench bench`: verified timings of a training step per backend (a grid or the suite of
+workloads), dataset scaling, and data-parallel scaling under mpiexec."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import lstmbench as lb
+from lstmbench.cli.common import positive, say, usable_threads  # noqa: F401
+from lstmbench.errors import LstmbenchError
+from lstmbench.training import distributed
+from lstmbench.training.experiment import finite_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="verified timings of a training step per backend, and dataset scaling")
+    p.add_argument("--backends", nargs="+", help="backends to time (default: every available one)")
+    p.add_argument("--hidden", type=positive, nargs="+", default=[32, 128], help="hidden sizes H (default 32 128)")
+    p.add_argument("--batch", type=positive, nargs="+", default=[32, 128], help="batch sizes B (default 32 128)")
+    p.add_argument("--steps", type=positive, default=64, help="sequence length T (default 64)")
+    model = p.add_argument_group("the model timed (default: D=1, one layer, O=1, many-to-one MSE)")
+    model.add_argument("--input-size", type=positive, default=1, help="inputs per step D")
+    model.add_argument("--layers", type=positive, default=1, help="stacked LSTM layers")
+    model.add_argument("--output-size", type=positive, default=1, help="outputs O (classes for xent)")
+    model.add_argument("--loss", choices=["mse", "xent"], default="mse")
+    model.add_argument("--many-to-many", action="store_true", help="the head on every step")
+    model.add_argument("--one-hot", action="store_true", help="one-hot inputs (D symbols), as a text model sees them")
+    p.add_argument("--suite", nargs="*", metavar="WORKLOAD",
+                   help="time the realistic workloads instead of a grid: all, or those named "
+                        "(char-onehot, forecast-short, hourly-multivariate, long-b1, long-b2, odd-sizes)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--threads", type=positive, default=None, help="threads for the backends (default: all cores)")
+    p.add_argument("--repeats", type=positive, default=7, help="timed repeats per point (default 7)")
+    p.add_argument("--no-torch", action="store_true", help="leave out the torch.nn.LSTM peer row")
+    p.add_argument("--scaling", action="store_true", help="also time epochs over N, 2N, 4N, 8N sequences")
+    p.add_argument("--scaling-only", action="store_true", help="only the scaling report")
+    p.add_argument("--scaling-n", type=positive, default=1000, help="smallest dataset of the scaling report (default 1000)")
+    p.add_argument("--distributed", action="store_true",
+                   help="under mpiexec: data-parallel strong and weak scaling over 1 .. P ranks (first --backends, "
+                        "--hidden, --batch; per-rank batch for weak scaling)")
+    p.add_argument("--batches", type=positive, default=8, help="--distributed: minibatches per epoch (default 8)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--plot", help="write speedup bars (and scaling curves) to this PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from lstmbench.bench import harness as bench
+
+    args.threads = usable_threads(args.threads)
+    if args.distributed:
+        return bench_distributed(args)
+    grid = scaling = None
+    if args.suite is not None:
+        grid = bench.run_suite(args.suite or None, args.backends, args.dtype, args.threads, args.repeats,
+                               with_torch=not args.no_torch, progress=not args.quiet)
+    elif not args.scaling_only:
+        model = dict(input_size=args.input_size, output_size=args.output_size, layers=args.layers, loss=args.loss,
+                     many_to_many=args.many_to_many, one_hot=args.one_hot)
+        lb.ModelConfig(args.input_size, 1, args.output_size, args.layers, args.loss, args.many_to_many)  # checks it
+        grid = bench.run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, args.threads,
+                              args.repeats, with_torch=not args.no_torch, progress=not args.quiet, model=model)
+    if args.scaling or args.scaling_only:
+        scaling = bench.run_scaling(args.backends, hidden=args.hidden[0], base_n=args.scaling_n, steps=args.steps,
+                                    dtype=args.dtype, threads=args.threads, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(finite_json({"grid": grid, "scaling": scaling}), indent=2, allow_nan=False))
+    else:
+        if grid:
+            print(bench.format_grid(grid))
+        if scaling:
+            print(bench.format_scaling(scaling))
+    if args.plot:
+        bench.plot(grid, scaling, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    failed = [r for r in (grid or {}).get("rows", []) if r["status"] == "FAILED"]
+    return 1 if failed else 0
+
+
+def bench_distributed(args) -> int:
+    """`mpiexec -n P lstmbench bench --distributed`: scaling over 1 .. P ranks."""
+    from lstmbench.bench import harness as bench
+
+    w = distributed.world()
+    with w.together("preparing the benchmark"):
+        if args.backends and len(args.backends) > 1:
+            raise LstmbenchError("--distributed times one backend; name one with --backends")
+        name = args.backends[0] if args.backends else lb.fastest_available()
+        lb.get_backend(name)
+    report = bench.run_distributed(w, name, hidden=args.hidden[0], batch=args.batch[0], steps=args.steps,
+                                   dtype=args.dtype, batches=args.batches, threads=args.threads,
+                                   repeats=args.repeats, progress=not args.quiet)
+    if w.is_root:
+        print(json.dumps(finite_json(report), indent=2, allow_nan=False) if args.json else bench.format_distributed(report))
+        if not w.distributed:
+            print("(one process: start it with `mpiexec -n P lstmbench bench --distributed` for P ranks)",
+                  file=sys.stderr)
+    return 0
