@@ -11,8 +11,10 @@ that keeps parameters and optimizer state in its own memory (possibly a GPU).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -56,6 +58,23 @@ class Capabilities:
 MAX_THREADS_PER_CORE = 8
 
 
+#: backend -> thread count, per context (each thread has its own): see Backend.threads
+THREADS: ContextVar[Mapping["Backend", int]] = ContextVar("lstmbench_threads", default={})
+
+
+def _thread_count(n) -> int:
+    """``n`` checked as a thread count (None: all cores)."""
+    if n is None:
+        return default_threads()
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"thread count must be a positive integer, got {n!r}")
+    cores = default_threads()
+    if n > MAX_THREADS_PER_CORE * cores:
+        raise ConfigError(f"thread count {n} is more than {MAX_THREADS_PER_CORE} per core on the {cores} core(s) "
+                          "this process may use; threading runtimes fail (or crash) long before such counts")
+    return int(n)
+
+
 def default_threads() -> int:
     """All cores this process may use."""
     try:
@@ -73,7 +92,7 @@ class Backend:
     capabilities: Capabilities = Capabilities()
 
     def __init__(self) -> None:
-        self._threads = default_threads()
+        pass  # nothing to set up: the thread count lives in THREADS (see threads)
 
     # -- environment -------------------------------------------------------------
 
@@ -83,19 +102,26 @@ class Backend:
 
     @property
     def threads(self) -> int:
-        return self._threads
+        """The threads this backend may use here: the count set in the calling context (its
+        thread, or an ``asyncio`` task), else all cores. Backend objects are shared (one per
+        name), so the count is not an attribute of the object: a caller setting it in one
+        context never changes it under a caller in another."""
+        return THREADS.get().get(self, default_threads())
 
     def set_threads(self, n: int | None) -> None:
-        """Use at most ``n`` threads (None: all cores)."""
-        if n is None:
-            n = default_threads()
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"thread count must be a positive integer, got {n!r}")
-        cores = default_threads()
-        if n > MAX_THREADS_PER_CORE * cores:
-            raise ConfigError(f"thread count {n} is more than {MAX_THREADS_PER_CORE} per core on the {cores} core(s) "
-                              "this process may use; threading runtimes fail (or crash) long before such counts")
-        self._threads = int(n)
+        """Use at most ``n`` threads (None: all cores) in the calling context from now on; see
+        :meth:`using_threads` for a count that applies to a block and is then restored."""
+        THREADS.set({**THREADS.get(), self: _thread_count(n)})
+
+    @contextmanager
+    def using_threads(self, n: int | None) -> Iterator["Backend"]:
+        """``with backend.using_threads(1): ...``: at most ``n`` threads (None: all cores) in the
+        block, in the calling context alone; the previous count comes back when it ends."""
+        token = THREADS.set({**THREADS.get(), self: _thread_count(n)})
+        try:
+            yield self
+        finally:
+            THREADS.reset(token)
 
     def runtime_info(self) -> dict[str, Any]:
         """Facts worth recording next to a timing (threads, threading layer, device)."""

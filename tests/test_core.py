@@ -21,6 +21,7 @@ from lstmbench import (
 )
 from lstmbench.layout import Layout
 from lstmbench.optim import clip_scale, global_norm, init_optimizer_state, optimizer_step
+from lstmbench_backends.reference import NumpyReference
 
 
 # --- ModelConfig ---------------------------------------------------------------------
@@ -607,3 +608,34 @@ def test_default_training_step_hands_the_gradient_to_the_hook():
     assert len(seen) == 1 and seen[0].shape == (cfg.num_params(),) and np.abs(seen[0]).max() > 0
     for name, value in lb.init_params(cfg).items():
         np.testing.assert_array_equal(backend.get_params(state)[name], value)
+
+
+# --- the thread count is scoped, not process-wide (issue 17) ---------------------------------
+
+
+def test_a_thread_count_applies_to_its_block_and_its_own_thread_only():
+    import threading
+
+    backend = NumpyReference()
+    everything = lb.default_threads()
+    seen_elsewhere = []
+    with backend.using_threads(1):
+        assert backend.threads == 1
+        other = threading.Thread(target=lambda: seen_elsewhere.append(backend.threads))
+        other.start()
+        other.join()
+        with backend.using_threads(2):
+            assert backend.threads == 2
+        assert backend.threads == 1
+    assert backend.threads == everything and seen_elsewhere == [everything]
+    assert NumpyReference().threads == everything  # another object of the same class is not touched either
+
+
+def test_thread_counts_are_checked():
+    backend = NumpyReference()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(lb.ConfigError, match="positive integer"):
+            backend.set_threads(bad)
+    with pytest.raises(lb.ConfigError, match="per core"):
+        with backend.using_threads(9 * lb.default_threads()):
+            pass

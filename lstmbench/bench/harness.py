@@ -142,6 +142,18 @@ def time_backend(backend: Backend, cfg: ModelConfig, x, y, repeats: int, opt=BEN
     return time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=2)
 
 
+def _backend_row(name: str, backend: Backend, work: Workload, cfg, x, y, flops, threads: int,
+                 repeats: int) -> "BenchRow":
+    """A backend's row: skipped (what it does not support), FAILED (it disagrees with the
+    reference), or timed."""
+    reason = backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER)
+    if reason:
+        return _row(name, name, work, threads, None, flops, {}, "skipped", reason)
+    if (problem := verify(backend, cfg, x, y)) is not None:
+        return _row(name, name, work, threads, None, flops, {}, "FAILED", problem)
+    return _row(name, name, work, threads, time_backend(backend, cfg, x, y, repeats), flops, backend.runtime_info())
+
+
 def _row(label, name, work: Workload, threads, timing, flops, runtime, status="ok", detail=""):
     row = BenchRow(label, name, work.name, work.hidden, work.batch, work.steps, threads, status, detail, timing,
                    runtime=runtime)
@@ -207,25 +219,17 @@ def run_workloads(workloads: list[Workload], backends: list[str] | None = None, 
         x, y = work.data(cfg)
         flops = train_step_flops(cfg, work.batch, work.steps, BENCH_OPTIMIZER).total
         cases[work] = cfg, x, y, flops
-        ref.set_threads(1)
-        rows.append(_row(f"{REFERENCE} (1 BLAS thread)", REFERENCE, work, 1, time_backend(ref, cfg, x, y, repeats),
-                         flops, ref.runtime_info()))
+        with ref.using_threads(1):
+            rows.append(_row(f"{REFERENCE} (1 BLAS thread)", REFERENCE, work, 1,
+                             time_backend(ref, cfg, x, y, repeats), flops, ref.runtime_info()))
         bar.update(1)
         for name in names:
             if name == REFERENCE:
                 bar.update(1)
                 continue
-            backend = get_backend(name)
-            backend.set_threads(threads)
             bar.set_postfix_str(f"{name} {work.name}")
-            reason = backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER)
-            if reason:
-                rows.append(_row(name, name, work, threads, None, flops, {}, "skipped", reason))
-            elif (problem := verify(backend, cfg, x, y)) is not None:
-                rows.append(_row(name, name, work, threads, None, flops, {}, "FAILED", problem))
-            else:
-                rows.append(_row(name, name, work, threads, time_backend(backend, cfg, x, y, repeats), flops,
-                                 backend.runtime_info()))
+            with get_backend(name).using_threads(threads) as backend:
+                rows.append(_backend_row(name, backend, work, cfg, x, y, flops, threads, repeats))
             bar.update(1)
     # Then the rows whose thread pools outlive their calls (torch's OpenMP, OpenBLAS's
     # threads, which keep spinning for a while after a multi-threaded call and would slow
@@ -234,12 +238,11 @@ def run_workloads(workloads: list[Workload], backends: list[str] | None = None, 
         for work, (cfg, x, y, flops) in cases.items():
             rows.append(torch_peer(work, cfg, x, y, flops, repeats))
             bar.update(1)
-    ref.set_threads(threads)
-    for work, (cfg, x, y, flops) in cases.items():
-        rows.append(_row(f"{REFERENCE} ({threads} BLAS threads)", REFERENCE, work, threads,
-                         time_backend(ref, cfg, x, y, repeats), flops, ref.runtime_info()))
-        bar.update(1)
-    ref.set_threads(None)
+    with ref.using_threads(threads):
+        for work, (cfg, x, y, flops) in cases.items():
+            rows.append(_row(f"{REFERENCE} ({threads} BLAS threads)", REFERENCE, work, threads,
+                             time_backend(ref, cfg, x, y, repeats), flops, ref.runtime_info()))
+            bar.update(1)
     ceilings = measure_ceilings(dtype, threads)  # last too: it runs every core flat out
     base = {r.workload: r.timing.median_s for r in rows if r.label == f"{REFERENCE} (1 BLAS thread)"}
     fma = ceilings["fma_peak"]
@@ -425,22 +428,20 @@ def run_scaling(backends: list[str] | None = None, hidden: int = 32, base_n: int
     results = []
     bar = progress_bar(progress, total=len(names) * len(sizes) * 2, desc="scaling", unit="run")
     for name in names:
-        backend = get_backend(name)
-        backend.set_threads(1 if name == REFERENCE else threads)
-        if backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER):
-            bar.update(2 * len(sizes))
-            continue
-        for mode in ("fixed batch", "full batch"):
-            times = []
-            for n in sizes:
-                b = batch if mode == "fixed batch" else n
-                times.append(float(np.median([epoch_seconds(backend, cfg, x_all[:n], y_all[:n], b)
-                                              for _ in range(repeats)])))
-                bar.update(1)
-            results.append({"backend": name, "mode": mode, "batch": batch if mode == "fixed batch" else "N",
-                            "threads": backend.threads, "sizes": sizes, "seconds": times,
-                            "exponent": scaling_exponent(sizes, times)})
-        backend.set_threads(None)
+        with get_backend(name).using_threads(1 if name == REFERENCE else threads) as backend:
+            if backend.capabilities.why_unsupported(cfg, BENCH_OPTIMIZER):
+                bar.update(2 * len(sizes))
+                continue
+            for mode in ("fixed batch", "full batch"):
+                times = []
+                for n in sizes:
+                    b = batch if mode == "fixed batch" else n
+                    times.append(float(np.median([epoch_seconds(backend, cfg, x_all[:n], y_all[:n], b)
+                                                  for _ in range(repeats)])))
+                    bar.update(1)
+                results.append({"backend": name, "mode": mode, "batch": batch if mode == "fixed batch" else "N",
+                                "threads": backend.threads, "sizes": sizes, "seconds": times,
+                                "exponent": scaling_exponent(sizes, times)})
     bar.close()
     return {"kind": "scaling", "machine": machine_info(), "dtype": dtype, "hidden": hidden, "steps": steps,
             "results": results}

@@ -93,16 +93,15 @@ def run_demo(text: bool = False, epochs: int | None = None, hidden: int | None =
     quiet = replace(run, progress=False)
     trained: dict[str, Trained] = {}
     for name in names:
-        backend = lb.get_backend(name)
-        backend.set_threads(1 if name == REFERENCE else None)  # the reference is the sequential row
-        _warm_up(backend, [task.cfg, exact], task.train, opt, say)
-        on_epoch = _epoch_printer() if (text and name == fastest) else None
-        started = time.perf_counter()
-        result = train(backend, task.cfg, opt, init, task.train, task.val, run, on_epoch=on_epoch)
-        seconds = time.perf_counter() - started
-        check = result if dtype == "float64" else train(backend, exact, opt, exact_init, *exact_data, quiet)
-        trained[name] = Trained(backend, backend.threads, result, seconds, check.last_params)
-        say(f"  {name:<8} {backend.threads} thread(s): {seconds:6.2f} s")
+        with lb.get_backend(name).using_threads(1 if name == REFERENCE else None) as backend:  # the reference: 1
+            _warm_up(backend, [task.cfg, exact], task.train, opt, say)
+            on_epoch = _epoch_printer() if (text and name == fastest) else None
+            started = time.perf_counter()
+            result = train(backend, task.cfg, opt, init, task.train, task.val, run, on_epoch=on_epoch)
+            seconds = time.perf_counter() - started
+            check = result if dtype == "float64" else train(backend, exact, opt, exact_init, *exact_data, quiet)
+            trained[name] = Trained(backend, backend.threads, result, seconds, check.last_params)
+        say(f"  {name:<8} {trained[name].threads} thread(s): {seconds:6.2f} s")
     ref = trained[REFERENCE]
     allowed = FLOAT64_AGREEMENT * max(float(np.max(np.abs(v))) for v in ref.check.values())
 

@@ -338,19 +338,16 @@ def check_deterministic(backend: Backend, case: Case) -> None:
 def check_thread_independent(backend: Backend, case: Case) -> None:
     """One thread and several give the same numbers up to rounding (in float32, sums
     that cancel may differ by as much as the reference's own rounding allows)."""
-    original = backend.threads
-    try:
-        backend.set_threads(1)
+    several = max(2, backend.threads)
+    with backend.using_threads(1):
         one = _run_everything(backend, case)
-        backend.set_threads(max(2, original))
+    with backend.using_threads(several):
         many = _run_everything(backend, case)
-    finally:
-        backend.set_threads(original)
     if case.cfg.dtype == "float32":
         own, exact = _run_everything(reference(), case), _run_everything(reference(), case.as_dtype("float64"))
     for key in one:
         slack = own_rounding_slack(case, own[key], exact[key]) if case.cfg.dtype == "float32" else 0.0
-        assert_close(f"{key} with {max(2, original)} threads vs 1 thread", many[key], one[key], case.cfg.dtype, slack)
+        assert_close(f"{key} with {several} threads vs 1 thread", many[key], one[key], case.cfg.dtype, slack)
 
 
 def check_bad_inputs(backend: Backend, case: Case) -> None:
