@@ -40,6 +40,7 @@ from lstmbench.protocol import check_inputs, check_targets
 # under 1000, a run whose loss is not growing cannot reach it; beyond, it would take one
 # minibatch far outside ordinary noise.
 EXPLODED = 1e3
+ADVICE = "Try a smaller learning rate (--lr) or gradient clipping (--clip-norm)."
 
 
 @dataclass(frozen=True)
@@ -137,19 +138,28 @@ def train(
     *,
     resume: Checkpoint | None = None,
     meta: dict[str, Any] | None = None,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     world: World = SINGLE,
 ) -> TrainResult:
     """Train ``params`` with ``backend``; see the module docstring for the guarantees.
 
     ``meta`` is stored in every checkpoint (dataset description, scaler, ...).
     ``resume``: a checkpoint written by this function (last.npz) to continue from.
+    ``on_epoch``: called on rank 0 with each epoch's record (losses, seconds, backend).
     ``world``: the ranks of a data-parallel run (lstmbench.training.distributed). Every rank calls
     train with the same arguments and data; rank 0's parameters (or ``resume``, which
     only rank 0 needs) are broadcast, and only rank 0 writes checkpoints.
     """
-    (x, y), (x_val, y_val) = train_data, val_data
     meta = dict(meta or {})
+    _agree_on_the_run(cfg, opt, run, meta, train_data, val_data, world)
+    trainer = _Trainer(backend, cfg, opt, run, meta, train_data, val_data, world, on_epoch)
+    trainer.start(params, resume)
+    return trainer.run()
+
+
+def _agree_on_the_run(cfg, opt, run: RunConfig, meta: dict, train_data, val_data, world: World) -> None:
+    """The data is valid, and (MPI agreement point) every rank has the same run and data."""
+    (x, y), (x_val, y_val) = train_data, val_data
     with world.together("checking the data"):
         for xs, ys in ((x, y), (x_val, y_val)):
             check_inputs(cfg, xs)
@@ -159,125 +169,160 @@ def train(
     world.check_same({"model": cfg.to_dict(), "optimizer": opt.to_dict(), "run": vars(run) | {"out_dir": None},
                       "meta": meta}, "the run configuration")
     world.check_same_arrays({"x": x, "y": y, "x_val": x_val, "y_val": y_val}, "the data")
-    progress = _Progress()
-    opt_state = None
-    best_params = params
-    run_id = resume.meta.get("run_id") if resume is not None else uuid.uuid4().hex
-    with world.together("restoring the checkpoint"):
-        if resume is not None and world.is_root:
-            params, opt_state, progress = _restore(resume, cfg, opt, run, meta)
-            best_params = _load_best(run.out_dir, cfg, run_id, progress, fallback=params)
-    params, opt_state, progress, best_params = world.bcast((params, opt_state, progress, best_params))
-    state = backend.init_state(cfg, params, opt, opt_state)
 
-    n = len(x)
-    batches_per_epoch = math.ceil(n / run.batch_size)
-    stop_reason = "completed"
-    start = time.perf_counter()
-    bar = progress_bar(run.progress and world.is_root, total=run.epochs * batches_per_epoch,
-                       initial=progress.epoch * batches_per_epoch + progress.batch, unit="batch",
-                       desc=f"train[{backend.name}]", leave=False)
 
-    def checkpoint(path_name: str, saved_params: Params, with_state: bool) -> None:
-        if run.out_dir is None or not world.is_root:
-            return
+class _Trainer:
+    """One run of the loop: its settings, the backend's state and where the run stands. Each
+    method is one part a reader can follow: start, an epoch, a step, the end of an epoch (the
+    checkpoints and the decision to stop), and the result."""
+
+    def __init__(self, backend, cfg, opt, run, meta, train_data, val_data, world, on_epoch) -> None:
+        self.backend, self.cfg, self.opt, self.run_cfg, self.meta = backend, cfg, opt, run, meta
+        (self.x, self.y), (self.x_val, self.y_val) = train_data, val_data
+        self.world, self.on_epoch = world, on_epoch
+        self.batches_per_epoch = math.ceil(len(self.x) / run.batch_size)
+        self.guard = _InterruptGuard()
+
+    def start(self, params: Params, resume: Checkpoint | None) -> None:
+        """The state to train from: ``params``, or the checkpoint's (MPI: rank 0's, broadcast)."""
+        progress, opt_state, best_params = _Progress(), None, params
+        self.run_id = resume.meta.get("run_id") if resume is not None else uuid.uuid4().hex
+        with self.world.together("restoring the checkpoint"):
+            if resume is not None and self.world.is_root:
+                params, opt_state, progress = _restore(resume, self.cfg, self.opt, self.run_cfg, self.meta)
+                best_params = _load_best(self.run_cfg.out_dir, self.cfg, self.run_id, progress, fallback=params)
+        params, opt_state, progress, best_params = self.world.bcast((params, opt_state, progress, best_params))
+        self.progress, self.best_params = progress, best_params
+        self.state = self.backend.init_state(self.cfg, params, self.opt, opt_state)
+
+    def run(self) -> TrainResult:
+        """Epochs until the budget, early stopping or an interrupt (saved at a safe point)."""
+        started, stop_reason = time.perf_counter(), "completed"
+        bar = progress_bar(self.run_cfg.progress and self.world.is_root,
+                           total=self.run_cfg.epochs * self.batches_per_epoch,
+                           initial=self.progress.epoch * self.batches_per_epoch + self.progress.batch,
+                           unit="batch", desc=f"train[{self.backend.name}]", leave=False)
         try:
-            save_checkpoint(
-                Path(run.out_dir) / path_name, cfg, saved_params, opt,
-                backend.get_optimizer_state(state) if with_state else None,
-                {**meta, "run_id": run_id, "run": _run_meta(run, backend), "progress": vars(progress).copy()}
-                if with_state else {**meta, "run_id": run_id},
-            )
-        except OutputError as exc:
-            raise OutputError(f"{exc}; the run stopped at the end of epoch {progress.epoch}. Checkpoints already in "
-                              f"{run.out_dir} are unchanged (each is replaced only once its new copy is "
-                              "complete); free space and continue with --resume") from None
+            with self.guard, bar:
+                while self.progress.epoch < self.run_cfg.epochs:
+                    if not self.epoch(bar):
+                        stop_reason = "interrupted"
+                        break
+                    stop_reason = self.end_of_epoch(bar)
+                    if stop_reason != "completed":
+                        break
+        except KeyboardInterrupt as exc:  # raised by code the guard does not cover (a backend's own)
+            if isinstance(exc, _ForcedStop):
+                raise  # second Ctrl-C: stop now; the last checkpoint on disk stays as it was
+            stop_reason = "interrupted"
+        finally:
+            self.state.gradient_hook = None
+        if stop_reason == "interrupted":  # the exact position (mid-epoch too): a resume continues bit for bit
+            self.checkpoint(LAST_CHECKPOINT, self.backend.get_params(self.state), with_state=True)
+        return TrainResult(self.best_params, self.backend.get_params(self.state), self.progress.history,
+                           self.progress.best_epoch, self.progress.best_val_loss, stop_reason,
+                           time.perf_counter() - started, self.run_id, self.progress.where(self.batches_per_epoch))
 
-    guard = _InterruptGuard()
-    try:
-        guard.__enter__()
-        while progress.epoch < run.epochs:
-            order = epoch_order(n, run.seed, progress.epoch)
-            epoch_start = time.perf_counter()
-            best_loss = progress.best_train_loss()
-            while progress.batch < batches_per_epoch:
-                idx = order[progress.batch * run.batch_size : (progress.batch + 1) * run.batch_size]
-                if world.distributed:  # this rank's shard; the hook sums gradients and losses over ranks
-                    part = idx[shard(len(idx), world.size, world.rank)]
-                    state.gradient_hook = world.gradient_hook(len(part), len(idx), lambda: guard.requested)
-                else:
-                    part = idx
-                try:
-                    loss = float(backend.train_step(state, x[part], y[part]))
-                except DeviceError as exc:  # a GPU failure (out of memory, a failed launch)
-                    raise DeviceError(f"{exc}; at epoch {progress.epoch + 1}, batch {progress.batch + 1} the run "
-                                      f"stopped. {_kept(run, progress)}") from exc
-                if progress.first_loss is None:
-                    progress.first_loss = best_loss = loss
-                exploded = 0 < best_loss < math.inf and EXPLODED * best_loss < loss < math.inf
-                if not math.isfinite(loss) or exploded:  # the loss is the global one: every rank stops here
-                    what = (f"exploded to {loss:.3g}, over {EXPLODED:g} times its best so far ({best_loss:.3g})"
-                            if exploded else f"became {loss}")
-                    raise on_every_rank(DivergenceError(
-                        f"training loss {what} at epoch {progress.epoch + 1}, batch {progress.batch + 1}: the run "
-                        f"diverged and stopped. {_kept(run, progress)} "
-                        "Try a smaller learning rate (--lr) or gradient clipping (--clip-norm)."
-                    ))
-                progress.loss_sum += loss * len(idx)
-                progress.batch += 1
-                bar.update(1)
-                # a safe point: the step and its bookkeeping are done. With several ranks the
-                # hook has added up their stop requests, so all of them stop at this step.
-                if (state.gradient_hook.stop if world.distributed else guard.requested):
-                    raise KeyboardInterrupt
-            try:
-                current = backend.get_params(state)
-            except NonFiniteError as exc:  # the last step of the epoch diverged (its loss was still finite)
-                raise on_every_rank(DivergenceError(
-                    f"the parameters became NaN or infinite in epoch {progress.epoch + 1} ({exc}); "
-                    f"{_kept(run, progress)} Try a smaller learning rate (--lr) or gradient clipping (--clip-norm)."
-                )) from None
-            world.check_same_arrays(current, f"the parameters after epoch {progress.epoch + 1}",
-                                    fix="their models drifted apart; the backend must make the same update on every "
-                                        "rank (deterministic, and through the training state's gradient hook)")
-            val_loss = split_loss(backend, cfg, current, x_val, y_val, world)
-            if not math.isfinite(val_loss):
-                raise on_every_rank(DivergenceError(
-                    f"validation loss became {val_loss} after epoch {progress.epoch + 1}; {_kept(run, progress)}"
-                ))
-            record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / n, "val_loss": val_loss,
-                      "seconds": time.perf_counter() - epoch_start, "backend": backend.name}
-            progress.history.append(record)
-            progress.epoch, progress.batch, progress.loss_sum = progress.epoch + 1, 0, 0.0
-            improved = val_loss < progress.best_val_loss - run.min_delta
-            if improved:
-                progress.best_val_loss, progress.best_epoch, progress.bad_epochs = val_loss, progress.epoch, 0
-                best_params = current
-                checkpoint(BEST_CHECKPOINT, best_params, with_state=False)
-            else:
-                progress.bad_epochs += 1
-            checkpoint(LAST_CHECKPOINT, current, with_state=True)
-            bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}")
-            if on_epoch and world.is_root:
-                on_epoch(record)
-            if world.bcast(run.patience is not None and progress.bad_epochs >= run.patience):  # rank 0 decides
-                stop_reason = "early stopping"
-                break
-            if world.any(guard.requested):
-                raise KeyboardInterrupt
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, _ForcedStop):
-            raise  # second Ctrl-C: stop now; the last checkpoint on disk stays as it was
-        # Save the exact position (mid-epoch included) so a resume continues bit for bit.
-        stop_reason = "interrupted"
-        checkpoint(LAST_CHECKPOINT, backend.get_params(state), with_state=True)
-    finally:
-        guard.__exit__()
-        bar.close()
-        state.gradient_hook = None
-    return TrainResult(best_params, backend.get_params(state), progress.history, progress.best_epoch,
-                       progress.best_val_loss, stop_reason, time.perf_counter() - start, run_id,
-                       progress.where(batches_per_epoch))
+    def epoch(self, bar) -> bool:
+        """The remaining minibatches of the current epoch; False when an interrupt stopped it
+        after a step (with several ranks, all stop at the same step: see stop_requested)."""
+        self.epoch_started = time.perf_counter()
+        order = epoch_order(len(self.x), self.run_cfg.seed, self.progress.epoch)
+        best_loss = self.progress.best_train_loss()
+        size = self.run_cfg.batch_size
+        while self.progress.batch < self.batches_per_epoch:
+            rows = order[self.progress.batch * size : (self.progress.batch + 1) * size]
+            best_loss = self.step(rows, best_loss)
+            bar.update(1)
+            if self.stop_requested():  # a safe point: the step and its bookkeeping are done
+                return False
+        return True
+
+    def step(self, rows: np.ndarray, best_loss: float) -> float:
+        """One minibatch; the best loss so far, to judge the next one by."""
+        progress, world = self.progress, self.world
+        part = rows
+        if world.distributed:  # this rank's shard; the hook sums gradients, losses and stop requests over ranks
+            part = rows[shard(len(rows), world.size, world.rank)]
+            self.state.gradient_hook = world.gradient_hook(len(part), len(rows), lambda: self.guard.requested)
+        try:
+            loss = float(self.backend.train_step(self.state, self.x[part], self.y[part]))
+        except DeviceError as exc:  # a GPU failure (out of memory, a failed launch)
+            raise DeviceError(f"{exc}; at epoch {progress.epoch + 1}, batch {progress.batch + 1} the run stopped. "
+                              f"{_kept(self.run_cfg, progress)}") from exc
+        if progress.first_loss is None:
+            progress.first_loss = best_loss = loss
+        exploded = 0 < best_loss < math.inf and EXPLODED * best_loss < loss < math.inf
+        if not math.isfinite(loss) or exploded:  # the loss is the global one: every rank stops here
+            what = (f"exploded to {loss:.3g}, over {EXPLODED:g} times its best so far ({best_loss:.3g})"
+                    if exploded else f"became {loss}")
+            raise on_every_rank(DivergenceError(
+                f"training loss {what} at epoch {progress.epoch + 1}, batch {progress.batch + 1}: the run "
+                f"diverged and stopped. {_kept(self.run_cfg, progress)} {ADVICE}"))
+        progress.loss_sum += loss * len(rows)
+        progress.batch += 1
+        return best_loss
+
+    def stop_requested(self) -> bool:
+        """Ctrl-C or SIGTERM since the last safe point. With several ranks the gradient hook has
+        added up every rank's request in the step's Allreduce, so every rank answers the same."""
+        return self.state.gradient_hook.stop if self.world.distributed else self.guard.requested
+
+    def end_of_epoch(self, bar) -> str:
+        """Validation, the history, the checkpoints; "completed" to go on, or why the run stops."""
+        progress, world = self.progress, self.world
+        current = self.epoch_params()
+        val_loss = split_loss(self.backend, self.cfg, current, self.x_val, self.y_val, world)
+        if not math.isfinite(val_loss):
+            raise on_every_rank(DivergenceError(f"validation loss became {val_loss} after epoch {progress.epoch + 1}; "
+                                                f"{_kept(self.run_cfg, progress)}"))
+        record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / len(self.x), "val_loss": val_loss,
+                  "seconds": time.perf_counter() - self.epoch_started, "backend": self.backend.name}
+        progress.history.append(record)
+        progress.epoch, progress.batch, progress.loss_sum = progress.epoch + 1, 0, 0.0
+        if val_loss < progress.best_val_loss - self.run_cfg.min_delta:
+            progress.best_val_loss, progress.best_epoch, progress.bad_epochs = val_loss, progress.epoch, 0
+            self.best_params = current
+            self.checkpoint(BEST_CHECKPOINT, current, with_state=False)
+        else:
+            progress.bad_epochs += 1
+        self.checkpoint(LAST_CHECKPOINT, current, with_state=True)
+        bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}")
+        if self.on_epoch and world.is_root:
+            self.on_epoch(record)
+        patience = self.run_cfg.patience
+        if world.bcast(patience is not None and progress.bad_epochs >= patience):  # MPI: rank 0 decides
+            return "early stopping"
+        return "interrupted" if world.any(self.guard.requested) else "completed"  # MPI: any rank's Ctrl-C
+
+    def epoch_params(self) -> Params:
+        """The parameters at the end of an epoch, finite and (MPI agreement point) the same on every rank."""
+        try:
+            current = self.backend.get_params(self.state)
+        except NonFiniteError as exc:  # the last step of the epoch diverged (its loss was still finite)
+            raise on_every_rank(DivergenceError(
+                f"the parameters became NaN or infinite in epoch {self.progress.epoch + 1} ({exc}); "
+                f"{_kept(self.run_cfg, self.progress)} {ADVICE}")) from None
+        self.world.check_same_arrays(current, f"the parameters after epoch {self.progress.epoch + 1}",
+                                     fix="their models drifted apart; the backend must make the same update on every "
+                                         "rank (deterministic, and through the training state's gradient hook)")
+        return current
+
+    def checkpoint(self, name: str, params: Params, with_state: bool) -> None:
+        """best.npz (``with_state`` False) or last.npz, written by rank 0 alone."""
+        run = self.run_cfg
+        if run.out_dir is None or not self.world.is_root:
+            return
+        meta = {**self.meta, "run_id": self.run_id}
+        if with_state:
+            meta |= {"run": _run_meta(run, self.backend), "progress": vars(self.progress).copy()}
+        try:
+            save_checkpoint(Path(run.out_dir) / name, self.cfg, params, self.opt,
+                            self.backend.get_optimizer_state(self.state) if with_state else None, meta)
+        except OutputError as exc:
+            raise OutputError(f"{exc}; the run stopped at the end of epoch {self.progress.epoch}. Checkpoints "
+                              f"already in {run.out_dir} are unchanged (each is replaced only once its new copy is "
+                              "complete); free space and continue with --resume") from None
 
 
 def _check_shards(n: int, batch_size: int, ranks: int) -> None:
