@@ -5,7 +5,7 @@ with TrainStep.time_train_step. Skipped where mpi4py is not installed."""
 
 import numpy as np
 
-from lstmbench.bench.harness import bench_model
+from lstmbench.bench.workloads import bench_model
 from lstmbench.training.distributed import World
 
 from .common import BACKENDS, DTYPE, backend_or_skip, grid_case, train_state

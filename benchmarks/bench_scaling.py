@@ -1,7 +1,7 @@
 """Epoch time against dataset size: N in {1000, 2000, 4000, 8000} sequences, with a
 fixed minibatch and with full-batch steps, and the fitted exponent a of time ~ N^a."""
 
-from lstmbench.bench.harness import epoch_seconds, scaling_exponent
+from lstmbench.bench.scaling import epoch_seconds, scaling_exponent
 
 from .common import BACKENDS, backend_or_skip, dataset, train_state
 

@@ -2,13 +2,21 @@
 the speedup over the reference, GFLOP/s and peak memory."""
 
 import lstmbench as lb
-from lstmbench.bench.harness import BENCH_OPTIMIZER, SUITE, verify
+from lstmbench.bench.run import verify
+from lstmbench.bench import timing  # a module: asv would take a function named time_* here for a benchmark
+from lstmbench.bench.workloads import BENCH_OPTIMIZER, SUITE
+from lstmbench.registry import REFERENCE
 
-from .common import (BACKENDS, DTYPE, REFERENCE, STEPS, THREADS, backend_or_skip, grid_case, median_seconds,
-                     train_state)
+from .common import BACKENDS, DTYPE, STEPS, THREADS, backend_or_skip, grid_case, train_state
 
 HIDDEN = [32, 128, 512]
 BATCH = [32, 128]
+
+
+def _step_seconds(backend, cfg, x, y, repeats: int) -> float:
+    """Median seconds of a training step from a warmed-up state (timed here, not by asv)."""
+    state = train_state(backend, cfg, x, y)
+    return timing.time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=0).median_s
 
 
 class TrainStep:
@@ -47,11 +55,8 @@ class Speedup:
             raise AssertionError(f"{backend} disagrees with the reference: {problem}")
         self.ref = backend_or_skip(REFERENCE, self.cfg)
         repeats = 3 if hidden >= 512 else 7
-        self.t_backend = median_seconds(
-            lambda s=train_state(self.backend, self.cfg, self.x, self.y): self.backend.train_step(s, self.x, self.y),
-            repeats)
-        self.t_ref = median_seconds(
-            lambda s=train_state(self.ref, self.cfg, self.x, self.y): self.ref.train_step(s, self.x, self.y), repeats)
+        self.t_backend = _step_seconds(self.backend, self.cfg, self.x, self.y, repeats)
+        self.t_ref = _step_seconds(self.ref, self.cfg, self.x, self.y, repeats)
 
     def track_speedup(self, backend, hidden, batch):
         return self.t_ref / self.t_backend
@@ -74,7 +79,7 @@ class Threads:
 
 
 class Suite:
-    """The realistic workloads of `lstmbench bench --suite` (lstmbench.bench.harness.SUITE), per
+    """The realistic workloads of `lstmbench bench --suite` (lstmbench.bench.workloads.SUITE), per
     backend, each verified against the reference first; and the model GFLOP/s as a
     percentage of the FMA peak measured in the same process."""
 
@@ -100,7 +105,7 @@ class Suite:
     def track_pct_fma_peak(self, backend, workload):
         from lstmbench.bench import peak
 
-        seconds = median_seconds(lambda: self.backend.train_step(self.state, self.x, self.y), repeats=3)
+        seconds = timing.time_calls(lambda: self.backend.train_step(self.state, self.x, self.y), 3, warmup=0).median_s
         fma = peak.fma_peak(DTYPE, self.backend.threads)
         if fma is None:
             raise NotImplementedError("the FMA probe is not built")

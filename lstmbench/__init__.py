@@ -31,7 +31,8 @@ from lstmbench.errors import (
     UnsupportedError,
 )
 from lstmbench.bench.flops import train_step_flops
-from lstmbench.optim import clip_scale, global_norm, init_optimizer_state, optimizer_step
+from lstmbench.fused import FusedBackend
+from lstmbench.optim import StepScalars, clip_scale, global_norm, init_optimizer_state, optimizer_step, step_scalars
 from lstmbench.params import (
     check_params,
     init_params,
@@ -68,6 +69,7 @@ __all__ = [
     "DeviceError",
     "DivergenceError",
     "DTypeError",
+    "FusedBackend",
     "LstmbenchError",
     "ModelConfig",
     "NonFiniteError",
@@ -75,6 +77,7 @@ __all__ = [
     "OptimizerConfig",
     "ResourceError",
     "ShapeError",
+    "StepScalars",
     "TrainState",
     "UnknownBackendError",
     "UnsupportedError",
@@ -96,6 +99,7 @@ __all__ = [
     "params_to_torch",
     "register_backend",
     "save_params",
+    "step_scalars",
     "train_step_flops",
     "unregister_backend",
 ]

@@ -34,8 +34,9 @@ class Layout:
         the dataclass is frozen and ``offs`` is read-only)."""
         return _layout_of(cfg)
 
-    def flatten(self, arrays: Mapping[str, np.ndarray], dtype) -> np.ndarray:
-        flat = np.empty(self.size, dtype=dtype)
+    def flatten(self, arrays: Mapping[str, np.ndarray], dtype, out: np.ndarray | None = None) -> np.ndarray:
+        """One vector of ``arrays`` in this layout: a new one, or written into ``out``."""
+        flat = np.empty(self.size, dtype=dtype) if out is None else out
         for name, (a, b, _) in self.slices.items():
             flat[a:b] = np.asarray(arrays[name]).ravel()
         return flat
@@ -97,7 +98,8 @@ class TrainState:
 
 @dataclass
 class FlatTrainState(TrainState):
-    """Training state of a backend that keeps everything in flat vectors.
+    """Training state of a backend that keeps everything in flat vectors (a
+    lstmbench.fused.FusedBackend makes it and runs its steps).
 
     ``theta`` holds the parameters, ``slots[name]`` each optimizer buffer (Adam's
     "m" and "v", SGD's "momentum"), ``grad`` the reduced gradient; ``params`` and

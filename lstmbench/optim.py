@@ -3,11 +3,14 @@
 They follow torch.optim exactly (same update order, same bias correction), so
 parameters after k steps can be compared with PyTorch. Optimizer state is a flat
 dict of arrays (``"step"`` plus ``"<slot>/<param name>"``) so it can be saved in
-a checkpoint and compared between backends.
+a checkpoint and compared between backends. :func:`step_scalars` computes a step's
+constants (bias corrections, ...) once, for this reference and for every backend's kernels.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, fields, replace
 from typing import Mapping
 
 import numpy as np
@@ -44,6 +47,50 @@ def clip_scale(norm: float, clip_norm: float | None) -> float:
     return min(clip_norm / (norm + 1e-6), 1.0)
 
 
+@dataclass(frozen=True)
+class StepScalars:
+    """Everything one optimizer step needs besides the arrays, computed once per step on the
+    host, in float64 as torch does (:func:`step_scalars`). The reference optimizer and every
+    backend's update kernel take their constants from here, so this is the one place that
+    says how, for example, Adam's bias corrections are computed; a kernel rounds them to the
+    parameters' dtype (:meth:`in_dtype`) and does nothing but elementwise arithmetic."""
+
+    kind: str  # "sgd" or "adam"
+    step: int  # the step being taken, counted from 1
+    lr: float
+    clip_norm: float | None  # clip the gradient's global L2 norm to this (None: no clipping)
+    # SGD
+    momentum: float
+    first_step: bool  # torch's SGD starts its momentum buffer as the first step's gradient
+    # Adam
+    beta1: float
+    beta2: float
+    one_minus_beta1: float
+    one_minus_beta2: float
+    step_size: float  # lr / (1 - beta1^step): the first moment's bias correction folded into the rate
+    bias2_sqrt: float  # sqrt(1 - beta2^step): the second moment's bias correction
+    eps: float
+
+    def in_dtype(self, dtype) -> "StepScalars":
+        """The real-valued constants rounded to ``dtype`` (numpy scalars), as a kernel working in
+        the parameters' dtype uses them; ``clip_norm`` stays float64, like the norm it meets."""
+        to = np.dtype(dtype).type
+        return replace(self, **{f.name: to(getattr(self, f.name)) for f in fields(self)
+                                if isinstance(getattr(self, f.name), float) and f.name != "clip_norm"})
+
+    def clip_scale(self, norm: float) -> float:
+        """What the gradient is multiplied by, given its global L2 norm (1.0 without clipping)."""
+        return clip_scale(norm, self.clip_norm)
+
+
+def step_scalars(opt: OptimizerConfig, step: int) -> StepScalars:
+    """The scalars of step ``step`` (counted from 1) of ``opt``: bias corrections included."""
+    b1, b2 = opt.betas
+    return StepScalars(kind=opt.kind, step=step, lr=opt.lr, clip_norm=opt.clip_norm, momentum=opt.momentum,
+                       first_step=step == 1, beta1=b1, beta2=b2, one_minus_beta1=1 - b1, one_minus_beta2=1 - b2,
+                       step_size=opt.lr / (1 - b1**step), bias2_sqrt=math.sqrt(1 - b2**step), eps=opt.eps)
+
+
 def optimizer_step(
     opt: OptimizerConfig,
     params: dict[str, np.ndarray],
@@ -51,25 +98,21 @@ def optimizer_step(
     state: OptState,
 ) -> None:
     """One update of ``params`` and ``state`` in place (clipping included)."""
-    scale = clip_scale(global_norm(grads), opt.clip_norm)
-    step = int(state["step"]) + 1
-    state["step"] = np.array(step, dtype=np.int64)
+    s = step_scalars(opt, int(state["step"]) + 1)
+    scale = s.clip_scale(global_norm(grads))
+    state["step"] = np.array(s.step, dtype=np.int64)
     for name, p in params.items():
         g = grads[name] * p.dtype.type(scale) if scale != 1.0 else grads[name]
-        if opt.kind == "sgd":
-            if opt.momentum > 0:
+        if s.kind == "sgd":
+            if s.momentum > 0:
                 buf = state[f"momentum/{name}"]
                 # torch: the first step sets buf = g; later buf = momentum * buf + g
-                buf[...] = g if step == 1 else opt.momentum * buf + g
+                buf[...] = g if s.first_step else s.momentum * buf + g
                 g = buf
-            p -= p.dtype.type(opt.lr) * g
+            p -= p.dtype.type(s.lr) * g
         else:
-            b1, b2 = opt.betas
             m, v = state[f"m/{name}"], state[f"v/{name}"]
-            m[...] = b1 * m + (1 - b1) * g
-            v[...] = b2 * v + (1 - b2) * g * g
-            bias1 = 1 - b1**step
-            bias2_sqrt = np.sqrt(1 - b2**step)
-            step_size = opt.lr / bias1
-            denom = np.sqrt(v) / p.dtype.type(bias2_sqrt) + p.dtype.type(opt.eps)
-            p -= p.dtype.type(step_size) * (m / denom)
+            m[...] = s.beta1 * m + s.one_minus_beta1 * g
+            v[...] = s.beta2 * v + s.one_minus_beta2 * g * g
+            denom = np.sqrt(v) / p.dtype.type(s.bias2_sqrt) + p.dtype.type(s.eps)
+            p -= p.dtype.type(s.step_size) * (m / denom)

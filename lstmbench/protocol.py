@@ -4,8 +4,10 @@ A backend subclasses :class:`Backend` and implements ``_forward`` and
 ``_loss_and_grads``. The public methods validate their inputs first (so every
 backend raises the same documented errors) and then call the backend's code.
 A backend that can do better than "loss_and_grads + the reference optimizer"
-overrides ``_init_state``/``_train_step``/``_get_params`` with a fused step
-that keeps parameters and optimizer state in its own memory (possibly a GPU).
+subclasses :class:`lstmbench.fused.FusedBackend` instead, which keeps parameters and
+optimizer state in flat buffers (possibly on a GPU) and runs the host side of a fused
+step (the step counter, the optimizer's scalars, the gradient hook) for its kernels.
+It also checks what a backend returns: outputs, losses, parameters.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from lstmbench.config import DTYPES, LOSSES, OPTIMIZERS, ModelConfig, OptimizerConfig
 from lstmbench.errors import BackendError, ConfigError, DataError, DTypeError, NonFiniteError, ShapeError, UnsupportedError
-from lstmbench.optim import OptState, init_optimizer_state, optimizer_step  # noqa: F401
+from lstmbench.optim import OptState, init_optimizer_state, optimizer_step
 from lstmbench.params import Params, check_params, copy_params
 from lstmbench.layout import GradientHook, Layout, TrainState  # noqa: F401  (TrainState, GradientHook: public here too)
 

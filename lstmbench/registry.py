@@ -30,6 +30,8 @@ ENTRY_POINT_GROUP = "lstmbench.backends"
 BUILT_IN_DIST = "lstmbench"  # the distribution whose entry points are the built-in backends
 #: the built-in CPU backends, fastest first (docs/benchmarks.md); the reference is the fallback
 FASTEST_FIRST = ("c", "numba", "numpy")
+#: the NumPy reference: the answer every backend is checked against, and the fallback of FASTEST_FIRST
+REFERENCE = FASTEST_FIRST[-1]
 
 _instances: dict[str, Backend] = {}
 _extra: dict[str, Backend] = {}  # registered at run time with register_backend()

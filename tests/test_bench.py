@@ -10,7 +10,12 @@ import pytest
 
 import lstmbench as lb
 from lstmbench.bench import peak
-from lstmbench.bench import harness as bench
+from lstmbench.bench.formatting import format_grid, significant
+from lstmbench.bench.rows import BenchRow, unstable_reason
+from lstmbench.bench.run import run_grid, run_suite
+from lstmbench.bench.scaling import run_scaling, scaling_exponent
+from lstmbench.bench.timing import Timing
+from lstmbench.bench.workloads import BENCH_OPTIMIZER, SUITE, bench_model
 from lstmbench.training import progress as console
 from lstmbench.cli import main
 from lstmbench_backends.reference import NumpyReference
@@ -34,8 +39,8 @@ def flipped():
 
 
 def small_grid(backends, **kw):
-    return bench.run_grid(backends, hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=2, with_torch=False,
-                          progress=False, **kw)
+    return run_grid(backends, hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=2, with_torch=False,
+                    progress=False, **kw)
 
 
 def test_a_disagreeing_backend_is_failed_and_not_timed(flipped):
@@ -43,7 +48,7 @@ def test_a_disagreeing_backend_is_failed_and_not_timed(flipped):
     row = next(r for r in report["rows"] if r["backend"] == flipped.name)
     assert row["status"] == "FAILED" and row["timing"] is None and row["speedup"] is None
     assert "l0.W_h" in row["detail"]
-    assert "FAILED" in bench.format_grid(report)
+    assert "FAILED" in format_grid(report)
 
 
 def test_grid_report_rows_and_speedups():
@@ -56,7 +61,7 @@ def test_grid_report_rows_and_speedups():
     t = numba["timing"]
     assert t["q1_s"] <= t["median_s"] <= t["q3_s"] and t["repeats"] == 2
     assert numba["speedup"] == pytest.approx(one["timing"]["median_s"] / t["median_s"])
-    flops = lb.train_step_flops(bench.bench_model(4), 3, 5, bench.BENCH_OPTIMIZER).total
+    flops = lb.train_step_flops(bench_model(4), 3, 5, BENCH_OPTIMIZER).total
     assert numba["gflops"] == pytest.approx(flops / t["median_s"] / 1e9)
     # %peak is of the FMA peak on the row's threads, measured in this run with the widest vectors
     fma = report["fma_peak"]
@@ -68,7 +73,7 @@ def test_grid_report_rows_and_speedups():
 
 def test_torch_peer_is_verified_when_torch_is_installed():
     pytest.importorskip("torch")
-    report = bench.run_grid(["numpy"], hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=1, progress=False)
+    report = run_grid(["numpy"], hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=1, progress=False)
     row = next(r for r in report["rows"] if r["backend"] == "torch")
     assert row["status"] == "ok", row["detail"]
     assert row["timing"] is not None and 1 <= row["threads"] <= lb.default_threads()
@@ -76,12 +81,12 @@ def test_torch_peer_is_verified_when_torch_is_installed():
 
 def test_scaling_exponent_fit_is_exact_on_power_laws():
     sizes = [1000, 2000, 4000, 8000]
-    assert bench.scaling_exponent(sizes, [3e-6 * n**0.7 for n in sizes]) == pytest.approx(0.7)
-    assert bench.scaling_exponent(sizes, [5e-4 * n for n in sizes]) == pytest.approx(1.0)
+    assert scaling_exponent(sizes, [3e-6 * n**0.7 for n in sizes]) == pytest.approx(0.7)
+    assert scaling_exponent(sizes, [5e-4 * n for n in sizes]) == pytest.approx(1.0)
 
 
 def test_scaling_report_covers_both_modes():
-    report = bench.run_scaling(["numpy"], hidden=4, base_n=8, steps=3, batch=4, repeats=1, progress=False)
+    report = run_scaling(["numpy"], hidden=4, base_n=8, steps=3, batch=4, repeats=1, progress=False)
     modes = {r["mode"] for r in report["results"]}
     assert modes == {"fixed batch", "full batch"}
     for r in report["results"]:
@@ -146,22 +151,22 @@ def test_a_restricted_blas_is_named(monkeypatch):
 
 
 def test_any_model_shape_is_benchmarked_and_verified():
-    report = bench.run_grid(["numpy", "c"], hidden_sizes=(5,), batch_sizes=(3,), steps=4, repeats=1, progress=False,
-                            with_torch=False, model=dict(input_size=6, output_size=6, layers=2, loss="xent",
-                                                         many_to_many=True, one_hot=True))
+    report = run_grid(["numpy", "c"], hidden_sizes=(5,), batch_sizes=(3,), steps=4, repeats=1, progress=False,
+                      with_torch=False, model=dict(input_size=6, output_size=6, layers=2, loss="xent",
+                                                   many_to_many=True, one_hot=True))
     assert report["workloads"][0]["describe"] == "D=6 one-hot, 2 x 5, O=6, xent many-to-many, T=4, B=3"
     row = next(r for r in report["rows"] if r["backend"] == "c")
     assert row["status"] == "ok" and row["workload"] == "H=5 B=3"
 
 
 def test_the_suite_has_the_named_workloads_and_refuses_unknown_ones():
-    assert set(bench.SUITE) == {"char-onehot", "forecast-short", "hourly-multivariate", "long-b1", "long-b2",
-                                "odd-sizes"}
-    char = bench.SUITE["char-onehot"]
+    assert set(SUITE) == {"char-onehot", "forecast-short", "hourly-multivariate", "long-b1", "long-b2",
+                          "odd-sizes"}
+    char = SUITE["char-onehot"]
     x, y = char.data(char.model("float32"))
     assert x.shape == (64, 128, 84) and np.all(x.sum(axis=2) == 1) and y.shape == (64, 128)
     with pytest.raises(lb.ConfigError, match="unknown suite workload"):
-        bench.run_suite(["no-such-workload"])
+        run_suite(["no-such-workload"])
 
 
 def test_bad_bench_arguments_are_one_line_errors(capsys):
@@ -176,16 +181,16 @@ def test_bad_bench_arguments_are_one_line_errors(capsys):
 
 
 def _timed_row(median, q1, q3, pct=50.0):
-    row = bench.BenchRow("numba", "numba", "w", 4, 3, 5, 2, "ok", timing=bench.Timing(median, q1, q3, 7))
+    row = BenchRow("numba", "numba", "w", 4, 3, 5, 2, "ok", timing=Timing(median, q1, q3, 7))
     row.pct_peak = pct
     return row
 
 
 def test_unstable_rows_are_named():
-    assert bench.unstable_reason(_timed_row(1.0, 0.95, 1.05)) == ""
-    assert bench.unstable_reason(_timed_row(1.0, 0.8, 1.3)) == "IQR 50% of the median"
-    assert bench.unstable_reason(_timed_row(1.0, 0.99, 1.0, pct=116.9)) == "above the peak measured in this run"
-    assert bench.unstable_reason(_timed_row(1.0, 0.5, 1.5, pct=120)).count(";") == 1  # both reasons
+    assert unstable_reason(_timed_row(1.0, 0.95, 1.05)) == ""
+    assert unstable_reason(_timed_row(1.0, 0.8, 1.3)) == "IQR 50% of the median"
+    assert unstable_reason(_timed_row(1.0, 0.99, 1.0, pct=116.9)) == "above the peak measured in this run"
+    assert unstable_reason(_timed_row(1.0, 0.5, 1.5, pct=120)).count(";") == 1  # both reasons
 
 
 def test_report_marks_unstable_rows_and_warns():
@@ -194,20 +199,20 @@ def test_report_marks_unstable_rows_and_warns():
         r["unstable"] = ""
     row = report["rows"][0]
     row["unstable"], row["pct_peak"] = "above the peak measured in this run", 116.9
-    text = bench.format_grid(report)
+    text = format_grid(report)
     assert "! unstable: above the peak measured in this run" in text
     assert "warning: 1 row(s) marked ! are unstable" in text and "quiet machine" in text
     for r in report["rows"]:
         r["unstable"] = ""
-    assert "unstable" not in bench.format_grid(report)
+    assert "unstable" not in format_grid(report)
 
 
 def test_small_figures_keep_their_significant_digits():
-    assert bench._sig(0.00123) == "0.00123" and bench._sig(2512.3, 4) == "2512" and bench._sig(1.2345) == "1.23"
+    assert significant(0.00123) == "0.00123" and significant(2512.3, 4) == "2512" and significant(1.2345) == "1.23"
     report = small_grid(["numpy"])
     row = report["rows"][0]
     row["speedup"], row["timing"]["median_s"] = 0.00123, 2.5123
-    line = next(line for line in bench.format_grid(report).splitlines() if line.startswith(row["workload"]))
+    line = next(line for line in format_grid(report).splitlines() if line.startswith(row["workload"]))
     assert "0.00123x" in line and "2512" in line  # not "0.00x", and ms to 4 figures
 
 
@@ -324,7 +329,7 @@ def test_bench_reports_progress_to_a_log(monkeypatch):
     at every call of the bar, the clock moving on a whole interval at each look)."""
     log = stderr_to_log(monkeypatch)
     monkeypatch.setattr(console, "time", FakeClock(tick=console.LOG_INTERVAL_S))
-    bench.run_grid(["numpy", "numba"], hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=1, with_torch=False)
+    run_grid(["numpy", "numba"], hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=1, with_torch=False)
     lines = log.getvalue().splitlines()
     assert lines and "\r" not in log.getvalue()
     done = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("bench: ")]

@@ -241,9 +241,10 @@ def test_concurrent_calls_do_not_share_state():
         alone.append([backend.train_step(state, case.x, case.y) for _ in range(5)])
     together = [None, None]
 
-    def train(k):
-        state = backend.init_state(case.cfg, lb.init_params(case.cfg, k), case.opt)
-        together[k] = [backend.train_step(state, case.x, case.y) for _ in range(5)]
+    def train(k):  # a thread count is per thread (Backend.threads): each worker sets its own
+        with backend.using_threads(1):
+            state = backend.init_state(case.cfg, lb.init_params(case.cfg, k), case.opt)
+            together[k] = [backend.train_step(state, case.x, case.y) for _ in range(5)]
 
     workers = [threading.Thread(target=train, args=(k,)) for k in (0, 1)]
     for w in workers:

@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 
 import lstmbench as lb
-from lstmbench.bench import harness as bench
+from lstmbench.bench import formatting, run, workloads
 from lstmbench.training.checkpoint import load_checkpoint
 from lstmbench.cli import main as cli_main
 from lstmbench.errors import DeviceError, NonFiniteError, ShapeError
@@ -78,7 +78,7 @@ def backend() -> NumbaCuda:
 
 def make_case(D, H, O, L, loss, many_to_many, dtype, B, T, opt=ADAM_CLIP, steps=2, seed=0) -> Case:
     cfg = lb.ModelConfig(D, H, O, L, loss, many_to_many, dtype)
-    x, y = bench.bench_batch(cfg, B, T, seed)
+    x, y = workloads.bench_batch(cfg, B, T, seed)
     return Case(cfg, lb.init_params(cfg, seed), x, y, opt, steps)
 
 
@@ -213,6 +213,12 @@ def test_gemm_every_tile_and_operand_layout(backend, M, N):
             assert np.all(got[:, N:] == 0)  # nothing written past a row's N columns
 
 
+def workspace_plan(backend, cfg, B, T):
+    """The launch plan of the workspace the backend keeps for batches of shape (B, T, D)."""
+    with backend.workspace(cfg, np.zeros((B, T, cfg.input_size), cfg.np_dtype)) as ws:
+        return ws.plan
+
+
 @pytest.mark.parametrize("dtype,loss,many_to_many", [("float64", "mse", False), ("float32", "xent", True)])
 def test_several_blocks_padding_rows_and_large_tiles(backend, dtype, loss, many_to_many):
     """B=11: two recurrence blocks of 8 rows, the second with 5 padding rows; 4H = 64 and
@@ -220,7 +226,7 @@ def test_several_blocks_padding_rows_and_large_tiles(backend, dtype, loss, many_
     case = make_case(3, 16, 3, 2, loss, many_to_many, dtype, 11, 4)
     calls = launched(backend)
     check_all(backend, case)
-    plan = backend._workspace(case.cfg, 11, 4).plan
+    plan = workspace_plan(backend, case.cfg, 11, 4)
     assert (plan.rows, plan.blocks, plan.padded_batch) == (8, 2, 16)
     assert any(k.name == "gemm" and threads == 256 for k, _, threads, _, _ in calls)
     assert any(k.name == "lstm_backward" and grid == 2 for k, grid, _, _, _ in calls)
@@ -230,7 +236,7 @@ def test_several_hidden_units_per_thread(backend, monkeypatch):
     monkeypatch.setattr(kernels, "MAX_RECURRENCE_THREADS", 32)
     case = make_case(2, 40, 2, 1, "mse", True, "float64", 2, 3, steps=1)
     check_all(backend, case)
-    assert backend._workspace(case.cfg, 2, 3).plan.recurrence_threads == 32  # units j and j + 32
+    assert workspace_plan(backend, case.cfg, 2, 3).recurrence_threads == 32  # units j and j + 32
 
 
 def test_several_loss_and_update_blocks(backend, monkeypatch):
@@ -250,14 +256,14 @@ def test_rows_per_block_follow_the_shared_memory_limit(backend):
     limits = backend._device_limits()
     backend._limits = replace(limits, max_shared=2 * 4 * 5 * 8)  # dz_{t+1} of 2 rows, no more
     check_all(backend, case)
-    assert backend._workspace(case.cfg, 6, 3).plan.rows == 2
+    assert workspace_plan(backend, case.cfg, 6, 3).rows == 2
 
     tiny = NumbaCuda()
     tiny._limits = replace(limits, max_shared=4 * 5 * 8 - 1)  # not even one row fits
     calls = launched(tiny)
     with pytest.raises(ShapeError, match="shared memory"):
         tiny.loss_and_grads(case.cfg, case.params, case.x, case.y)
-    assert calls == [] and tiny._workspaces == {}
+    assert calls == [] and len(tiny.workspaces) == 0
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -359,14 +365,14 @@ def test_train_and_resume_through_the_cli(tmp_path, capsys):
 
 
 def test_bench_times_it_only_when_named(backend):
-    names, left_out = bench.default_backends()
+    names, left_out = run.default_backends()
     if SIMULATED:
         assert "cuda" not in names and "simulator" in left_out["cuda"]
-    report = bench.run_grid(["numpy", "cuda"], hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=1,
+    report = run.run_grid(["numpy", "cuda"], hidden_sizes=(4,), batch_sizes=(3,), steps=5, repeats=1,
                             with_torch=False, progress=False)
     row = next(r for r in report["rows"] if r["backend"] == "cuda")
     assert row["status"] == "ok" and row["timing"] is not None
-    assert " cuda " in bench.format_grid(report)
+    assert " cuda " in formatting.format_grid(report)
 
 
 # -- what the kernels compile to on a GPU ---------------------------------------------------------

@@ -1,5 +1,5 @@
 """The training loop on a DeviceError (a GPU failure: out of memory, a failed launch):
-lstmbench/training.py names where the run stopped and keeps the last good checkpoint.
+lstmbench/training/loop.py names where the run stopped and keeps the last good checkpoint.
 
 Nothing here needs a GPU or a GPU backend: the error is planted in the NumPy
 reference's step (tests/test_cuda_backend.py checks that the cuda backend turns a
@@ -8,7 +8,7 @@ CUDA error into a DeviceError)."""
 import pytest
 
 import lstmbench as lb
-from lstmbench.bench import harness as bench
+from lstmbench.bench import workloads
 from lstmbench.training.checkpoint import load_checkpoint
 from lstmbench.errors import DeviceError
 from lstmbench.training.loop import LAST_CHECKPOINT, RunConfig, train
@@ -18,7 +18,7 @@ from lstmbench_backends.reference import NumpyReference
 def test_training_keeps_the_last_good_checkpoint_on_a_device_error(tmp_path, monkeypatch):
     backend = NumpyReference()
     cfg = lb.ModelConfig(1, 3, 1, 1, "mse", False, "float64")
-    x, y = bench.bench_batch(cfg, 12, 4)
+    x, y = workloads.bench_batch(cfg, 12, 4)
     params, opt = lb.init_params(cfg, 0), lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.05)
     out = tmp_path / "run"
     run = RunConfig(epochs=3, batch_size=6, out_dir=out, progress=False)  # 2 steps per epoch

@@ -8,11 +8,11 @@ and measures the largest error in float32 ulps against float64 NumPy over
 """
 
 import math
-import time
 
 import numpy as np
 from numba import njit
 
+from lstmbench.bench.timing import time_calls
 from lstmbench_backends.numba_cpu.kernels import exp_f32, sigmoid, tanh_f32
 
 JIT = dict(error_model="numpy")
@@ -57,10 +57,7 @@ def apply_libm_tanh(a, out):
 
 def ns_per_value(fn, a):
     out = np.empty_like(a)
-    fn(a, out)
-    start = time.perf_counter()
-    fn(a, out)
-    return (time.perf_counter() - start) / a.size * 1e9
+    return time_calls(lambda: fn(a, out), repeats=1, warmup=1).median_s / a.size * 1e9  # warm-up: compiles
 
 
 def max_ulps(fn, exact_fn, xs):

@@ -9,7 +9,8 @@ steps after 2 warm-up steps.
 """
 
 import lstmbench as lb
-from lstmbench.bench.harness import SUITE, Workload, time_backend
+from lstmbench.bench.run import time_backend
+from lstmbench.bench.workloads import SUITE, Workload
 from lstmbench_backends import c_kernel
 
 WORKLOADS = [SUITE["char-onehot"], Workload("char-256", 256, 64, 128, input_size=84, output_size=84, layers=2,

@@ -13,7 +13,8 @@ Medians of 15 steps after 2 warm-up steps.
 import argparse
 
 import lstmbench as lb
-from lstmbench.bench.harness import Workload, time_backend
+from lstmbench.bench.run import time_backend
+from lstmbench.bench.workloads import Workload
 
 DEFAULT = ["256,1,512", "256,2,512", "256,4,512", "256,8,128", "256,16,128", "256,32,64", "96,100,40", "512,8,64",
            "64,4,168"]

@@ -12,7 +12,7 @@ Medians of 20 runs; compare within one run (the machine is shared and noisy).
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from lstmbench.bench.harness import time_calls
+from lstmbench.bench.timing import time_calls
 
 T = 64
 

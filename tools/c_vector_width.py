@@ -14,15 +14,18 @@ import subprocess
 import sys
 
 MEASURE = r"""
-import sys, time, numpy as np, lstmbench as lb
-from lstmbench.bench.harness import SUITE, Workload, time_backend
+import sys, numpy as np, lstmbench as lb
+from lstmbench.bench.run import time_backend
+from lstmbench.bench.timing import timed_call
+from lstmbench.bench.workloads import SUITE, Workload
 from lstmbench_backends.c_kernel import matmul
 width = int(sys.argv[1])
 be = lb.load_backend("c"); be.vector_bytes = width
 rng = np.random.default_rng(0)
 a = rng.standard_normal((64, 512)).astype(np.float32); b = rng.standard_normal((512, 2048)).astype(np.float32)
-matmul(a, b, repeats=5, vector_bytes=width); s = time.perf_counter(); matmul(a, b, repeats=200, vector_bytes=width)
-cells = [f"product (64x512)@(512x2048), 1 thread: {2*64*512*2048*200/(time.perf_counter()-s)/1e9:.1f} GFLOP/s"]
+matmul(a, b, repeats=5, vector_bytes=width)
+_, s = timed_call(matmul, a, b, repeats=200, vector_bytes=width)
+cells = [f"product (64x512)@(512x2048), 1 thread: {2*64*512*2048*200/s/1e9:.1f} GFLOP/s"]
 for w in (Workload("H=512 B=128 T=64", 512, 128, 64), Workload("H=256 B=1 T=512", 256, 1, 512),
           *SUITE.values()):
     cfg = w.model("float32"); x, y = w.data(cfg)

@@ -17,17 +17,17 @@ import subprocess
 import sys
 
 import lstmbench as lb
-from lstmbench.bench import harness as bench
+from lstmbench.bench.timing import time_calls
+from lstmbench.bench.workloads import BENCH_OPTIMIZER, bench_batch, bench_model
 
 
 def child(hidden: int, batch: int, steps: int, repeats: int) -> float:
     """Median ms of one c training step on one thread."""
-    cfg = bench.bench_model(hidden, "float32")
-    x, y = bench.bench_batch(cfg, batch, steps)
-    backend = lb.get_backend("c")
-    backend.set_threads(1)
-    state = backend.init_state(cfg, lb.init_params(cfg, seed=0), lb.OptimizerConfig("adam", lr=1e-3))
-    return 1e3 * bench.time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=3).median_s
+    cfg = bench_model(hidden, "float32")
+    x, y = bench_batch(cfg, batch, steps)
+    with lb.get_backend("c").using_threads(1) as backend:
+        state = backend.init_state(cfg, lb.init_params(cfg, seed=0), BENCH_OPTIMIZER)
+        return 1e3 * time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=3).median_s
 
 
 def run_children(n: int, args, batch: int) -> list[float]:

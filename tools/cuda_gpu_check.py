@@ -84,7 +84,8 @@ def device_tests(smoke: bool) -> bool:
 def real_size_checks(smoke: bool) -> list[dict]:
     """forward, loss and gradients, and 3 training steps against the reference."""
     import lstmbench as lb
-    from lstmbench.bench import harness as bench
+    from lstmbench.bench.run import verify
+    from lstmbench.bench.workloads import bench_batch
 
     configs = [  # (D, H, O, L, loss, many_to_many, dtype, B, T)
         (84, 256, 84, 2, "xent", True, "float64", 32, 25),
@@ -96,8 +97,8 @@ def real_size_checks(smoke: bool) -> list[dict]:
     backend, results = lb.get_backend("cuda"), []
     for D, H, O, L, loss, m2m, dtype, B, T in configs:
         cfg = lb.ModelConfig(D, H, O, L, loss, m2m, dtype)
-        x, y = bench.bench_batch(cfg, B, T)
-        problem = bench.verify(backend, cfg, x, y, lb.OptimizerConfig("adam", lr=1e-3, clip_norm=1.0), steps=3)
+        x, y = bench_batch(cfg, B, T)
+        problem = verify(backend, cfg, x, y, lb.OptimizerConfig("adam", lr=1e-3, clip_norm=1.0), steps=3)
         status = "passed" if problem is None else f"FAILED: {problem}"
         results.append({"config": cfg.to_dict(), "batch": B, "steps": T, "status": status})
         log(f"  {cfg.dtype} H={H} L={L} {loss} {'many-to-many' if m2m else 'many-to-one'} B={B} T={T}: {status}")
@@ -105,15 +106,16 @@ def real_size_checks(smoke: bool) -> list[dict]:
 
 
 def benchmark(smoke: bool) -> list[dict]:
-    from lstmbench.bench import harness as bench
+    from lstmbench.bench.formatting import format_grid
+    from lstmbench.bench.run import run_grid
 
     hidden, batch, steps = ((4,), (3,), (5,)) if smoke else (HIDDEN, BATCH, STEPS)
     reports = []
     for T in steps:
         log(f"  T={T}")
-        reports.append(bench.run_grid(["cuda"], hidden, batch, steps=T, repeats=3 if smoke else 5,
-                                      progress=False, torch_devices=("cuda",)))
-        print(bench.format_grid(reports[-1]), flush=True)
+        reports.append(run_grid(["cuda"], hidden, batch, steps=T, repeats=3 if smoke else 5, progress=False,
+                                torch_devices=("cuda",)))
+        print(format_grid(reports[-1]), flush=True)
     return reports
 
 
@@ -159,9 +161,9 @@ def main(argv=None) -> int:
     result["goal"] = goal(result["bench"])
     result["seconds"] = time.perf_counter() - start
     (out / "cuda_bench.json").write_text(json.dumps(result, indent=2))
-    from lstmbench.bench import harness as bench
+    from lstmbench.bench.formatting import format_grid
 
-    (out / "cuda_bench.txt").write_text("\n\n".join(bench.format_grid(r) for r in result["bench"]) + "\n")
+    (out / "cuda_bench.txt").write_text("\n\n".join(format_grid(r) for r in result["bench"]) + "\n")
     log(f"6. goal at H=512, B=128, T=64: {json.dumps(result['goal'])}")
     log(f"wrote {out / 'cuda_bench.json'} and {out / 'cuda_bench.txt'} in {result['seconds']:.0f} s")
     ok = result["device_tests_passed"] and all(c["status"] == "passed" for c in result["real_size_checks"]) and \

@@ -8,12 +8,12 @@ halves: the measurement behind the numba backend's hidden-unit split
 (docs/numba-backend.md). Three rounds.
 """
 
-import time
-
 import numba
 import numpy as np
 from numba import njit, prange
 from threadpoolctl import threadpool_limits
+
+from lstmbench.bench.timing import timed_call
 
 STEPS = 2000
 
@@ -49,9 +49,7 @@ def steps_whole(h, w, z, n):
 
 
 def per_step_us(run) -> float:
-    start = time.perf_counter()
-    run()
-    return (time.perf_counter() - start) / STEPS * 1e6
+    return timed_call(run)[1] / STEPS * 1e6  # no warm-up here: main compiles everything first
 
 
 def main() -> None:

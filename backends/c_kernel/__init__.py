@@ -11,6 +11,8 @@ from other sources than the ones next to it, no C compiler) and what to do.
 Every array handed to C goes through :func:`c_array`, which checks dtype, shape,
 contiguity, alignment and writability, so a wrong call is a Python exception,
 never a crash. The C side checks the sizes and the parameter layout once more.
+The host side of a training step (step counter, the optimizer's per-step scalars
+handed to C in lstm_optim, gradient hook, workspace cache) is lstmbench.fused's.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from __future__ import annotations
 import os
 import shutil
 import sysconfig
-import threading
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from lstmbench import Backend, Capabilities, ModelConfig
+from lstmbench import Capabilities, ModelConfig
 from lstmbench.errors import DTypeError, ShapeError
+from lstmbench.fused import FusedBackend
 from lstmbench.layout import FlatTrainState, Layout
+from lstmbench.optim import StepScalars
 from lstmbench_backends.c_kernel import sources
 
 REBUILD = ("`pip install -e .` in the lstmbench checkout (or `pip install --no-build-isolation -e .`, "
@@ -116,7 +119,7 @@ class Workspace:
     plan: str  # how the threads share a step of this shape: "shards" or "units" (lstm_parallel_plan)
 
 
-class CKernel(Backend):
+class CKernel(FusedBackend):
     """Batch shards on OpenMP threads, own register-blocked matrix products, fused Adam/SGD, all in C."""
 
     name = "c"
@@ -126,8 +129,6 @@ class CKernel(Backend):
     def __init__(self) -> None:
         super().__init__()
         self._exts: dict[int, tuple] = {}  # vector bytes -> _load_extension's answer
-        self._pool: dict[tuple, list[Workspace]] = {}
-        self._pool_lock = threading.Lock()
         self.source_dir = sources.HERE  # where the sources checked against the binary live
         self._verified = None  # the source_dir whose sources matched the binary
         # How the threads share a step: "auto" (lstm.c decides by the shape), "shards" (each
@@ -212,34 +213,27 @@ class CKernel(Backend):
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _acquire(self, cfg: ModelConfig, B: int, T: int) -> tuple[tuple, Workspace]:
-        """A workspace for this shape (from the pool, or new); concurrent calls get different ones."""
-        ffi, lib = self._lib()
-        threads = _usable_threads(self.threads)
+    def _workspace_key(self, cfg: ModelConfig, x: np.ndarray) -> tuple:
+        """The workspace's layout depends on all of these."""
+        _, lib = self._lib()
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
-        key = (cfg, B, T, threads, self.parallel, lib.lstm_vector_bytes())  # the layout depends on all
-        with self._pool_lock:
-            free = self._pool.get(key)
-            if free:
-                return key, free.pop()
+        return (cfg, x.shape[0], x.shape[1], _usable_threads(self.threads), self.parallel, lib.lstm_vector_bytes())
+
+    def _make_workspace(self, key: tuple) -> Workspace:
+        cfg, B, T, threads, parallel, _ = key
+        ffi, lib = self._lib()
         dims = ffi.new("lstm_dims *")
         dims.batch, dims.steps, dims.input_size = B, T, cfg.input_size
         dims.hidden_size, dims.output_size, dims.layers = cfg.hidden_size, cfg.output_size, cfg.num_layers
         dims.many_to_many, dims.xent, dims.threads = int(cfg.many_to_many), int(cfg.loss == "xent"), threads
-        dims.parallel = PARALLEL.index(self.parallel)
+        dims.parallel = PARALLEL.index(parallel)
         nbytes = lib.lstm_workspace_bytes(dims, cfg.np_dtype.itemsize)
         if nbytes < 0:
             raise ShapeError(f"the C kernel cannot hold a batch of shape ({B}, {T}, {cfg.input_size}) for {cfg}")
         plan = PARALLEL[lib.lstm_parallel_plan(dims, cfg.np_dtype.itemsize)]  # depends on the dims alone
         # zeros: buffer padding the kernel never writes stays finite
-        return key, Workspace(np.zeros(nbytes, np.uint8), dims, plan)
-
-    def _release(self, key: tuple, ws: Workspace) -> None:
-        with self._pool_lock:
-            if key not in self._pool and len(self._pool) > 8:  # a few shapes (full and last batch) are typical
-                self._pool.clear()
-            self._pool.setdefault(key, []).append(ws)
+        return Workspace(np.zeros(nbytes, np.uint8), dims, plan)
 
     @staticmethod
     def _check(lib, ffi, code: int) -> None:
@@ -281,26 +275,25 @@ class CKernel(Backend):
             p_s = [ffi.NULL if s is None else c_array(ffi, s, dt, (layout.size,), "optimizer slot", writable=True)
                    for s in slots]
         symbols = one_hot_symbols(x)  # one-hot input: read as symbol ids (gathers instead of products)
-        key, ws = self._acquire(cfg, B, T)
-        self.last_plan = ws.plan
-        ws.dims.x_symbols = ffi.NULL if symbols is None else c_array(ffi, symbols, np.int64, (B, T), "x symbols")
-        try:
-            p_ws = c_array(ffi, ws.block, np.uint8, ws.block.shape, "workspace", writable=True)
-            loss = ffi.new("double *")
-            if what == "forward":
-                code = getattr(lib, f"lstm_forward_{sfx}")(ws.dims, p_offs, layout.size, p_theta, p_x, p_out, p_ws,
-                                                           ws.block.size)
-            elif what == "loss_grad":
-                code = getattr(lib, f"lstm_loss_grad_{sfx}")(ws.dims, p_offs, layout.size, p_theta, p_x, p_y,
-                                                             p_cls, p_grad, loss, p_ws, ws.block.size)
-            else:
-                code = getattr(lib, f"lstm_train_step_{sfx}")(ws.dims, opt, p_offs, layout.size, p_theta, p_s[0],
-                                                              p_s[1], p_x, p_y, p_cls, p_grad, loss, p_ws,
-                                                              ws.block.size)
-            self._check(lib, ffi, code)
-        finally:
-            ws.dims.x_symbols = ffi.NULL  # the symbols array is this call's
-            self._release(key, ws)
+        with self.workspace(cfg, x) as ws:
+            self.last_plan = ws.plan
+            ws.dims.x_symbols = ffi.NULL if symbols is None else c_array(ffi, symbols, np.int64, (B, T), "x symbols")
+            try:
+                p_ws = c_array(ffi, ws.block, np.uint8, ws.block.shape, "workspace", writable=True)
+                loss = ffi.new("double *")
+                if what == "forward":
+                    code = getattr(lib, f"lstm_forward_{sfx}")(ws.dims, p_offs, layout.size, p_theta, p_x, p_out,
+                                                               p_ws, ws.block.size)
+                elif what == "loss_grad":
+                    code = getattr(lib, f"lstm_loss_grad_{sfx}")(ws.dims, p_offs, layout.size, p_theta, p_x, p_y,
+                                                                 p_cls, p_grad, loss, p_ws, ws.block.size)
+                else:
+                    code = getattr(lib, f"lstm_train_step_{sfx}")(ws.dims, opt, p_offs, layout.size, p_theta,
+                                                                  p_s[0], p_s[1], p_x, p_y, p_cls, p_grad, loss, p_ws,
+                                                                  ws.block.size)
+                self._check(lib, ffi, code)
+            finally:
+                ws.dims.x_symbols = ffi.NULL  # the symbols array is this call's
         return float(loss[0])
 
     # -- protocol ------------------------------------------------------------------------
@@ -319,36 +312,46 @@ class CKernel(Backend):
                           grad=grad)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
-    def _init_state(self, cfg, params, opt, opt_state):
-        return FlatTrainState.create(Layout.of(cfg), cfg, opt, params, opt_state)
+    # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
-    def _train_step(self, state: FlatTrainState, x, y):
+    def _loss_and_gradient(self, state: FlatTrainState, x, y) -> float:
+        return self._call("loss_grad", state.cfg, state.theta, np.ascontiguousarray(x), y, grad=state.grad)
+
+    def _fused_step(self, state: FlatTrainState, x, y, scalars: StepScalars) -> float:
+        """One C call: forward, backward, clipping, update."""
+        ffi, _ = self._lib()
+        return self._call("train_step", state.cfg, state.theta, np.ascontiguousarray(x), y, grad=state.grad,
+                          opt=c_optim(ffi, scalars), slots=_optimizer_slots(state))
+
+    def _update(self, state: FlatTrainState, scalars: StepScalars) -> None:
+        """Clipping (from this gradient's norm) and the update alone: lstm_update."""
         ffi, lib = self._lib()
-        opt, step = state.opt, int(state.opt_state["step"]) + 1
-        c_opt = ffi.new("lstm_optim *")
-        c_opt.adam = int(opt.kind == "adam")
-        c_opt.lr, c_opt.momentum, c_opt.eps = opt.lr, opt.momentum, opt.eps
-        c_opt.beta1, c_opt.beta2 = opt.betas
-        c_opt.clip_norm = opt.clip_norm if opt.clip_norm else 0.0
-        c_opt.step = step
-        if opt.kind == "adam":
-            slots = (state.slots["m"], state.slots["v"])
-        else:
-            slots = (state.slots.get("momentum"), None)
-        x = np.ascontiguousarray(x)
-        if state.gradient_hook is None:  # one call: forward, backward, clipping, update
-            loss = self._call("train_step", state.cfg, state.theta, x, y, grad=state.grad, opt=c_opt, slots=slots)
-        else:  # the hook changes the gradient between the backward pass and the update
-            loss = self._call("loss_grad", state.cfg, state.theta, x, y, grad=state.grad)
-            loss = state.reduce_gradient(state.grad, loss)
-            dt, P = state.cfg.np_dtype, state.theta.size
-            p_s = [ffi.NULL if s is None else c_array(ffi, s, dt, (P,), "optimizer slot", writable=True) for s in slots]
-            update = lib.lstm_update_f32 if dt == np.float32 else lib.lstm_update_f64
-            self._check(lib, ffi, update(c_opt, P, _usable_threads(self.threads),
-                                         c_array(ffi, state.theta, dt, (P,), "theta", writable=True), p_s[0], p_s[1],
-                                         c_array(ffi, state.grad, dt, (P,), "grad")))
-        state.opt_state["step"] = np.array(step, dtype=np.int64)
-        return loss
+        dt, P = state.cfg.np_dtype, state.theta.size
+        p_s = [ffi.NULL if s is None else c_array(ffi, s, dt, (P,), "optimizer slot", writable=True)
+               for s in _optimizer_slots(state)]
+        update = lib.lstm_update_f32 if dt == np.float32 else lib.lstm_update_f64
+        self._check(lib, ffi, update(c_optim(ffi, scalars), P, _usable_threads(self.threads),
+                                     c_array(ffi, state.theta, dt, (P,), "theta", writable=True), p_s[0], p_s[1],
+                                     c_array(ffi, state.grad, dt, (P,), "grad")))
+
+
+def c_optim(ffi, scalars: StepScalars):
+    """The lstm_optim struct of one step: the host's scalars (double; C rounds them to its dtype)."""
+    opt = ffi.new("lstm_optim *")
+    opt.adam, opt.first_step = int(scalars.kind == "adam"), int(scalars.first_step)
+    opt.lr, opt.momentum, opt.eps = scalars.lr, scalars.momentum, scalars.eps
+    opt.beta1, opt.beta2 = scalars.beta1, scalars.beta2
+    opt.one_minus_beta1, opt.one_minus_beta2 = scalars.one_minus_beta1, scalars.one_minus_beta2
+    opt.step_size, opt.bias2_sqrt = scalars.step_size, scalars.bias2_sqrt
+    opt.clip_norm = scalars.clip_norm or 0.0  # <= 0: no clipping
+    return opt
+
+
+def _optimizer_slots(state: FlatTrainState) -> tuple:
+    """The kernel's slot1, slot2: Adam's m and v, or SGD's momentum buffer (None without momentum)."""
+    if state.opt.kind == "adam":
+        return state.slots["m"], state.slots["v"]
+    return state.slots.get("momentum"), None
 
 
 def one_hot_symbols(x: np.ndarray) -> np.ndarray | None:

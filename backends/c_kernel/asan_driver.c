@@ -66,6 +66,21 @@ static int64_t layout(const lstm_dims *d, int64_t *offs)
     return pos + (H + 1) * d->output_size;
 }
 
+/* The constants of step `step` as the host computes them (lstmbench.optim.step_scalars). */
+static lstm_optim adam_step(int64_t step, double clip_norm)
+{
+    const double lr = 1e-2, b1 = 0.9, b2 = 0.999;
+    return (lstm_optim){.adam = 1, .first_step = step == 1, .lr = lr, .beta1 = b1, .beta2 = b2,
+                        .one_minus_beta1 = 1.0 - b1, .one_minus_beta2 = 1.0 - b2,
+                        .step_size = lr / (1.0 - pow(b1, (double)step)), .bias2_sqrt = sqrt(1.0 - pow(b2, (double)step)),
+                        .eps = 1e-8, .clip_norm = clip_norm};
+}
+
+static lstm_optim sgd_step(int64_t step, double momentum)
+{
+    return (lstm_optim){.first_step = step == 1, .lr = 1e-2, .momentum = momentum, .eps = 1e-8};
+}
+
 /* One case for one dtype: the body is written once for real = float and double. */
 #define DEFINE_CASE(real, SUF)                                                                                      \
     static void run_case_##SUF(const lstm_dims *d)                                                                 \
@@ -112,26 +127,28 @@ static int64_t layout(const lstm_dims *d, int64_t *offs)
                        (long long)j, (double)grad[j], fd);                                                          \
                 free(g2);                                                                                           \
             }                                                                                                       \
-        lstm_optim opt = {1, 1e-2, 0.0, 0.9, 0.999, 1e-8, 0.5, 1};                                                 \
+        lstm_optim opt;                                                                                             \
         for (int64_t step = 1; step <= 3; step++) { /* Adam with clipping */                                        \
-            opt.step = step;                                                                                        \
+            opt = adam_step(step, 0.5);                                                                             \
             rc = lstm_train_step_##SUF(d, &opt, offs, P, theta, m, v, x, yr, yc, grad, &loss, ws, ws_bytes);        \
             EXPECT(rc == 0 && isfinite(loss), "adam step: %s", lstm_error_message(rc));                             \
         }                                                                                                           \
-        lstm_optim sgd = {0, 1e-2, 0.9, 0.9, 0.999, 1e-8, 0.0, 1};                                                 \
         for (int64_t step = 1; step <= 2; step++) { /* SGD with momentum, then without */                           \
-            sgd.step = step;                                                                                        \
-            rc = lstm_train_step_##SUF(d, &sgd, offs, P, theta, m, NULL, x, yr, yc, grad, &loss, ws, ws_bytes);     \
+            opt = sgd_step(step, 0.9);                                                                              \
+            rc = lstm_train_step_##SUF(d, &opt, offs, P, theta, m, NULL, x, yr, yc, grad, &loss, ws, ws_bytes);     \
             EXPECT(rc == 0, "sgd momentum step: %s", lstm_error_message(rc));                                       \
         }                                                                                                           \
-        sgd.momentum = 0.0;                                                                                         \
-        rc = lstm_train_step_##SUF(d, &sgd, offs, P, theta, NULL, NULL, x, yr, yc, grad, &loss, ws, ws_bytes);      \
+        opt = sgd_step(3, 0.0);                                                                                     \
+        rc = lstm_train_step_##SUF(d, &opt, offs, P, theta, NULL, NULL, x, yr, yc, grad, &loss, ws, ws_bytes);      \
         EXPECT(rc == 0, "sgd step: %s", lstm_error_message(rc));                                                    \
-        opt.step = 4; /* the update alone (a gradient changed in between, as data-parallel training does) */       \
+        opt = adam_step(4, 0.5); /* the update alone (a gradient changed in between, as data-parallel training) */ \
         rc = lstm_update_##SUF(&opt, P, d->threads, theta, m, v, grad);                                             \
         EXPECT(rc == 0, "update alone: %s", lstm_error_message(rc));                                                \
         rc = lstm_update_##SUF(&opt, 0, d->threads, theta, m, v, grad);                                             \
         EXPECT(rc == LSTM_EDIMS, "update of 0 parameters accepted (%d)", rc);                                       \
+        opt.step_size = 0.0; /* constants the host never computes */                                               \
+        rc = lstm_update_##SUF(&opt, P, d->threads, theta, m, v, grad);                                             \
+        EXPECT(rc == LSTM_EARG, "an Adam step size of 0 accepted (%d)", rc);                                        \
         for (int64_t j = 0; j < P; j++) EXPECT(isfinite(theta[j]), "parameter %lld after training", (long long)j); \
         /* refusals: a workspace one byte short, a shifted layout, a class id out of range */                       \
         rc = lstm_forward_##SUF(d, offs, P, theta, x, y_hat, ws, ws_bytes - ALIGN - 1);                             \

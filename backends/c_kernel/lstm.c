@@ -14,7 +14,8 @@
  *     stored gates into dz in place;
  *   - the optimizer (SGD with momentum or Adam, as torch.optim defines them,
  *     after optional clipping of the global gradient norm) is fused into the
- *     same call.
+ *     same call; its per-step constants (Adam's bias corrections included)
+ *     come from the host in lstm_optim, computed once in lstmbench.optim.
  *
  * Matrix products are our own (lstm_body.h): a 6 x 2-vector register-blocked
  * micro-kernel with broadcast FMAs, written with GCC vector extensions so the

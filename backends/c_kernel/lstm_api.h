@@ -32,15 +32,22 @@ typedef struct {
                                  x_t @ W_x is row s of W_x (a copy) and dW_x a sum of dz rows */
 } lstm_dims;
 
+/* One step's optimizer constants, computed by the host once per step in double
+ * (lstmbench.optim.step_scalars: bias corrections included); the kernel only rounds
+ * them to its dtype. */
 typedef struct {
     int64_t adam;          /* 1: Adam; 0: SGD (with momentum if momentum > 0) */
+    int64_t first_step;    /* 1 on the first step: SGD's momentum buffer starts as the gradient */
     double lr;
     double momentum;
     double beta1;
     double beta2;
+    double one_minus_beta1;
+    double one_minus_beta2;
+    double step_size;      /* lr / (1 - beta1^step) */
+    double bias2_sqrt;     /* sqrt(1 - beta2^step) */
     double eps;
     double clip_norm;      /* <= 0: no clipping of the global gradient norm */
-    int64_t step;          /* the step being taken, counted from 1 */
 } lstm_optim;
 
 const char *lstm_source_hash(void);

@@ -890,7 +890,8 @@ static void FN(reduce)(const FN(work) *w, real *restrict grad)
 }
 
 /* torch.optim.Adam: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
- * p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps) */
+ * p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+ * with step_size = lr / (1 - b1^t) and bias2_sqrt = sqrt(1 - b2^t) from the host */
 HOT static void FN(adam)(int64_t n, real *restrict theta, const real *restrict grad, real *restrict m,
                          real *restrict v, real scale, real b1, real omb1, real b2, real omb2, real step_size,
                          real bias2_sqrt, real eps)
@@ -925,12 +926,11 @@ static void FN(update)(const lstm_optim *opt, int64_t P, int64_t threads, real *
     double scale = 1.0;
     if (opt->clip_norm > 0) /* torch.nn.utils.clip_grad_norm_: g *= min(clip / (norm + 1e-6), 1) */
         scale = fmin(opt->clip_norm / (sqrt(sumsq) + 1e-6), 1.0);
-    const int64_t nchunks = ceil_div(P, CHUNK), step = opt->step;
-    /* constants in double, as Python computes them, then rounded to the dtype */
-    const real b1 = (real)opt->beta1, b2 = (real)opt->beta2, omb1 = (real)(1.0 - opt->beta1);
-    const real omb2 = (real)(1.0 - opt->beta2), eps = (real)opt->eps;
-    const real step_size = (real)(opt->lr / (1.0 - pow(opt->beta1, (double)step)));
-    const real bias2_sqrt = (real)sqrt(1.0 - pow(opt->beta2, (double)step));
+    const int64_t nchunks = ceil_div(P, CHUNK);
+    /* the host's constants (double), rounded to the dtype */
+    const real b1 = (real)opt->beta1, b2 = (real)opt->beta2, omb1 = (real)opt->one_minus_beta1;
+    const real omb2 = (real)opt->one_minus_beta2, eps = (real)opt->eps;
+    const real step_size = (real)opt->step_size, bias2_sqrt = (real)opt->bias2_sqrt;
     real *buf = opt->momentum > 0 ? slot1 : NULL;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t ch = 0; ch < nchunks; ch++) {
@@ -940,13 +940,14 @@ static void FN(update)(const lstm_optim *opt, int64_t P, int64_t threads, real *
                      bias2_sqrt, eps);
         else
             FN(sgd)(n, theta + lo, grad + lo, buf ? buf + lo : NULL, (real)scale, (real)opt->lr,
-                    (real)opt->momentum, step == 1);
+                    (real)opt->momentum, opt->first_step != 0);
     }
 }
 
 static int FN(check_optim)(const lstm_optim *opt, const real *slot1, const real *slot2)
 {
-    if (!opt || opt->step < 1 || !(opt->lr > 0) || !(opt->eps > 0)) return LSTM_EARG;
+    if (!opt || !(opt->lr > 0) || !(opt->eps > 0)) return LSTM_EARG;
+    if (opt->adam && !(opt->step_size > 0 && opt->bias2_sqrt > 0)) return LSTM_EARG;
     if (opt->adam ? (!slot1 || !slot2) : (opt->momentum > 0 && !slot1)) return LSTM_EARG;
     return LSTM_OK;
 }

@@ -2,7 +2,8 @@
 
 Importing this module is cheap: numba is imported (and kernels compiled, or
 loaded from the on-disk cache) only when the backend first runs.
-The math and its fast form are in kernels.py.
+The math and its fast form are in kernels.py; the host side of a training step
+(step counter, optimizer scalars, gradient hook, workspace cache) is lstmbench.fused's.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmbench import Backend, Capabilities, ModelConfig
+from lstmbench import Capabilities, ModelConfig
+from lstmbench.fused import FusedBackend
 from lstmbench.layout import FlatTrainState, Layout
-from lstmbench.optim import clip_scale
+from lstmbench.optim import StepScalars
 
 PARALLEL = ("auto", "shards", "units")
 UNITS_ROWS = 8  # auto shares out hidden units only up to this many rows per thread (measured)
@@ -53,10 +55,11 @@ def shares_units(parallel: str, B: int, H: int, threads: int, itemsize: int, l2:
 
 @dataclass
 class Workspace:
-    """Every buffer one call needs, for one (batch, steps, shards) shape; reused across calls."""
+    """Every buffer one call needs, for one (batch, steps, shards) shape; reused across calls.
+    ``buffers``: kernels.ShardArgs' fields from shard_lo on, by name."""
 
-    shard_lo: np.ndarray
-    shard_nb: np.ndarray
+    threads: int
+    units: bool  # one shard of all rows, whose hidden units the threads share (shares_units)
     buffers: dict[str, np.ndarray]
 
     @classmethod
@@ -80,10 +83,11 @@ class Workspace:
         buffers.update(whp=z(P, H if units else 1, 4 * n), rsp=z(P, rows if units else 1, 4 * n),
                        whtp=z(P, 4 * H if units else 1, n), dhp=z(P, rows if units else 1, n))
         lo = np.arange(S, dtype=np.int64) * rows
-        return cls(lo, np.minimum(rows, B - lo).astype(np.int64), buffers)
+        buffers.update(shard_lo=lo, shard_nb=np.minimum(rows, B - lo).astype(np.int64))
+        return cls(threads, units, buffers)
 
 
-class NumbaThreads(Backend):
+class NumbaThreads(FusedBackend):
     """Batch shards (or, for few rows, hidden units) on Numba threads, BLAS for the products, fused Adam/SGD."""
 
     name = "numba"
@@ -92,7 +96,6 @@ class NumbaThreads(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._workspaces: dict[tuple, Workspace] = {}
         self._blas = None
         # How the threads share a step: "auto" (by the shape, shares_units), "shards" (each
         # thread its own batch rows) or "units" (one shard, the threads share its hidden units;
@@ -135,22 +138,25 @@ class NumbaThreads(Backend):
             self._blas = ThreadpoolController()
         return kernels
 
-    def _run(self, cfg: ModelConfig, theta: np.ndarray, x: np.ndarray, y, backward: bool) -> tuple[Workspace, float]:
-        """Run every shard; returns the workspace (outputs, per-shard gradients) and the mean loss."""
+    def _workspace_key(self, cfg: ModelConfig, x: np.ndarray) -> tuple:
         import numba
 
-        k = self._kernels()
         B, T = x.shape[0], x.shape[1]
         threads = min(self.threads, numba.config.NUMBA_NUM_THREADS)
         units = shares_units(self.parallel, B, cfg.hidden_size, threads, cfg.np_dtype.itemsize, l2_bytes())
-        self.last_plan = "units" if units else "shards"
-        key = (cfg, B, T, threads, units)
-        ws = self._workspaces.get(key)
-        if ws is None:
-            if len(self._workspaces) > 8:  # a few shapes (full batches, the last partial batch) are typical
-                self._workspaces.clear()
-            ws = self._workspaces[key] = Workspace.make(cfg, B, T, threads, Layout.of(cfg).size, units)
-        dt = cfg.np_dtype
+        return (cfg, B, T, threads, units)
+
+    def _make_workspace(self, key: tuple) -> Workspace:
+        cfg, B, T, threads, units = key
+        return Workspace.make(cfg, B, T, threads, Layout.of(cfg).size, units)
+
+    def _run(self, cfg: ModelConfig, ws: Workspace, theta: np.ndarray, x: np.ndarray, y, backward: bool) -> float:
+        """Run every shard on ``ws``: outputs, and with ``backward`` per-shard gradients; returns the mean loss."""
+        import numba
+
+        k = self._kernels()
+        self.last_plan = "units" if ws.units else "shards"
+        B, T, dt = x.shape[0], x.shape[1], cfg.np_dtype
         xent = cfg.loss == "xent"
         Tout = T if cfg.many_to_many else 1
         if y is None:
@@ -159,16 +165,14 @@ class NumbaThreads(Backend):
             y_real, y_class, n_terms = np.zeros((1, 1, 1), dt), np.ascontiguousarray(y, np.int64).reshape(B, Tout), B * Tout
         else:
             y_real, y_class, n_terms = np.ascontiguousarray(y).reshape(B, Tout, -1), np.zeros((1, 1), np.int64), y.size
-        coef = dt.type((1.0 if xent else 2.0) / n_terms)
-        b = ws.buffers
-        numba.set_num_threads(threads)
+        args = k.ShardArgs(x=np.ascontiguousarray(x), y_real=y_real, y_class=y_class, xent=xent,
+                           coef=dt.type((1.0 if xent else 2.0) / n_terms), backward=backward, theta=theta,
+                           offs=Layout.of(cfg).offs, H=cfg.hidden_size, many_to_many=cfg.many_to_many,
+                           one=dt.type(1.0), **ws.buffers)
+        numba.set_num_threads(ws.threads)
         with self._blas.limit(limits=1, user_api="blas"):
-            k.run_shards(np.ascontiguousarray(x), y_real, y_class, xent, theta, b["theta_t"], Layout.of(cfg).offs,
-                         cfg.hidden_size, cfg.many_to_many, ws.shard_lo, ws.shard_nb, b["xs"], b["hs"], b["cs"],
-                         b["gates"], b["tcs"], b["rec"], b["yout"], b["dy"], b["dh_in"], b["dhn"], b["dcn"],
-                         b["grads"], b["losses"], dt.type(1.0), coef, backward, b["whp"], b["rsp"], b["whtp"],
-                         b["dhp"])
-        return ws, float(b["losses"].sum() / n_terms) if backward else math.nan
+            k.run_shards(args)
+        return float(ws.buffers["losses"].sum() / n_terms) if backward else math.nan
 
     @staticmethod
     def _outputs(cfg: ModelConfig, ws: Workspace, B: int) -> np.ndarray:
@@ -181,35 +185,34 @@ class NumbaThreads(Backend):
     # -- protocol ------------------------------------------------------------------------
 
     def _forward(self, cfg, params, x):
-        ws, _ = self._run(cfg, Layout.of(cfg).flatten(params, cfg.np_dtype), x, None, backward=False)
-        return self._outputs(cfg, ws, x.shape[0])
+        with self.workspace(cfg, x) as ws:
+            self._run(cfg, ws, Layout.of(cfg).flatten(params, cfg.np_dtype), x, None, backward=False)
+            return self._outputs(cfg, ws, x.shape[0])
 
     def _loss_and_grads(self, cfg, params, x, y):
         layout = Layout.of(cfg)
-        ws, loss = self._run(cfg, layout.flatten(params, cfg.np_dtype), x, y, backward=True)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
-        self._kernels().reduce_shards(ws.buffers["grads"], grad)
+        with self.workspace(cfg, x) as ws:
+            loss = self._run(cfg, ws, layout.flatten(params, cfg.np_dtype), x, y, backward=True)
+            self._kernels().reduce_shards(ws.buffers["grads"], grad)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
-    def _init_state(self, cfg, params, opt, opt_state):
-        return FlatTrainState.create(Layout.of(cfg), cfg, opt, params, opt_state)
+    # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
-    def _train_step(self, state: FlatTrainState, x, y):
-        cfg, opt, dt = state.cfg, state.opt, state.cfg.np_dtype
-        k = self._kernels()
-        ws, loss = self._run(cfg, state.theta, x, y, backward=True)
-        k.reduce_shards(ws.buffers["grads"], state.grad)
-        loss = state.reduce_gradient(state.grad, loss)
-        scale = clip_scale(math.sqrt(k.sum_of_squares(state.grad)), opt.clip_norm) if opt.clip_norm else 1.0
-        step = int(state.opt_state["step"]) + 1
-        state.opt_state["step"] = np.array(step, dtype=np.int64)
-        if opt.kind == "adam":
-            b1, b2 = opt.betas
-            k.adam_update(state.theta, state.grad, state.slots["m"], state.slots["v"], dt.type(scale), dt.type(b1),
-                          dt.type(1 - b1), dt.type(b2), dt.type(1 - b2), dt.type(opt.lr / (1 - b1**step)),
-                          dt.type(math.sqrt(1 - b2**step)), dt.type(opt.eps))
+    def _loss_and_gradient(self, state: FlatTrainState, x, y) -> float:
+        with self.workspace(state.cfg, x) as ws:
+            loss = self._run(state.cfg, ws, state.theta, x, y, backward=True)
+            self._kernels().reduce_shards(ws.buffers["grads"], state.grad)
+        return loss
+
+    def _update(self, state: FlatTrainState, scalars: StepScalars) -> None:
+        k, dt = self._kernels(), state.cfg.np_dtype
+        scale = scalars.clip_scale(math.sqrt(k.sum_of_squares(state.grad))) if scalars.clip_norm else 1.0
+        s = scalars.in_dtype(dt)
+        if s.kind == "adam":
+            k.adam_update(state.theta, state.grad, state.slots["m"], state.slots["v"], dt.type(scale), s.beta1,
+                          s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.step_size, s.bias2_sqrt, s.eps)
         else:
             buf = state.slots.get("momentum", state.grad)  # unused without momentum
-            k.sgd_update(state.theta, state.grad, buf, dt.type(scale), dt.type(opt.lr), dt.type(opt.momentum),
-                         step == 1, opt.momentum > 0)
-        return loss
+            k.sgd_update(state.theta, state.grad, buf, dt.type(scale), s.lr, s.momentum, s.first_step,
+                          scalars.momentum > 0)

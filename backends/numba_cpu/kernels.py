@@ -49,12 +49,14 @@ per shard, rows beyond the shard's nb real ones are zero padding):
     dy[s]        (Tout, bm, O)   dLoss/dy
     dh_in[s]     (T, bm, H)      dLoss/dh_t arriving from above
 Parameters live in one flat vector ``theta``; ``offs[l]`` holds the offsets of
-W_x, W_h, b of layer l and ``offs[L]`` those of W_y, b_y.
+W_x, W_h, b of layer l and ``offs[L]`` those of W_y, b_y. run_shards and what it calls take
+all of these, the batch and the settings as one ShardArgs (fields by name).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange, types
@@ -67,6 +69,49 @@ JIT = dict(cache=CACHE, error_model="numpy")
 LOG2E = np.float32(1.4426950408889634)
 LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 split for exact n*ln2
 ROUND_MAGIC = np.float32(12582912.0)  # 1.5 * 2^23
+
+
+class ShardArgs(NamedTuple):
+    """Everything run_shards reads and writes, by name: written once here instead of as a
+    list of positional arguments in every signature and call. Numba resolves the fields at
+    compile time, so ``a.xs`` costs what a separate argument did; the class lives at module
+    level, so cache=True still finds the compiled code in a new process."""
+
+    # the batch
+    x: np.ndarray  # (B, T, D0)
+    y_real: np.ndarray  # (B, Tout, O) targets of "mse", else a (1, 1, 1) placeholder
+    y_class: np.ndarray  # (B, Tout) class ids of "xent", else a (1, 1) placeholder
+    xent: bool
+    coef: float  # in the dtype: dy = coef * (y_hat - y) (mse, 2/N) or coef * (softmax - onehot) (xent, 1/N)
+    backward: bool  # also the loss and the gradient, not only the outputs
+    # the model
+    theta: np.ndarray  # the flat parameters
+    theta_t: np.ndarray  # W^T where theta holds W (transpose_weights)
+    offs: np.ndarray
+    H: int
+    many_to_many: bool
+    one: float  # 1 in the dtype
+    # the shards and their buffers (the module docstring)
+    shard_lo: np.ndarray  # first batch row of each shard
+    shard_nb: np.ndarray  # real (not padding) rows of each shard
+    xs: np.ndarray
+    hs: np.ndarray
+    cs: np.ndarray
+    gates: np.ndarray
+    tcs: np.ndarray
+    rec: np.ndarray  # (S, bm, 4H): h_{t-1} @ W_h
+    yout: np.ndarray
+    dy: np.ndarray
+    dh_in: np.ndarray
+    dhn: np.ndarray  # (S, bm, H): dLoss/dh_t through step t+1
+    dcn: np.ndarray  # (S, bm, H): dLoss/dc_t through step t+1
+    grads: np.ndarray  # (S, P): each shard's gradient
+    losses: np.ndarray  # (S,): each shard's sum of loss terms
+    # the hidden-unit parts (team_forward_steps, team_backward_steps); one part: batch shards
+    whp: np.ndarray
+    rsp: np.ndarray
+    whtp: np.ndarray
+    dhp: np.ndarray
 
 
 @njit(**JIT)
@@ -236,7 +281,9 @@ def team_backward_steps(z, c, tc, dh, dh_next, dc_next, WhT, nb, whtp, dhp, one)
 
 
 @njit(**JIT)
-def shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, rec, yout, one, whp, rsp):
+def shard_forward(s, lo, nb, a):
+    x, theta, offs, H, xs, hs, cs = a.x, a.theta, a.offs, a.H, a.xs, a.hs, a.cs
+    gates, tcs, rec, yout, whp, rsp = a.gates, a.tcs, a.rec, a.yout, a.whp, a.rsp
     T, D0 = x.shape[1], x.shape[2]
     L, bm, G = hs.shape[1], xs.shape[2], 4 * H
     for t in range(T):  # this shard's rows of x (B, T, D), time-major
@@ -276,7 +323,7 @@ def shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates,
     Wy = theta[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
     by = theta[offs[L, 1] : offs[L, 1] + O]
     top = hs[s, L - 1]
-    if many_to_many:
+    if a.many_to_many:
         np.dot(top[1:].reshape((T * bm, H)), Wy, yout[s].reshape((T * bm, O)))
     else:
         np.dot(top[T], Wy, yout[s, 0])
@@ -287,9 +334,10 @@ def shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates,
 
 
 @njit(**JIT)
-def shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef):
+def shard_loss(s, lo, nb, a):
     """This shard's sum of loss terms (float64) and dy = dLoss/dy.
     MSE: dy = coef * (y_hat - y) with coef = 2/N. xent: dy = coef * (softmax - onehot), coef = 1/N."""
+    yout, y_real, y_class, xent, dy, coef = a.yout, a.y_real, a.y_class, a.xent, a.dy, a.coef
     total = 0.0
     Tout, O = yout.shape[1], yout.shape[3]
     for tt in range(Tout):
@@ -316,8 +364,9 @@ def shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef):
 
 
 @njit(**JIT)
-def shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn, dcn,
-                   grads, one, whtp, dhp):
+def shard_backward(s, nb, a):
+    theta_t, offs, H, one, xs, hs, cs, gates = a.theta_t, a.offs, a.H, a.one, a.xs, a.hs, a.cs, a.gates
+    tcs, dy, dh_in, dhn, dcn, grads, whtp, dhp = a.tcs, a.dy, a.dh_in, a.dhn, a.dcn, a.grads, a.whtp, a.dhp
     L, T, bm, G = hs.shape[1], gates.shape[2], xs.shape[2], 4 * H
     D0, O = xs.shape[3], dy.shape[3]
     g_all = grads[s]
@@ -326,7 +375,7 @@ def shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gat
     dby = g_all[offs[L, 1] : offs[L, 1] + O]
     top, dh = hs[s, L - 1], dh_in[s]
     # head gradients, and dLoss/dh_t of the top layer
-    if many_to_many:
+    if a.many_to_many:
         dy2 = dy[s].reshape((T * bm, O))
         np.dot(top[1:].reshape((T * bm, H)).T, dy2, dWy)
         np.dot(dy2, WyT, dh.reshape((T * bm, H)))
@@ -399,33 +448,25 @@ def transpose_weights(theta, offs, H, D0, O, theta_t):
 
 
 @njit(parallel=True, **JIT)
-def run_shards(x, y_real, y_class, xent, theta, theta_t, offs, H, many_to_many, shard_lo, shard_nb, xs, hs, cs,
-               gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward, whp, rsp, whtp, dhp):
-    """Forward (and, if ``backward``, loss and gradients) of every shard, one per thread; or, when
-    whp holds more than one part, of the one shard, the threads sharing its hidden units."""
-    if backward:
-        transpose_weights(theta, offs, H, x.shape[2], yout.shape[3], theta_t)
-    if whp.shape[0] > 1:
-        run_one_shard(0, x, y_real, y_class, xent, theta, theta_t, offs, H, many_to_many, shard_lo, shard_nb, xs,
-                      hs, cs, gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward, whp,
-                      rsp, whtp, dhp)
+def run_shards(a):
+    """Forward (and, if ``a.backward``, loss and gradients) of every shard, one per thread; or,
+    when a.whp holds more than one part, of the one shard, the threads sharing its hidden units."""
+    if a.backward:
+        transpose_weights(a.theta, a.offs, a.H, a.x.shape[2], a.yout.shape[3], a.theta_t)
+    if a.whp.shape[0] > 1:
+        run_one_shard(0, a)
         return
-    for s in prange(shard_lo.shape[0]):
-        run_one_shard(s, x, y_real, y_class, xent, theta, theta_t, offs, H, many_to_many, shard_lo, shard_nb, xs,
-                      hs, cs, gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward, whp,
-                      rsp, whtp, dhp)
+    for s in prange(a.shard_lo.shape[0]):
+        run_one_shard(s, a)
 
 
 @njit(**JIT)
-def run_one_shard(s, x, y_real, y_class, xent, theta, theta_t, offs, H, many_to_many, shard_lo, shard_nb, xs, hs,
-                  cs, gates, tcs, rec, yout, dy, dh_in, dhn, dcn, grads, losses, one, coef, backward, whp, rsp, whtp,
-                  dhp):
-    lo, nb = shard_lo[s], shard_nb[s]
-    shard_forward(s, lo, nb, x, theta, offs, H, many_to_many, xs, hs, cs, gates, tcs, rec, yout, one, whp, rsp)
-    if backward:
-        losses[s] = shard_loss(s, lo, nb, yout, y_real, y_class, xent, dy, coef)
-        shard_backward(s, nb, theta, theta_t, offs, H, many_to_many, xs, hs, cs, gates, tcs, dy, dh_in, dhn, dcn,
-                       grads, one, whtp, dhp)
+def run_one_shard(s, a):
+    lo, nb = a.shard_lo[s], a.shard_nb[s]
+    shard_forward(s, lo, nb, a)
+    if a.backward:
+        a.losses[s] = shard_loss(s, lo, nb, a)
+        shard_backward(s, nb, a)
 
 
 @njit(parallel=True, **JIT)

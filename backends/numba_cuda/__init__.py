@@ -10,7 +10,9 @@ Parameters, optimizer state, activations and workspaces live on the device from
 host copies of the parameters or the optimizer state are made only by
 ``get_params`` / ``get_optimizer_state``. The number of kernel launches per step
 does not depend on the sequence length: each layer's recurrence is one launch
-that loops over t (``runtime_info()["launches_per_step"]``).
+that loops over t (``runtime_info()["launches_per_step"]``). The host side of a
+training step (step counter, the optimizer's per-step scalars, gradient hook,
+workspace cache) is lstmbench.fused's; this backend supplies the kernels.
 
 Run the kernels without a GPU in Numba's CUDA simulator with
 ``NUMBA_ENABLE_CUDASIM=1`` (set before numba.cuda is imported; slow, for tests).
@@ -18,17 +20,17 @@ Run the kernels without a GPU in Numba's CUDA simulator with
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any
 
 import numpy as np
 
-from lstmbench import Backend, Capabilities, ModelConfig
+from lstmbench import Capabilities, ModelConfig
 from lstmbench.errors import DeviceError, ShapeError
+from lstmbench.fused import FusedBackend
 from lstmbench.layout import FlatTrainState, Layout
-from lstmbench.protocol import TrainState
+from lstmbench.optim import StepScalars
 
 RUNTIME = "the CUDA runtime that matches the driver (pip install 'numba-cuda[cu12]' or 'numba-cuda[cu13]')"
 SIMULATOR_HINT = "set NUMBA_ENABLE_CUDASIM=1 to run the kernels in Numba's CUDA simulator (slow; for tests)"
@@ -187,16 +189,12 @@ def _check_free_memory(nbytes: int, what: str) -> None:
 
 
 @dataclass
-class CudaTrainState(TrainState):
-    """Training state on the device: flat parameter, gradient and optimizer-slot vectors
-    (lstmbench.layout), W_h^T for the backward sweep, and the clipping partial sums.
-    ``params`` stays empty: host copies come only from get_params."""
+class CudaTrainState(FlatTrainState):
+    """Training state on the device: ``theta``, ``grad`` and ``slots`` are device arrays
+    (lstmbench.layout's flat vectors), with W_h^T for the backward sweep and the clipping
+    partial sums. ``params`` stays empty: host copies come only from get_params."""
 
-    layout: Layout | None = None
-    theta: Any = None
     theta_t: Any = None
-    grad: Any = None
-    slots: dict[str, Any] = field(default_factory=dict)
     norm_part: Any = None
     grad_host: np.ndarray | None = None  # pinned host copy of the gradient, for a gradient hook
 
@@ -209,7 +207,7 @@ class ModelArrays:
     b_offs: Any
 
 
-class NumbaCuda(Backend):
+class NumbaCuda(FusedBackend):
     """Numba CUDA kernels: tiled products, the recurrence in one launch per layer, fused update."""
 
     name = "cuda"
@@ -219,7 +217,6 @@ class NumbaCuda(Backend):
     def __init__(self) -> None:
         super().__init__()
         self._model_arrays: dict[ModelConfig, ModelArrays] = {}
-        self._workspaces: dict[tuple, Workspace] = {}
         self._limits: DeviceLimits | None = None
         self._stream = None
         self._launches = 0
@@ -283,14 +280,9 @@ class NumbaCuda(Backend):
                                                   cuda.to_device(np.ascontiguousarray(offs[:-1, 2])))
         return self._model_arrays[cfg]
 
-    def _workspace(self, cfg: ModelConfig, B: int, T: int) -> Workspace:
-        key = (cfg, B, T)
-        ws = self._workspaces.get(key)
-        if ws is None:
-            if len(self._workspaces) > 8:  # a few shapes (full batches, the last partial batch) are typical
-                self._workspaces.clear()
-            ws = self._workspaces[key] = Workspace.make(cfg, B, T, self._device_limits())
-        return ws
+    def _make_workspace(self, key: tuple) -> Workspace:
+        cfg, B, T = key  # FusedBackend's default key
+        return Workspace.make(cfg, B, T, self._device_limits())
 
     def _launch(self, kernel, grid, threads: int, shared_bytes: int, *args) -> None:
         """Launch a kernels.Kernel on the backend's stream (and count it)."""
@@ -415,13 +407,13 @@ class NumbaCuda(Backend):
         B, T = x.shape[0], x.shape[1]
 
         def run():
-            ws = self._workspace(cfg, B, T)
-            theta = self._to_device(Layout.of(cfg).flatten(params, cfg.np_dtype))
-            self._stage(cfg, ws, x, None)
-            self._forward_pass(cfg, ws, theta, T)
-            yout = ws.dev["yout"].copy_to_host(stream=self._stream)
-            self._stream.synchronize()
-            return yout
+            with self.workspace(cfg, x) as ws:
+                theta = self._to_device(Layout.of(cfg).flatten(params, cfg.np_dtype))
+                self._stage(cfg, ws, x, None)
+                self._forward_pass(cfg, ws, theta, T)
+                yout = ws.dev["yout"].copy_to_host(stream=self._stream)
+                self._stream.synchronize()
+                return yout
 
         Tout, O = (T if cfg.many_to_many else 1), cfg.output_size
         yout = self._device("forward", cfg, x.shape, run)
@@ -433,15 +425,15 @@ class NumbaCuda(Backend):
         B, T = x.shape[0], x.shape[1]
 
         def run():
-            ws = self._workspace(cfg, B, T)
-            theta = self._to_device(layout.flatten(params, cfg.np_dtype))
-            theta_t = _cuda().device_array(layout.size, cfg.np_dtype)
-            grad = _cuda().device_array(layout.size, cfg.np_dtype)
-            self._stage(cfg, ws, x, y)
-            self._forward_pass(cfg, ws, theta, T)
-            self._backward_pass(cfg, ws, theta, theta_t, grad, B, T)
-            loss = self._loss_to_host(ws, self._n_terms(cfg, B, T))
-            return loss, grad.copy_to_host()
+            with self.workspace(cfg, x) as ws:
+                theta = self._to_device(layout.flatten(params, cfg.np_dtype))
+                theta_t = _cuda().device_array(layout.size, cfg.np_dtype)
+                grad = _cuda().device_array(layout.size, cfg.np_dtype)
+                self._stage(cfg, ws, x, y)
+                self._forward_pass(cfg, ws, theta, T)
+                self._backward_pass(cfg, ws, theta, theta_t, grad, B, T)
+                loss = self._loss_to_host(ws, self._n_terms(cfg, B, T))
+                return loss, grad.copy_to_host()
 
         loss, grad = self._device("loss_and_grads", cfg, x.shape, run)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
@@ -463,55 +455,78 @@ class NumbaCuda(Backend):
 
         return self._device("init_state", cfg, (), run)
 
-    def _train_step(self, state: CudaTrainState, x, y):
-        cfg, opt, dt = state.cfg, state.opt, state.cfg.np_dtype
-        B, T = x.shape[0], x.shape[1]
-        k, P = _kernels(), state.layout.size
-        step = int(state.opt_state["step"]) + 1
+    # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
+    def _forward_and_backward(self, state: CudaTrainState, ws: Workspace, x, y) -> None:
+        """The batch in, forward and backward: the gradient into state.grad, the loss on the device."""
+        B, T = x.shape[0], x.shape[1]
+        self._stage(state.cfg, ws, x, y)
+        self._forward_pass(state.cfg, ws, state.theta, T)
+        self._backward_pass(state.cfg, ws, state.theta, state.theta_t, state.grad, B, T)
+
+    def _loss_and_gradient(self, state: CudaTrainState, x, y) -> float:
         def run():
             self._launches = 0
-            ws = self._workspace(cfg, B, T)
-            self._stage(cfg, ws, x, y)
-            self._forward_pass(cfg, ws, state.theta, T)
-            self._backward_pass(cfg, ws, state.theta, state.theta_t, state.grad, B, T)
-            loss = None
-            if state.gradient_hook is not None:  # the hook takes a host vector: out, through it, and back in
-                if state.grad_host is None:
-                    state.grad_host = _pinned_zeros((P,), dt)
-                loss = self._loss_to_host(ws, self._n_terms(cfg, B, T))
-                state.grad.copy_to_host(state.grad_host, stream=self._stream)
-                self._stream.synchronize()
-                loss = state.reduce_gradient(state.grad_host, loss)
-                state.grad.copy_to_device(state.grad_host, stream=self._stream)
-            blocks = _elementwise_blocks(P, UPDATE_BLOCKS)
-            n_part = 0
-            if opt.clip_norm:
-                n_part = _elementwise_blocks(P, NORM_BLOCKS)
-                self._launch(k.sum_squares_kernel(dt), n_part, k.REDUCE_THREADS, 8 * k.REDUCE_THREADS, state.grad, P,
-                             state.norm_part)
-            clip = float(opt.clip_norm or 0.0)
-            if opt.kind == "adam":
-                b1, b2 = opt.betas
-                self._launch(k.adam_kernel(dt), blocks, k.REDUCE_THREADS, dt.itemsize, state.theta, state.grad,
-                             state.slots["m"], state.slots["v"], P, state.norm_part, n_part, clip, dt.type(b1),
-                             dt.type(1 - b1), dt.type(b2), dt.type(1 - b2), dt.type(opt.lr / (1 - b1**step)),
-                             dt.type(math.sqrt(1 - b2**step)), dt.type(opt.eps))
-            else:
-                buf = state.slots.get("momentum", state.grad)  # unused without momentum
-                self._launch(k.sgd_kernel(dt), blocks, k.REDUCE_THREADS, dt.itemsize, state.theta, state.grad, buf, P,
-                             state.norm_part, n_part, clip, dt.type(opt.lr), dt.type(opt.momentum), step == 1,
-                             opt.momentum > 0)
-            if loss is None:
-                loss = self._loss_to_host(ws, self._n_terms(cfg, B, T))
-            else:
-                self._stream.synchronize()  # the update has run before the step returns
+            with self.workspace(state.cfg, x) as ws:
+                self._forward_and_backward(state, ws, x, y)
+                return self._loss_to_host(ws, self._n_terms(state.cfg, x.shape[0], x.shape[1]))
+
+        return self._device("train_step", state.cfg, x.shape, run)
+
+    def _fused_step(self, state: CudaTrainState, x, y, scalars: StepScalars) -> float:
+        """The whole step in launches on the stream; the loss is read back after the update."""
+        def run():
+            self._launches = 0
+            with self.workspace(state.cfg, x) as ws:
+                self._forward_and_backward(state, ws, x, y)
+                self._launch_update(state, scalars)
+                loss = self._loss_to_host(ws, self._n_terms(state.cfg, x.shape[0], x.shape[1]))
             self.launches_per_step = self._launches
             return loss
 
-        loss = self._device("train_step", cfg, x.shape, run)
-        state.opt_state["step"] = np.array(step, dtype=np.int64)
-        return loss
+        return self._device("train_step", state.cfg, x.shape, run)
+
+    def _update(self, state: CudaTrainState, scalars: StepScalars) -> None:
+        """The update after a gradient hook; it has run when this returns."""
+        def run():
+            self._launch_update(state, scalars)
+            self._stream.synchronize()
+            self.launches_per_step = self._launches
+
+        self._device("the update", state.cfg, (), run)
+
+    def _launch_update(self, state: CudaTrainState, scalars: StepScalars) -> None:
+        """Clipping (the norm's partial sums, then each block's factor from them) and SGD/Adam."""
+        k, dt, P = _kernels(), state.cfg.np_dtype, state.layout.size
+        blocks, n_part = _elementwise_blocks(P, UPDATE_BLOCKS), 0
+        if scalars.clip_norm:
+            n_part = _elementwise_blocks(P, NORM_BLOCKS)
+            self._launch(k.sum_squares_kernel(dt), n_part, k.REDUCE_THREADS, 8 * k.REDUCE_THREADS, state.grad, P,
+                         state.norm_part)
+        clip, s = float(scalars.clip_norm or 0.0), scalars.in_dtype(dt)
+        if s.kind == "adam":
+            self._launch(k.adam_kernel(dt), blocks, k.REDUCE_THREADS, dt.itemsize, state.theta, state.grad,
+                         state.slots["m"], state.slots["v"], P, state.norm_part, n_part, clip, s.beta1,
+                         s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.step_size, s.bias2_sqrt, s.eps)
+        else:
+            buf = state.slots.get("momentum", state.grad)  # unused without momentum
+            self._launch(k.sgd_kernel(dt), blocks, k.REDUCE_THREADS, dt.itemsize, state.theta, state.grad, buf, P,
+                         state.norm_part, n_part, clip, s.lr, s.momentum, s.first_step, scalars.momentum > 0)
+
+    def _gradient_to_host(self, state: CudaTrainState) -> np.ndarray:
+        """The gradient in a pinned host vector, for the hook."""
+        def run():
+            if state.grad_host is None:
+                state.grad_host = _pinned_zeros((state.layout.size,), state.cfg.np_dtype)
+            state.grad.copy_to_host(state.grad_host, stream=self._stream)
+            self._stream.synchronize()
+            return state.grad_host
+
+        return self._device("the gradient hook", state.cfg, (), run)
+
+    def _gradient_from_host(self, state: CudaTrainState, host: np.ndarray) -> None:
+        self._device("the gradient hook", state.cfg, (),
+                     lambda: state.grad.copy_to_device(host, stream=self._stream))
 
     def _get_params(self, state: CudaTrainState):
         theta = self._device("get_params", state.cfg, (), lambda: state.theta.copy_to_host())

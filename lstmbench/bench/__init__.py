@@ -1,2 +1,5 @@
-"""The benchmark harness: timing, the machine's ceilings, the grid and the suite of workloads,
-the torch peer, dataset scaling, data-parallel scaling, and the offline report of asv's results."""
+"""The benchmark harness, a module per job: workloads (what is timed), timing (the one clock),
+run (verify then time: the grid and the suite), rows (a row of the table), peers (the torch
+peer), machine (what the machine is and its ceilings; peak measures them), scaling (epoch time
+against dataset size), distributed (data-parallel scaling), formatting (tables and the plot),
+flops (the FLOP model), and report (the offline page of asv's results)."""

@@ -1,10 +1,10 @@
-"""Timing: the one helper every benchmark, tool and test of speed uses."""
+"""Timing: the one place that reads the clock for every benchmark, tool and test of speed."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,14 +22,21 @@ class Timing:
         return cls(float(med), float(q1), float(q3), len(seconds))
 
 
+def timed_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """(``fn(*args, **kwargs)``, the wall time of that call in seconds)."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def call_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """The wall time of each of ``repeats`` calls, after ``warmup`` untimed ones (JIT, caches);
+    for a caller that wants the fastest call rather than the median."""
+    for _ in range(warmup):
+        fn()
+    return [timed_call(fn)[1] for _ in range(repeats)]
+
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
     """Median and quartiles of ``repeats`` calls after ``warmup`` untimed ones (JIT, caches)."""
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return Timing.of(seconds)
+    return Timing.of(call_seconds(fn, repeats, warmup))

@@ -7,7 +7,7 @@ import json
 import sys
 
 import lstmbench as lb
-from lstmbench.cli.common import positive, say, usable_threads  # noqa: F401
+from lstmbench.cli.common import positive, usable_threads
 from lstmbench.errors import LstmbenchError
 from lstmbench.training import distributed
 from lstmbench.training.experiment import finite_json
@@ -47,33 +47,35 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from lstmbench.bench import harness as bench
+    from lstmbench.bench.formatting import format_grid, format_scaling, plot
+    from lstmbench.bench.run import run_grid, run_suite
+    from lstmbench.bench.scaling import run_scaling
 
     args.threads = usable_threads(args.threads)
     if args.distributed:
         return bench_distributed(args)
     grid = scaling = None
     if args.suite is not None:
-        grid = bench.run_suite(args.suite or None, args.backends, args.dtype, args.threads, args.repeats,
-                               with_torch=not args.no_torch, progress=not args.quiet)
+        grid = run_suite(args.suite or None, args.backends, args.dtype, args.threads, args.repeats,
+                         with_torch=not args.no_torch, progress=not args.quiet)
     elif not args.scaling_only:
         model = dict(input_size=args.input_size, output_size=args.output_size, layers=args.layers, loss=args.loss,
                      many_to_many=args.many_to_many, one_hot=args.one_hot)
         lb.ModelConfig(args.input_size, 1, args.output_size, args.layers, args.loss, args.many_to_many)  # checks it
-        grid = bench.run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, args.threads,
-                              args.repeats, with_torch=not args.no_torch, progress=not args.quiet, model=model)
+        grid = run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, args.threads,
+                        args.repeats, with_torch=not args.no_torch, progress=not args.quiet, model=model)
     if args.scaling or args.scaling_only:
-        scaling = bench.run_scaling(args.backends, hidden=args.hidden[0], base_n=args.scaling_n, steps=args.steps,
-                                    dtype=args.dtype, threads=args.threads, progress=not args.quiet)
+        scaling = run_scaling(args.backends, hidden=args.hidden[0], base_n=args.scaling_n, steps=args.steps,
+                              dtype=args.dtype, threads=args.threads, progress=not args.quiet)
     if args.json:
         print(json.dumps(finite_json({"grid": grid, "scaling": scaling}), indent=2, allow_nan=False))
     else:
         if grid:
-            print(bench.format_grid(grid))
+            print(format_grid(grid))
         if scaling:
-            print(bench.format_scaling(scaling))
+            print(format_scaling(scaling))
     if args.plot:
-        bench.plot(grid, scaling, args.plot)
+        plot(grid, scaling, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     failed = [r for r in (grid or {}).get("rows", []) if r["status"] == "FAILED"]
     return 1 if failed else 0
@@ -81,7 +83,8 @@ def run(args) -> int:
 
 def bench_distributed(args) -> int:
     """`mpiexec -n P lstmbench bench --distributed`: scaling over 1 .. P ranks."""
-    from lstmbench.bench import harness as bench
+    from lstmbench.bench.distributed import run_distributed
+    from lstmbench.bench.formatting import format_distributed
 
     w = distributed.world()
     with w.together("preparing the benchmark"):
@@ -89,11 +92,11 @@ def bench_distributed(args) -> int:
             raise LstmbenchError("--distributed times one backend; name one with --backends")
         name = args.backends[0] if args.backends else lb.fastest_available()
         lb.get_backend(name)
-    report = bench.run_distributed(w, name, hidden=args.hidden[0], batch=args.batch[0], steps=args.steps,
-                                   dtype=args.dtype, batches=args.batches, threads=args.threads,
-                                   repeats=args.repeats, progress=not args.quiet)
+    report = run_distributed(w, name, hidden=args.hidden[0], batch=args.batch[0], steps=args.steps,
+                             dtype=args.dtype, batches=args.batches, threads=args.threads,
+                             repeats=args.repeats, progress=not args.quiet)
     if w.is_root:
-        print(json.dumps(finite_json(report), indent=2, allow_nan=False) if args.json else bench.format_distributed(report))
+        print(json.dumps(finite_json(report), indent=2, allow_nan=False) if args.json else format_distributed(report))
         if not w.distributed:
             print("(one process: start it with `mpiexec -n P lstmbench bench --distributed` for P ranks)",
                   file=sys.stderr)

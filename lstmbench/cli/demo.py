@@ -24,10 +24,11 @@ import numpy as np
 
 import lstmbench as lb
 from lstmbench.training import experiment
-from lstmbench.bench.harness import REFERENCE, default_backends
+from lstmbench.bench.run import default_backends
 from lstmbench.training.checkpoint import atomic_write, check_output_dir
 from lstmbench.cli.common import positive
 from lstmbench.params import Params, cast_params
+from lstmbench.registry import REFERENCE
 from lstmbench.training.loop import RunConfig, TrainResult, train
 
 #: the two demo tasks: a forecaster of yearly sunspots, and a character model of the bundled text

@@ -42,10 +42,8 @@ from lstmbench.layout import Layout
 from lstmbench.optim import init_optimizer_state, optimizer_step
 from lstmbench.params import copy_params, init_params
 from lstmbench.protocol import Backend
-from lstmbench.registry import load_backend
+from lstmbench.registry import REFERENCE, load_backend
 from lstmbench.testing.strategies import Case
-
-REFERENCE = "numpy"
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,11 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from lstmbench.bench.timing import call_seconds, timed_call
 
 #: variables that make OpenBLAS pick a kernel other than the one for this CPU
 OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_VERBOSE_CORETYPE")
@@ -54,9 +55,8 @@ def widest_vector_bits() -> int:
 def _best_rate(lib, vector_bytes: int, dtype_size: int, threads: int, seconds: float) -> float:
     iters = 1 << 16
     while True:  # calibrate: about ``seconds`` a run
-        start = time.perf_counter()
-        lib.fma_probe_gflops(vector_bytes, dtype_size, threads, iters)
-        if time.perf_counter() - start > seconds / 4 or iters > 1 << 34:
+        _, took = timed_call(lib.fma_probe_gflops, vector_bytes, dtype_size, threads, iters)
+        if took > seconds / 4 or iters > 1 << 34:
             break
         iters *= 4
     return max(lib.fma_probe_gflops(vector_bytes, dtype_size, threads, iters) for _ in range(5))
@@ -82,15 +82,13 @@ def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: in
     NumPy's BLAS on ``threads`` threads."""
     from threadpoolctl import threadpool_limits
 
-    from lstmbench.bench.timing import time_calls
     from lstmbench.protocol import default_threads
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
     with threadpool_limits(threads or default_threads(), user_api="blas"):
-        time_calls(lambda: a @ b, repeats=1)
-        seconds = min(time_calls(lambda: a @ b, repeats=1).median_s for _ in range(7))  # the fastest one
+        seconds = min(call_seconds(lambda: a @ b, repeats=7))  # the fastest one
     return 2 * n**3 / seconds / 1e9
 
 

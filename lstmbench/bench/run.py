@@ -1,0 +1,200 @@
+"""`lstmbench bench`'s grid and suite: every backend verified against the NumPy reference on
+the configuration it is timed on, then timed, beside the reference and the torch peer.
+
+Rules (docs/benchmarks.md says why):
+* a backend that disagrees with the reference on the very configuration it is timed on (same
+  model, batch, steps, optimizer) is shown as FAILED and gets no time;
+* speedup = time(reference, BLAS pinned to 1 thread) / time(backend), both measured in this
+  run; the reference on all cores is shown beside it;
+* medians over repeats, with the interquartile range; thread counts recorded;
+* GFLOP/s from the FLOP model (lstmbench.bench.flops) and percent of this machine's FMA peak
+  with its widest vectors, measured in the same run (lstmbench.bench.peak), with the BLAS
+  rate and kernel beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from lstmbench.bench.machine import load_average, machine_info, measure_ceilings
+from lstmbench.bench.peers import torch_peer
+from lstmbench.bench.rows import BenchRow, make_row, on_gpu, unstable_reason
+from lstmbench.bench.timing import Timing, time_calls
+from lstmbench.bench.workloads import BENCH_OPTIMIZER, BenchCase, Workload, grid_workloads, suite_workloads
+from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.params import init_params
+from lstmbench.protocol import Backend, default_threads
+from lstmbench.registry import REFERENCE, get_backend, list_backends
+from lstmbench.training.progress import progress_bar
+
+REFERENCE_ONE_THREAD = f"{REFERENCE} (1 BLAS thread)"  # the row every speedup is over
+
+
+def verify(backend: Backend, cfg: ModelConfig, x: np.ndarray, y: np.ndarray, opt: OptimizerConfig = BENCH_OPTIMIZER,
+           steps: int = 2) -> str | None:
+    """None if the backend matches the reference on exactly this configuration
+    (forward, loss and gradients, ``steps`` optimizer steps), else what differed."""
+    from lstmbench.testing.checks import check_forward, check_loss_and_grads, check_training_steps
+    from lstmbench.testing.strategies import Case
+
+    case = Case(cfg, init_params(cfg, seed=0), x, y, opt, steps)
+    try:
+        for check in (check_forward, check_loss_and_grads, check_training_steps):
+            check(backend, case)
+    except AssertionError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def time_backend(backend: Backend, cfg: ModelConfig, x, y, repeats: int, opt=BENCH_OPTIMIZER) -> Timing:
+    state = backend.init_state(cfg, init_params(cfg, seed=0), opt)
+    return time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=2)
+
+
+def simulated(name: str) -> bool:
+    """Whether a backend runs in a simulator here (Numba's CUDA simulator): correct, but
+    its timings would mean nothing."""
+    try:
+        return bool(get_backend(name).runtime_info().get("simulator"))
+    except Exception:  # an unavailable backend is not simulated; run_grid says why it is left out
+        return False
+
+
+def default_backends() -> tuple[list[str], dict[str, str]]:
+    """(backends to time, {left out: why}) when none are named: every available backend
+    except those running in a simulator."""
+    names, left_out = [], {}
+    for info in list_backends():
+        if not info.available:
+            left_out[info.name] = info.reason
+        elif simulated(info.name):
+            left_out[info.name] = ("runs in a simulator here; its times would mean nothing "
+                                   "(name it with --backends to run it anyway)")
+        else:
+            names.append(info.name)
+    return names, left_out
+
+
+def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_sizes=(32, 128), steps: int = 64,
+             dtype: str = "float32", threads: int | None = None, repeats: int = 7, with_torch: bool = True,
+             progress: bool = True, torch_devices=("cpu", "cuda"), model: dict | None = None) -> dict[str, Any]:
+    """Verify, then time one training step per backend at every (H, B) of one model shape."""
+    report = run_workloads(grid_workloads(hidden_sizes, batch_sizes, steps, **(model or {})), backends, dtype,
+                           threads, repeats, with_torch, progress, torch_devices)
+    report["steps"] = steps
+    return report
+
+
+def run_suite(names=None, backends: list[str] | None = None, dtype: str = "float32", threads: int | None = None,
+              repeats: int = 5, with_torch: bool = True, progress: bool = True,
+              torch_devices=("cpu", "cuda")) -> dict[str, Any]:
+    """The realistic workloads of SUITE (all, or ``names``), verified and timed like a grid."""
+    return run_workloads(suite_workloads(names), backends, dtype, threads, repeats, with_torch, progress,
+                         torch_devices)
+
+
+def run_workloads(workloads: list[Workload], backends: list[str] | None = None, dtype: str = "float32",
+                  threads: int | None = None, repeats: int = 7, with_torch: bool = True, progress: bool = True,
+                  torch_devices=("cpu", "cuda")) -> dict[str, Any]:
+    """Verify, then time one training step per backend on every workload. With torch: a
+    torch.nn.LSTM peer row on each of ``torch_devices`` ("cuda" only where a timed backend
+    runs on a GPU). Returns a report dict; the ceilings are measured in the same run, last."""
+    threads = threads or default_threads()
+    load_before = load_average()
+    names, skipped = _backends_to_time(backends)
+    peers = _torch_peers(names, torch_devices if with_torch else ())
+    bar = progress_bar(progress, total=len(workloads) * (len(names) + 2 + len(peers)), desc="bench", unit="run")
+    cases = [work.case(dtype) for work in workloads]
+    rows = _time_backends(cases, names, threads, repeats, bar)
+    rows += _time_lasting_pools(cases, peers, threads, repeats, bar)
+    ceilings = measure_ceilings(dtype, threads)  # last too: it runs every core flat out
+    _compare(rows, ceilings["fma_peak"], threads)
+    order = {work.name: k for k, work in enumerate(workloads)}
+    rows.sort(key=lambda r: order[r.workload])  # stable: keeps the row order within a workload
+    bar.close()
+    return {"kind": "grid", "machine": machine_info(), "load_average": [load_before, load_average()],
+            "dtype": dtype, "threads": threads, **ceilings,
+            "optimizer": BENCH_OPTIMIZER.to_dict(), "unavailable": skipped,
+            "workloads": [asdict(w) | {"describe": w.describe} for w in workloads], "rows": [asdict(r) for r in rows]}
+
+
+def _backends_to_time(backends: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """(names, {left out: why}): those named, each checked to run here before any timing (get_backend
+    says why not), else default_backends()."""
+    if not backends:
+        return default_backends()
+    for name in backends:
+        get_backend(name)
+    return list(backends), {}
+
+
+def _torch_peers(names: list[str], devices) -> list:
+    """A torch peer per device of ``devices`` that torch can run on here; "cuda" only where a
+    timed backend runs on a GPU too."""
+    gpu = any(on_gpu(get_backend(n).runtime_info()) for n in names)
+    return [peer for device in devices if device == "cpu" or gpu if (peer := torch_peer(device))]
+
+
+def _time_backends(cases: list[BenchCase], names: list[str], threads: int, repeats: int, bar) -> list[BenchRow]:
+    """Per workload: the reference on one BLAS thread, then each backend on ``threads``."""
+    ref = get_backend(REFERENCE)
+    rows = []
+    for case in cases:
+        with ref.using_threads(1):
+            rows.append(make_row(REFERENCE_ONE_THREAD, REFERENCE, case, 1,
+                                 time_backend(ref, case.cfg, case.x, case.y, repeats), ref.runtime_info()))
+        bar.update(1)
+        for name in names:
+            if name != REFERENCE:
+                bar.set_postfix_str(f"{name} {case.work.name}")
+                with get_backend(name).using_threads(threads) as backend:
+                    rows.append(_backend_row(name, backend, case, threads, repeats))
+            bar.update(1)
+    return rows
+
+
+def _backend_row(name: str, backend: Backend, case: BenchCase, threads: int, repeats: int) -> BenchRow:
+    """A backend's row: skipped (what it does not support), FAILED (it disagrees with the
+    reference), or timed."""
+    reason = backend.capabilities.why_unsupported(case.cfg, BENCH_OPTIMIZER)
+    if reason:
+        return make_row(name, name, case, threads, None, {}, "skipped", reason)
+    if (problem := verify(backend, case.cfg, case.x, case.y)) is not None:
+        return make_row(name, name, case, threads, None, {}, "FAILED", problem)
+    return make_row(name, name, case, threads, time_backend(backend, case.cfg, case.x, case.y, repeats),
+                    backend.runtime_info())
+
+
+def _time_lasting_pools(cases: list[BenchCase], peers: list, threads: int, repeats: int, bar) -> list[BenchRow]:
+    """The rows whose thread pools outlive their calls, after all the others: the torch peer
+    (torch's OpenMP) and the reference on all cores (OpenBLAS's threads keep spinning for a
+    while after a multi-threaded call and would slow whatever ran next on the other cores)."""
+    rows = []
+    for peer in peers:
+        for case in cases:
+            rows.append(peer(case, repeats))
+            bar.update(1)
+    with get_backend(REFERENCE).using_threads(threads) as ref:
+        for case in cases:
+            rows.append(make_row(f"{REFERENCE} ({threads} BLAS threads)", REFERENCE, case, threads,
+                                 time_backend(ref, case.cfg, case.x, case.y, repeats), ref.runtime_info()))
+            bar.update(1)
+    return rows
+
+
+def _compare(rows: list[BenchRow], fma: dict[str, Any] | None, threads: int) -> None:
+    """Each timed row's speedup over the reference on one thread, its percent of the FMA peak
+    of its threads (CPU rows; measured on all ``threads``, per core below that), and whether
+    it is to be trusted."""
+    base = {r.workload: r.timing.median_s for r in rows if r.label == REFERENCE_ONE_THREAD}
+    for row in rows:
+        if row.timing is None:
+            continue
+        row.speedup = base[row.workload] / row.timing.median_s
+        if fma and not on_gpu(row.runtime):  # a CPU peak: no percentage of it for a GPU
+            row_peak = fma["gflops"] if row.threads >= threads else fma["per_core_gflops"] * row.threads
+            row.pct_peak = 100 * row.gflops / row_peak
+        row.unstable = unstable_reason(row)

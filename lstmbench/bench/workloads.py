@@ -1,0 +1,108 @@
+"""What a benchmark times: the model, the seeded batch and the optimizer of a workload, the
+realistic workloads of the suite, and the (H, B) points of a grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstmbench.bench.flops import train_step_flops
+from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.errors import ConfigError
+
+BENCH_OPTIMIZER = OptimizerConfig("adam", lr=1e-3)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark point: a model, a batch shape, and what the inputs look like."""
+
+    name: str
+    hidden: int
+    batch: int
+    steps: int
+    input_size: int = 1
+    output_size: int = 1
+    layers: int = 1
+    loss: str = "mse"
+    many_to_many: bool = False
+    one_hot: bool = False  # inputs are one-hot symbols (input_size of them), as text models see them
+
+    def model(self, dtype: str) -> ModelConfig:
+        return bench_model(self.hidden, dtype, self.input_size, self.output_size, self.layers, self.loss,
+                           self.many_to_many)
+
+    def data(self, cfg: ModelConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        return bench_batch(cfg, self.batch, self.steps, seed, self.one_hot)
+
+    def case(self, dtype: str) -> "BenchCase":
+        """This workload made concrete in ``dtype``: what every row of it is timed on."""
+        cfg = self.model(dtype)
+        x, y = self.data(cfg)
+        return BenchCase(self, cfg, x, y, train_step_flops(cfg, self.batch, self.steps, BENCH_OPTIMIZER).total)
+
+    @property
+    def describe(self) -> str:
+        inputs = f"D={self.input_size}{' one-hot' if self.one_hot else ''}"
+        layers = f"{self.layers} x {self.hidden}" if self.layers > 1 else f"H={self.hidden}"
+        shape = "many-to-many" if self.many_to_many else "many-to-one"
+        return f"{inputs}, {layers}, O={self.output_size}, {self.loss} {shape}, T={self.steps}, B={self.batch}"
+
+
+@dataclass(frozen=True, eq=False)
+class BenchCase:
+    """A workload's model in one dtype, its seeded batch, and the model FLOPs of one step on it."""
+
+    work: Workload
+    cfg: ModelConfig
+    x: np.ndarray
+    y: np.ndarray
+    flops: float
+
+
+#: realistic workloads (``lstmbench bench --suite``; docs/benchmarks.md)
+SUITE = {w.name: w for w in (
+    Workload("char-onehot", 512, 64, 128, input_size=84, output_size=84, layers=3, loss="xent", many_to_many=True,
+             one_hot=True),  # a character model on text
+    Workload("forecast-short", 32, 256, 24),  # a short univariate forecaster
+    Workload("hourly-multivariate", 64, 32, 168, input_size=12, output_size=12, layers=2),  # a week of hours
+    Workload("long-b1", 256, 1, 512),  # one long sequence
+    Workload("long-b2", 256, 2, 512),
+    Workload("odd-sizes", 96, 100, 40, input_size=3, output_size=3, many_to_many=True),  # not powers of two
+)}
+
+
+def bench_model(hidden: int, dtype: str = "float32", input_size: int = 1, output_size: int = 1,
+                layers: int = 1, loss: str = "mse", many_to_many: bool = False) -> ModelConfig:
+    """A benchmark model (Workload.model passes every field); the defaults are the default task:
+    many-to-one MSE regression, D=1, O=1."""
+    return ModelConfig(input_size, hidden, output_size, layers, loss, many_to_many, dtype)
+
+
+def bench_batch(cfg: ModelConfig, batch: int, steps: int, seed: int = 0,
+                one_hot: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded inputs (normal, or one-hot symbols) and targets of the model's task."""
+    rng = np.random.default_rng(seed)
+    if one_hot:
+        x = np.eye(cfg.input_size, dtype=cfg.dtype)[rng.integers(0, cfg.input_size, size=(batch, steps))]
+    else:
+        x = rng.standard_normal((batch, steps, cfg.input_size)).astype(cfg.dtype)
+    lead = (batch, steps) if cfg.many_to_many else (batch,)
+    if cfg.loss == "xent":
+        return x, rng.integers(0, cfg.output_size, size=lead)
+    return x, rng.standard_normal(lead + (cfg.output_size,)).astype(cfg.dtype)
+
+
+def grid_workloads(hidden_sizes=(32, 128), batch_sizes=(32, 128), steps: int = 64, **model) -> list[Workload]:
+    """Every (H, B) of a grid, with one model shape (``model``: input_size, output_size,
+    layers, loss, many_to_many, one_hot; default D=1, O=1, many-to-one MSE)."""
+    return [Workload(f"H={H} B={B}", H, B, steps, **model) for H in hidden_sizes for B in batch_sizes]
+
+
+def suite_workloads(names=None) -> list[Workload]:
+    """The workloads of SUITE named (all when ``names`` is empty); a ConfigError naming any unknown."""
+    unknown = [n for n in names or () if n not in SUITE]
+    if unknown:
+        raise ConfigError(f"unknown suite workload(s) {', '.join(unknown)}; the suite has {', '.join(SUITE)}")
+    return [SUITE[n] for n in names or SUITE]

@@ -1,0 +1,152 @@
+"""The host side of a fused training step, written once for every fast backend.
+
+A backend that keeps its parameters, gradient and optimizer buffers as flat vectors
+(lstmbench.layout) subclasses :class:`FusedBackend` and supplies kernels only:
+
+* ``_loss_and_gradient(state, x, y)``: forward and backward at the state's parameters,
+  the batch's gradient into ``state.grad``; returns the mean loss;
+* ``_update(state, scalars)``: clipping (by ``scalars.clip_norm``, of the gradient in
+  ``state.grad``) and the SGD/Adam update, with the step's constants from ``scalars``;
+* optionally ``_fused_step(state, x, y, scalars)``: both in one call (used when no
+  gradient hook is set); by default the two above in turn;
+* optionally ``_make_workspace(key)`` and ``_workspace_key(cfg, x)``: scratch memory per
+  batch shape, which the kernels take with ``with self.workspace(cfg, x) as ws``.
+
+The base owns the rest: the flat training state, the step counter, the step's scalars
+(:func:`lstmbench.optim.step_scalars`, computed once per step on the host, as llm.c's
+adamw() wrapper hands its kernel bias-corrected scalars), the gradient hook between the
+gradient and the update (so clipping sees the hooked gradient), and the workspace cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Hashable, Iterator
+
+import numpy as np
+
+from lstmbench.config import ModelConfig
+from lstmbench.layout import FlatTrainState, Layout
+from lstmbench.optim import StepScalars, step_scalars
+from lstmbench.protocol import Backend
+
+__all__ = ["MAX_WORKSPACE_SHAPES", "FlatTrainState", "FusedBackend", "WorkspaceCache"]
+
+#: shapes whose workspaces are kept: a run sees a few (full batches, the last partial batch)
+MAX_WORKSPACE_SHAPES = 8
+
+
+class WorkspaceCache:
+    """Workspaces by shape, made once and reused; concurrent callers get different ones.
+
+    At most ``max_shapes`` shapes are kept: a new shape beyond them empties the cache first,
+    so a caller that keeps changing shapes does not keep every workspace it ever needed."""
+
+    def __init__(self, max_shapes: int = MAX_WORKSPACE_SHAPES) -> None:
+        self.max_shapes = max_shapes
+        self._free: dict[Hashable, list[Any]] = {}  # key -> workspaces not in use
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """The shapes held."""
+        return len(self._free)
+
+    @contextmanager
+    def lease(self, key: Hashable, make: Callable[[], Any]) -> Iterator[Any]:
+        """A workspace for ``key``: a free one, or ``make()``; it is back in the cache when
+        the block ends (raised or not). ``make`` failing leaves the cache as it was."""
+        with self._lock:
+            free = self._free.get(key)
+            workspace = free.pop() if free else None
+        if workspace is None:
+            workspace = make()
+        try:
+            yield workspace
+        finally:
+            self._give_back(key, workspace)
+
+    def _give_back(self, key: Hashable, workspace: Any) -> None:
+        with self._lock:
+            if key not in self._free and len(self._free) >= self.max_shapes:
+                self._free.clear()
+            self._free.setdefault(key, []).append(workspace)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+class FusedBackend(Backend):
+    """Base of a backend with a fused training step on flat vectors: it supplies the kernels
+    (see the module docstring), and ``_forward`` and ``_loss_and_grads`` as every backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.workspaces = WorkspaceCache()
+
+    # -- kernels: what a fused backend supplies ---------------------------------------------
+
+    def _loss_and_gradient(self, state: FlatTrainState, x: np.ndarray, y: np.ndarray) -> float:
+        """Forward and backward at the state's parameters; the gradient into ``state.grad``
+        (flat, the layout's order); returns the batch's mean loss."""
+        raise NotImplementedError
+
+    def _update(self, state: FlatTrainState, scalars: StepScalars) -> None:
+        """Clip ``state.grad`` by ``scalars.clip_norm`` (torch.nn.utils.clip_grad_norm_ on its
+        global norm, see ``scalars.clip_scale``) and update ``state.theta`` and
+        ``state.slots`` by SGD or Adam (``scalars.kind``) with the constants in ``scalars``."""
+        raise NotImplementedError
+
+    def _fused_step(self, state: FlatTrainState, x: np.ndarray, y: np.ndarray, scalars: StepScalars) -> float:
+        """Loss, gradient, clipping and update in one call (no gradient hook is set); returns
+        the loss. Override with a kernel that does it all at once."""
+        loss = self._loss_and_gradient(state, x, y)
+        self._update(state, scalars)
+        return loss
+
+    def _workspace_key(self, cfg: ModelConfig, x: np.ndarray) -> Hashable:
+        """What a workspace depends on: the model and the batch's shape by default; a backend
+        adds what else shapes its buffers (threads, a parallel plan)."""
+        return (cfg, x.shape[0], x.shape[1])
+
+    def _make_workspace(self, key: Hashable) -> Any:
+        """A new workspace for ``key`` (from _workspace_key); None where none is needed."""
+        return None
+
+    def _gradient_to_host(self, state: FlatTrainState) -> np.ndarray:
+        """``state.grad`` as a host vector, for the gradient hook (a device copies it out)."""
+        return state.grad
+
+    def _gradient_from_host(self, state: FlatTrainState, host: np.ndarray) -> None:
+        """Take back what the hook made of the host vector (a device copies it in)."""
+
+    # -- the host side ------------------------------------------------------------------------
+
+    def workspace(self, cfg: ModelConfig, x: np.ndarray):
+        """``with self.workspace(cfg, x) as ws``: this batch shape's workspace, for the block."""
+        key = self._workspace_key(cfg, x)
+        return self.workspaces.lease(key, lambda: self._make_workspace(key))
+
+    def _init_state(self, cfg, params, opt, opt_state) -> FlatTrainState:
+        return FlatTrainState.create(Layout.of(cfg), cfg, opt, params, opt_state)
+
+    def _train_step(self, state: FlatTrainState, x, y) -> float:
+        """One step: the gradient, the hook (when set), then clipping and the update with the
+        step's scalars; the step counter moves only when the step has run."""
+        scalars = step_scalars(state.opt, state.step + 1)
+        if state.gradient_hook is None:
+            loss = self._fused_step(state, x, y, scalars)
+        else:
+            loss = self._loss_and_gradient(state, x, y)
+            loss = self._reduce_gradient(state, loss)
+            self._update(state, scalars)
+        state.opt_state["step"] = np.array(scalars.step, dtype=np.int64)
+        return loss
+
+    def _reduce_gradient(self, state: FlatTrainState, loss: float) -> float:
+        """The gradient hook on the host copy of the gradient (TrainState.reduce_gradient)."""
+        host = self._gradient_to_host(state)
+        loss = state.reduce_gradient(host, loss)
+        self._gradient_from_host(state, host)
+        return loss
