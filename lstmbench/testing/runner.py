@@ -10,7 +10,7 @@ A plugin author's whole test file can be::
         run_conformance_case(backend, check, dtype)
 
 or, without pytest: ``lstmbench.testing.check_backend("mybackend")``, or from a shell:
-``lstmbench check mybackend`` (lstmbench/check.py).
+``lstmbench check mybackend`` (lstmbench/cli/check.py).
 Example counts come from the active Hypothesis settings profile.
 """
 
