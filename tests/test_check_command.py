@@ -151,7 +151,7 @@ def test_quick_passes_on_the_example(example_backends, capsys):
     for (check, dtype), (status, rest) in lines.items():
         if check == "declared_unsupported":  # the example declares everything supported
             assert status == "SKIP" and "declares every configuration supported" in rest
-        elif check in ("bad_inputs", "deterministic"):  # no tolerance comparison
+        elif check in ("bad_inputs", "deterministic", "thread_independent"):  # exact, or no comparison
             assert (status, rest) == ("PASS", "-")
         else:
             assert status == "PASS"

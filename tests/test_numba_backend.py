@@ -8,22 +8,36 @@ import pytest
 import lstmbench as lb
 
 pytest.importorskip("numba")
-from lstmbench_backends.numba_cpu import UNITS_ROWS, NumbaThreads, shares_units  # noqa: E402
+from lstmbench_backends.numba_cpu import UNITS_ROWS, NumbaThreads, Plan, work_plan  # noqa: E402
+
+
+def units(B, H, itemsize, l2, parallel="auto"):
+    return work_plan(parallel, B, H, itemsize, l2).units
 
 
 def test_auto_shares_hidden_units_where_w_h_outgrows_l2_and_its_parts_do_not():
     l2 = 1 << 20  # 1 MiB, as on the Zen 5 it was measured on
-    # float32 H=256: W_h is 1 MiB, a part of 2 is 512 KiB: units, up to UNITS_ROWS rows per thread
-    assert shares_units("auto", 1, 256, 2, 4, l2) and shares_units("auto", 2 * UNITS_ROWS, 256, 2, 4, l2)
-    assert not shares_units("auto", 2 * UNITS_ROWS + 1, 256, 2, 4, l2)
-    assert not shares_units("auto", 1, 128, 2, 4, l2)  # W_h fits L2 already
-    assert not shares_units("auto", 1, 512, 2, 4, l2)  # a part (2 MiB) does not fit either
-    assert not shares_units("auto", 1, 256, 2, 8, l2)  # float64: a part is all of L2
-    assert not shares_units("auto", 1, 256, 1, 4, l2)  # one thread
-    assert not shares_units("auto", 1, 256, 2, 4, 0)  # L2 unknown
-    assert shares_units("units", 64, 8, 2, 4, 0) and not shares_units("shards", 1, 256, 2, 4, l2)
+    # float32 H=256: W_h is 1 MiB, a part of 2 is 512 KiB: units, up to UNITS_ROWS rows
+    assert units(1, 256, 4, l2) and units(UNITS_ROWS, 256, 4, l2)
+    assert work_plan("auto", 1, 256, 4, l2) == Plan(rows=1, parts=2)
+    assert not units(UNITS_ROWS + 1, 256, 4, l2)
+    assert not units(1, 128, 4, l2)  # W_h fits L2 already
+    assert not units(1, 512, 4, l2)  # a part of two (2 MiB) does not fit either
+    assert not units(1, 256, 8, l2)  # float64: a part of two is all of L2
+    assert not units(1, 256, 4, 0)  # L2 unknown
+    assert units(64, 8, 4, 0, "units") and not units(1, 256, 4, l2, "shards")
     with pytest.raises(ValueError, match="parallel"):
-        shares_units("wavefront", 1, 256, 2, 4, l2)
+        work_plan("wavefront", 1, 256, 4, l2)
+
+
+def test_batch_shards_depend_on_the_shape_alone():
+    """The same shards for any thread count (there is no thread count to pass): at least two,
+    of at most 64 rows."""
+    assert work_plan("auto", 32, 32, 4, 0) == Plan(rows=16, parts=1)
+    assert work_plan("auto", 100, 32, 4, 0) == Plan(rows=50, parts=1)
+    assert work_plan("auto", 256, 512, 4, 0) == Plan(rows=64, parts=1)
+    assert work_plan("auto", 2, 32, 8, 0) == Plan(rows=1, parts=1)
+    assert work_plan("auto", 1, 32, 8, 0) == Plan(rows=1, parts=1)
 
 
 def test_the_plan_run_is_reported():

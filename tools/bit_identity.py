@@ -7,7 +7,8 @@ A refactoring that must not change the numbers is checked by running this before
     python tools/bit_identity.py save after.npz           # at the change
     python tools/bit_identity.py compare before.npz after.npz
 
-The thread count is fixed (2), as float64 results are bit-for-bit only for a fixed count.
+The thread count is fixed (2); since issue 18 the bits do not depend on it (docs/determinism.md),
+but a fixed count keeps files from before that comparable.
 """
 
 from __future__ import annotations

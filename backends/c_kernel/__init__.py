@@ -112,11 +112,12 @@ def c_array(ffi, arr, dtype, shape, name: str, writable: bool = False):
 
 @dataclass
 class Workspace:
-    """The C kernel's scratch memory for one (config, batch, steps, threads) shape."""
+    """The C kernel's scratch memory for one (config, batch, steps) shape, for up to ``capacity`` threads."""
 
     block: np.ndarray  # uint8; C carves and aligns its buffers inside
     dims: object  # the lstm_dims struct (cffi)
     plan: str  # how the threads share a step of this shape: "shards" or "units" (lstm_parallel_plan)
+    capacity: int  # the most threads it has room for
 
 
 class CKernel(FusedBackend):
@@ -136,6 +137,7 @@ class CKernel(FusedBackend):
         # units); the last two for measurements (tools/ablation_parallel.py).
         self.parallel = "auto"
         self.last_plan: str | None = None  # what the last call ran
+        self.shard_rows = 0  # rows per batch shard; 0: lstm.c's choice by the shape (for measurements)
         # The micro-kernel's vectors: 32 or 64 bytes (AVX-512 only); "auto": 64 where the CPU
         # has AVX-512 and the 64-byte build exists. Both give the same bits; 32 and 64 are for
         # measurements (tools/c_vector_width.py).
@@ -218,22 +220,25 @@ class CKernel(FusedBackend):
         _, lib = self._lib()
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
-        return (cfg, x.shape[0], x.shape[1], _usable_threads(self.threads), self.parallel, lib.lstm_vector_bytes())
+        # room for the team's per-thread buffers of up to this many threads; the count each
+        # call runs on is set per call (it never changes the plan, so never the bits)
+        capacity = max(_usable_threads(self.threads), os.cpu_count() or 1)
+        return (cfg, x.shape[0], x.shape[1], capacity, self.parallel, self.shard_rows, lib.lstm_vector_bytes())
 
     def _make_workspace(self, key: tuple) -> Workspace:
-        cfg, B, T, threads, parallel, _ = key
+        cfg, B, T, threads, parallel, shard_rows, _ = key
         ffi, lib = self._lib()
         dims = ffi.new("lstm_dims *")
         dims.batch, dims.steps, dims.input_size = B, T, cfg.input_size
         dims.hidden_size, dims.output_size, dims.layers = cfg.hidden_size, cfg.output_size, cfg.num_layers
         dims.many_to_many, dims.xent, dims.threads = int(cfg.many_to_many), int(cfg.loss == "xent"), threads
-        dims.parallel = PARALLEL.index(parallel)
+        dims.parallel, dims.shard_rows = PARALLEL.index(parallel), shard_rows
         nbytes = lib.lstm_workspace_bytes(dims, cfg.np_dtype.itemsize)
         if nbytes < 0:
             raise ShapeError(f"the C kernel cannot hold a batch of shape ({B}, {T}, {cfg.input_size}) for {cfg}")
         plan = PARALLEL[lib.lstm_parallel_plan(dims, cfg.np_dtype.itemsize)]  # depends on the dims alone
         # zeros: buffer padding the kernel never writes stays finite
-        return Workspace(np.zeros(nbytes, np.uint8), dims, plan)
+        return Workspace(np.zeros(nbytes, np.uint8), dims, plan, threads)
 
     @staticmethod
     def _check(lib, ffi, code: int) -> None:
@@ -277,6 +282,7 @@ class CKernel(FusedBackend):
         symbols = one_hot_symbols(x)  # one-hot input: read as symbol ids (gathers instead of products)
         with self.workspace(cfg, x) as ws:
             self.last_plan = ws.plan
+            ws.dims.threads = min(_usable_threads(self.threads), ws.capacity)
             ws.dims.x_symbols = ffi.NULL if symbols is None else c_array(ffi, symbols, np.int64, (B, T), "x symbols")
             try:
                 p_ws = c_array(ffi, ws.block, np.uint8, ws.block.shape, "workspace", writable=True)

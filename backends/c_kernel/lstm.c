@@ -3,11 +3,11 @@
  * The math is the NumPy reference's (backends/reference/reference.py); the way
  * it is computed is the Numba backend's (backends/numba_cpu/kernels.py):
  *
- *   - the batch is cut into shards, one per thread; each shard runs forward and
- *     backward through every layer on its own rows, in its own time-major
- *     buffers, and writes its gradient into its own private row; the rows are
- *     then summed in shard order, so a given thread count always gives the same
- *     bits;
+ *   - the batch is cut into shards by its shape alone (shard_plan), and the
+ *     threads take them; each shard runs forward and backward through every
+ *     layer on its own rows, in its own time-major buffers, and writes its
+ *     gradient into its own private row; the rows are then summed in shard
+ *     order, so any thread count gives the same bits;
  *   - x_t @ W_x for all T steps is one product before the recurrence, and the
  *     weight gradients are one product each after the backward sweep;
  *   - the pointwise gate math is one pass per step; the backward pass turns the
@@ -175,34 +175,39 @@ static int check_dims(const lstm_dims *d)
     const int64_t v[] = {d->batch, d->steps, d->input_size, d->hidden_size, d->output_size, d->layers, d->threads};
     for (size_t k = 0; k < sizeof v / sizeof v[0]; k++)
         if (v[k] < 1 || v[k] > MAX_DIM) return LSTM_EDIMS;
-    if (d->parallel < LSTM_PAR_AUTO || d->parallel > LSTM_PAR_UNITS) return LSTM_EARG;
+    if (d->parallel < LSTM_PAR_AUTO || d->parallel > LSTM_PAR_UNITS || d->shard_rows < 0) return LSTM_EARG;
     if (d->xent && d->output_size < 2) return LSTM_EDIMS;
     return LSTM_OK;
 }
 
-/* How the threads share the work (lstm_dims.parallel: LSTM_PAR_AUTO, _SHARDS or _UNITS):
- *   batch shards, as the Numba backend cuts them: rows = ceil(B / min(threads, B)) per
- *   shard, the last one possibly shorter; each thread runs its shard alone;
- *   or one shard of all B rows whose hidden units the threads share out ("team"), with a
- *   barrier per step: then each thread keeps its slice of W_h in its own cache across the
- *   steps instead of streaming all of it, and no thread idles for want of rows.
- * Auto, as measured (tools/ablation_parallel.py, docs/c-backend.md): the team when a shard
- * per thread would leave a thread without rows, or when there are at most TEAM_ROWS rows
- * per thread and H >= TEAM_MIN_HIDDEN (less work per step than that loses to the barrier);
- * and never with fewer hidden-unit panels than threads. */
-#define TEAM_ROWS 2
+/* How the work is cut (lstm_dims.parallel: LSTM_PAR_AUTO, _SHARDS or _UNITS), from the shape
+ * alone and never from the thread count, so that 1, 2 or N threads give the same bits: each
+ * piece's arithmetic is fixed, whichever thread runs it, and pieces meet in a fixed order.
+ *   Batch shards of `rows` rows (the last possibly shorter), each run whole by one thread,
+ *   their gradients and losses added in shard order: at least MIN_SHARDS of them (where there
+ *   are that many rows), of at most SHARD_ROWS rows (fewer rows per step stream W_h once per
+ *   fewer rows: 16-row shards cost 6-36% at H=128, B=128 on 2 threads, docs/determinism.md).
+ *   dims.shard_rows > 0 sets the rows (for measurements).
+ *   Or one shard of all B rows whose hidden units the threads share out ("team"), in whole
+ *   panels of the micro-kernel, with a barrier per step: each unit's arithmetic is the same
+ *   whichever thread owns it; each thread keeps its slice of W_h in its own cache.
+ * Auto, as measured (tools/ablation_parallel.py, docs/c-backend.md): the team for one row
+ * with at least two panels of hidden units, or for at most TEAM_BATCH rows and
+ * H >= TEAM_MIN_HIDDEN (less work per step than that loses to the barrier). */
+#define TEAM_BATCH 4
 #define TEAM_MIN_HIDDEN 256
+#define MIN_SHARDS 2
+#define SHARD_ROWS 64
 static void shard_plan(const lstm_dims *d, int64_t panel_width, int64_t *shards, int64_t *rows, int *team)
 {
-    const int64_t per_thread = ceil_div(d->batch, d->threads);
-    const int64_t panels = ceil_div(d->hidden_size, panel_width); /* of hidden units, to share out */
-    const int few_rows = d->batch < d->threads || (per_thread <= TEAM_ROWS && d->hidden_size >= TEAM_MIN_HIDDEN);
-    int use_team = d->parallel == LSTM_PAR_UNITS || (d->parallel == LSTM_PAR_AUTO && few_rows && panels >= d->threads);
-    if (d->threads < 2) use_team = 0;
-    *team = use_team;
-    int64_t r = use_team ? d->batch : ceil_div(d->batch, min64(d->threads, d->batch));
-    *rows = r;
-    *shards = ceil_div(d->batch, r);
+    const int64_t B = d->batch, H = d->hidden_size;
+    const int64_t panels = ceil_div(H, panel_width); /* of hidden units, to share out */
+    const int few_rows = (B == 1 && panels >= 2) || (B <= TEAM_BATCH && H >= TEAM_MIN_HIDDEN);
+    *team = d->parallel == LSTM_PAR_UNITS || (d->parallel == LSTM_PAR_AUTO && few_rows);
+    int64_t r = d->shard_rows > 0 ? d->shard_rows : min64(SHARD_ROWS, ceil_div(B, MIN_SHARDS));
+    if (*team) r = B;
+    *rows = min64(r, B);
+    *shards = ceil_div(B, *rows);
 }
 
 /* lstmbench.layout.Layout: per layer W_x (D_l, 4H), W_h (H, 4H), b (4H); then the

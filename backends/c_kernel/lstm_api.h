@@ -30,6 +30,8 @@ typedef struct {
     int64_t parallel;      /* how they share the work: 0 auto, 1 batch shards, 2 hidden units (lstm.c) */
     const int64_t *x_symbols; /* NULL, or (B, T) symbol ids when every x_t is one-hot (x_t = e_s): then
                                  x_t @ W_x is row s of W_x (a copy) and dW_x a sum of dz rows */
+    int64_t shard_rows;    /* rows per batch shard; 0: by the shape (lstm.c: shard_plan). Never by
+                              the thread count: any number of threads gives the same bits */
 } lstm_dims;
 
 /* One step's optimizer constants, computed by the host once per step in double

@@ -22,7 +22,10 @@ from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars
 
 PARALLEL = ("auto", "shards", "units")
-UNITS_ROWS = 8  # auto shares out hidden units only up to this many rows per thread (measured)
+UNITS_ROWS = 16  # auto shares out hidden units only for a batch of at most this many rows (measured)
+MAX_PARTS = 2  # ... and in at most this many parts (more were not measured)
+SHARD_ROWS = 64  # at most this many rows per batch shard (16 cost 30% at H=128, B=128: docs/determinism.md)
+MIN_SHARDS = 2  # at least this many shards, where there are that many rows
 
 
 @functools.cache
@@ -38,34 +41,48 @@ def l2_bytes() -> int:
     return 0
 
 
-def shares_units(parallel: str, B: int, H: int, threads: int, itemsize: int, l2: int) -> bool:
-    """Whether a step of B rows runs as one shard whose hidden units the threads share.
+@dataclass(frozen=True)
+class Plan:
+    """How a step of one shape is cut, from the shape alone: never from the thread count, so
+    that 1, 2 or N threads run the same pieces with the same arithmetic, combined in the same
+    order, and give the same bits (docs/determinism.md). Any number of threads takes the pieces."""
 
-    auto, as measured (docs/numba-backend.md): with few rows per thread, when W_h (4H^2 reals)
-    does not fit one core's L2 but each thread's part of it fits in half of it, so every thread
-    streams its part from its own L2 at each step instead of all of W_h from L3. Otherwise a
-    parallel region per time step costs more than it saves, or the parts do not fit either."""
+    rows: int  # rows per batch shard (the last one possibly fewer)
+    parts: int  # hidden-unit parts of the one shard; 1: batch shards
+
+    @property
+    def units(self) -> bool:
+        return self.parts > 1
+
+
+def work_plan(parallel: str, B: int, H: int, itemsize: int, l2: int) -> Plan:
+    """Batch shards: at least MIN_SHARDS (where there are rows), of at most SHARD_ROWS rows;
+    or, auto, as measured
+    (docs/numba-backend.md): one shard whose hidden units are cut into parts that each fit half
+    of one core's L2, when the batch has few rows and W_h (4H^2 reals) does not fit one L2;
+    then every thread streams its parts of W_h from its own L2 at each step instead of all of
+    it from L3. Otherwise a parallel region per time step costs more than it saves."""
     if parallel not in PARALLEL:
         raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
-    if threads < 2 or parallel == "shards":
-        return False
     w_h = 4 * H * H * itemsize
-    return parallel == "units" or (math.ceil(B / threads) <= UNITS_ROWS and w_h / threads <= l2 / 2 and w_h >= l2)
+    parts = max(2, math.ceil(w_h / (l2 / 2))) if l2 else 2
+    few_rows = B <= UNITS_ROWS and l2 and w_h >= l2 and parts <= MAX_PARTS
+    if parallel == "units" or (parallel == "auto" and few_rows):
+        return Plan(rows=B, parts=parts)  # (a part past the last unit is empty: H=1 has one idle)
+    return Plan(rows=min(SHARD_ROWS, math.ceil(B / MIN_SHARDS)), parts=1)
 
 
 @dataclass
 class Workspace:
-    """Every buffer one call needs, for one (batch, steps, shards) shape; reused across calls.
+    """Every buffer one call needs, for one (batch, steps, plan) shape; reused across calls.
     ``buffers``: kernels.ShardArgs' fields from shard_lo on, by name."""
 
-    threads: int
-    units: bool  # one shard of all rows, whose hidden units the threads share (shares_units)
+    plan: Plan
     buffers: dict[str, np.ndarray]
 
     @classmethod
-    def make(cls, cfg: ModelConfig, B: int, T: int, threads: int, size: int, units: bool) -> "Workspace":
-        """units: one shard of all B rows, whose hidden units the threads share out."""
-        rows = B if units else math.ceil(B / max(1, min(threads, B)))  # rows per shard
+    def make(cls, cfg: ModelConfig, B: int, T: int, size: int, plan: Plan) -> "Workspace":
+        rows = plan.rows
         S = math.ceil(B / rows)
         L, H, D, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
         Tout = T if cfg.many_to_many else 1
@@ -78,13 +95,13 @@ class Workspace:
         )
         # the parts' packed columns of W_h and W_h^T and their products (kernels.team_forward_steps);
         # one part of size 1 when the threads are on batch shards
-        P = threads if units else 1
+        P, units = plan.parts, plan.units
         n = math.ceil(H / P) if units else 1
         buffers.update(whp=z(P, H if units else 1, 4 * n), rsp=z(P, rows if units else 1, 4 * n),
                        whtp=z(P, 4 * H if units else 1, n), dhp=z(P, rows if units else 1, n))
         lo = np.arange(S, dtype=np.int64) * rows
         buffers.update(shard_lo=lo, shard_nb=np.minimum(rows, B - lo).astype(np.int64))
-        return cls(threads, units, buffers)
+        return cls(plan, buffers)
 
 
 class NumbaThreads(FusedBackend):
@@ -97,8 +114,8 @@ class NumbaThreads(FusedBackend):
     def __init__(self) -> None:
         super().__init__()
         self._blas = None
-        # How the threads share a step: "auto" (by the shape, shares_units), "shards" (each
-        # thread its own batch rows) or "units" (one shard, the threads share its hidden units;
+        # How the threads share a step: "auto" (by the shape, work_plan), "shards" (the
+        # threads take batch shards) or "units" (one shard, the threads share its hidden units;
         # a parallel region per time step); the last two for measurements.
         self.parallel = "auto"
         self.last_plan: str | None = None  # what the last call ran
@@ -139,23 +156,19 @@ class NumbaThreads(FusedBackend):
         return kernels
 
     def _workspace_key(self, cfg: ModelConfig, x: np.ndarray) -> tuple:
-        import numba
-
         B, T = x.shape[0], x.shape[1]
-        threads = min(self.threads, numba.config.NUMBA_NUM_THREADS)
-        units = shares_units(self.parallel, B, cfg.hidden_size, threads, cfg.np_dtype.itemsize, l2_bytes())
-        return (cfg, B, T, threads, units)
+        return (cfg, B, T, work_plan(self.parallel, B, cfg.hidden_size, cfg.np_dtype.itemsize, l2_bytes()))
 
     def _make_workspace(self, key: tuple) -> Workspace:
-        cfg, B, T, threads, units = key
-        return Workspace.make(cfg, B, T, threads, Layout.of(cfg).size, units)
+        cfg, B, T, plan = key
+        return Workspace.make(cfg, B, T, Layout.of(cfg).size, plan)
 
     def _run(self, cfg: ModelConfig, ws: Workspace, theta: np.ndarray, x: np.ndarray, y, backward: bool) -> float:
         """Run every shard on ``ws``: outputs, and with ``backward`` per-shard gradients; returns the mean loss."""
         import numba
 
         k = self._kernels()
-        self.last_plan = "units" if ws.units else "shards"
+        self.last_plan = "units" if ws.plan.units else "shards"
         B, T, dt = x.shape[0], x.shape[1], cfg.np_dtype
         xent = cfg.loss == "xent"
         Tout = T if cfg.many_to_many else 1
@@ -169,7 +182,7 @@ class NumbaThreads(FusedBackend):
                            coef=dt.type((1.0 if xent else 2.0) / n_terms), backward=backward, theta=theta,
                            offs=Layout.of(cfg).offs, H=cfg.hidden_size, many_to_many=cfg.many_to_many,
                            one=dt.type(1.0), **ws.buffers)
-        numba.set_num_threads(ws.threads)
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         with self._blas.limit(limits=1, user_api="blas"):
             k.run_shards(args)
         return float(ws.buffers["losses"].sum() / n_terms) if backward else math.nan

@@ -7,10 +7,10 @@ The math is the reference's (backends/reference/reference.py), step for step:
 
 What is different is only how it is computed:
 
-* the batch is cut into shards, one per thread (``prange``); each shard runs
-  forward and backward through every layer on its own rows and writes its
-  gradient into its own row of ``grads``; the rows are then summed in shard
-  order, so a given thread count always gives the same bits;
+* the batch is cut into shards by the shape alone (``Plan`` in __init__.py), and the
+  threads take them (``prange``); each shard runs forward and backward through every
+  layer on its own rows and writes its gradient into its own row of ``grads``; the rows
+  are then summed in shard order, so any thread count gives the same bits;
 * or, for a batch of few rows, there is one shard and the threads share its
   hidden units: at every time step a ``prange`` over parts, each multiplying
   h_{t-1} by its own packed columns of the four gates and doing its units'
@@ -449,7 +449,7 @@ def transpose_weights(theta, offs, H, D0, O, theta_t):
 
 @njit(parallel=True, **JIT)
 def run_shards(a):
-    """Forward (and, if ``a.backward``, loss and gradients) of every shard, one per thread; or,
+    """Forward (and, if ``a.backward``, loss and gradients) of every shard, the threads taking them; or,
     when a.whp holds more than one part, of the one shard, the threads sharing its hidden units."""
     if a.backward:
         transpose_weights(a.theta, a.offs, a.H, a.x.shape[2], a.yout.shape[3], a.theta_t)

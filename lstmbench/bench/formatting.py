@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from lstmbench.bench.machine import busy_note
 from lstmbench.bench.rows import on_gpu
 from lstmbench.registry import REFERENCE
 
@@ -26,6 +27,8 @@ def format_grid(report: dict[str, Any]) -> str:
             if load[0] is not None else ""
         lines.append(f"warning: {len(unstable)} row(s) marked ! are unstable{busy}: something else was using the "
                      "cores. Compare nothing across them; rerun on a quiet machine, or with more --repeats.")
+    if note := busy_note(report.get("others_cores"), "these times"):
+        lines.append(f"note: {note}")
     lines.append("speedup = time of the NumPy reference with 1 BLAS thread / time of the row, same run; "
                  "GFLOP/s from the model's FLOP count (docs/benchmarks.md)")
     if any(on_gpu(r["runtime"]) for r in report["rows"]):
@@ -36,7 +39,8 @@ def format_grid(report: dict[str, Any]) -> str:
 def _grid_header(report: dict[str, Any]) -> list[str]:
     """What the run was and what its ceilings were, and the workloads it timed."""
     dtype, threads = report["dtype"], report["threads"]
-    lines = [f"training step, {dtype}, Adam; backends on {threads} threads; {report['machine']['cpu']}"]
+    on = f"up to {threads} threads (auto)" if report.get("threads_mode") == "auto" else f"{threads} threads"
+    lines = [f"training step, {dtype}, Adam; backends on {on}; {report['machine']['cpu']}"]
     fma = report.get("fma_peak")
     if fma:
         lines.append(f"FMA peak measured now: {fma['gflops']:.1f} GFLOP/s on {fma['threads']} threads "

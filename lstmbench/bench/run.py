@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lstmbench.bench.machine import load_average, machine_info, measure_ceilings
+from lstmbench.bench.machine import OtherLoad, load_average, machine_info, measure_ceilings
 from lstmbench.bench.peers import torch_peer
 from lstmbench.bench.rows import BenchRow, make_row, on_gpu, unstable_reason
 from lstmbench.bench.timing import Timing, time_calls
@@ -29,6 +29,7 @@ from lstmbench.params import init_params
 from lstmbench.protocol import Backend, default_threads
 from lstmbench.registry import REFERENCE, get_backend, list_backends
 from lstmbench.training.progress import progress_bar
+from lstmbench.training.threads import AUTO, ThreadTuner
 
 REFERENCE_ONE_THREAD = f"{REFERENCE} (1 BLAS thread)"  # the row every speedup is over
 
@@ -49,9 +50,18 @@ def verify(backend: Backend, cfg: ModelConfig, x: np.ndarray, y: np.ndarray, opt
     return None
 
 
-def time_backend(backend: Backend, cfg: ModelConfig, x, y, repeats: int, opt=BENCH_OPTIMIZER) -> Timing:
+def time_backend(backend: Backend, cfg: ModelConfig, x, y, repeats: int, opt=BENCH_OPTIMIZER,
+                 tuner: ThreadTuner | None = None) -> Timing:
+    """One training step's times; with ``tuner``, each step on the count it picks (--threads auto)."""
     state = backend.init_state(cfg, init_params(cfg, seed=0), opt)
-    return time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=2)
+    if tuner is None:
+        return time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=2)
+
+    def tuned_step():
+        with tuner.step(backend, len(x)):
+            backend.train_step(state, x, y)
+    # untimed: the tuner's first measurement of every count (what a long run pays once)
+    return time_calls(tuned_step, repeats, warmup=2 + (tuner.samples + 1) * len(tuner.candidates))
 
 
 def simulated(name: str) -> bool:
@@ -97,26 +107,31 @@ def run_suite(names=None, backends: list[str] | None = None, dtype: str = "float
 
 
 def run_workloads(workloads: list[Workload], backends: list[str] | None = None, dtype: str = "float32",
-                  threads: int | None = None, repeats: int = 7, with_torch: bool = True, progress: bool = True,
-                  torch_devices=("cpu", "cuda")) -> dict[str, Any]:
+                  threads: int | str | None = None, repeats: int = 7, with_torch: bool = True,
+                  progress: bool = True, torch_devices=("cpu", "cuda")) -> dict[str, Any]:
     """Verify, then time one training step per backend on every workload. With torch: a
     torch.nn.LSTM peer row on each of ``torch_devices`` ("cuda" only where a timed backend
-    runs on a GPU). Returns a report dict; the ceilings are measured in the same run, last."""
-    threads = threads or default_threads()
+    runs on a GPU). ``threads``: a count (None: all cores), or "auto": the backends' steps each
+    on the count a ThreadTuner picks, up to all cores. Returns a report dict; the ceilings are
+    measured in the same run, last."""
+    auto = threads == AUTO
+    threads = default_threads() if auto or not threads else threads
     load_before = load_average()
     names, skipped = _backends_to_time(backends)
     peers = _torch_peers(names, torch_devices if with_torch else ())
     bar = progress_bar(progress, total=len(workloads) * (len(names) + 2 + len(peers)), desc="bench", unit="run")
     cases = [work.case(dtype) for work in workloads]
-    rows = _time_backends(cases, names, threads, repeats, bar)
-    rows += _time_lasting_pools(cases, peers, threads, repeats, bar)
+    with OtherLoad() as others:
+        rows = _time_backends(cases, names, threads, repeats, bar, auto)
+        rows += _time_lasting_pools(cases, peers, threads, repeats, bar)
     ceilings = measure_ceilings(dtype, threads)  # last too: it runs every core flat out
     _compare(rows, ceilings["fma_peak"], threads)
     order = {work.name: k for k, work in enumerate(workloads)}
     rows.sort(key=lambda r: order[r.workload])  # stable: keeps the row order within a workload
     bar.close()
     return {"kind": "grid", "machine": machine_info(), "load_average": [load_before, load_average()],
-            "dtype": dtype, "threads": threads, **ceilings,
+            "others_cores": others.cores, "dtype": dtype, "threads": threads, "threads_mode": AUTO if auto else "fixed",
+            **ceilings,
             "optimizer": BENCH_OPTIMIZER.to_dict(), "unavailable": skipped,
             "workloads": [asdict(w) | {"describe": w.describe} for w in workloads], "rows": [asdict(r) for r in rows]}
 
@@ -138,8 +153,9 @@ def _torch_peers(names: list[str], devices) -> list:
     return [peer for device in devices if device == "cpu" or gpu if (peer := torch_peer(device))]
 
 
-def _time_backends(cases: list[BenchCase], names: list[str], threads: int, repeats: int, bar) -> list[BenchRow]:
-    """Per workload: the reference on one BLAS thread, then each backend on ``threads``."""
+def _time_backends(cases: list[BenchCase], names: list[str], threads: int, repeats: int, bar,
+                   auto: bool = False) -> list[BenchRow]:
+    """Per workload: the reference on one BLAS thread, then each backend on ``threads`` (auto: up to)."""
     ref = get_backend(REFERENCE)
     rows = []
     for case in cases:
@@ -151,12 +167,13 @@ def _time_backends(cases: list[BenchCase], names: list[str], threads: int, repea
             if name != REFERENCE:
                 bar.set_postfix_str(f"{name} {case.work.name}")
                 with get_backend(name).using_threads(threads) as backend:
-                    rows.append(_backend_row(name, backend, case, threads, repeats))
+                    rows.append(_backend_row(name, backend, case, threads, repeats, auto))
             bar.update(1)
     return rows
 
 
-def _backend_row(name: str, backend: Backend, case: BenchCase, threads: int, repeats: int) -> BenchRow:
+def _backend_row(name: str, backend: Backend, case: BenchCase, threads: int, repeats: int,
+                 auto: bool = False) -> BenchRow:
     """A backend's row: skipped (what it does not support), FAILED (it disagrees with the
     reference), or timed."""
     reason = backend.capabilities.why_unsupported(case.cfg, BENCH_OPTIMIZER)
@@ -164,8 +181,10 @@ def _backend_row(name: str, backend: Backend, case: BenchCase, threads: int, rep
         return make_row(name, name, case, threads, None, {}, "skipped", reason)
     if (problem := verify(backend, case.cfg, case.x, case.y)) is not None:
         return make_row(name, name, case, threads, None, {}, "FAILED", problem)
-    return make_row(name, name, case, threads, time_backend(backend, case.cfg, case.x, case.y, repeats),
-                    backend.runtime_info())
+    tuner = ThreadTuner(threads) if auto and threads > 1 else None
+    timing = time_backend(backend, case.cfg, case.x, case.y, repeats, tuner=tuner)
+    return make_row(name, name, case, threads, timing,
+                    backend.runtime_info() | ({"threads_auto": tuner.summary()} if tuner else {}))
 
 
 def _time_lasting_pools(cases: list[BenchCase], peers: list, threads: int, repeats: int, bar) -> list[BenchRow]:

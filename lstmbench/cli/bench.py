@@ -7,7 +7,7 @@ import json
 import sys
 
 import lstmbench as lb
-from lstmbench.cli.common import positive, usable_threads
+from lstmbench.cli.common import AUTO, positive, thread_count, usable_threads
 from lstmbench.errors import LstmbenchError
 from lstmbench.training import distributed
 from lstmbench.training.experiment import finite_json
@@ -30,7 +30,9 @@ def register(sub) -> None:
                    help="time the realistic workloads instead of a grid: all, or those named "
                         "(char-onehot, forecast-short, hourly-multivariate, long-b1, long-b2, odd-sizes)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--threads", type=positive, default=None, help="threads for the backends (default: all cores)")
+    p.add_argument("--threads", type=thread_count, default=None,
+                   help="threads for the backends: a number (default: all cores), or auto: each step on the count "
+                        "that is fastest now, up to all cores, as `train` runs by default (grid and suite)")
     p.add_argument("--repeats", type=positive, default=7, help="timed repeats per point (default 7)")
     p.add_argument("--no-torch", action="store_true", help="leave out the torch.nn.LSTM peer row")
     p.add_argument("--scaling", action="store_true", help="also time epochs over N, 2N, 4N, 8N sequences")
@@ -51,18 +53,19 @@ def run(args) -> int:
     from lstmbench.bench.run import run_grid, run_suite
     from lstmbench.bench.scaling import run_scaling
 
-    args.threads = usable_threads(args.threads)
+    auto = args.threads == AUTO
+    args.threads = None if auto else usable_threads(args.threads)
     if args.distributed:
         return bench_distributed(args)
     grid = scaling = None
     if args.suite is not None:
-        grid = run_suite(args.suite or None, args.backends, args.dtype, args.threads, args.repeats,
+        grid = run_suite(args.suite or None, args.backends, args.dtype, AUTO if auto else args.threads, args.repeats,
                          with_torch=not args.no_torch, progress=not args.quiet)
     elif not args.scaling_only:
         model = dict(input_size=args.input_size, output_size=args.output_size, layers=args.layers, loss=args.loss,
                      many_to_many=args.many_to_many, one_hot=args.one_hot)
         lb.ModelConfig(args.input_size, 1, args.output_size, args.layers, args.loss, args.many_to_many)  # checks it
-        grid = run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, args.threads,
+        grid = run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, AUTO if auto else args.threads,
                         args.repeats, with_torch=not args.no_torch, progress=not args.quiet, model=model)
     if args.scaling or args.scaling_only:
         scaling = run_scaling(args.backends, hidden=args.hidden[0], base_n=args.scaling_n, steps=args.steps,

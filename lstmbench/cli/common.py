@@ -8,6 +8,7 @@ import sys
 
 import lstmbench as lb
 from lstmbench.training import distributed
+from lstmbench.training.threads import AUTO, ThreadTuner
 
 
 def say(message: str) -> None:
@@ -27,11 +28,23 @@ def usable_threads(threads: int | None, flag: str = "--threads") -> int | None:
     return threads
 
 
-def choose_backend(name: str | None, threads: int | None) -> lb.Backend:
-    """The backend named, or the fastest one here, set to ``threads`` (None: all cores)."""
+def choose_backend(name: str | None, threads: int | str | None) -> lb.Backend:
+    """The backend named, or the fastest one here, set to ``threads`` (None or "auto": all cores;
+    with "auto", thread_tuner then picks each step's count below that)."""
     backend = lb.get_backend(name or lb.fastest_available())
-    backend.set_threads(usable_threads(threads))
+    backend.set_threads(None if threads == AUTO else usable_threads(threads))
     return backend
+
+
+def thread_tuner(backend: lb.Backend, threads: int | str | None) -> ThreadTuner | None:
+    """For --threads auto: a tuner that picks each step's count up to the backend's; None for a
+    fixed count, or when there is only one core to use."""
+    return ThreadTuner(backend.threads) if threads == AUTO and backend.threads > 1 else None
+
+
+def threads_text(backend: lb.Backend, tuner: ThreadTuner | None) -> str:
+    """"2 thread(s)", or "up to 2 threads (auto)"."""
+    return f"up to {backend.threads} threads (auto)" if tuner else f"{backend.threads} thread(s)"
 
 
 def chosen(name: str | None) -> str:
@@ -43,8 +56,10 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
     g.add_argument("--backend", help="backend name (see `lstmbench backends`; default: the fastest available, "
                                      f"first of {', '.join(lb.registry.FASTEST_FIRST)})")
-    g.add_argument("--threads", type=positive, default=None,
-                   help="threads the backend may use (default: all cores; more than that is clamped)")
+    g.add_argument("--threads", type=thread_count, default=AUTO,
+                   help="threads the backend uses: a number (more than the cores is clamped), or auto "
+                        "(default): each step on the count that is fastest now, measured as the run goes, "
+                        "so a busy machine does not slow it down. The result is the same bits either way")
 
 
 def index_column(value: str | None) -> tuple[str | None, bool]:
@@ -52,6 +67,16 @@ def index_column(value: str | None) -> tuple[str | None, bool]:
     if value is not None and value.lower() == "none":
         return None, False
     return value, True
+
+
+def thread_count(text: str) -> int | str:
+    """--threads: "auto" or an integer >= 1."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return _number(text, int, lambda v: v >= 1, "must be auto or at least 1")
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be auto or a count of at least 1, got {text!r}") from None
 
 
 def positive(text: str) -> int:

@@ -26,7 +26,8 @@ import lstmbench as lb
 from lstmbench.training import experiment
 from lstmbench.bench.run import default_backends
 from lstmbench.training.checkpoint import atomic_write, check_output_dir
-from lstmbench.cli.common import positive
+from lstmbench.bench.machine import OtherLoad, busy_note
+from lstmbench.cli.common import AUTO, positive, thread_count, thread_tuner, usable_threads
 from lstmbench.params import Params, cast_params
 from lstmbench.registry import REFERENCE
 from lstmbench.training.loop import RunConfig, TrainResult, train
@@ -42,7 +43,7 @@ FLOAT64_AGREEMENT = 1e-9  # of the largest parameter
 @dataclass
 class DemoRow:
     backend: str
-    threads: int
+    threads: str  # "2", or "auto 1-2" (the counts the tuner used)
     seconds: float  # the whole training in the demo's dtype (every epoch, validation included)
     speedup: float  # the reference's seconds (one thread) / this row's
     test: float  # test RMSE (series) or cross-entropy (text) of the best-validation parameters
@@ -51,6 +52,7 @@ class DemoRow:
     deviation64: float  # the same for the float64 training
     allowed64: float
     verified: bool
+    others: float | None = None  # cores other processes kept busy during the timed training (OtherLoad)
 
 
 def max_deviation(a: Params, b: Params) -> float:
@@ -61,17 +63,19 @@ class Trained(NamedTuple):
     """One backend's demo run: the float32 (timed) training and its float64 check's parameters."""
 
     backend: lb.Backend
-    threads: int
+    threads: str
     result: TrainResult
     seconds: float
     check: Params
+    others: float | None
 
 
 def run_demo(text: bool = False, epochs: int | None = None, hidden: int | None = None, dtype: str = "float32",
              backends: list[str] | None = None, out: str | Path = "runs/demo", progress: bool = True,
-             say=print) -> dict[str, Any]:
+             say=print, threads: int | str = AUTO) -> dict[str, Any]:
     """Train the demo task on every backend (or ``backends``; the reference always), verify
-    and compare them, write the plots into ``out``; returns the report."""
+    and compare them, write the plots into ``out``; returns the report. ``threads``: of every
+    backend but the reference (which runs on one): a count, or "auto" (lstmbench.training.threads)."""
     spec = dict(TASKS["text" if text else "series"])
     spec.update({k: v for k, v in (("epochs", epochs), ("hidden", hidden)) if v is not None})
     out = check_output_dir(out, what="--out")
@@ -94,15 +98,21 @@ def run_demo(text: bool = False, epochs: int | None = None, hidden: int | None =
     quiet = replace(run, progress=False)
     trained: dict[str, Trained] = {}
     for name in names:
-        with lb.get_backend(name).using_threads(1 if name == REFERENCE else None) as backend:  # the reference: 1
+        count = 1 if name == REFERENCE else None if threads == AUTO else threads  # the reference: 1
+        with lb.get_backend(name).using_threads(count) as backend:
             _warm_up(backend, [task.cfg, exact], task.train, opt, say)
             on_epoch = _epoch_printer() if (text and name == fastest) else None
-            started = time.perf_counter()
-            result = train(backend, task.cfg, opt, init, task.train, task.val, run, on_epoch=on_epoch)
-            seconds = time.perf_counter() - started
+            tuner = thread_tuner(backend, threads if name != REFERENCE else 1)
+            with OtherLoad() as others:
+                started = time.perf_counter()
+                result = train(backend, task.cfg, opt, init, task.train, task.val, run, on_epoch=on_epoch,
+                               threads=tuner)
+                seconds = time.perf_counter() - started
             check = result if dtype == "float64" else train(backend, exact, opt, exact_init, *exact_data, quiet)
-            trained[name] = Trained(backend, backend.threads, result, seconds, check.last_params)
-        say(f"  {name:<8} {trained[name].threads} thread(s): {seconds:6.2f} s")
+            trained[name] = Trained(backend, _threads_used(backend, result), result, seconds, check.last_params,
+                                    others.cores)
+        note = busy_note(others.cores, "it trained")
+        say(f"  {name:<8} {trained[name].threads} thread(s): {seconds:6.2f} s" + (f"  ({note})" if note else ""))
     ref = trained[REFERENCE]
     allowed = FLOAT64_AGREEMENT * max(float(np.max(np.abs(v))) for v in ref.check.values())
 
@@ -115,7 +125,7 @@ def run_demo(text: bool = False, epochs: int | None = None, hidden: int | None =
         deviation64 = max_deviation(t.check, ref.check)
         rows.append(DemoRow(name, t.threads, t.seconds, ref.seconds / t.seconds, test, naive,
                             max_deviation(t.result.last_params, ref.result.last_params), deviation64, allowed,
-                            deviation64 <= allowed))
+                            deviation64 <= allowed, t.others))
     backend, result = trained[fastest].backend, trained[fastest].result
     forecast_png, speedup_png = out / ("predictions.png" if text else "forecast.png"), out / "speedup.png"
     experiment.plot_run(backend, task, result.params, result.history, forecast_png)
@@ -155,6 +165,14 @@ def _warm_up(backend: lb.Backend, cfgs: list[lb.ModelConfig], data, opt: lb.Opti
         say(f"  {backend.name}: kernels ready in {time.perf_counter() - start:.1f} s")
 
 
+def _threads_used(backend: lb.Backend, result: TrainResult) -> str:
+    """The fixed count, or "auto " and the counts the tuner ran steps on ("auto 1-2")."""
+    if result.threads is None:
+        return str(backend.threads)
+    used = sorted(int(n) for n, steps in result.threads["steps_at"].items() if steps)
+    return "auto " + (f"{used[0]}-{used[-1]}" if len(used) > 1 else str(used[0]))
+
+
 def _epoch_printer():
     from tqdm.auto import tqdm
 
@@ -175,6 +193,9 @@ def format_demo(report: dict[str, Any]) -> str:
         verdict = f"{r['deviation64']:.2g} <= {r['allowed64']:.2g} {'yes' if r['verified'] else 'NO'}"
         lines.append(f"{r['backend']:<8} {r['threads']:>7} {r['seconds']:>8.2f} {r['speedup']:>7.2f}x "
                      f"{r['test']:>10.4g} {r['naive']:>18.4g}  {r['deviation']:>24.2g}  {verdict:>26}")
+    busy = [(r["backend"], r["others"]) for r in report["rows"] if busy_note(r.get("others"))]
+    if busy:
+        lines.append("note: " + busy_note(max(o for _, o in busy), "the training of " + ", ".join(b for b, _ in busy)))
     units = f"of {report['units']!r}" if report["task"] == "series" else "in nats/symbol"
     lines += [f"speedup: the reference's training time on one thread / the row's, this run. {metric} {units}, "
               "of the parameters with the best validation loss.",
@@ -212,6 +233,9 @@ def register(sub) -> None:
     p.add_argument("--backends", nargs="+", help="backends to train (default: every available one; the reference "
                                                  "always)")
     p.add_argument("--out", default="runs/demo", help="folder for the plots (default runs/demo)")
+    p.add_argument("--threads", type=thread_count, default=AUTO,
+                   help="threads of every backend but the reference (which runs on one): a number, or auto "
+                        "(default): each step on the count that is fastest now (the same bits either way)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -220,7 +244,8 @@ def run(args) -> int:
     """The same model trained on every backend here, verified against the reference, compared."""
     report = run_demo(text=args.text, epochs=args.epochs, hidden=args.hidden, dtype=args.dtype,
                            backends=args.backends, out=args.out, progress=not args.quiet,
-                           say=lambda m: print(m, flush=True))
+                           say=lambda m: print(m, flush=True),
+                           threads=args.threads if args.threads == AUTO else usable_threads(args.threads))
     print()
     print(format_demo(report))
     if report["task"] == "text":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,6 +31,7 @@ from lstmbench.training.checkpoint import (
     load_checkpoint,
 )
 from lstmbench.cli.common import (
+    AUTO,
     add_backend_args,
     chosen,
     choose_backend,
@@ -40,11 +41,14 @@ from lstmbench.cli.common import (
     positive,
     positive_float,
     say,
+    thread_tuner,
+    threads_text,
 )
 from lstmbench.config import OptimizerConfig
 from lstmbench.errors import CheckpointError, DivergenceError, LstmbenchError
 from lstmbench.resources import available_memory, check_fits, gigabytes, training_bytes
 from lstmbench.training.loop import RunConfig, train
+from lstmbench.training.threads import ThreadTuner
 
 #: the settings a run is made of, with their defaults for a new run (a resumed run has its own).
 #: The learning rate is 10x OptimizerConfig's (torch's Adam default): see docs/training.md.
@@ -106,6 +110,7 @@ class Run(NamedTuple):
     opt: OptimizerConfig
     config: RunConfig
     memory: int  # bytes it needs beyond its data (about)
+    tuner: ThreadTuner | None  # --threads auto
 
 
 def run(args) -> int:
@@ -131,7 +136,7 @@ def run(args) -> int:
         try:
             result = train(new.backend, new.task.cfg, new.opt, lb.init_params(new.task.cfg, seed=new.settings["seed"]),
                            new.task.train, new.task.val, new.config, resume=resume, meta=new.task.meta,
-                           on_epoch=_print_epoch, world=w)
+                           on_epoch=_print_epoch, world=w, threads=new.tuner)
         except DivergenceError as exc:
             say(f"error: {exc}")
             return 3
@@ -144,8 +149,11 @@ def run(args) -> int:
 
 def _prepare(args, saved: dict | None, out: Path, w: distributed.World) -> Run:
     settings = _settings(args, saved)
-    threads = args.threads or (distributed.threads_per_rank(w) if w.distributed else None)
+    threads = args.threads
+    if w.distributed:  # the ranks share the cores: auto tunes each rank's share
+        threads = distributed.threads_per_rank(w) if threads == AUTO else threads
     backend = choose_backend(settings["backend"], threads)
+    tuner = thread_tuner(backend, args.threads)
     task = _task(settings)
     opt = OptimizerConfig(settings["optimizer"], lr=settings["lr"], momentum=settings["momentum"],
                           clip_norm=settings["clip_norm"])
@@ -154,7 +162,7 @@ def _prepare(args, saved: dict | None, out: Path, w: distributed.World) -> Run:
     memory = _check_memory(task, config, backend)
     if w.is_root:
         check_output_dir(out, needed_bytes=_output_bytes(task.cfg), what="--out")
-    return Run(settings, backend, task, opt, config, memory)
+    return Run(settings, backend, task, opt, config, memory, tuner)
 
 
 def _claim_output(stack: ExitStack, out: Path, args) -> Checkpoint | None:
@@ -333,7 +341,7 @@ def _say_run(args, new: Run, saved: dict | None, w: distributed.World) -> None:
             f"{'it as one' if one else 'them as values'})")
     for note in series.notes if series is not None else ():
         say(f"  note: {note}")
-    say(f"  backend {backend.name}{chosen(settings['backend'])} on {backend.threads} thread(s)"
+    say(f"  backend {backend.name}{chosen(settings['backend'])} on {threads_text(backend, new.tuner)}"
         f"{' per rank' if ranks else ''}{ranks}, "
         f"{len(task.train[0])} train / {len(task.val[0])} val / {len(task.test[0])} test examples")
     data_bytes = sum(a.nbytes for part in (task.train, task.val, task.test) for a in part)
@@ -351,11 +359,11 @@ def _position(progress: dict, epochs: int) -> str:
 
 
 def _backend_change(saved: dict, backend: lb.Backend) -> str:
-    """What a resume on another backend or thread count changes (nothing, when both are the same)."""
-    if saved["backend"] in (None, backend.name) and saved["threads"] in (None, backend.threads):
+    """What a resume on another backend changes (another thread count changes nothing: every
+    backend gives the same bits on any count)."""
+    if saved["backend"] in (None, backend.name):
         return ""
-    was = f"{saved['backend']} on {saved['threads']} thread(s)"
-    return (f"; the run so far trained on {was}, this part on {backend.name} on {backend.threads}: the result "
+    return (f"; the run so far trained on {saved['backend']}, this part on {backend.name}: the result "
             "equals an uninterrupted run's up to rounding, not bit for bit")
 
 
@@ -368,12 +376,14 @@ def _print_epoch(rec: dict) -> None:
 def _finish(result, new: Run, out: Path, w: distributed.World) -> int:
     """Test metrics, metrics.json, the plot and the summary lines."""
     task, backend = new.task, new.backend
-    report = experiment.evaluate(backend, task, result.params, world=w)
+    with new.tuner.best_count(backend) if new.tuner else nullcontext():
+        report = experiment.evaluate(backend, task, result.params, world=w)
     if not w.is_root:
         return 0
     backends = list(dict.fromkeys(h.get("backend") for h in result.history if h.get("backend")))
     metrics = {"run_id": result.run_id, "model": task.cfg.to_dict(), "optimizer": new.opt.to_dict(),
                "backend": backend.name, "backends": backends, "runtime": backend.runtime_info(), "ranks": w.size,
+               "threads": result.threads or {"mode": "fixed", "count": backend.threads},
                "data": task.meta["source"], "fingerprint": task.meta["fingerprint"],
                "stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
                "best_val_loss": result.best_val_loss, "seconds": result.seconds, "history": result.history,
@@ -382,6 +392,9 @@ def _finish(result, new: Run, out: Path, w: distributed.World) -> int:
     experiment.plot_run(backend, task, result.params, result.history, out / PLOT_FILE)
     print(f"backend {backend.name}: {_runtime_text(backend.runtime_info())}"
           f"{f', {w.size} ranks' if w.distributed else ''}")
+    if result.threads:
+        steps = ", ".join(f"{n} thread(s): {s}" for n, s in result.threads["steps_at"].items())
+        print(f"threads: auto, steps on each count ({steps}); the result is the same on any count")
     print(f"stopped: {result.stop_reason}; best validation loss {result.best_val_loss:.5f} at epoch {result.best_epoch}")
     print(_verdict(report))
     print(f"wrote {out / BEST_CHECKPOINT}, {out / LAST_CHECKPOINT}, {out / METRICS_FILE}, {out / PLOT_FILE}")

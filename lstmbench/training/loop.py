@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,7 @@ import numpy as np
 from lstmbench.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from lstmbench.config import ModelConfig, OptimizerConfig
 from lstmbench.training.progress import progress_bar
+from lstmbench.training.threads import ThreadTuner
 from lstmbench.training.distributed import SINGLE, DistributedError, World, on_every_rank, shard
 from lstmbench.errors import CheckpointError, ConfigError, DeviceError, DivergenceError, NonFiniteError, OutputError
 from lstmbench.training.metrics import mean_loss
@@ -76,6 +78,7 @@ class TrainResult:
     seconds: float
     run_id: str | None = None  # names the run in every checkpoint it writes (None: a run from before run ids)
     position: str = ""  # where the run stopped, for messages: "epoch 3, after batch 5 of 7"
+    threads: dict | None = None  # ThreadTuner.summary() of an adaptive thread count, or None (a fixed one)
 
 
 @dataclass
@@ -140,6 +143,7 @@ def train(
     meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     world: World = SINGLE,
+    threads: ThreadTuner | None = None,
 ) -> TrainResult:
     """Train ``params`` with ``backend``; see the module docstring for the guarantees.
 
@@ -149,10 +153,12 @@ def train(
     ``world``: the ranks of a data-parallel run (lstmbench.training.distributed). Every rank calls
     train with the same arguments and data; rank 0's parameters (or ``resume``, which
     only rank 0 needs) are broadcast, and only rank 0 writes checkpoints.
+    ``threads``: a tuner that picks each step's thread count (lstmbench.training.threads); None
+    keeps the backend's count. Either gives the same bits: only the time differs.
     """
     meta = dict(meta or {})
     _agree_on_the_run(cfg, opt, run, meta, train_data, val_data, world)
-    trainer = _Trainer(backend, cfg, opt, run, meta, train_data, val_data, world, on_epoch)
+    trainer = _Trainer(backend, cfg, opt, run, meta, train_data, val_data, world, on_epoch, threads)
     trainer.start(params, resume)
     return trainer.run()
 
@@ -176,8 +182,9 @@ class _Trainer:
     method is one part a reader can follow: start, an epoch, a step, the end of an epoch (the
     checkpoints and the decision to stop), and the result."""
 
-    def __init__(self, backend, cfg, opt, run, meta, train_data, val_data, world, on_epoch) -> None:
+    def __init__(self, backend, cfg, opt, run, meta, train_data, val_data, world, on_epoch, tuner) -> None:
         self.backend, self.cfg, self.opt, self.run_cfg, self.meta = backend, cfg, opt, run, meta
+        self.tuner = tuner
         (self.x, self.y), (self.x_val, self.y_val) = train_data, val_data
         self.world, self.on_epoch = world, on_epoch
         self.batches_per_epoch = math.ceil(len(self.x) / run.batch_size)
@@ -221,7 +228,8 @@ class _Trainer:
             self.checkpoint(LAST_CHECKPOINT, self.backend.get_params(self.state), with_state=True)
         return TrainResult(self.best_params, self.backend.get_params(self.state), self.progress.history,
                            self.progress.best_epoch, self.progress.best_val_loss, stop_reason,
-                           time.perf_counter() - started, self.run_id, self.progress.where(self.batches_per_epoch))
+                           time.perf_counter() - started, self.run_id, self.progress.where(self.batches_per_epoch),
+                           self.tuner.summary() if self.tuner else None)
 
     def epoch(self, bar) -> bool:
         """The remaining minibatches of the current epoch; False when an interrupt stopped it
@@ -246,7 +254,8 @@ class _Trainer:
             part = rows[shard(len(rows), world.size, world.rank)]
             self.state.gradient_hook = world.gradient_hook(len(part), len(rows), lambda: self.guard.requested)
         try:
-            loss = float(self.backend.train_step(self.state, self.x[part], self.y[part]))
+            with self.tuner.step(self.backend, len(part)) if self.tuner else nullcontext():
+                loss = float(self.backend.train_step(self.state, self.x[part], self.y[part]))
         except DeviceError as exc:  # a GPU failure (out of memory, a failed launch)
             raise DeviceError(f"{exc}; at epoch {progress.epoch + 1}, batch {progress.batch + 1} the run stopped. "
                               f"{_kept(self.run_cfg, progress)}") from exc
@@ -272,12 +281,15 @@ class _Trainer:
         """Validation, the history, the checkpoints; "completed" to go on, or why the run stops."""
         progress, world = self.progress, self.world
         current = self.epoch_params()
-        val_loss = split_loss(self.backend, self.cfg, current, self.x_val, self.y_val, world)
+        with self.tuner.best_count(self.backend) if self.tuner else nullcontext():  # validation too
+            val_loss = split_loss(self.backend, self.cfg, current, self.x_val, self.y_val, world)
         if not math.isfinite(val_loss):
             raise on_every_rank(DivergenceError(f"validation loss became {val_loss} after epoch {progress.epoch + 1}; "
                                                 f"{_kept(self.run_cfg, progress)}"))
         record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / len(self.x), "val_loss": val_loss,
                   "seconds": time.perf_counter() - self.epoch_started, "backend": self.backend.name}
+        if self.tuner:
+            record["threads"] = self.tuner.last  # the count the epoch ended on
         progress.history.append(record)
         progress.epoch, progress.batch, progress.loss_sum = progress.epoch + 1, 0, 0.0
         if val_loss < progress.best_val_loss - self.run_cfg.min_delta:
