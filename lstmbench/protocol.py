@@ -37,6 +37,9 @@ class Capabilities:
     many_to_one: bool = True
     many_to_many: bool = True
     optimizers: tuple[str, ...] = OPTIMIZERS
+    # lengths, an initial state and the final state (design.md section 8): a backend that has
+    # them takes lengths=, initial_state= (and return_state= in _forward) as keywords
+    sequences: bool = False
 
     def why_unsupported(self, cfg: ModelConfig, opt: OptimizerConfig | None = None) -> str | None:
         """None if supported, else a sentence saying what is not."""
@@ -136,23 +139,34 @@ class Backend:
         if reason is not None:
             raise UnsupportedError(f"backend {self.name!r}: {reason}")
 
-    def forward(self, cfg: ModelConfig, params: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-        """Model outputs: (B, O) for many-to-one, (B, T, O) for many-to-many
-        (logits for "xent")."""
+    def forward(self, cfg: ModelConfig, params: Mapping[str, np.ndarray], x: np.ndarray,
+                lengths: np.ndarray | None = None, initial_state=None, return_state: bool = False):
+        """Model outputs: (B, O) for many-to-one, (B, T, O) for many-to-many (logits for
+        "xent"; zeros at a row's padded steps). ``lengths`` (B,): the steps each row takes;
+        ``initial_state``: (h0, c0), each (L, B, H); with ``return_state``, returns
+        ``(y, (h_n, c_n))``, every row's state after its own last step (design.md section 8)."""
         self.check_supported(cfg)
         check_params(cfg, params)
         check_inputs(cfg, x)
-        return check_outputs(self.name, cfg, x, self._forward(cfg, params, x))
+        extra = self._sequence_args(cfg, x, lengths, initial_state, return_state)
+        out = self._forward(cfg, params, x, **extra)
+        if not return_state:
+            return check_outputs(self.name, cfg, x, out)
+        y, state = out
+        return check_outputs(self.name, cfg, x, y), check_state(self.name, cfg, x, state)
 
     def loss_and_grads(
-        self, cfg: ModelConfig, params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray
+        self, cfg: ModelConfig, params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+        lengths: np.ndarray | None = None, initial_state=None,
     ) -> tuple[float, Params]:
-        """Mean loss over the batch and its exact gradient for every parameter."""
+        """Mean loss over the batch's valid terms and its exact gradient for every parameter
+        (none for the initial state: it is a constant)."""
         self.check_supported(cfg)
         check_params(cfg, params)
         check_inputs(cfg, x)
         check_targets(cfg, x, y)
-        loss, grads = self._loss_and_grads(cfg, params, x, y)
+        extra = self._sequence_args(cfg, x, lengths, initial_state)
+        loss, grads = self._loss_and_grads(cfg, params, x, y, **extra)
         check_params(cfg, grads, what=f"backend {self.name!r}'s gradients", finite=False)
         return check_loss(self.name, loss, "loss_and_grads"), grads
 
@@ -179,11 +193,28 @@ class Backend:
             fresh = {k: np.array(v, dtype=fresh[k].dtype) for k, v in opt_state.items()}
         return self._init_state(cfg, copy_params(params), opt, fresh)
 
-    def train_step(self, state: TrainState, x: np.ndarray, y: np.ndarray) -> float:
+    def train_step(self, state: TrainState, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None,
+                   initial_state=None) -> float:
         """One optimizer step on (x, y); returns the loss before the update."""
         check_inputs(state.cfg, x)
         check_targets(state.cfg, x, y)
-        return check_loss(self.name, self._train_step(state, x, y), "train_step")
+        extra = self._sequence_args(state.cfg, x, lengths, initial_state)
+        return check_loss(self.name, self._train_step(state, x, y, **extra), "train_step")
+
+    def _sequence_args(self, cfg: ModelConfig, x: np.ndarray, lengths, initial_state, return_state=False) -> dict:
+        """The keywords a backend's method gets for lengths and state, checked; {} when none
+        were given (so a backend without them is called as before)."""
+        extra = {}
+        if lengths is not None:
+            extra["lengths"] = check_lengths(x, lengths)
+        if initial_state is not None:
+            extra["initial_state"] = check_initial_state(cfg, x, initial_state)
+        if return_state:
+            extra["return_state"] = True
+        if extra and not self.capabilities.sequences:
+            raise UnsupportedError(f"backend {self.name!r} does not take {' or '.join(k.replace('_', ' ') for k in extra)}"
+                                   " yet (design.md section 8); the numpy reference does")
+        return extra
 
     def get_params(self, state: TrainState) -> Params:
         """Host copy of the current parameters (checked: names, shapes, dtype, finite)."""
@@ -208,8 +239,8 @@ class Backend:
     def _init_state(self, cfg, params: Params, opt, opt_state: OptState) -> TrainState:
         return TrainState(cfg, opt, params, opt_state)
 
-    def _train_step(self, state: TrainState, x, y) -> float:
-        loss, grads = self._loss_and_grads(state.cfg, state.params, x, y)
+    def _train_step(self, state: TrainState, x, y, **sequences) -> float:
+        loss, grads = self._loss_and_grads(state.cfg, state.params, x, y, **sequences)
         if state.gradient_hook is not None:
             layout = Layout.of(state.cfg)
             flat = layout.flatten(grads, state.cfg.np_dtype)
@@ -244,6 +275,52 @@ def check_inputs(cfg: ModelConfig, x) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise NonFiniteError(f"x contains {int(np.size(x) - np.isfinite(x).sum())} NaN or infinite values")
     return x
+
+
+def check_lengths(x: np.ndarray, lengths) -> np.ndarray:
+    """lengths: integers (B,) with 1 <= len <= T, for x of shape (B, T, D)."""
+    B, T = x.shape[0], x.shape[1]
+    if not isinstance(lengths, np.ndarray):
+        raise DTypeError(f"lengths must be a numpy array of integers, got {type(lengths).__name__}")
+    if not np.issubdtype(lengths.dtype, np.integer):
+        raise DTypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if lengths.shape != (B,):
+        raise ShapeError(f"lengths has shape {lengths.shape}; x of shape {x.shape} needs one length per row: ({B},)")
+    if lengths.min() < 1 or lengths.max() > T:
+        bad = int(np.flatnonzero((lengths < 1) | (lengths > T))[0])
+        raise DataError(f"lengths must lie in [1, {T}] (the steps of x), got {int(lengths[bad])} for row {bad}")
+    return lengths.astype(np.int64, copy=False)
+
+
+def check_initial_state(cfg: ModelConfig, x: np.ndarray, initial_state) -> tuple[np.ndarray, np.ndarray]:
+    """initial_state: (h0, c0), each (L, B, H) of the model's dtype with finite values."""
+    if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+        raise ShapeError(f"initial_state must be a pair (h0, c0), got {type(initial_state).__name__}")
+    want = (cfg.num_layers, x.shape[0], cfg.hidden_size)
+    for name, part in zip(("h0", "c0"), initial_state):
+        if not isinstance(part, np.ndarray):
+            raise DTypeError(f"initial_state {name} must be a numpy array, got {type(part).__name__}")
+        if part.shape != want:
+            raise ShapeError(f"initial_state {name} has shape {part.shape}; the model and x need "
+                             f"(layers, batch, hidden) = {want}")
+        if part.dtype != cfg.np_dtype:
+            raise DTypeError(f"initial_state {name} has dtype {part.dtype}, the model uses {cfg.dtype}")
+        if not np.all(np.isfinite(part)):
+            raise NonFiniteError(f"initial_state {name} contains {int(part.size - np.isfinite(part).sum())} "
+                                 "NaN or infinite values")
+    return initial_state[0], initial_state[1]
+
+
+def check_state(backend: str, cfg: ModelConfig, x: np.ndarray, state) -> tuple[np.ndarray, np.ndarray]:
+    """The final state a backend returned: (h_n, c_n), each (L, B, H) of the model's dtype, finite."""
+    want = (cfg.num_layers, x.shape[0], cfg.hidden_size)
+    ok = isinstance(state, tuple) and len(state) == 2 and all(
+        isinstance(s, np.ndarray) and s.shape == want and s.dtype == cfg.np_dtype and np.all(np.isfinite(s))
+        for s in state)
+    if not ok:
+        raise BackendError(f"backend {backend!r} returned a final state that is not a pair of finite {cfg.dtype} "
+                           f"arrays of shape {want}")
+    return state
 
 
 def expected_target_shape(cfg: ModelConfig, batch: int, steps: int) -> tuple[int, ...]:

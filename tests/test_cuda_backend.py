@@ -113,6 +113,10 @@ def test_conformance_kit(check, dtype):
         with pytest.raises(CheckSkipped, match="declares every configuration supported"):
             run_check("cuda", check, dtype, max_examples=KIT_EXAMPLES)
         return
+    if check == "sequences":  # lengths and states are not in the CUDA kernels yet (issue 19)
+        with pytest.raises(CheckSkipped, match="does not take lengths or an initial state yet"):
+            run_check("cuda", check, dtype, max_examples=KIT_EXAMPLES)
+        return
     run_check("cuda", check, dtype, max_examples=KIT_EXAMPLES)
 
 

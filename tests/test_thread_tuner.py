@@ -217,3 +217,14 @@ def test_other_processes_load_is_the_machine_s_cpu_time_less_this_process_s(monk
     assert load.cores == pytest.approx(1.0)
     assert "other processes kept 1.0 of its" in machine.busy_note(load.cores)
     assert machine.busy_note(0.1) is None and machine.busy_note(None) is None
+
+
+def test_demo_notes_a_busy_machine_under_its_table():
+    from lstmbench.cli.demo import format_demo
+
+    row = dict(backend="c", threads="auto 1-2", seconds=0.2, speedup=5.0, test=1.0, naive=2.0, deviation=0.0,
+               deviation64=0.0, allowed64=1e-9, verified=True)
+    report = {"task": "series", "dtype": "float32", "units": "x", "rows": [row | {"others": 1.0}]}
+    assert "note: the machine was busy: other processes kept 1.0 of its" in format_demo(report)
+    assert "while the training times of c were measured" in format_demo(report)
+    assert "busy" not in format_demo(report | {"rows": [row | {"others": 0.05}]})

@@ -8,6 +8,12 @@ Shapes: B batch, T steps, D_l layer input width, H hidden, O outputs, G = 4H.
     i, f, o = sigmoid(z_i), sigmoid(z_f), sigmoid(z_o);  g = tanh(z_g)
     c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
     y = h_T @ W_y + b_y   (many-to-one)   or   y_t = h_t @ W_y + b_y  (many-to-many)
+
+State and lengths (../shared/design.md section 8): layer l starts from h0[l], c0[l] (zeros when
+no initial state is given). Row b takes steps 0 .. len_b-1 only: after them its h and c keep
+their values, so h_T is its state after its own last step (what many-to-one reads and what
+forward returns as the final state); many-to-many outputs are zero at padded steps, and the
+loss is the mean over valid terms only. No gradient flows into the initial state.
 """
 
 from __future__ import annotations
@@ -30,30 +36,45 @@ class LayerCache:
     """What one layer's forward pass keeps for the backward pass."""
 
     inputs: np.ndarray  # (B, T, D_l)
-    h: np.ndarray  # (B, T+1, H)   h[:, 0] = h_0 = 0
-    c: np.ndarray  # (B, T+1, H)   c[:, 0] = c_0 = 0
+    h: np.ndarray  # (B, T+1, H)   h[:, 0] = h_0 (zeros, or the initial state)
+    c: np.ndarray  # (B, T+1, H)   c[:, 0] = c_0
     gates: np.ndarray  # (B, T, 4H)    activated i, f, g, o
     tanh_c: np.ndarray  # (B, T, H)
+    active: np.ndarray  # (B, T) bool: t < len_b, the steps row b takes
 
 
-def layer_forward(x: np.ndarray, W_x: np.ndarray, W_h: np.ndarray, b: np.ndarray) -> LayerCache:
+def active_steps(B: int, T: int, lengths: np.ndarray | None) -> np.ndarray:
+    """(B, T) bool: which steps each row takes (every step without lengths)."""
+    if lengths is None:
+        return np.ones((B, T), dtype=bool)
+    return np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+
+
+def layer_forward(x: np.ndarray, W_x: np.ndarray, W_h: np.ndarray, b: np.ndarray, active: np.ndarray,
+                  h0: np.ndarray | None = None, c0: np.ndarray | None = None) -> LayerCache:
     B, T, _ = x.shape
     H = W_h.shape[0]
     h = np.zeros((B, T + 1, H), dtype=x.dtype)
     c = np.zeros((B, T + 1, H), dtype=x.dtype)
-    gates = np.empty((B, T, 4 * H), dtype=x.dtype)
-    tanh_c = np.empty((B, T, H), dtype=x.dtype)
+    if h0 is not None:
+        h[:, 0], c[:, 0] = h0, c0
+    gates = np.zeros((B, T, 4 * H), dtype=x.dtype)
+    tanh_c = np.zeros((B, T, H), dtype=x.dtype)
     for t in range(T):
-        z = x[:, t] @ W_x + h[:, t] @ W_h + b  # (B, 4H)
-        i = sigmoid(z[:, 0:H])
-        f = sigmoid(z[:, H : 2 * H])
-        g = np.tanh(z[:, 2 * H : 3 * H])
-        o = sigmoid(z[:, 3 * H : 4 * H])
-        c[:, t + 1] = f * c[:, t] + i * g
-        tanh_c[:, t] = np.tanh(c[:, t + 1])
-        h[:, t + 1] = o * tanh_c[:, t]
-        gates[:, t] = np.concatenate([i, f, g, o], axis=1)
-    return LayerCache(x, h, c, gates, tanh_c)
+        with np.errstate(all="ignore"):  # padded steps may hold anything; their results are dropped
+            z = x[:, t] @ W_x + h[:, t] @ W_h + b  # (B, 4H)
+            i = sigmoid(z[:, 0:H])
+            f = sigmoid(z[:, H : 2 * H])
+            g = np.tanh(z[:, 2 * H : 3 * H])
+            o = sigmoid(z[:, 3 * H : 4 * H])
+            c_new = f * c[:, t] + i * g
+            tanh_c_new = np.tanh(c_new)
+        on = active[:, t, None]  # a row past its length keeps its state and caches nothing
+        c[:, t + 1] = np.where(on, c_new, c[:, t])
+        h[:, t + 1] = np.where(on, o * tanh_c_new, h[:, t])
+        tanh_c[:, t] = np.where(on, tanh_c_new, 0)
+        gates[:, t] = np.where(on, np.concatenate([i, f, g, o], axis=1), 0)
+    return LayerCache(x, h, c, gates, tanh_c, active)
 
 
 def layer_backward(cache: LayerCache, W_x: np.ndarray, W_h: np.ndarray, dh_out: np.ndarray):
@@ -67,10 +88,11 @@ def layer_backward(cache: LayerCache, W_x: np.ndarray, W_h: np.ndarray, dh_out: 
     dW_x = np.zeros_like(W_x)
     dW_h = np.zeros_like(W_h)
     db = np.zeros(4 * H, dtype=W_x.dtype)
-    dx = np.empty_like(cache.inputs)
+    dx = np.zeros_like(cache.inputs)
     dh_next = np.zeros((B, H), dtype=W_x.dtype)  # dLoss/dh_t through h_{t+1}
     dc_next = np.zeros((B, H), dtype=W_x.dtype)  # dLoss/dc_t through c_{t+1}
     for t in reversed(range(T)):
+        on = cache.active[:, t, None]  # past its length a row's h and c pass through unchanged
         i, f, g, o = (cache.gates[:, t, k * H : (k + 1) * H] for k in range(4))
         tanh_c = cache.tanh_c[:, t]
         dh = dh_out[:, t] + dh_next
@@ -84,51 +106,67 @@ def layer_backward(cache: LayerCache, W_x: np.ndarray, W_h: np.ndarray, dh_out: 
             ],
             axis=1,
         )  # (B, 4H)
-        dW_x += cache.inputs[:, t].T @ dz
+        inputs = np.where(on, cache.inputs[:, t], 0)  # a padded input takes no part
+        dW_x += inputs.T @ dz
         dW_h += cache.h[:, t].T @ dz
         db += dz.sum(axis=0)
         dx[:, t] = dz @ W_x.T
-        dh_next = dz @ W_h.T
-        dc_next = dc * f
+        dh_next = np.where(on, dz @ W_h.T, dh)
+        dc_next = np.where(on, dc * f, dc)
     return dx, dW_x, dW_h, db
 
 
-def forward_with_caches(cfg: ModelConfig, params, x: np.ndarray):
+def forward_with_caches(cfg: ModelConfig, params, x: np.ndarray, lengths=None, initial_state=None):
     """Outputs (B, O) or (B, T, O) and the caches of every layer."""
+    active = active_steps(x.shape[0], x.shape[1], lengths)
     caches = []
     seq = x
     for k in range(cfg.num_layers):
-        cache = layer_forward(seq, params[f"l{k}.W_x"], params[f"l{k}.W_h"], params[f"l{k}.b"])
+        h0, c0 = (None, None) if initial_state is None else (initial_state[0][k], initial_state[1][k])
+        cache = layer_forward(seq, params[f"l{k}.W_x"], params[f"l{k}.W_h"], params[f"l{k}.b"], active, h0, c0)
         caches.append(cache)
         seq = cache.h[:, 1:]  # (B, T, H): this layer's outputs feed the next
-    top = seq if cfg.many_to_many else seq[:, -1]  # (B, T, H) or (B, H)
+    top = seq if cfg.many_to_many else seq[:, -1]  # (B, T, H) or (B, H): h_T is the state after len_b
     y_hat = top @ params["head.W"] + params["head.b"]
+    if cfg.many_to_many:
+        y_hat = np.where(active[:, :, None], y_hat, 0).astype(x.dtype)  # padded steps: zeros, as torch pads
     return y_hat, caches
 
 
-def loss_and_output_grad(cfg: ModelConfig, y_hat: np.ndarray, y: np.ndarray):
-    """Mean loss and dLoss/dy_hat.
+def final_state(caches: list[LayerCache]) -> tuple[np.ndarray, np.ndarray]:
+    """(h_n, c_n), each (L, B, H): every row's state after its own last step."""
+    return np.stack([cache.h[:, -1] for cache in caches]), np.stack([cache.c[:, -1] for cache in caches])
 
-    mse:  mean over every output element of (y_hat - y)^2.
-    xent: mean over every prediction of -log softmax(y_hat)[class].
+
+def loss_and_output_grad(cfg: ModelConfig, y_hat: np.ndarray, y: np.ndarray, valid: np.ndarray | None = None):
+    """Mean loss over the valid terms and dLoss/dy_hat (zero at the others).
+
+    mse:  mean over every valid output element of (y_hat - y)^2.
+    xent: mean over every valid prediction of -log softmax(y_hat)[class].
+    valid: (B,) or (B, T) bool, the predictions that count (None: all of them).
     """
+    valid = np.ones(y_hat.shape[:-1], dtype=bool) if valid is None else valid
     if cfg.loss == "mse":
-        diff = y_hat - y
-        return float(np.mean(diff * diff)), (2.0 / diff.size) * diff
+        diff = np.where(valid[..., None], y_hat - y, 0)
+        n = int(valid.sum()) * cfg.output_size
+        return float(np.sum(diff * diff) / n), ((2.0 / n) * diff).astype(y_hat.dtype)
     logits = y_hat.reshape(-1, cfg.output_size)  # (N, O)
     classes = y.reshape(-1)  # (N,)
+    keep = valid.reshape(-1)
     shifted = logits - logits.max(axis=1, keepdims=True)  # stable softmax
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    n = len(classes)
-    loss = -log_probs[np.arange(n), classes].mean()
+    n = int(keep.sum())
+    loss = -log_probs[np.arange(len(classes)), classes][keep].sum() / n
     d_logits = np.exp(log_probs)
-    d_logits[np.arange(n), classes] -= 1.0
-    return float(loss), (d_logits / n).reshape(y_hat.shape)
+    d_logits[np.arange(len(classes)), classes] -= 1.0
+    d_logits = np.where(keep[:, None], d_logits, 0)
+    return float(loss), (d_logits / n).astype(y_hat.dtype).reshape(y_hat.shape)
 
 
-def loss_and_grads(cfg: ModelConfig, params, x: np.ndarray, y: np.ndarray):
-    y_hat, caches = forward_with_caches(cfg, params, x)
-    loss, dy = loss_and_output_grad(cfg, y_hat, y)
+def loss_and_grads(cfg: ModelConfig, params, x: np.ndarray, y: np.ndarray, lengths=None, initial_state=None):
+    y_hat, caches = forward_with_caches(cfg, params, x, lengths, initial_state)
+    valid = active_steps(x.shape[0], x.shape[1], lengths) if cfg.many_to_many else None
+    loss, dy = loss_and_output_grad(cfg, y_hat, y, valid)
     grads = {}
     top_h = caches[-1].h[:, 1:]  # (B, T, H)
     dh = np.zeros_like(top_h)
@@ -153,7 +191,7 @@ class NumpyReference(Backend):
 
     name = "numpy"
     description = "NumPy reference: the definition of the answer (BLAS threads only)"
-    capabilities = Capabilities()
+    capabilities = Capabilities(sequences=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -169,10 +207,11 @@ class NumpyReference(Backend):
             info["blas_restricted"] = restriction
         return info
 
-    def _forward(self, cfg, params, x):
+    def _forward(self, cfg, params, x, lengths=None, initial_state=None, return_state=False):
         with self._blas.limit(limits=self.threads, user_api="blas"):
-            return forward_with_caches(cfg, params, x)[0]
+            y_hat, caches = forward_with_caches(cfg, params, x, lengths, initial_state)
+        return (y_hat, final_state(caches)) if return_state else y_hat
 
-    def _loss_and_grads(self, cfg, params, x, y):
+    def _loss_and_grads(self, cfg, params, x, y, lengths=None, initial_state=None):
         with self._blas.limit(limits=self.threads, user_api="blas"):
-            return loss_and_grads(cfg, params, x, y)
+            return loss_and_grads(cfg, params, x, y, lengths, initial_state)

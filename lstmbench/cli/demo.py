@@ -111,7 +111,7 @@ def run_demo(text: bool = False, epochs: int | None = None, hidden: int | None =
             check = result if dtype == "float64" else train(backend, exact, opt, exact_init, *exact_data, quiet)
             trained[name] = Trained(backend, _threads_used(backend, result), result, seconds, check.last_params,
                                     others.cores)
-        note = busy_note(others.cores, "it trained")
+        note = busy_note(others.cores, "these times")
         say(f"  {name:<8} {trained[name].threads} thread(s): {seconds:6.2f} s" + (f"  ({note})" if note else ""))
     ref = trained[REFERENCE]
     allowed = FLOAT64_AGREEMENT * max(float(np.max(np.abs(v))) for v in ref.check.values())
@@ -195,7 +195,7 @@ def format_demo(report: dict[str, Any]) -> str:
                      f"{r['test']:>10.4g} {r['naive']:>18.4g}  {r['deviation']:>24.2g}  {verdict:>26}")
     busy = [(r["backend"], r["others"]) for r in report["rows"] if busy_note(r.get("others"))]
     if busy:
-        lines.append("note: " + busy_note(max(o for _, o in busy), "the training of " + ", ".join(b for b, _ in busy)))
+        lines.append("note: " + busy_note(max(o for _, o in busy), "the training times of " + ", ".join(b for b, _ in busy)))
     units = f"of {report['units']!r}" if report["task"] == "series" else "in nats/symbol"
     lines += [f"speedup: the reference's training time on one thread / the row's, this run. {metric} {units}, "
               "of the parameters with the best validation loss.",

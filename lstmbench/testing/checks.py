@@ -174,8 +174,8 @@ def check_forward(backend: Backend, case: Case) -> None:
 def assert_loss_and_grads(case: Case, loss, grads: dict[str, np.ndarray], who: str = "") -> None:
     """``loss`` and ``grads`` (at ``case.params``) equal the reference's, up to the dtype's tolerance."""
     ref = case.as_dtype("float64")
-    expected_loss, expected_grads = reference().loss_and_grads(ref.cfg, ref.params, ref.x, ref.y)
-    own_loss, own_grads = reference().loss_and_grads(case.cfg, case.params, case.x, case.y)
+    expected_loss, expected_grads = reference().loss_and_grads(ref.cfg, ref.params, ref.x, ref.y, **ref.sequence_args())
+    own_loss, own_grads = reference().loss_and_grads(case.cfg, case.params, case.x, case.y, **case.sequence_args())
     if set(grads) != set(expected_grads):
         raise AssertionError(f"{who}gradients have keys {sorted(grads)}, expected {sorted(expected_grads)}")
     assert_close(f"{who}loss", loss, expected_loss, case.cfg.dtype, own_rounding_slack(case, own_loss, expected_loss))
@@ -213,7 +213,7 @@ def _reference_run(case: Case, transform: Callable | None = None):
     params, opt_state = copy_params(case.params), init_optimizer_state(case.opt, case.params)
     losses, grads_per_step, rms_per_step = [], [], []
     for step in range(1, case.steps + 1):
-        loss, grads = reference().loss_and_grads(case.cfg, params, case.x, case.y)
+        loss, grads = reference().loss_and_grads(case.cfg, params, case.x, case.y, **case.sequence_args())
         if transform is not None:
             grads = transform(grads)
         losses.append(loss)
@@ -258,7 +258,7 @@ def check_training_steps(backend: Backend, case: Case) -> None:
     exp = expected_training(case)
     own_losses, _, own_state = exp.own if exp.own else (exp.losses, None, exp.opt_state)
     state = backend.init_state(case.cfg, case.params, case.opt)
-    got_losses = [backend.train_step(state, case.x, case.y) for _ in range(case.steps)]
+    got_losses = [backend.train_step(state, case.x, case.y, **case.sequence_args()) for _ in range(case.steps)]
     dtype = case.cfg.dtype
     assert_close("losses along the steps", got_losses, exp.losses, dtype,
                  own_rounding_slack(case, own_losses, exp.losses))
@@ -356,6 +356,63 @@ def check_thread_independent(backend: Backend, case: Case) -> None:
                                      f"{float(np.max(np.abs(np.asarray(many[key]) - one[key]))):.3g})")
 
 
+#: what padded steps of x (and many-to-many y) hold in the sequences check: large enough that
+#: using them anywhere would show
+PADDING = 1e6
+
+
+def with_lengths(case: Case, lengths: np.ndarray, seed: int) -> Case:
+    """``case`` with ``lengths``, a nonzero initial state, and padding that holds large values."""
+    rng = np.random.default_rng(seed)
+    cfg, (B, T) = case.cfg, case.x.shape[:2]
+    pad = np.arange(T)[None, :] >= lengths[:, None]
+    x = case.x.copy()
+    x[pad] = PADDING * rng.standard_normal((int(pad.sum()), cfg.input_size))
+    y = case.y.copy()
+    if cfg.many_to_many and cfg.loss == "mse":
+        y[pad] = PADDING
+    state = tuple((0.5 * rng.standard_normal((cfg.num_layers, B, cfg.hidden_size))).astype(cfg.dtype) for _ in "hc")
+    return replace(case, x=x, y=y, lengths=lengths.astype(np.int64), initial_state=state)
+
+
+def length_variants(case: Case, seed: int) -> dict[str, np.ndarray]:
+    """Random lengths, all T, all 1, and a mix of 1, T and between."""
+    B, T = case.x.shape[:2]
+    rng = np.random.default_rng(seed)
+    mix = np.resize(np.array([1, T, max(1, T // 2)]), B)
+    return {"random lengths": rng.integers(1, T + 1, B), "every length T": np.full(B, T),
+            "every length 1": np.ones(B, np.int64), "lengths 1, T and between": rng.permutation(mix)}
+
+
+def check_sequences(backend: Backend, case: Case) -> None:
+    """With lengths (random; all T; all 1; a mix) and a nonzero initial state: outputs, final
+    state, loss, gradients and k training steps equal the reference's; and padding filled with
+    other large values changes no bit (design.md section 8)."""
+    seed = int(abs(case.x).sum() * 1e3) % 2**32
+    for what, lengths in length_variants(case, seed).items():
+        padded = with_lengths(case, lengths, seed)
+        ref = padded.as_dtype("float64")
+        expected, expected_state = reference().forward(ref.cfg, ref.params, ref.x, return_state=True,
+                                                       **ref.sequence_args())
+        own, own_state = reference().forward(padded.cfg, padded.params, padded.x, return_state=True,
+                                             **padded.sequence_args())
+        out, state = backend.forward(padded.cfg, padded.params, padded.x, return_state=True, **padded.sequence_args())
+        assert_close(f"forward output ({what})", out, expected, case.cfg.dtype,
+                     own_rounding_slack(case, own, expected))
+        for k, name in enumerate(("h_n", "c_n")):
+            assert_close(f"final state {name} ({what})", state[k], expected_state[k], case.cfg.dtype,
+                         own_rounding_slack(case, own_state[k], expected_state[k]))
+        loss, grads = backend.loss_and_grads(padded.cfg, padded.params, padded.x, padded.y, **padded.sequence_args())
+        assert_loss_and_grads(padded, loss, grads, who=f"({what}) ")
+        repadded = with_lengths(case, lengths, seed + 1)  # other padding, the same state
+        repadded = replace(repadded, initial_state=padded.initial_state)
+        again = backend.loss_and_grads(repadded.cfg, repadded.params, repadded.x, repadded.y,
+                                       **repadded.sequence_args())
+        if again[0] != loss or any(not np.array_equal(again[1][k], grads[k]) for k in grads):
+            raise AssertionError(f"({what}) other values in the padding changed the loss or a gradient")
+    check_training_steps(backend, padded)
+
+
 def check_bad_inputs(backend: Backend, case: Case) -> None:
     """Bad inputs raise the documented error type, whatever the backend."""
     cfg, p, x, y = case.cfg, case.params, case.x, case.y
@@ -441,6 +498,7 @@ CHECKS: dict[str, Callable[[Backend, Case], None]] = {
     "gradient_hook": check_gradient_hook,
     "deterministic": check_deterministic,
     "thread_independent": check_thread_independent,
+    "sequences": check_sequences,
     "bad_inputs": check_bad_inputs,
     "declared_unsupported": check_declared_unsupported,
 }

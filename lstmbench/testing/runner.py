@@ -58,6 +58,8 @@ class CheckResult:
 def _skip_reason(backend: Backend, check: str, dtype: str) -> str | None:
     if dtype not in backend.capabilities.dtypes:
         return f"backend {backend.name!r} declares {dtype} unsupported"
+    if check == "sequences" and not backend.capabilities.sequences:
+        return f"backend {backend.name!r} does not take lengths or an initial state yet (Capabilities.sequences)"
     if check == "declared_unsupported":
         from lstmbench.config import ModelConfig
 

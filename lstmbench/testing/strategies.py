@@ -27,13 +27,20 @@ class Case:
     y: np.ndarray
     opt: OptimizerConfig
     steps: int  # optimizer steps for the training checks
+    lengths: np.ndarray | None = None  # (B,) steps each row takes (design.md section 8)
+    initial_state: tuple[np.ndarray, np.ndarray] | None = None  # (h0, c0), each (L, B, H)
 
     def as_dtype(self, dtype: str) -> "Case":
         """The same numbers in another dtype (used to run the reference in float64)."""
         cfg = replace(self.cfg, dtype=dtype)
         y = self.y.astype(dtype) if self.cfg.loss == "mse" else self.y
+        state = None if self.initial_state is None else tuple(s.astype(dtype) for s in self.initial_state)
         return replace(self, cfg=cfg, params={k: v.astype(dtype) for k, v in self.params.items()},
-                       x=self.x.astype(dtype), y=y)
+                       x=self.x.astype(dtype), y=y, initial_state=state)
+
+    def sequence_args(self) -> dict:
+        """lengths= and initial_state= for the protocol's methods, where the case has them."""
+        return {k: v for k, v in (("lengths", self.lengths), ("initial_state", self.initial_state)) if v is not None}
 
 
 @st.composite
