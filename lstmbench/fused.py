@@ -87,9 +87,10 @@ class FusedBackend(Backend):
 
     # -- kernels: what a fused backend supplies ---------------------------------------------
 
-    def _loss_and_gradient(self, state: FlatTrainState, x: np.ndarray, y: np.ndarray) -> float:
-        """Forward and backward at the state's parameters; the gradient into ``state.grad``
-        (flat, the layout's order); returns the batch's mean loss."""
+    def _loss_and_gradient(self, state: FlatTrainState, x: np.ndarray, y: np.ndarray, **sequences) -> float:
+        """Forward and backward at the state's parameters, the batch's gradient into ``state.grad``
+        (flat, the layout's order); returns the batch's mean loss. ``sequences``: lengths= and
+        initial_state=, for a backend that declares Capabilities(sequences=True)."""
         raise NotImplementedError
 
     def _update(self, state: FlatTrainState, scalars: StepScalars) -> None:
@@ -98,10 +99,11 @@ class FusedBackend(Backend):
         ``state.slots`` by SGD or Adam (``scalars.kind``) with the constants in ``scalars``."""
         raise NotImplementedError
 
-    def _fused_step(self, state: FlatTrainState, x: np.ndarray, y: np.ndarray, scalars: StepScalars) -> float:
+    def _fused_step(self, state: FlatTrainState, x: np.ndarray, y: np.ndarray, scalars: StepScalars,
+                    **sequences) -> float:
         """Loss, gradient, clipping and update in one call (no gradient hook is set); returns
         the loss. Override with a kernel that does it all at once."""
-        loss = self._loss_and_gradient(state, x, y)
+        loss = self._loss_and_gradient(state, x, y, **sequences)
         self._update(state, scalars)
         return loss
 
@@ -131,14 +133,14 @@ class FusedBackend(Backend):
     def _init_state(self, cfg, params, opt, opt_state) -> FlatTrainState:
         return FlatTrainState.create(Layout.of(cfg), cfg, opt, params, opt_state)
 
-    def _train_step(self, state: FlatTrainState, x, y) -> float:
+    def _train_step(self, state: FlatTrainState, x, y, **sequences) -> float:
         """One step: the gradient, the hook (when set), then clipping and the update with the
         step's scalars; the step counter moves only when the step has run."""
         scalars = step_scalars(state.opt, state.step + 1)
         if state.gradient_hook is None:
-            loss = self._fused_step(state, x, y, scalars)
+            loss = self._fused_step(state, x, y, scalars, **sequences)
         else:
-            loss = self._loss_and_gradient(state, x, y)
+            loss = self._loss_and_gradient(state, x, y, **sequences)
             loss = self._reduce_gradient(state, loss)
             self._update(state, scalars)
         state.opt_state["step"] = np.array(scalars.step, dtype=np.int64)

@@ -192,3 +192,53 @@ def test_training_steps_take_lengths_and_state():
     assert loss == expected
     moved = ref.get_params(train)
     assert all(not np.array_equal(moved[k], params[k]) for k in params)
+
+
+# -- the fast backends that take them ---------------------------------------------------------
+
+FAST = ["numba"]
+
+
+def fast_backend(name):
+    backend = lb.load_backend(name)
+    ok, why = backend.availability()
+    if not ok:
+        pytest.skip(why)
+    return backend
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("spec", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("B", [37, 70])  # several shards, rows of every length spread over them
+def test_fast_backends_match_the_reference_with_lengths_and_state(name, spec, B):
+    cfg, params, x, y, lengths, state = make_case(spec, seed=B, B=B, T=9)
+    ref, fast = lb.get_backend("numpy"), fast_backend(name)
+    out, h_c = ref.forward(cfg, params, x, lengths=lengths, initial_state=state, return_state=True)
+    f_out, f_h_c = fast.forward(cfg, params, x, lengths=lengths, initial_state=state, return_state=True)
+    assert relative(f_out, out) <= 1e-10
+    assert relative(f_h_c[0], h_c[0]) <= 1e-10 and relative(f_h_c[1], h_c[1]) <= 1e-10
+    loss, grads = ref.loss_and_grads(cfg, params, x, y, lengths=lengths, initial_state=state)
+    f_loss, f_grads = fast.loss_and_grads(cfg, params, x, y, lengths=lengths, initial_state=state)
+    assert abs(f_loss - loss) <= 1e-10 * abs(loss)
+    for k, g in grads.items():
+        assert relative(f_grads[k], g) <= 1e-10, k
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_lengths_and_state_give_the_same_bits_on_any_thread_count(name, dtype):
+    from lstmbench.testing.checks import check_thread_independent
+    from lstmbench.testing import Case
+
+    cfg, params, x, y, lengths, state = make_case(CONFIGS[3], seed=3, B=37, T=6, dtype=dtype)
+    backend = fast_backend(name)
+    case = Case(cfg, params, x, y, lb.OptimizerConfig("adam", lr=0.01), 2, lengths, state)
+
+    class WithSequences:  # the kit's check, on calls that carry the case's lengths and state
+        def __getattr__(self, attr):
+            method = getattr(backend, attr)
+            if attr in ("forward", "loss_and_grads", "train_step"):
+                return lambda *a, **k: method(*a, **k, **case.sequence_args())
+            return method
+
+    check_thread_independent(WithSequences(), case)

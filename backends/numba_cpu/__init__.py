@@ -72,6 +72,42 @@ def work_plan(parallel: str, B: int, H: int, itemsize: int, l2: int) -> Plan:
     return Plan(rows=min(SHARD_ROWS, math.ceil(B / MIN_SHARDS)), parts=1)
 
 
+@dataclass(frozen=True)
+class RowOrder:
+    """The batch's rows sorted by length, longest first (stable), so that the rows of a shard
+    that take step t are a prefix of it and a step runs only over rows still going: a row past
+    its length costs nothing but the copy of its state. Without lengths, the order is the
+    batch's own and every row takes every step."""
+
+    perm: np.ndarray | None  # sorted position -> batch row; None: the batch's own order
+    lengths: np.ndarray  # (B,) int64, in the sorted order
+    state: tuple[np.ndarray, np.ndarray] | None  # (h0, c0), (L, B, H), in the sorted order
+
+    @classmethod
+    def of(cls, x: np.ndarray, lengths=None, initial_state=None) -> "RowOrder":
+        B, T = x.shape[0], x.shape[1]
+        if lengths is None:
+            return cls(None, np.full(B, T, np.int64), initial_state)
+        perm = np.argsort(-lengths, kind="stable")
+        if np.array_equal(perm, np.arange(B)):
+            perm = None
+        state = initial_state if initial_state is None or perm is None else tuple(s[:, perm] for s in initial_state)
+        return cls(perm, np.ascontiguousarray(lengths if perm is None else lengths[perm], np.int64), state)
+
+    def rows(self, a):
+        """``a``'s rows (axis 0) in the sorted order."""
+        return a if self.perm is None or a is None else a[self.perm]
+
+    def restore(self, a: np.ndarray, axis: int = 0) -> np.ndarray:
+        """Rows in the sorted order back to the batch's order (always a copy)."""
+        out = np.array(a, copy=True)
+        if self.perm is not None:
+            index = [slice(None)] * a.ndim
+            index[axis] = self.perm
+            out[tuple(index)] = a
+        return out
+
+
 @dataclass
 class Workspace:
     """Every buffer one call needs, for one (batch, steps, plan) shape; reused across calls.
@@ -100,7 +136,7 @@ class Workspace:
         buffers.update(whp=z(P, H if units else 1, 4 * n), rsp=z(P, rows if units else 1, 4 * n),
                        whtp=z(P, 4 * H if units else 1, n), dhp=z(P, rows if units else 1, n))
         lo = np.arange(S, dtype=np.int64) * rows
-        buffers.update(shard_lo=lo, shard_nb=np.minimum(rows, B - lo).astype(np.int64))
+        buffers.update(shard_lo=lo, shard_nb=np.minimum(rows, B - lo).astype(np.int64), hn=z(L, B, H), cn=z(L, B, H))
         return cls(plan, buffers)
 
 
@@ -109,7 +145,7 @@ class NumbaThreads(FusedBackend):
 
     name = "numba"
     description = "Numba, batch shards on CPU threads, fused training step"
-    capabilities = Capabilities()
+    capabilities = Capabilities(sequences=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,16 +191,25 @@ class NumbaThreads(FusedBackend):
             self._blas = ThreadpoolController()
         return kernels
 
-    def _workspace_key(self, cfg: ModelConfig, x: np.ndarray) -> tuple:
+    def _workspace_key(self, cfg: ModelConfig, x: np.ndarray, sequences: bool = False) -> tuple:
+        """sequences: lengths or an initial state, which only the batch-shard plan takes."""
         B, T = x.shape[0], x.shape[1]
-        return (cfg, B, T, work_plan(self.parallel, B, cfg.hidden_size, cfg.np_dtype.itemsize, l2_bytes()))
+        parallel = "shards" if sequences else self.parallel
+        return (cfg, B, T, work_plan(parallel, B, cfg.hidden_size, cfg.np_dtype.itemsize, l2_bytes()))
+
+    def _sequence_workspace(self, cfg: ModelConfig, x: np.ndarray, sequences: dict):
+        """``with`` this batch shape's workspace, for the plan that takes ``sequences``."""
+        key = self._workspace_key(cfg, x, bool(sequences))
+        return self.workspaces.lease(key, lambda: self._make_workspace(key))
 
     def _make_workspace(self, key: tuple) -> Workspace:
         cfg, B, T, plan = key
         return Workspace.make(cfg, B, T, Layout.of(cfg).size, plan)
 
-    def _run(self, cfg: ModelConfig, ws: Workspace, theta: np.ndarray, x: np.ndarray, y, backward: bool) -> float:
-        """Run every shard on ``ws``: outputs, and with ``backward`` per-shard gradients; returns the mean loss."""
+    def _run(self, cfg: ModelConfig, ws: Workspace, theta: np.ndarray, x: np.ndarray, y, backward: bool,
+             order: RowOrder) -> float:
+        """Run every shard on ``ws``: outputs, and with ``backward`` per-shard gradients; returns the mean loss.
+        ``order``: the rows sorted longest first, their lengths and initial state (RowOrder)."""
         import numba
 
         k = self._kernels()
@@ -172,16 +217,21 @@ class NumbaThreads(FusedBackend):
         B, T, dt = x.shape[0], x.shape[1], cfg.np_dtype
         xent = cfg.loss == "xent"
         Tout = T if cfg.many_to_many else 1
+        x, y = order.rows(x), order.rows(y)
+        valid = int(order.lengths.sum()) if cfg.many_to_many else B  # predictions that count
         if y is None:
             y_real, y_class, n_terms = np.zeros((1, 1, 1), dt), np.zeros((1, 1), np.int64), 1
         elif xent:
-            y_real, y_class, n_terms = np.zeros((1, 1, 1), dt), np.ascontiguousarray(y, np.int64).reshape(B, Tout), B * Tout
+            y_real, y_class, n_terms = np.zeros((1, 1, 1), dt), np.ascontiguousarray(y, np.int64).reshape(B, Tout), valid
         else:
-            y_real, y_class, n_terms = np.ascontiguousarray(y).reshape(B, Tout, -1), np.zeros((1, 1), np.int64), y.size
+            y_real, y_class = np.ascontiguousarray(y).reshape(B, Tout, -1), np.zeros((1, 1), np.int64)
+            n_terms = valid * cfg.output_size
+        h0, c0 = order.state if order.state is not None else (np.zeros((1, 1, 1), dt),) * 2
         args = k.ShardArgs(x=np.ascontiguousarray(x), y_real=y_real, y_class=y_class, xent=xent,
                            coef=dt.type((1.0 if xent else 2.0) / n_terms), backward=backward, theta=theta,
                            offs=Layout.of(cfg).offs, H=cfg.hidden_size, many_to_many=cfg.many_to_many,
-                           one=dt.type(1.0), **ws.buffers)
+                           one=dt.type(1.0), row_len=order.lengths, has_state=order.state is not None,
+                           h0=np.ascontiguousarray(h0), c0=np.ascontiguousarray(c0), **ws.buffers)
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         with self._blas.limit(limits=1, user_api="blas"):
             k.run_shards(args)
@@ -197,24 +247,30 @@ class NumbaThreads(FusedBackend):
 
     # -- protocol ------------------------------------------------------------------------
 
-    def _forward(self, cfg, params, x):
-        with self.workspace(cfg, x) as ws:
-            self._run(cfg, ws, Layout.of(cfg).flatten(params, cfg.np_dtype), x, None, backward=False)
-            return self._outputs(cfg, ws, x.shape[0])
+    def _forward(self, cfg, params, x, return_state=False, **sequences):
+        order = RowOrder.of(x, **sequences)
+        with self._sequence_workspace(cfg, x, sequences) as ws:
+            self._run(cfg, ws, Layout.of(cfg).flatten(params, cfg.np_dtype), x, None, False, order)
+            y = order.restore(self._outputs(cfg, ws, x.shape[0]))
+            if not return_state:
+                return y
+            return y, tuple(order.restore(ws.buffers[k], axis=1) for k in ("hn", "cn"))
 
-    def _loss_and_grads(self, cfg, params, x, y):
+    def _loss_and_grads(self, cfg, params, x, y, **sequences):
         layout = Layout.of(cfg)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
-        with self.workspace(cfg, x) as ws:
-            loss = self._run(cfg, ws, layout.flatten(params, cfg.np_dtype), x, y, backward=True)
+        order = RowOrder.of(x, **sequences)
+        with self._sequence_workspace(cfg, x, sequences) as ws:
+            loss = self._run(cfg, ws, layout.flatten(params, cfg.np_dtype), x, y, True, order)
             self._kernels().reduce_shards(ws.buffers["grads"], grad)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
-    def _loss_and_gradient(self, state: FlatTrainState, x, y) -> float:
-        with self.workspace(state.cfg, x) as ws:
-            loss = self._run(state.cfg, ws, state.theta, x, y, backward=True)
+    def _loss_and_gradient(self, state: FlatTrainState, x, y, **sequences) -> float:
+        order = RowOrder.of(x, **sequences)
+        with self._sequence_workspace(state.cfg, x, sequences) as ws:
+            loss = self._run(state.cfg, ws, state.theta, x, y, True, order)
             self._kernels().reduce_shards(ws.buffers["grads"], state.grad)
         return loss
 

@@ -91,6 +91,12 @@ class ShardArgs(NamedTuple):
     H: int
     many_to_many: bool
     one: float  # 1 in the dtype
+    # lengths and state (design.md section 8); the host sorts the rows longest first, so the rows
+    # of a shard that take step t are a prefix of it (active_rows)
+    row_len: np.ndarray  # (B,) steps each row takes (T for every row without lengths)
+    has_state: bool  # h0 and c0 hold an initial state (else they are placeholders and h_0 = c_0 = 0)
+    h0: np.ndarray  # (L, B, H), or a (1, 1, 1) placeholder
+    c0: np.ndarray
     # the shards and their buffers (the module docstring)
     shard_lo: np.ndarray  # first batch row of each shard
     shard_nb: np.ndarray  # real (not padding) rows of each shard
@@ -112,6 +118,9 @@ class ShardArgs(NamedTuple):
     rsp: np.ndarray
     whtp: np.ndarray
     dhp: np.ndarray
+    # every row's final state, (L, B, H), written by each forward pass
+    hn: np.ndarray
+    cn: np.ndarray
 
 
 @njit(**JIT)
@@ -281,6 +290,22 @@ def team_backward_steps(z, c, tc, dh, dh_next, dc_next, WhT, nb, whtp, dhp, one)
 
 
 @njit(**JIT)
+def active_rows(row_len, lo, nb, t):
+    """How many rows of the shard take step t: a prefix of its nb rows (sorted longest first)."""
+    n = 0
+    while n < nb and row_len[lo + n] > t:
+        n += 1
+    return n
+
+
+@njit(**JIT)
+def product_rows(na, nb, bm):
+    """Rows a step's product runs over: all bm (zero padding included, as without lengths, so
+    the same BLAS call gives the same bits) while every real row is active, else the na active."""
+    return bm if na == nb else na
+
+
+@njit(**JIT)
 def shard_forward(s, lo, nb, a):
     x, theta, offs, H, xs, hs, cs = a.x, a.theta, a.offs, a.H, a.xs, a.hs, a.cs
     gates, tcs, rec, yout, whp, rsp = a.gates, a.tcs, a.rec, a.yout, a.whp, a.rsp
@@ -290,6 +315,11 @@ def shard_forward(s, lo, nb, a):
         for r in range(nb):
             for d in range(D0):
                 xs[s, t, r, d] = x[lo + r, t, d]
+    for l in range(L):  # h_0, c_0: the initial state, or zeros (the buffers are reused)
+        for r in range(nb):
+            for j in range(H):
+                hs[s, l, 0, r, j] = a.h0[l, lo + r, j] if a.has_state else 0
+                cs[s, l, 0, r, j] = a.c0[l, lo + r, j] if a.has_state else 0
     for l in range(L):
         Dl = D0 if l == 0 else H
         Wx = theta[offs[l, 0] : offs[l, 0] + Dl * G].reshape((Dl, G))
@@ -305,11 +335,19 @@ def shard_forward(s, lo, nb, a):
             team_forward_steps(z, h, c, tc, Wh, b, nb, whp, rsp)
         else:
             for t in range(T):
-                if t > 0:  # h_0 = 0: no recurrent product at the first step
-                    np.dot(h[t], Wh, rs)
-                for r in range(nb):
+                recurrent = t > 0 or a.has_state  # h_0 = 0: no recurrent product at the first step
+                na = active_rows(a.row_len, lo, nb, t)
+                m = product_rows(na, nb, bm)
+                if recurrent and m > 0:
+                    np.dot(h[t, :m], Wh, rs[:m])
+                for r in range(na, nb):  # past its length a row keeps its state and stores no gates
+                    h[t + 1, r] = h[t, r]
+                    c[t + 1, r] = c[t, r]
+                    z[t, r] = 0
+                    tc[t, r] = 0
+                for r in range(na):
                     # one row at a time, in short loops LLVM vectorises; z_t = x_t W_x + h_{t-1} W_h + b
-                    if t > 0:
+                    if recurrent:
                         for j in range(G):
                             z[t, r, j] = z[t, r, j] + rs[r, j] + b[j]
                     else:
@@ -329,8 +367,14 @@ def shard_forward(s, lo, nb, a):
         np.dot(top[T], Wy, yout[s, 0])
     for tt in range(yout.shape[1]):
         for r in range(nb):
+            padded = a.many_to_many and tt >= a.row_len[lo + r]  # outputs zero past a row's length
             for k in range(O):
-                yout[s, tt, r, k] += by[k]
+                yout[s, tt, r, k] = 0 if padded else yout[s, tt, r, k] + by[k]
+    for l in range(L):  # every row's final state: h_T, c_T (carried from its own last step)
+        for r in range(nb):
+            for j in range(H):
+                a.hn[l, lo + r, j] = hs[s, l, T, r, j]
+                a.cn[l, lo + r, j] = cs[s, l, T, r, j]
 
 
 @njit(**JIT)
@@ -342,6 +386,10 @@ def shard_loss(s, lo, nb, a):
     Tout, O = yout.shape[1], yout.shape[3]
     for tt in range(Tout):
         for r in range(nb):
+            if a.many_to_many and tt >= a.row_len[lo + r]:  # a padded step: no loss term
+                for k in range(O):
+                    dy[s, tt, r, k] = 0
+                continue
             if xent:
                 m = yout[s, tt, r, 0]
                 for k in range(1, O):
@@ -364,7 +412,7 @@ def shard_loss(s, lo, nb, a):
 
 
 @njit(**JIT)
-def shard_backward(s, nb, a):
+def shard_backward(s, lo, nb, a):
     theta_t, offs, H, one, xs, hs, cs, gates = a.theta_t, a.offs, a.H, a.one, a.xs, a.hs, a.cs, a.gates
     tcs, dy, dh_in, dhn, dcn, grads, whtp, dhp = a.tcs, a.dy, a.dh_in, a.dhn, a.dcn, a.grads, a.whtp, a.dhp
     L, T, bm, G = hs.shape[1], gates.shape[2], xs.shape[2], 4 * H
@@ -402,9 +450,15 @@ def shard_backward(s, nb, a):
             team_backward_steps(z, c, tc, dh, dh_next, dc_next, WhT, nb, whtp, dhp, one)
         else:
             for t in range(T - 1, -1, -1):
+                na = active_rows(a.row_len, lo, nb, t)
                 if t < T - 1:  # dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now)
-                    np.dot(z[t + 1], WhT, dh_next)
-                for r in range(nb):
+                    m = product_rows(active_rows(a.row_len, lo, nb, t + 1), nb, bm)
+                    if m > 0:
+                        np.dot(z[t + 1, :m], WhT, dh_next[:m])
+                for r in range(na, nb):  # past its length: h passes through, gathering dLoss/dh_t
+                    for j in range(H):
+                        dh_next[r, j] += dh[t, r, j]
+                for r in range(na):
                     zr = z[t, r]
                     cell_backward(zr[:H], zr[H : 2 * H], zr[2 * H : 3 * H], zr[3 * H :], c[t, r], tc[t, r], dh[t, r],
                                   dh_next[r], dc_next[r], one)
@@ -414,7 +468,9 @@ def shard_backward(s, nb, a):
             np.dot(xs[s].reshape((T * bm, D0)).T, dz, dWx)
         else:
             np.dot(hs[s, l - 1, 1:].reshape((T * bm, H)).T, dz, dWx)
-        if T > 1:  # sum over t >= 1 of h_{t-1}^T dz_t  (h_0 = 0)
+        if a.has_state:  # sum over every t of h_{t-1}^T dz_t, h_0 the initial state
+            np.dot(hs[s, l, 0:T].reshape((T * bm, H)).T, dz, dWh)
+        elif T > 1:  # sum over t >= 1 of h_{t-1}^T dz_t  (h_0 = 0)
             np.dot(hs[s, l, 1:T].reshape(((T - 1) * bm, H)).T, z[1:].reshape(((T - 1) * bm, G)), dWh)
         else:
             dWh[:] = 0
@@ -466,7 +522,7 @@ def run_one_shard(s, a):
     shard_forward(s, lo, nb, a)
     if a.backward:
         a.losses[s] = shard_loss(s, lo, nb, a)
-        shard_backward(s, nb, a)
+        shard_backward(s, lo, nb, a)
 
 
 @njit(parallel=True, **JIT)

@@ -106,8 +106,7 @@ def layer_backward(cache: LayerCache, W_x: np.ndarray, W_h: np.ndarray, dh_out: 
             ],
             axis=1,
         )  # (B, 4H)
-        inputs = np.where(on, cache.inputs[:, t], 0)  # a padded input takes no part
-        dW_x += inputs.T @ dz
+        dW_x += cache.inputs[:, t].T @ dz  # (dz is 0 where a row is past its length; inputs are finite)
         dW_h += cache.h[:, t].T @ dz
         db += dz.sum(axis=0)
         dx[:, t] = dz @ W_x.T
