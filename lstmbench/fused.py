@@ -125,9 +125,10 @@ class FusedBackend(Backend):
 
     # -- the host side ------------------------------------------------------------------------
 
-    def workspace(self, cfg: ModelConfig, x: np.ndarray):
-        """``with self.workspace(cfg, x) as ws``: this batch shape's workspace, for the block."""
-        key = self._workspace_key(cfg, x)
+    def workspace(self, cfg: ModelConfig, x: np.ndarray, *more):
+        """``with self.workspace(cfg, x) as ws``: this batch shape's workspace, for the block
+        (``more``: whatever else the backend's _workspace_key takes)."""
+        key = self._workspace_key(cfg, x, *more)
         return self.workspaces.lease(key, lambda: self._make_workspace(key))
 
     def _init_state(self, cfg, params, opt, opt_state) -> FlatTrainState:

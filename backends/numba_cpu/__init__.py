@@ -197,11 +197,6 @@ class NumbaThreads(FusedBackend):
         parallel = "shards" if sequences else self.parallel
         return (cfg, B, T, work_plan(parallel, B, cfg.hidden_size, cfg.np_dtype.itemsize, l2_bytes()))
 
-    def _sequence_workspace(self, cfg: ModelConfig, x: np.ndarray, sequences: dict):
-        """``with`` this batch shape's workspace, for the plan that takes ``sequences``."""
-        key = self._workspace_key(cfg, x, bool(sequences))
-        return self.workspaces.lease(key, lambda: self._make_workspace(key))
-
     def _make_workspace(self, key: tuple) -> Workspace:
         cfg, B, T, plan = key
         return Workspace.make(cfg, B, T, Layout.of(cfg).size, plan)
@@ -249,7 +244,7 @@ class NumbaThreads(FusedBackend):
 
     def _forward(self, cfg, params, x, return_state=False, **sequences):
         order = RowOrder.of(x, **sequences)
-        with self._sequence_workspace(cfg, x, sequences) as ws:
+        with self.workspace(cfg, x, bool(sequences)) as ws:
             self._run(cfg, ws, Layout.of(cfg).flatten(params, cfg.np_dtype), x, None, False, order)
             y = order.restore(self._outputs(cfg, ws, x.shape[0]))
             if not return_state:
@@ -260,7 +255,7 @@ class NumbaThreads(FusedBackend):
         layout = Layout.of(cfg)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
         order = RowOrder.of(x, **sequences)
-        with self._sequence_workspace(cfg, x, sequences) as ws:
+        with self.workspace(cfg, x, bool(sequences)) as ws:
             loss = self._run(cfg, ws, layout.flatten(params, cfg.np_dtype), x, y, True, order)
             self._kernels().reduce_shards(ws.buffers["grads"], grad)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
@@ -269,7 +264,7 @@ class NumbaThreads(FusedBackend):
 
     def _loss_and_gradient(self, state: FlatTrainState, x, y, **sequences) -> float:
         order = RowOrder.of(x, **sequences)
-        with self._sequence_workspace(state.cfg, x, sequences) as ws:
+        with self.workspace(state.cfg, x, bool(sequences)) as ws:
             loss = self._run(state.cfg, ws, state.theta, x, y, True, order)
             self._kernels().reduce_shards(ws.buffers["grads"], state.grad)
         return loss

@@ -73,10 +73,9 @@ def thread_count(text: str) -> int | str:
     """--threads: "auto" or an integer >= 1."""
     if text.strip().lower() == AUTO:
         return AUTO
-    try:
-        return _number(text, int, lambda v: v >= 1, "must be auto or at least 1")
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be auto or a count of at least 1, got {text!r}") from None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or a count of at least 1, got {text!r}")
+    return int(text)
 
 
 def positive(text: str) -> int:
