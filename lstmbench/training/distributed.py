@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -42,6 +43,7 @@ LAUNCHER_VARIABLES = (
     ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID"),  # srun (only set in a job step, not in the batch script)
 )
 INSTALL = "pip install 'lstmbench[mpi]'"
+ABORT_GRACE_S = 0.3  # seconds a failing rank waits after its error line, before Abort
 
 
 class DistributedError(LstmbenchError, RuntimeError):
@@ -130,6 +132,9 @@ class World:
     def abort(self, code: int) -> None:
         """End every process of the job now (a rank failed alone: the others would wait forever)."""
         if self.distributed:
+            # the launcher forwards a rank's stderr through a pipe; Abort tears the job down at
+            # once and, seen once in CI, before it forwarded this rank's error line: a moment first
+            time.sleep(ABORT_GRACE_S)
             self.comm.Abort(code)
 
     # -- agreement -----------------------------------------------------------------------
