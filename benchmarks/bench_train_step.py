@@ -90,22 +90,23 @@ class Suite:
     timeout = 900
 
     def setup(self, backend, workload):
-        work = SUITE[workload]
-        self.cfg = work.model(DTYPE)
-        self.x, self.y = work.data(self.cfg)
+        case = SUITE[workload].case(DTYPE)  # its batch, the rows' lengths (varlen) and model FLOPs
+        self.cfg, self.x, self.y, self.flops, self.extra = case.cfg, case.x, case.y, case.flops, case.sequence_args()
         self.backend = backend_or_skip(backend, self.cfg)
-        if backend != REFERENCE and (problem := verify(self.backend, self.cfg, self.x, self.y)):
+        if case.lengths is not None and not self.backend.capabilities.sequences:
+            raise NotImplementedError(f"{backend} does not take lengths")
+        if backend != REFERENCE and (problem := verify(self.backend, self.cfg, self.x, self.y, lengths=case.lengths)):
             raise AssertionError(f"{backend} disagrees with the reference on {workload}: {problem}")
-        self.state = train_state(self.backend, self.cfg, self.x, self.y)
-        self.flops = lb.train_step_flops(self.cfg, work.batch, work.steps, BENCH_OPTIMIZER).total
+        self.state = train_state(self.backend, self.cfg, self.x, self.y, **self.extra)
 
     def time_train_step(self, backend, workload):
-        self.backend.train_step(self.state, self.x, self.y)
+        self.backend.train_step(self.state, self.x, self.y, **self.extra)
 
     def track_pct_fma_peak(self, backend, workload):
         from lstmbench.bench import peak
 
-        seconds = timing.time_calls(lambda: self.backend.train_step(self.state, self.x, self.y), 3, warmup=0).median_s
+        seconds = timing.time_calls(lambda: self.backend.train_step(self.state, self.x, self.y, **self.extra), 3,
+                                    warmup=0).median_s
         fma = peak.fma_peak(DTYPE, self.backend.threads)
         if fma is None:
             raise NotImplementedError("the FMA probe is not built")

@@ -37,11 +37,12 @@ def backend_or_skip(name: str, cfg=None, threads: int = THREADS):
     return backend
 
 
-def train_state(backend, cfg, x, y):
-    """A training state warmed up by two steps (JIT compilation, buffers)."""
+def train_state(backend, cfg, x, y, **sequences):
+    """A training state warmed up by two steps (JIT compilation, buffers); ``sequences``:
+    lengths= for a workload with rows of different lengths."""
     state = backend.init_state(cfg, lb.init_params(cfg, seed=0), BENCH_OPTIMIZER)
     for _ in range(2):
-        backend.train_step(state, x, y)
+        backend.train_step(state, x, y, **sequences)
     return state
 
 

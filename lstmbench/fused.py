@@ -12,6 +12,14 @@ A backend that keeps its parameters, gradient and optimizer buffers as flat vect
 * optionally ``_make_workspace(key)`` and ``_workspace_key(cfg, x)``: scratch memory per
   batch shape, which the kernels take with ``with self.workspace(cfg, x) as ws``.
 
+Lengths and states (a backend with Capabilities(sequences=True)): ``_loss_and_gradient`` and
+``_fused_step`` take ``lengths=`` and ``initial_state=`` keywords, and, in a step that carries
+the state (``train_step(..., carry_state=True)``), ``return_state=True``: they then return
+``(loss, (h_n, c_n))``, the batch's final state at the parameters before the update, in the
+backend's own arrays (device arrays stay on the device); ``initial_state`` is then the pair a
+previous step returned. ``_carried_to_host`` / ``_carried_from_host`` (lstmbench.protocol)
+copy it out for checkpoints and back in on resume.
+
 The base owns the rest: the flat training state, the step counter, the step's scalars
 (:func:`lstmbench.optim.step_scalars`, computed once per step on the host, as llm.c's
 adamw() wrapper hands its kernel bias-corrected scalars), the gradient hook between the
@@ -87,10 +95,11 @@ class FusedBackend(Backend):
 
     # -- kernels: what a fused backend supplies ---------------------------------------------
 
-    def _loss_and_gradient(self, state: FlatTrainState, x: np.ndarray, y: np.ndarray, **sequences) -> float:
+    def _loss_and_gradient(self, state: FlatTrainState, x: np.ndarray, y: np.ndarray, **sequences):
         """Forward and backward at the state's parameters, the batch's gradient into ``state.grad``
         (flat, the layout's order); returns the batch's mean loss. ``sequences``: lengths= and
-        initial_state=, for a backend that declares Capabilities(sequences=True)."""
+        initial_state=, for a backend that declares Capabilities(sequences=True); with
+        return_state=True (a step that carries the state) it returns ``(loss, (h_n, c_n))``."""
         raise NotImplementedError
 
     def _update(self, state: FlatTrainState, scalars: StepScalars) -> None:
@@ -100,9 +109,10 @@ class FusedBackend(Backend):
         raise NotImplementedError
 
     def _fused_step(self, state: FlatTrainState, x: np.ndarray, y: np.ndarray, scalars: StepScalars,
-                    **sequences) -> float:
+                    **sequences):
         """Loss, gradient, clipping and update in one call (no gradient hook is set); returns
-        the loss. Override with a kernel that does it all at once."""
+        the loss (with return_state=True: ``(loss, (h_n, c_n))``, as _loss_and_gradient).
+        Override with a kernel that does it all at once."""
         loss = self._loss_and_gradient(state, x, y, **sequences)
         self._update(state, scalars)
         return loss
@@ -134,18 +144,21 @@ class FusedBackend(Backend):
     def _init_state(self, cfg, params, opt, opt_state) -> FlatTrainState:
         return FlatTrainState.create(Layout.of(cfg), cfg, opt, params, opt_state)
 
-    def _train_step(self, state: FlatTrainState, x, y, **sequences) -> float:
+    def _train_step(self, state: FlatTrainState, x, y, **sequences):
         """One step: the gradient, the hook (when set), then clipping and the update with the
-        step's scalars; the step counter moves only when the step has run."""
+        step's scalars; the step counter moves only when the step has run. With
+        return_state=True among ``sequences``: ``(loss, (h_n, c_n))``."""
         scalars = step_scalars(state.opt, state.step + 1)
         if state.gradient_hook is None:
-            loss = self._fused_step(state, x, y, scalars, **sequences)
+            out = self._fused_step(state, x, y, scalars, **sequences)
         else:
-            loss = self._loss_and_gradient(state, x, y, **sequences)
+            out = self._loss_and_gradient(state, x, y, **sequences)
+            loss, final = out if sequences.get("return_state") else (out, None)
             loss = self._reduce_gradient(state, loss)
             self._update(state, scalars)
+            out = (loss, final) if sequences.get("return_state") else loss
         state.opt_state["step"] = np.array(scalars.step, dtype=np.int64)
-        return loss
+        return out
 
     def _reduce_gradient(self, state: FlatTrainState, loss: float) -> float:
         """The gradient hook on the host copy of the gradient (TrainState.reduce_gradient)."""

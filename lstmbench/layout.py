@@ -76,6 +76,11 @@ class TrainState:
     vector (lstmbench.layout order, the model's dtype) and the batch's mean loss. It
     changes the gradient in place and returns the loss the step reports; the update,
     clipping included, then uses the changed gradient. The conformance kit checks it.
+
+    ``carried``: the state (h, c) a step with ``carry_state=True`` ended with, each (L, B, H), in
+    the backend's own array type (device arrays on a GPU), or None (zeros: the start of an
+    epoch); the next carrying step starts from it. Read and set it through
+    Backend.carried_state and Backend.set_carried_state, which copy to and from the host.
     """
 
     cfg: ModelConfig
@@ -84,6 +89,7 @@ class TrainState:
     opt_state: OptState
     extra: dict[str, Any] = field(default_factory=dict)
     gradient_hook: GradientHook | None = None
+    carried: tuple[Any, Any] | None = None
 
     @property
     def step(self) -> int:

@@ -8,6 +8,14 @@ subclasses :class:`lstmbench.fused.FusedBackend` instead, which keeps parameters
 optimizer state in flat buffers (possibly on a GPU) and runs the host side of a fused
 step (the step counter, the optimizer's scalars, the gradient hook) for its kernels.
 It also checks what a backend returns: outputs, losses, parameters.
+
+Lengths and states (design.md section 8), for a backend with Capabilities(sequences=True):
+its methods take ``lengths=`` and ``initial_state=`` (``_forward`` also ``return_state=``)
+when the caller gave them. A training step that carries the state (``train_step(...,
+carry_state=True)``, truncated BPTT) calls ``_train_step`` with ``return_state=True`` and the
+carried state as ``initial_state``, and takes back ``(loss, (h_n, c_n))`` in the backend's own
+arrays, kept in ``TrainState.carried`` for the next step; ``_carried_to_host`` and
+``_carried_from_host`` move it to and from the host (checkpoints, resume).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -170,6 +179,33 @@ class Backend:
         check_params(cfg, grads, what=f"backend {self.name!r}'s gradients", finite=False)
         return check_loss(self.name, loss, "loss_and_grads"), grads
 
+    def stepper(self, cfg: ModelConfig, params: Mapping[str, np.ndarray]) -> "Stepper":
+        """Forward passes one after another with the same parameters, each starting from the
+        state the last one ended with (generation: a prime, then a symbol at a time). The
+        parameters are checked and copied once here, not at every call."""
+        self.check_supported(cfg)
+        check_params(cfg, params)
+        if not self.capabilities.sequences:
+            raise UnsupportedError(f"backend {self.name!r} does not carry a state from one forward pass to the next "
+                                   "yet (design.md section 8); the numpy reference does")
+        return Stepper(self, cfg, self._prepared_forward(cfg, copy_params(params)))
+
+    def generate(self, cfg: ModelConfig, params: Mapping[str, np.ndarray], prime: np.ndarray, uniforms: np.ndarray,
+                 temperature: float = 1.0) -> np.ndarray:
+        """Symbols drawn one after another by a next-symbol model (one-hot inputs of V symbols,
+        many-to-many cross-entropy over the same V): the model runs ``prime`` (ids), then for
+        each u of ``uniforms`` draws the next id, draw_symbol(logits, temperature, u), and
+        runs it in turn, the state carried from step to step (no window runs again, the
+        context has no cap). Returns len(uniforms) ids. The caller draws the uniforms, so every
+        backend draws the same symbols from the same logits."""
+        prime, uniforms = check_generation(cfg, prime, uniforms, temperature)
+        self.check_supported(cfg)
+        check_params(cfg, params)
+        if not self.capabilities.sequences:
+            raise UnsupportedError(f"backend {self.name!r} does not carry a state from one step to the next yet "
+                                   "(design.md section 8); the numpy reference does")
+        return self._generate(cfg, params, prime, uniforms, float(temperature))
+
     def init_state(
         self,
         cfg: ModelConfig,
@@ -194,12 +230,74 @@ class Backend:
         return self._init_state(cfg, copy_params(params), opt, fresh)
 
     def train_step(self, state: TrainState, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None,
-                   initial_state=None) -> float:
-        """One optimizer step on (x, y); returns the loss before the update."""
+                   initial_state=None, carry_state: bool = False) -> float:
+        """One optimizer step on (x, y); returns the loss before the update.
+
+        ``carry_state=True`` (truncated backpropagation through time, design.md section 8): the
+        step starts from the state carried in ``state`` (zeros when none is) and keeps the
+        batch's final state (h_n, c_n) there for the next carrying step; see carried_state and
+        set_carried_state. It takes the place of ``initial_state``: passing both is a ConfigError.
+
+        A backend's ``_train_step`` (FusedBackend: ``_loss_and_gradient``, ``_fused_step``) then
+        gets ``return_state=True`` among its keywords, with ``initial_state=`` the carried pair
+        as it stored it (its own array type, not checked again), and returns ``(loss, (h_n,
+        c_n))``, the final state of the batch before the update, in its own array type."""
         check_inputs(state.cfg, x)
         check_targets(state.cfg, x, y)
+        if carry_state:
+            self._check_carry(state, x, initial_state)
         extra = self._sequence_args(state.cfg, x, lengths, initial_state)
-        return check_loss(self.name, self._train_step(state, x, y, **extra), "train_step")
+        if not carry_state:
+            return check_loss(self.name, self._train_step(state, x, y, **extra), "train_step")
+        if state.carried is not None:
+            extra["initial_state"] = state.carried
+        loss, state.carried = self._checked_carry(state.cfg, x, self._train_step(state, x, y, return_state=True,
+                                                                               **extra))
+        return loss
+
+    def carried_state(self, state: TrainState) -> tuple[np.ndarray, np.ndarray] | None:
+        """Host copies (h, c), each (L, B, H), of the state carried in ``state``; None when none
+        is (no carrying step yet, or a reset)."""
+        if state.carried is None:
+            return None
+        return self._carried_to_host(state, state.carried)
+
+    def set_carried_state(self, state: TrainState, value) -> None:
+        """Reset the carried state (``None``: zeros, as at the start of an epoch) or restore it
+        (a pair of host arrays (h, c), each (L, B, H) of the model's dtype, finite: a resume)."""
+        if value is None:
+            state.carried = None
+            return
+        if not isinstance(value, (tuple, list)) or len(value) != 2 or not isinstance(value[0], np.ndarray) \
+                or value[0].ndim != 3:
+            raise ShapeError(f"the carried state must be a pair (h, c) of (layers, batch, hidden) arrays, "
+                             f"got {type(value).__name__}")
+        h, c = check_state_pair(state.cfg, value[0].shape[1], value, "carried state")
+        state.carried = self._carried_from_host(state, (np.array(h), np.array(c)))
+
+    def _check_carry(self, state: TrainState, x: np.ndarray, initial_state) -> None:
+        """A carrying step: the backend has states, no initial state is given besides, and the
+        carried state (if any) holds x's rows."""
+        if not self.capabilities.sequences:
+            raise UnsupportedError(f"backend {self.name!r} does not take carry_state yet (design.md section 8); "
+                                   "the numpy reference does")
+        if initial_state is not None:
+            raise ConfigError("train_step takes an initial_state or carry_state=True, not both: a carrying step "
+                              "starts from the carried state (set it with set_carried_state)")
+        if state.carried is not None and tuple(state.carried[0].shape)[1] != x.shape[0]:
+            raise ShapeError(f"the carried state holds {state.carried[0].shape[1]} rows, x has {x.shape[0]}; a "
+                             "carrying step takes the same rows as the last one (reset with set_carried_state(state, "
+                             "None))")
+
+    def _checked_carry(self, cfg: ModelConfig, x: np.ndarray, out) -> tuple[float, tuple]:
+        """What a carrying _train_step returned: (loss, (h_n, c_n)), the state of shape (L, B, H)."""
+        want = (cfg.num_layers, x.shape[0], cfg.hidden_size)
+        ok = isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple) and len(out[1]) == 2 and all(
+            tuple(getattr(s, "shape", ())) == want for s in out[1])
+        if not ok:
+            raise BackendError(f"backend {self.name!r} returned {type(out).__name__} from a training step with "
+                               f"return_state=True, not (loss, (h_n, c_n)) with states of shape {want}")
+        return check_loss(self.name, out[0], "train_step"), out[1]
 
     def _sequence_args(self, cfg: ModelConfig, x: np.ndarray, lengths, initial_state, return_state=False) -> dict:
         """The keywords a backend's method gets for lengths and state, checked; {} when none
@@ -234,13 +332,39 @@ class Backend:
     def _loss_and_grads(self, cfg, params, x, y) -> tuple[float, Params]:
         raise NotImplementedError
 
+    def _generate(self, cfg: ModelConfig, params: Params, prime: np.ndarray, uniforms: np.ndarray,
+                  temperature: float) -> np.ndarray:
+        """generate as a loop of forward steps (a backend may run the whole loop itself)."""
+        step, symbols = self.stepper(cfg, params), np.eye(cfg.input_size, dtype=cfg.np_dtype)
+        logits = step(symbols[prime][None])[0, -1]
+        drawn = np.empty(len(uniforms), np.int64)
+        for k, u in enumerate(uniforms):
+            drawn[k] = draw_symbol(logits, temperature, u)
+            if k + 1 < len(uniforms):
+                logits = step(symbols[drawn[k : k + 1]][None])[0, -1]
+        return drawn
+
+    def _prepared_forward(self, cfg: ModelConfig, params: Params):
+        """``_forward`` for many calls with these (checked) parameters: a callable
+        ``(x, **sequences)`` returning what _forward returns. A backend that converts its
+        parameters (flattens them, copies them to a device) may do it once here (stepper)."""
+        return partial(self._forward, cfg, params)
+
     # Default training: gradients from the backend, update by the reference optimizer.
 
     def _init_state(self, cfg, params: Params, opt, opt_state: OptState) -> TrainState:
         return TrainState(cfg, opt, params, opt_state)
 
-    def _train_step(self, state: TrainState, x, y, **sequences) -> float:
+    def _train_step(self, state: TrainState, x, y, return_state: bool = False, **sequences):
+        """The loss (and, with ``return_state``, ``(loss, (h_n, c_n))``: the final state at the
+        parameters before the update, from a forward pass of its own)."""
         loss, grads = self._loss_and_grads(state.cfg, state.params, x, y, **sequences)
+        final = self._forward(state.cfg, state.params, x, return_state=True, **sequences)[1] if return_state else None
+        loss = self._apply_gradients(state, loss, grads)
+        return (loss, final) if return_state else loss
+
+    def _apply_gradients(self, state: TrainState, loss: float, grads: Params) -> float:
+        """The gradient hook (when set), then the reference optimizer; the loss to report."""
         if state.gradient_hook is not None:
             layout = Layout.of(state.cfg)
             flat = layout.flatten(grads, state.cfg.np_dtype)
@@ -249,11 +373,72 @@ class Backend:
         optimizer_step(state.opt, state.params, grads, state.opt_state)
         return loss
 
+    def _carried_to_host(self, state: TrainState, carried) -> tuple[np.ndarray, np.ndarray]:
+        """The carried state as host copies (a device backend copies it out)."""
+        return np.array(carried[0]), np.array(carried[1])
+
+    def _carried_from_host(self, state: TrainState, host: tuple[np.ndarray, np.ndarray]):
+        """Host arrays (checked, copies) as the carried state in this backend's array type (a
+        device backend copies them in)."""
+        return host
+
     def _get_params(self, state: TrainState) -> Params:
         return copy_params(state.params)
 
     def _get_optimizer_state(self, state: TrainState) -> OptState:
         return copy_params(state.opt_state)
+
+
+def draw_symbol(logits: np.ndarray, temperature: float, u: float) -> int:
+    """The id drawn from softmax(logits / temperature) at the uniform ``u`` in [0, 1): the
+    first whose cumulative probability passes u (the inverse CDF), in float64."""
+    scaled = logits.astype(np.float64) / temperature
+    cdf = np.cumsum(np.exp(scaled - scaled.max()))
+    return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(cdf) - 1)
+
+
+def check_generation(cfg: ModelConfig, prime, uniforms, temperature) -> tuple[np.ndarray, np.ndarray]:
+    """generate's arguments: a next-symbol model, prime ids (at least one) in [0, V), uniforms
+    in [0, 1) (at least one), a positive temperature."""
+    V = cfg.input_size
+    if not (cfg.loss == "xent" and cfg.many_to_many and cfg.output_size == V):
+        raise ConfigError(f"generate needs a next-symbol model (one-hot inputs, many-to-many xent over the same "
+                          f"symbols), got {cfg}")
+    prime, uniforms = np.asarray(prime), np.asarray(uniforms)
+    if prime.ndim != 1 or prime.size < 1 or not np.issubdtype(prime.dtype, np.integer):
+        raise ShapeError(f"prime must be a 1-D array of at least one symbol id, got shape {prime.shape} of "
+                         f"{prime.dtype}")
+    if prime.min() < 0 or prime.max() >= V:
+        raise DataError(f"prime holds symbol ids outside [0, {V}): {int(prime.min())} .. {int(prime.max())}")
+    if uniforms.ndim != 1 or uniforms.size < 1 or not (np.all(uniforms >= 0) and np.all(uniforms < 1)):
+        raise DataError(f"uniforms must be a 1-D array of at least one value in [0, 1), got shape {uniforms.shape}")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise DataError(f"temperature must be a positive number, got {temperature}")
+    return prime.astype(np.int64), uniforms.astype(np.float64)
+
+
+class Stepper:
+    """Forward passes with fixed parameters, the state carried from each to the next: call it
+    with x (B, T, D), get the outputs; ``state`` holds (h_n, c_n) of the last call (None:
+    zeros, the next call starts from there). Made by Backend.stepper. Each call checks x
+    and what the backend returned, which for a step of one symbol costs little."""
+
+    def __init__(self, backend: Backend, cfg: ModelConfig, run) -> None:
+        self.backend, self.cfg, self._run = backend, cfg, run
+        self.state: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        check_inputs(self.cfg, x)
+        if self.state is None:
+            y, state = self._run(x, return_state=True)
+        else:
+            if self.state[0].shape[1] != x.shape[0]:
+                raise ShapeError(f"the state carried from the last call holds {self.state[0].shape[1]} rows, x has "
+                                 f"{x.shape[0]}; reset it (stepper.state = None) to start other rows")
+            y, state = self._run(x, initial_state=self.state, return_state=True)
+        name = self.backend.name
+        y, self.state = check_outputs(name, self.cfg, x, y), check_state(name, self.cfg, x, state)
+        return y
 
 
 # -- the checks every public method runs (a plugin gets the documented errors for free) ---------
@@ -294,21 +479,27 @@ def check_lengths(x: np.ndarray, lengths) -> np.ndarray:
 
 def check_initial_state(cfg: ModelConfig, x: np.ndarray, initial_state) -> tuple[np.ndarray, np.ndarray]:
     """initial_state: (h0, c0), each (L, B, H) of the model's dtype with finite values."""
-    if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
-        raise ShapeError(f"initial_state must be a pair (h0, c0), got {type(initial_state).__name__}")
-    want = (cfg.num_layers, x.shape[0], cfg.hidden_size)
-    for name, part in zip(("h0", "c0"), initial_state):
+    return check_state_pair(cfg, x.shape[0], initial_state, "initial_state")
+
+
+def check_state_pair(cfg: ModelConfig, batch: int, pair, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``pair`` (``what`` in messages): (h, c), each (L, batch, H) of the model's dtype, finite."""
+    names = ("h0", "c0") if what == "initial_state" else ("h", "c")
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ShapeError(f"{what} must be a pair ({', '.join(names)}), got {type(pair).__name__}")
+    want = (cfg.num_layers, batch, cfg.hidden_size)
+    for name, part in zip(names, pair):
         if not isinstance(part, np.ndarray):
-            raise DTypeError(f"initial_state {name} must be a numpy array, got {type(part).__name__}")
+            raise DTypeError(f"{what} {name} must be a numpy array, got {type(part).__name__}")
         if part.shape != want:
-            raise ShapeError(f"initial_state {name} has shape {part.shape}; the model and x need "
+            raise ShapeError(f"{what} {name} has shape {part.shape}; the model and the batch need "
                              f"(layers, batch, hidden) = {want}")
         if part.dtype != cfg.np_dtype:
-            raise DTypeError(f"initial_state {name} has dtype {part.dtype}, the model uses {cfg.dtype}")
+            raise DTypeError(f"{what} {name} has dtype {part.dtype}, the model uses {cfg.dtype}")
         if not np.all(np.isfinite(part)):
-            raise NonFiniteError(f"initial_state {name} contains {int(part.size - np.isfinite(part).sum())} "
+            raise NonFiniteError(f"{what} {name} contains {int(part.size - np.isfinite(part).sum())} "
                                  "NaN or infinite values")
-    return initial_state[0], initial_state[1]
+    return pair[0], pair[1]
 
 
 def check_state(backend: str, cfg: ModelConfig, x: np.ndarray, state) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@
 import io
 import json
 import sys
+from importlib.util import find_spec
 
 import numpy as np
 import pytest
@@ -161,12 +162,39 @@ def test_any_model_shape_is_benchmarked_and_verified():
 
 def test_the_suite_has_the_named_workloads_and_refuses_unknown_ones():
     assert set(SUITE) == {"char-onehot", "forecast-short", "hourly-multivariate", "long-b1", "long-b2",
-                          "odd-sizes"}
+                          "odd-sizes", "varlen", "varlen-full"}
     char = SUITE["char-onehot"]
     x, y = char.data(char.model("float32"))
     assert x.shape == (64, 128, 84) and np.all(x.sum(axis=2) == 1) and y.shape == (64, 128)
     with pytest.raises(lb.ConfigError, match="unknown suite workload"):
         run_suite(["no-such-workload"])
+
+
+def test_rows_of_different_lengths_are_benchmarked_against_torch_packed(capsys):
+    """--lengths: every row (torch's packed peer too) verified on the lengths it is timed on,
+    and the model FLOPs are those of the steps the rows take."""
+    main(["bench", "--backends", "c", "--hidden", "6", "--batch", "5", "--steps", "9", "--lengths", "uniform:2:7",
+          "--repeats", "1", "--quiet", "--json"])
+    grid = json.loads(capsys.readouterr().out)["grid"]
+    assert grid["workloads"][0]["lengths"] == [2, 7]
+    assert grid["workloads"][0]["describe"].endswith("lengths uniform in [2, 7]")
+    rows = {r["label"]: r for r in grid["rows"]}
+    assert rows["c"]["status"] == "ok"
+    if find_spec("torch"):
+        assert rows["torch.nn.LSTM packed"]["status"] == "ok"
+    lengths = SUITE["varlen"].row_lengths()
+    assert lengths.min() >= 20 and lengths.max() <= 200 and abs(lengths.mean() / 200 - 0.55) < 0.1
+    cfg = bench_model(6)
+    full, part = (lb.train_step_flops(cfg, 5, 9, BENCH_OPTIMIZER, ls).total for ls in (None, [9, 1, 1, 1, 1]))
+    assert part < full / 2
+
+
+def test_lengths_past_the_steps_are_refused(capsys):
+    assert main(["bench", "--backends", "c", "--steps", "9", "--lengths", "uniform:2:10", "--quiet"]) != 0
+    assert "--lengths reaches 10, past --steps 9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--lengths", "normal:3"])
+    assert "expected uniform:MIN" in capsys.readouterr().err
 
 
 def test_bad_bench_arguments_are_one_line_errors(capsys):

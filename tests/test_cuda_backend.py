@@ -16,7 +16,8 @@ within a launch). It is also slow, about a second per training step of the
 kit's tiny models, so the kit runs with fewer examples than the profile's, and
 the launch shapes the tiny models never reach (several recurrence blocks,
 64-wide product tiles, several hidden units per thread, several loss blocks) get
-tests of their own below.
+tests of their own below. Lengths and states (the kit's ``sequences`` check runs
+here) have more tests in tests/test_cuda_sequences.py.
 
 float32 tolerance: the kit's (1e-4 relative, and 10x the float32 reference's own
 error on the case). On a GPU the products add in float32 in another order than
@@ -52,6 +53,9 @@ SIMULATED = kernels.SIMULATOR
 # The simulator's cost, not the kit's needs, sets this (see the module docstring): 10
 # examples per check and dtype take a few minutes. On a GPU: the profile's.
 KIT_EXAMPLES = 10 if SIMULATED else None
+# sequences runs four length variants, training steps, the hook and carried steps per
+# example (about 7 s each in the simulator): fewer examples, 24 length cases per dtype
+KIT_SEQUENCE_EXAMPLES = 6 if SIMULATED else None
 ADAM_CLIP = lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.05)
 SGD_MOMENTUM = lb.OptimizerConfig("sgd", lr=0.5, momentum=0.9)
 
@@ -113,11 +117,7 @@ def test_conformance_kit(check, dtype):
         with pytest.raises(CheckSkipped, match="declares every configuration supported"):
             run_check("cuda", check, dtype, max_examples=KIT_EXAMPLES)
         return
-    if check == "sequences":  # lengths and states are not in the CUDA kernels yet (issue 19)
-        with pytest.raises(CheckSkipped, match="does not take lengths or an initial state yet"):
-            run_check("cuda", check, dtype, max_examples=KIT_EXAMPLES)
-        return
-    run_check("cuda", check, dtype, max_examples=KIT_EXAMPLES)
+    run_check("cuda", check, dtype, max_examples=KIT_SEQUENCE_EXAMPLES if check == "sequences" else KIT_EXAMPLES)
 
 
 # -- structure: launches, residency ------------------------------------------------------------
@@ -178,13 +178,19 @@ def test_kernel_arguments_have_the_declared_types(backend):
             backend.train_step(backend.init_state(case.cfg, case.params, case.opt), case.x, case.y)
             backend.forward(case.cfg, case.params, case.x)
             backend.loss_and_grads(case.cfg, case.params, case.x, case.y)
+            # lengths, a host state in, then the final state out and back in on the device
+            lengths, state = np.array([3, 1, 2]), tuple(np.ones((2, 3, 3), dtype) for _ in "hc")
+            train = backend.init_state(case.cfg, case.params, case.opt)
+            _, carried = backend._loss_and_gradient(train, case.x, case.y, lengths=lengths, initial_state=state,
+                                                    return_state=True)
+            backend._loss_and_gradient(train, case.x, case.y, lengths=lengths, initial_state=carried)
     seen = set()
     for kernel, _, _, _, args in calls:
         got = tuple(getattr(a, "_numba_type_", None) or numba.typeof(a) for a in args)
         assert got == kernel.arg_types, f"{kernel.name}: launched with {got}, declares {kernel.arg_types}"
         seen.add(kernel.name)
     assert seen == {"gemm", "lstm_forward", "lstm_backward", "transpose_wh", "loss_head", "finish_grads",
-                    "sum_squares", "adam_update", "sgd_update"}
+                    "sum_squares", "adam_update", "sgd_update", "gather_rows"}
 
 
 # -- launch shapes the kit's tiny models never reach ----------------------------------------------
@@ -392,7 +398,7 @@ def test_kernels_compile_for_a_gpu_without_float64_or_spills(tmp_path):
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     reports = json.loads(done.stdout)
-    assert len(reports) == 2 * 18
+    assert len(reports) == 2 * 19
     for r in reports:
         where = f"{r['kernel']} {r['variant']} {r['dtype']}"
         assert r["local_accesses"] == 0, f"{where}: local arrays not in registers"

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import lstmbench as lb
+import lstmbench.data as lbdata
 from lstmbench.training import distributed
 from lstmbench.training.checkpoint import load_checkpoint
 from lstmbench.cli import main as cli_main
@@ -91,6 +92,22 @@ def test_one_process_needs_no_mpi(monkeypatch):
     assert hook(grad, 0.5) == 0.5 and grad.tolist() == [1.0, -2.0] and hook.stop is False
 
 
+def test_the_hook_weights_a_shard_by_its_share_of_the_loss_terms():
+    """With lengths a rank's mean is over its valid terms: it counts by terms, not rows."""
+    grad = np.array([4.0, -8.0])
+    hook = World().gradient_hook(3, 12, lambda: False)  # no communicator: the weighting alone
+    assert hook(grad, 2.0) == 0.5 and grad.tolist() == [1.0, -2.0]
+
+
+def test_the_loop_counts_valid_steps_of_many_to_many_rows_and_rows_otherwise():
+    from lstmbench.training.loop import count_terms
+
+    lengths = np.array([3, 1, 4, 2])
+    m2m, m2o = lb.ModelConfig(1, 2, 1, many_to_many=True), lb.ModelConfig(1, 2, 1)
+    assert count_terms(m2m, lengths, np.array([0, 2])) == 7 and count_terms(m2o, lengths, np.array([0, 2])) == 2
+    assert count_terms(m2m, None, np.array([0, 2, 3])) == 3
+
+
 def test_launcher_variables_are_read(monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
@@ -149,6 +166,25 @@ def test_ranks_train_the_model_one_process_trains(tmp_path, backend, ranks):
     assert code == 0, err[-3000:]
     assert f"{ranks} ranks (data-parallel over MPI)" in err and out.count("wrote ") == 1  # rank 0 alone reports
     assert relative_gap(params(alone), params(tmp_path / "ranks")) <= 1e-12  # float64, rounding of the sums
+
+
+def _text(tmp_path: Path, lines: bool) -> Path:
+    path = tmp_path / "text.txt"
+    text = lbdata.load_text("shakespeare")[:3000]
+    path.write_text(text if not lines else "\n".join(w for w in text.split() if w.isalpha()))
+    return path
+
+
+@pytest.mark.parametrize("how", [["--stateful", "--seq-len", "8"], ["--per-line"]], ids=["stateful", "per-line"])
+def test_ranks_train_the_model_one_process_trains_with_states_and_lengths(tmp_path, how):
+    """Stateful: each rank carries its own streams. Per line: each rank's loss and gradient are
+    divided by the global count of valid steps (weighting by rows gives another model)."""
+    args = ["train", "--text-file", str(_text(tmp_path, how == ["--per-line"])), *how, "--batch-size", "8",
+            "--hidden", "5", "--epochs", "2", "--dtype", "float64", "--backend", "numpy", "--quiet"]
+    assert cli_main([*args, "--out", str(tmp_path / "alone")]) == 0
+    code, _, err = mpirun(2, [*args, "--out", str(tmp_path / "ranks")])
+    assert code == 0, err[-3000:]
+    assert relative_gap(params(tmp_path / "alone"), params(tmp_path / "ranks")) <= 1e-12
 
 
 def _plugin_style():

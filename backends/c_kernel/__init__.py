@@ -31,6 +31,7 @@ from lstmbench.fused import FusedBackend
 from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars
 from lstmbench_backends.c_kernel import sources
+from lstmbench_backends.numba_cpu import RowOrder
 
 REBUILD = ("`pip install -e .` in the lstmbench checkout (or `pip install --no-build-isolation -e .`, "
            "which reuses this environment's setuptools and cffi)")
@@ -118,6 +119,7 @@ class Workspace:
     dims: object  # the lstm_dims struct (cffi)
     plan: str  # how the threads share a step of this shape: "shards" or "units" (lstm_parallel_plan)
     capacity: int  # the most threads it has room for
+    packed_for: tuple | None = None  # (PreparedForward, whether x was not one-hot) whose weights it holds packed
 
 
 class CKernel(FusedBackend):
@@ -125,7 +127,7 @@ class CKernel(FusedBackend):
 
     name = "c"
     description = "C11 via cffi: batch shards on OpenMP threads, own vectorised GEMM, fused training step"
-    capabilities = Capabilities()
+    capabilities = Capabilities(sequences=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -254,9 +256,13 @@ class CKernel(FusedBackend):
         return np.ascontiguousarray(y).reshape(B, Tout, cfg.output_size), None
 
     def _call(self, what: str, cfg: ModelConfig, theta: np.ndarray, x: np.ndarray, y=None, *, y_hat=None,
-              grad=None, opt=None, slots=(None, None)) -> float:
+              grad=None, opt=None, slots=(None, None), order: RowOrder | None = None, final=None,
+              prepared: object = None) -> float:
         """Validate every array, then run one C entry point ("forward", "loss_grad", "train_step").
-        x, y, theta, grad, y_hat and slots must already be contiguous arrays of the model's dtype."""
+        x, y, theta, grad, y_hat and slots must already be contiguous arrays of the model's dtype.
+        ``order``: the rows sorted longest first with their lengths and initial state (x, y and
+        y_hat are in its order); ``final``: (h_n, c_n) arrays (L, B, H) for the final state;
+        ``prepared``: the PreparedForward making this call (its weights stay packed between calls)."""
         ffi, lib = self._lib()
         dt, layout = cfg.np_dtype, Layout.of(cfg)
         if not isinstance(x, np.ndarray) or x.ndim != 3:
@@ -279,11 +285,19 @@ class CKernel(FusedBackend):
         if what == "train_step":
             p_s = [ffi.NULL if s is None else c_array(ffi, s, dt, (layout.size,), "optimizer slot", writable=True)
                    for s in slots]
-        symbols = one_hot_symbols(x)  # one-hot input: read as symbol ids (gathers instead of products)
+        sequences = self._sequence_pointers(ffi, cfg, x, order, final)
+        lengths = None if order is None else order.lengths
+        symbols = one_hot_symbols(x, lengths)  # one-hot input: read as symbol ids (gathers instead of products)
         with self.workspace(cfg, x) as ws:
             self.last_plan = ws.plan
             ws.dims.threads = min(_usable_threads(self.threads), ws.capacity)
             ws.dims.x_symbols = ffi.NULL if symbols is None else c_array(ffi, symbols, np.int64, (B, T), "x symbols")
+            for name, pointer in sequences.items():
+                setattr(ws.dims, name, pointer)
+            # one-hot input leaves layer 0's W_x unpacked: what is packed depends on it too
+            packing = None if prepared is None else (prepared, symbols is None)
+            ws.dims.reuse_packed = int(packing is not None and ws.packed_for == packing)
+            ws.packed_for = None  # until the call has packed this theta's weights
             try:
                 p_ws = c_array(ffi, ws.block, np.uint8, ws.block.shape, "workspace", writable=True)
                 loss = ffi.new("double *")
@@ -298,36 +312,100 @@ class CKernel(FusedBackend):
                                                                   p_s[0], p_s[1], p_x, p_y, p_cls, p_grad, loss, p_ws,
                                                                   ws.block.size)
                 self._check(lib, ffi, code)
+                ws.packed_for = packing if what == "forward" else None
             finally:
-                ws.dims.x_symbols = ffi.NULL  # the symbols array is this call's
+                for name in ("x_symbols", *sequences):  # these arrays are this call's
+                    setattr(ws.dims, name, ffi.NULL)
         return float(loss[0])
+
+    @staticmethod
+    def _sequence_pointers(ffi, cfg: ModelConfig, x: np.ndarray, order: RowOrder | None, final) -> dict:
+        """lstm_dims' lengths, h0, c0, hn, cn for this call (checked), by name; NULL where absent.
+        Lengths that are all T are left out: the kernel then runs its full-length path."""
+        B, T = x.shape[0], x.shape[1]
+        shape, dt = (cfg.num_layers, B, cfg.hidden_size), cfg.np_dtype
+        out = dict.fromkeys(("lengths", "h0", "c0", "hn", "cn"), ffi.NULL)
+        if order is not None and order.lengths.min() < T:
+            out["lengths"] = c_array(ffi, order.lengths, np.int64, (B,), "lengths")
+        if order is not None and order.state is not None:
+            out["h0"], out["c0"] = (c_array(ffi, np.ascontiguousarray(s), dt, shape, name)
+                                    for s, name in zip(order.state, ("h0", "c0")))
+        if final is not None:
+            out["hn"], out["cn"] = (c_array(ffi, s, dt, shape, name, writable=True) for s, name in zip(final, ("h_n", "c_n")))
+        return out
 
     # -- protocol ------------------------------------------------------------------------
 
-    def _forward(self, cfg, params, x):
-        theta = Layout.of(cfg).flatten(params, cfg.np_dtype)
+    def _forward(self, cfg, params, x, return_state=False, prepared=None, **sequences):
+        theta = Layout.of(cfg).flatten(params, cfg.np_dtype) if prepared is None else prepared.theta
+        order = RowOrder.of(x, **sequences)
         B, T = x.shape[0], x.shape[1]
         out = np.empty((B, T if cfg.many_to_many else 1, cfg.output_size), dtype=cfg.np_dtype)
-        self._call("forward", cfg, theta, np.ascontiguousarray(x), y_hat=out)
-        return out if cfg.many_to_many else out[:, 0].copy()
+        final = _state_arrays(cfg, B) if return_state else None
+        self._call("forward", cfg, theta, _rows(order, x), y_hat=out, order=order, final=final, prepared=prepared)
+        y = order.restore(out if cfg.many_to_many else out[:, 0])
+        return (y, _restored(order, final)) if return_state else y
 
-    def _loss_and_grads(self, cfg, params, x, y):
+    def _generate(self, cfg, params, prime: np.ndarray, uniforms: np.ndarray, temperature: float) -> np.ndarray:
+        """Protocol.generate in one C call (lstm_generate): the prime and every symbol drawn are
+        one forward step each from the state the last left, the weights packed once, the draws
+        in C at the host's uniforms (the same inverse CDF as lstmbench.protocol.draw_symbol)."""
+        ffi, lib = self._lib()
+        dt, layout = cfg.np_dtype, Layout.of(cfg)
+        theta = layout.flatten(params, dt)
+        offs = np.ascontiguousarray(layout.offs, np.int64)
+        prime = np.ascontiguousarray(prime, np.int64).reshape(-1, 1)  # (P, B = 1): time-major
+        uniforms = np.ascontiguousarray(uniforms, np.float64).reshape(-1, 1)
+        out = np.empty(uniforms.shape, np.int64)
+        state = _state_arrays(cfg, 1)
+        for s in state:
+            s.fill(0)
+        P, n, shape = len(prime), len(uniforms), (cfg.num_layers, 1, cfg.hidden_size)
+        with self.workspace(cfg, np.empty((1, 1, cfg.input_size), dt)) as ws:
+            self.last_plan = ws.plan
+            ws.packed_for = None  # the call packs its own weights into the block
+            ws.dims.threads = min(_usable_threads(self.threads), ws.capacity)
+            generate = lib.lstm_generate_f32 if dt == np.float32 else lib.lstm_generate_f64
+            code = generate(ws.dims, c_array(ffi, offs, np.int64, offs.shape, "offs"), layout.size,
+                            c_array(ffi, theta, dt, theta.shape, "theta"), c_array(ffi, prime, np.int64, (P, 1), "prime"),
+                            P, c_array(ffi, uniforms, np.float64, (n, 1), "uniforms"), n, float(temperature),
+                            c_array(ffi, out, np.int64, (n, 1), "symbols", writable=True),
+                            *(c_array(ffi, s, dt, shape, name, writable=True) for s, name in zip(state, "hc")),
+                            c_array(ffi, ws.block, np.uint8, ws.block.shape, "workspace", writable=True),
+                            ws.block.size)
+            self._check(lib, ffi, code)
+        return out[:, 0]
+
+    def _prepared_forward(self, cfg, params):
+        """_forward with these parameters flattened once, and packed once per batch shape."""
+        return PreparedForward(self, cfg, Layout.of(cfg).flatten(params, cfg.np_dtype))
+
+    def _loss_and_grads(self, cfg, params, x, y, **sequences):
         layout = Layout.of(cfg)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
-        loss = self._call("loss_grad", cfg, layout.flatten(params, cfg.np_dtype), np.ascontiguousarray(x), y,
-                          grad=grad)
+        order = RowOrder.of(x, **sequences)
+        loss = self._call("loss_grad", cfg, layout.flatten(params, cfg.np_dtype), _rows(order, x), _rows(order, y),
+                          grad=grad, order=order)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
-    def _loss_and_gradient(self, state: FlatTrainState, x, y) -> float:
-        return self._call("loss_grad", state.cfg, state.theta, np.ascontiguousarray(x), y, grad=state.grad)
+    def _loss_and_gradient(self, state: FlatTrainState, x, y, return_state=False, **sequences):
+        order = RowOrder.of(x, **sequences)
+        final = _state_arrays(state.cfg, x.shape[0]) if return_state else None
+        loss = self._call("loss_grad", state.cfg, state.theta, _rows(order, x), _rows(order, y), grad=state.grad,
+                          order=order, final=final)
+        return (loss, _restored(order, final)) if return_state else loss
 
-    def _fused_step(self, state: FlatTrainState, x, y, scalars: StepScalars) -> float:
-        """One C call: forward, backward, clipping, update."""
+    def _fused_step(self, state: FlatTrainState, x, y, scalars: StepScalars, return_state=False, **sequences):
+        """One C call: forward, backward, clipping, update (the final state is the forward's,
+        from the parameters before the update)."""
         ffi, _ = self._lib()
-        return self._call("train_step", state.cfg, state.theta, np.ascontiguousarray(x), y, grad=state.grad,
-                          opt=c_optim(ffi, scalars), slots=_optimizer_slots(state))
+        order = RowOrder.of(x, **sequences)
+        final = _state_arrays(state.cfg, x.shape[0]) if return_state else None
+        loss = self._call("train_step", state.cfg, state.theta, _rows(order, x), _rows(order, y), grad=state.grad,
+                          opt=c_optim(ffi, scalars), slots=_optimizer_slots(state), order=order, final=final)
+        return (loss, _restored(order, final)) if return_state else loss
 
     def _update(self, state: FlatTrainState, scalars: StepScalars) -> None:
         """Clipping (from this gradient's norm) and the update alone: lstm_update."""
@@ -339,6 +417,34 @@ class CKernel(FusedBackend):
         self._check(lib, ffi, update(c_optim(ffi, scalars), P, _usable_threads(self.threads),
                                      c_array(ffi, state.theta, dt, (P,), "theta", writable=True), p_s[0], p_s[1],
                                      c_array(ffi, state.grad, dt, (P,), "grad")))
+
+
+@dataclass(eq=False)
+class PreparedForward:
+    """Forward passes of one flat parameter vector (Backend.stepper): the kernel packs its
+    weights into a workspace on the first call of a batch shape and reuses them after."""
+
+    backend: CKernel
+    cfg: ModelConfig
+    theta: np.ndarray
+
+    def __call__(self, x, **sequences):
+        return self.backend._forward(self.cfg, None, x, prepared=self, **sequences)
+
+
+def _rows(order: RowOrder, a: np.ndarray) -> np.ndarray:
+    """``a``'s rows in the kernel's order (longest first), contiguous."""
+    return np.ascontiguousarray(order.rows(a))
+
+
+def _state_arrays(cfg: ModelConfig, B: int) -> tuple[np.ndarray, np.ndarray]:
+    """Room for a final state (h_n, c_n), each (L, B, H)."""
+    return tuple(np.empty((cfg.num_layers, B, cfg.hidden_size), cfg.np_dtype) for _ in "hc")
+
+
+def _restored(order: RowOrder, final) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's final state back in the batch's row order."""
+    return tuple(order.restore(s, axis=1) for s in final)
 
 
 def c_optim(ffi, scalars: StepScalars):
@@ -360,11 +466,15 @@ def _optimizer_slots(state: FlatTrainState) -> tuple:
     return state.slots.get("momentum"), None
 
 
-def one_hot_symbols(x: np.ndarray) -> np.ndarray | None:
-    """(B, T) symbol ids if every x_t is a one-hot vector (exactly one 1, the rest 0), else None.
+def one_hot_symbols(x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray | None:
+    """(B, T) symbol ids if every x_t a row takes (t < its length) is a one-hot vector (exactly
+    one 1, the rest 0), else None; padded steps get symbol 0, which the kernel never reads.
     Cheap to refuse: most inputs fail on the first vector."""
     if x.shape[2] < 2 or x[0, 0].sum() != 1:
         return None
+    if lengths is not None and lengths.min() < x.shape[1]:
+        valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
+        x = np.where(valid[:, :, None], x, np.eye(1, x.shape[2], dtype=x.dtype)[0])  # padding -> symbol 0
     if not (np.count_nonzero(x) == x.shape[0] * x.shape[1] and np.all(x.sum(axis=2) == 1)
             and np.all((x == 0) | (x == 1))):
         return None

@@ -14,7 +14,9 @@
  * layers, both losses, both task shapes, batch sizes that leave padding rows in
  * the last shard, sizes that are not multiples of the vector width, 1..3
  * threads, the threads on batch shards and on one shard's hidden units, one-hot input
- * read as symbol ids; the error returns (small workspace, wrong layout, bad class id);
+ * read as symbol ids; each case again with lengths (longest first: T, between, 1) and an
+ * initial and final state; the error returns (small workspace, wrong layout, bad class
+ * id, lengths out of range or out of order);
  * the matrix product in both of its B modes; and a finite-difference check of
  * the float64 gradient, so the driver also fails on wrong numbers.
  */
@@ -83,8 +85,10 @@ static lstm_optim sgd_step(int64_t step, double momentum)
 
 /* One case for one dtype: the body is written once for real = float and double. */
 #define DEFINE_CASE(real, SUF)                                                                                      \
-    static void run_case_##SUF(const lstm_dims *d)                                                                 \
+    static void run_case_##SUF(const lstm_dims *d0, int sequences)                                                 \
     {                                                                                                               \
+        lstm_dims dd = *d0;                                                                                         \
+        const lstm_dims *d = &dd;                                                                                   \
         const int64_t B = d->batch, T = d->steps, D = d->input_size, O = d->output_size, L = d->layers;             \
         const int64_t Tout = d->many_to_many ? T : 1;                                                               \
         int64_t *offs = xmalloc(sizeof(int64_t) * 3 * (size_t)(L + 1));                                             \
@@ -98,6 +102,13 @@ static lstm_optim sgd_step(int64_t step, double momentum)
         for (int64_t j = 0; j < B * T * D; j++) x[j] = (real)(2.0 * uniform());                                     \
         for (int64_t j = 0; j < B * Tout * O; j++) y[j] = (real)uniform();                                          \
         for (int64_t j = 0; j < B * Tout; j++) cls[j] = (int64_t)((uniform() + 1.0) * 0.5 * (double)O) % O;       \
+        const int64_t HL = L * B * d->hidden_size;                                                                 \
+        int64_t *len = xmalloc(sizeof(int64_t) * (size_t)B);                                                        \
+        real *h0 = xmalloc(sizeof(real) * (size_t)HL), *c0 = xmalloc(sizeof(real) * (size_t)HL);                    \
+        real *hn = xmalloc(sizeof(real) * (size_t)HL), *cn = xmalloc(sizeof(real) * (size_t)HL);                    \
+        for (int64_t b = 0; b < B; b++) len[b] = b == 0 ? T : b == B - 1 ? 1 : max64(1, T - b); /* longest first */ \
+        for (int64_t j = 0; j < HL; j++) h0[j] = (real)(0.5 * uniform()), c0[j] = (real)uniform();                 \
+        if (sequences) dd.lengths = len, dd.h0 = h0, dd.c0 = c0, dd.hn = hn, dd.cn = cn;                           \
         const int64_t ws_bytes = lstm_workspace_bytes(d, (int64_t)sizeof(real));                                    \
         EXPECT(ws_bytes > 0, "workspace size %lld", (long long)ws_bytes);                                           \
         void *ws = xmalloc((size_t)ws_bytes);                                                                       \
@@ -107,6 +118,8 @@ static lstm_optim sgd_step(int64_t step, double momentum)
         int rc = lstm_forward_##SUF(d, offs, P, theta, x, y_hat, ws, ws_bytes);                                     \
         EXPECT(rc == 0, "forward: %s", lstm_error_message(rc));                                                     \
         for (int64_t j = 0; j < B * Tout * O; j++) EXPECT(isfinite(y_hat[j]), "forward output %lld", (long long)j); \
+        for (int64_t j = 0; sequences && j < HL; j++) EXPECT(isfinite(hn[j]) && isfinite(cn[j]), "final state %lld", \
+                                                             (long long)j);                                         \
         rc = lstm_loss_grad_##SUF(d, offs, P, theta, x, yr, yc, grad, &loss, ws, ws_bytes);                         \
         EXPECT(rc == 0 && isfinite(loss) && loss >= 0, "loss_grad: %s, loss %g", lstm_error_message(rc), loss);   \
         for (int64_t j = 0; j < P; j++) EXPECT(isfinite(grad[j]), "gradient %lld", (long long)j);                   \
@@ -162,6 +175,15 @@ static lstm_optim sgd_step(int64_t step, double momentum)
             rc = lstm_loss_grad_##SUF(d, offs, P, theta, x, NULL, cls, grad, &loss, ws, ws_bytes);                  \
             EXPECT(rc == LSTM_ECLASS, "class id out of range accepted (%d)", rc);                                   \
         }                                                                                                           \
+        if (sequences && B > 1) { /* lengths out of order, then out of range */                                    \
+            len[B - 1] = T;                                                                                         \
+            rc = lstm_forward_##SUF(d, offs, P, theta, x, y_hat, ws, ws_bytes);                                     \
+            EXPECT(rc == (len[B - 2] < T ? LSTM_ELENGTHS : 0), "lengths out of order: %d", rc);             \
+            len[B - 1] = 0;                                                                                         \
+            rc = lstm_forward_##SUF(d, offs, P, theta, x, y_hat, ws, ws_bytes);                                     \
+            EXPECT(rc == LSTM_ELENGTHS, "a length of 0 accepted (%d)", rc);                                         \
+        }                                                                                                           \
+        free(len), free(h0), free(c0), free(hn), free(cn);                                                          \
         free(offs), free(theta), free(grad), free(m), free(v), free(x), free(y), free(y_hat), free(cls), free(ws);  \
     }                                                                                                               \
                                                                                                                     \
@@ -215,10 +237,11 @@ int main(void)
         {5, 4, 3, 9, 3, 2, 1, 1, 2, LSTM_PAR_SHARDS, SYMBOLS},
         {3, 6, 3, 20, 3, 1, 1, 1, 2, LSTM_PAR_UNITS, SYMBOLS},
     };
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        run_case_f32(&cases[k]);
-        run_case_f64(&cases[k]);
-    }
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        for (int sequences = 0; sequences < 2; sequences++) {
+            run_case_f32(&cases[k], sequences);
+            run_case_f64(&cases[k], sequences);
+        }
     const int64_t shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {13, 37, 300}, {100, 20, 3}, {6, 16, 257}};
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
         for (int trans = 0; trans < 2; trans++)

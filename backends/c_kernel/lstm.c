@@ -163,6 +163,7 @@ const char *lstm_error_message(int code)
     case LSTM_EWORKSPACE: return "the workspace is smaller than lstm_workspace_bytes() says";
     case LSTM_ECLASS: return "a class id is outside [0, output_size)";
     case LSTM_EARG: return "a required pointer is NULL or an optimizer setting is invalid";
+    case LSTM_ELENGTHS: return "a length is outside [1, steps] or the lengths are not sorted longest first";
     default: return "unknown error";
     }
 }
@@ -208,6 +209,16 @@ static void shard_plan(const lstm_dims *d, int64_t panel_width, int64_t *shards,
     if (*team) r = B;
     *rows = min64(r, B);
     *shards = ceil_div(B, *rows);
+}
+
+/* Rows of a shard (its nb lengths, longest first, or NULL: every row takes every step) that
+ * take step t: a prefix of the shard, so a step's products and gate math run on the first
+ * rows only and shrink as rows finish. */
+INLINE int64_t active_rows(const int64_t *len, int64_t nb, int64_t t)
+{
+    if (!len) return nb;
+    while (nb > 0 && len[nb - 1] <= t) nb--;
+    return nb;
 }
 
 /* lstmbench.layout.Layout: per layer W_x (D_l, 4H), W_h (H, 4H), b (4H); then the

@@ -32,6 +32,12 @@ typedef struct {
                                  x_t @ W_x is row s of W_x (a copy) and dW_x a sum of dz rows */
     int64_t shard_rows;    /* rows per batch shard; 0: by the shape (lstm.c: shard_plan). Never by
                               the thread count: any number of threads gives the same bits */
+    const int64_t *lengths; /* NULL, or (B,) steps each row takes, 1 <= len <= T, longest first (the
+                               host sorts the rows): row b takes no step t >= len_b (design.md 8) */
+    const void *h0, *c0;   /* NULL, or (L, B, H) initial state in the model's dtype (NULL: zeros) */
+    void *hn, *cn;         /* NULL, or (L, B, H): each row's state after its own last step is written here */
+    int64_t reuse_packed;  /* 1: the workspace holds this theta's packed weights from its last call (the host
+                              promises it: a run of forward passes with fixed parameters); 0: pack them */
 } lstm_dims;
 
 /* One step's optimizer constants, computed by the host once per step in double
@@ -83,6 +89,13 @@ int lstm_train_step_f64(const lstm_dims *d, const lstm_optim *opt, const int64_t
                         double *theta, double *slot1, double *slot2, const double *x, const double *y,
                         const int64_t *classes, double *grad, double *loss, void *ws, int64_t ws_bytes);
 
+int lstm_generate_f32(const lstm_dims *d, const int64_t *offs, int64_t n_params, const float *theta,
+                      const int64_t *prime, int64_t prime_len, const double *uniforms, int64_t n, double temperature,
+                      int64_t *out, float *h, float *c, void *ws, int64_t ws_bytes);
+int lstm_generate_f64(const lstm_dims *d, const int64_t *offs, int64_t n_params, const double *theta,
+                      const int64_t *prime, int64_t prime_len, const double *uniforms, int64_t n, double temperature,
+                      int64_t *out, double *h, double *c, void *ws, int64_t ws_bytes);
+
 int lstm_update_f32(const lstm_optim *opt, int64_t n_params, int64_t threads, float *theta, float *slot1, float *slot2,
                     const float *grad);
 int lstm_update_f64(const lstm_optim *opt, int64_t n_params, int64_t threads, double *theta, double *slot1,
@@ -103,6 +116,7 @@ int lstm_matmul_f64(int64_t M, int64_t N, int64_t K, const double *A, int64_t a_
 #define LSTM_EWORKSPACE 3  /* the workspace is smaller than lstm_workspace_bytes() */
 #define LSTM_ECLASS 4      /* a class id is outside [0, output_size) */
 #define LSTM_EARG 5        /* a required pointer is NULL, or an optimizer setting is invalid */
+#define LSTM_ELENGTHS 6    /* a length is outside [1, T], or the lengths are not longest first */
 
 /* lstm_dims.parallel */
 #define LSTM_PAR_AUTO 0

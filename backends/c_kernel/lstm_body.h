@@ -272,6 +272,7 @@ INLINE void FN(gemm_plain)(int64_t M, int64_t N, int64_t K, const real *A, int64
 
 typedef struct {
     real *xs, *hs, *cs, *z, *tc, *yout, *dy, *dh, *dhn, *dcn, *grad;
+    real *hl;    /* (bm, H) many-to-one with lengths: the top h at each row's last step, then its dh */
     real *apack; /* (MC, KC) A tiles of the weight-gradient products */
 } FN(shard);
 
@@ -281,6 +282,10 @@ typedef struct {
     int team; /* 1: one shard, the threads share out its hidden units (few rows per thread) */
     const int64_t *offs;
     const int64_t *sym; /* dims.x_symbols: one-hot input as symbol ids (B, T), or NULL */
+    const int64_t *len; /* dims.lengths (B,), longest first, or NULL: every row takes T steps */
+    const real *h0, *c0; /* dims.h0, c0 (L, B, H), or NULL: zeros */
+    real *hn, *cn;       /* dims.hn, cn (L, B, H), or NULL */
+    int reuse_packed;    /* dims.reuse_packed */
     real **pwx, **pwh, **pwxt, **pwht; /* per layer: packed W_x, W_h, W_x^T (l > 0), W_h^T */
     real **pwxg, **pwhg;               /* team: per layer and gate (4 l + g) packed W_x, W_h columns of the gate */
     real *pwy, *pwyt;                  /* packed W_y and W_y^T */
@@ -351,6 +356,7 @@ static int64_t FN(carve)(const lstm_dims *d, char *base, FN(work) *w)
         sh.dh = take(&a, es, T, bm, H, 1);
         sh.dhn = take(&a, es, bm, H, 1, 1);
         sh.dcn = take(&a, es, bm, H, 1, 1);
+        sh.hl = take(&a, es, bm, H, 1, 1);
         sh.grad = take(&a, es, w->Pstride, 1, 1, 1);
         sh.apack = take(&a, es, MC, KC, 1, 1);
         if (base && !a.too_big) w->sh[s] = sh;
@@ -387,11 +393,23 @@ static int FN(setup)(const lstm_dims *d, const int64_t *offs, int64_t n_params, 
     FN(carve)(d, base, w);
     w->offs = offs;
     w->sym = d->x_symbols;
+    w->len = d->lengths;
+    w->h0 = d->h0, w->c0 = d->c0, w->hn = d->hn, w->cn = d->cn;
+    w->reuse_packed = d->reuse_packed != 0;
+    if (!w->h0 != !w->c0 || !w->hn != !w->cn) return LSTM_EARG;
+    for (int64_t b = 0; w->len && b < w->B; b++)
+        if (w->len[b] < 1 || w->len[b] > w->T || (b > 0 && w->len[b] > w->len[b - 1])) return LSTM_ELENGTHS;
     if (w->sym)
         for (int64_t k = 0; k < w->B * w->T; k++)
             if (w->sym[k] < 0 || w->sym[k] >= w->D) return LSTM_ECLASS;
     return LSTM_OK;
 }
+
+/* Shard s's lengths (NULL: T for every row), one row's, and its longest row's: no step of the
+ * shard runs past that one. */
+INLINE const int64_t *FN(shard_len)(const FN(work) *w, int64_t s) { return w->len ? w->len + s * w->bm : NULL; }
+INLINE int64_t FN(row_len)(const FN(work) *w, int64_t s, int64_t r) { return w->len ? w->len[s * w->bm + r] : w->T; }
+INLINE int64_t FN(shard_steps)(const FN(work) *w, int64_t s) { return FN(row_len)(w, s, 0); }
 
 static void FN(release)(const FN(work) *w, void *ws, int64_t ws_bytes)
 {
@@ -542,14 +560,15 @@ HOT static void FN(bias_grad)(int64_t T, int64_t nb, int64_t bm, int64_t G, int6
 #define TCS(l) (sh->tc + (l) * T * bm * H)
 
 /* One-hot input (w->sym): z[t, r, c0 .. c0+n) = W_x[s(t, r), c0 .. c0+n) for the shard's rows
- * (padding rows 0), in place of the product with x. */
+ * at their steps (padding rows and a row's steps past its length 0), in place of the product
+ * with x, for the steps of the shard's longest row. */
 static void FN(gather_rows)(const FN(work) *w, int64_t s, const real *Wx, int64_t c0, int64_t n, real *z, int64_t ldz)
 {
     const int64_t T = w->T, G = w->G, bm = w->bm, lo = s * bm, nb = min64(bm, w->B - lo);
-    for (int64_t t = 0; t < T; t++)
+    for (int64_t t = 0; t < FN(shard_steps)(w, s); t++)
         for (int64_t r = 0; r < bm; r++) {
             real *zr = z + (t * bm + r) * ldz + c0;
-            if (r < nb)
+            if (r < nb && t < FN(row_len)(w, s, r))
                 memcpy(zr, Wx + w->sym[(lo + r) * T + t] * G + c0, (size_t)n * sizeof(real));
             else
                 memset(zr, 0, (size_t)n * sizeof(real));
@@ -563,27 +582,35 @@ static void FN(scatter_rows)(const FN(work) *w, int64_t s, const real *z, int64_
 {
     const int64_t T = w->T, G = w->G, bm = w->bm, lo = s * bm, nb = min64(bm, w->B - lo);
     for (int64_t d = 0; d < w->D; d++) memset(dWx + d * G + c0, 0, (size_t)n * sizeof(real));
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t r = 0; r < nb; r++) {
+    for (int64_t t = 0; t < FN(shard_steps)(w, s); t++)
+        for (int64_t r = 0; r < active_rows(FN(shard_len)(w, s), nb, t); r++) {
             real *restrict row = dWx + w->sym[(lo + r) * T + t] * G + c0;
             const real *restrict zr = z + (t * bm + r) * ldz + c0;
             for (int64_t j = 0; j < n; j++) row[j] += zr[j];
         }
 }
 
-/* The shard's rows of x (B, T, D), time-major; h_0 = c_0 = 0; padding rows zero. */
+/* The shard's rows of x (B, T, D), time-major, for the steps of its longest row (padding rows
+ * and steps past a row's length zero: they are never used, and zeros keep every product that
+ * reads them finite); h_0, c_0 the initial state's rows (or 0); padding rows zero. */
 static void FN(stage_shard)(const FN(work) *w, int64_t s, const real *x)
 {
     const FN(shard) *sh = &w->sh[s];
-    const int64_t T = w->T, D = w->D, H = w->H, L = w->L, bm = w->bm;
+    const int64_t T = w->T, D = w->D, H = w->H, L = w->L, B = w->B, bm = w->bm;
     const int64_t lo = s * bm, nb = min64(bm, w->B - lo);
-    for (int64_t t = 0; t < T && !w->sym; t++) /* (one-hot input is read as symbol ids instead) */
-        for (int64_t r = 0; r < bm; r++)
-            for (int64_t k = 0; k < D; k++) sh->xs[(t * bm + r) * D + k] = r < nb ? x[((lo + r) * T + t) * D + k] : 0;
+    for (int64_t t = 0; t < FN(shard_steps)(w, s) && !w->sym; t++) /* (one-hot input is read as symbol ids) */
+        for (int64_t r = 0; r < bm; r++) {
+            const int live = r < nb && t < FN(row_len)(w, s, r);
+            for (int64_t k = 0; k < D; k++) sh->xs[(t * bm + r) * D + k] = live ? x[((lo + r) * T + t) * D + k] : 0;
+        }
     for (int64_t l = 0; l < L; l++) {
         real *h = HS(l), *c = CS(l);
-        memset(h, 0, (size_t)(bm * H) * sizeof(real)); /* h_0 = 0 */
+        memset(h, 0, (size_t)(bm * H) * sizeof(real)); /* h_0 = 0 (padding rows too) */
         memset(c, 0, (size_t)(bm * H) * sizeof(real)); /* c_0 = 0 */
+        if (w->h0) { /* the initial state's rows lo .. lo+nb of layer l */
+            memcpy(h, w->h0 + (l * B + lo) * H, (size_t)(nb * H) * sizeof(real));
+            memcpy(c, w->c0 + (l * B + lo) * H, (size_t)(nb * H) * sizeof(real));
+        }
         for (int64_t t = 1; t <= T && nb < bm; t++) {  /* padding rows stay zero */
             memset(h + (t * bm + nb) * H, 0, (size_t)((bm - nb) * H) * sizeof(real));
             memset(c + (t * bm + nb) * H, 0, (size_t)((bm - nb) * H) * sizeof(real));
@@ -593,11 +620,33 @@ static void FN(stage_shard)(const FN(work) *w, int64_t s, const real *x)
 
 static void FN(head_forward)(const FN(work) *w, int64_t s, const real *theta);
 
+/* h_{t+1} of the rows past their length at step t (na .. nb-1, hidden units u0 .. u1) is 0: the
+ * layer above and the weight gradients read these rows (with zero dz), and must read finite
+ * values. (A row's final state, at index len_b, is never among them.) */
+INLINE void FN(clear_finished)(int64_t na, int64_t nb, int64_t H, int64_t u0, int64_t u1, real *h_next)
+{
+    for (int64_t r = na; r < nb; r++) memset(h_next + r * H + u0, 0, (size_t)(u1 - u0) * sizeof(real));
+}
+
+/* Each row's h and c after its own last step (index len_b of hs, cs) into hn, cn (L, B, H). */
+static void FN(final_state)(const FN(work) *w, int64_t s)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t T = w->T, H = w->H, B = w->B, bm = w->bm, lo = s * bm, nb = min64(bm, B - lo);
+    for (int64_t l = 0; w->hn && l < w->L; l++)
+        for (int64_t r = 0; r < nb; r++) {
+            const int64_t at = (FN(row_len)(w, s, r) * bm + r) * H;
+            memcpy(w->hn + (l * B + lo + r) * H, HS(l) + at, (size_t)H * sizeof(real));
+            memcpy(w->cn + (l * B + lo + r) * H, CS(l) + at, (size_t)H * sizeof(real));
+        }
+}
+
 static void FN(shard_forward)(const FN(work) *w, int64_t s, const real *theta, const real *x)
 {
     const FN(shard) *sh = &w->sh[s];
     const int64_t T = w->T, D = w->D, H = w->H, G = w->G, Gp = w->Gp, L = w->L, bm = w->bm;
-    const int64_t nb = min64(bm, w->B - s * bm);
+    const int64_t nb = min64(bm, w->B - s * bm), Ts = FN(shard_steps)(w, s);
+    const int64_t *len = FN(shard_len)(w, s);
     FN(stage_shard)(w, s, x);
     for (int64_t l = 0; l < L; l++) {
         const int64_t Dl = l == 0 ? D : H;
@@ -606,33 +655,53 @@ static void FN(shard_forward)(const FN(work) *w, int64_t s, const real *theta, c
         const real *b = theta + w->offs[3 * l + 2];
         if (l == 0 && w->sym) /* one-hot x_t = e_s: x_t @ W_x is row s of W_x */
             FN(gather_rows)(w, s, theta + w->offs[0], 0, G, z, Gp);
-        else /* x_t @ W_x for every step at once: (T*bm, D_l) @ (D_l, 4H) */
-            FN(gemm_packed)(T * bm, G, Dl, in, Dl, 1, w->pwx[l], z, Gp, 0);
-        for (int64_t t = 0; t < T; t++) {
+        else /* x_t @ W_x for every step at once: (Ts*bm, D_l) @ (D_l, 4H) */
+            FN(gemm_packed)(Ts * bm, G, Dl, in, Dl, 1, w->pwx[l], z, Gp, 0);
+        for (int64_t t = 0; t < Ts; t++) {
             real *zt = z + t * bm * Gp;
-            if (t > 0) /* += h_{t-1} @ W_h; h_0 = 0 needs no product */
-                FN(gemm_packed)(nb, G, H, h + t * bm * H, H, 1, w->pwh[l], zt, Gp, 1);
-            FN(gates_forward)(nb, H, 0, H, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
+            const int64_t na = active_rows(len, nb, t);
+            if (t > 0 || w->h0) /* += h_{t-1} @ W_h; h_0 = 0 needs no product */
+                FN(gemm_packed)(na, G, H, h + t * bm * H, H, 1, w->pwh[l], zt, Gp, 1);
+            FN(gates_forward)(na, H, 0, H, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
                               h + (t + 1) * bm * H);
+            FN(clear_finished)(na, nb, H, 0, H, h + (t + 1) * bm * H);
         }
     }
     FN(head_forward)(w, s, theta);
+    FN(final_state)(w, s);
 }
 
-/* The head: y = h @ W_y + b_y on h_T, or on every h_t. */
+/* Many-to-one with lengths: the top layer's h at each row's own last step, into sh->hl. */
+static const real *FN(last_top)(const FN(work) *w, int64_t s)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t T = w->T, H = w->H, L = w->L, bm = w->bm, nb = min64(bm, w->B - s * bm);
+    if (!w->len) return HS(L - 1) + T * bm * H; /* h_T of every row: contiguous */
+    for (int64_t r = 0; r < nb; r++)
+        memcpy(sh->hl + r * H, HS(L - 1) + (FN(row_len)(w, s, r) * bm + r) * H, (size_t)H * sizeof(real));
+    return sh->hl;
+}
+
+/* The head: y = h @ W_y + b_y on each row's last h, or on every h_t (zeros past a row's length,
+ * as torch's pad_packed_sequence gives). */
 static void FN(head_forward)(const FN(work) *w, int64_t s, const real *theta)
 {
     const FN(shard) *sh = &w->sh[s];
     const int64_t T = w->T, H = w->H, L = w->L, O = w->O, bm = w->bm;
-    const int64_t nb = min64(bm, w->B - s * bm);
+    const int64_t nb = min64(bm, w->B - s * bm), Ts = FN(shard_steps)(w, s);
     const real *top = HS(L - 1), *by = theta + w->offs[3 * L + 1];
     if (w->m2m)
-        FN(gemm_packed)(T * bm, O, H, top + bm * H, H, 1, w->pwy, sh->yout, O, 0);
+        FN(gemm_packed)(Ts * bm, O, H, top + bm * H, H, 1, w->pwy, sh->yout, O, 0);
     else
-        FN(gemm_packed)(nb, O, H, top + T * bm * H, H, 1, w->pwy, sh->yout, O, 0);
+        FN(gemm_packed)(nb, O, H, FN(last_top)(w, s), H, 1, w->pwy, sh->yout, O, 0);
     for (int64_t tt = 0; tt < w->Tout; tt++)
-        for (int64_t r = 0; r < nb; r++)
-            for (int64_t k = 0; k < O; k++) sh->yout[(tt * bm + r) * O + k] += by[k];
+        for (int64_t r = 0; r < nb; r++) {
+            real *yr = sh->yout + (tt * bm + r) * O;
+            if (w->m2m && tt >= FN(row_len)(w, s, r))
+                memset(yr, 0, (size_t)O * sizeof(real));
+            else
+                for (int64_t k = 0; k < O; k++) yr[k] += by[k];
+        }
 }
 
 /* This shard's sum of loss terms (in double) and dy = dLoss/dy_hat.
@@ -647,7 +716,7 @@ static double FN(shard_loss)(const FN(work) *w, int64_t s, const real *y, const 
     double total = 0.0;
     memset(sh->dy, 0, (size_t)(Tout * bm * Op) * sizeof(real)); /* padding rows and columns zero */
     for (int64_t tt = 0; tt < Tout; tt++)
-        for (int64_t r = 0; r < nb; r++) {
+        for (int64_t r = 0; r < nb && !(w->m2m && tt >= FN(row_len)(w, s, r)); r++) { /* (rows longest first) */
             const real *yh = sh->yout + (tt * bm + r) * O;
             real *dy = sh->dy + (tt * bm + r) * Op;
             if (w->xent) {
@@ -673,26 +742,33 @@ static double FN(shard_loss)(const FN(work) *w, int64_t s, const real *y, const 
 }
 
 /* The head's gradients dW_y = top^T dy, db_y = column sums of dy, and dLoss/dh of the top
- * layer = dy @ W_y^T into dh. */
+ * layer = dy @ W_y^T into dh (for the steps of the shard's longest row; dy is 0 past a row's
+ * length, and so is what it gives). */
 static void FN(head_backward)(const FN(work) *w, int64_t s)
 {
     const FN(shard) *sh = &w->sh[s];
     const int64_t T = w->T, H = w->H, L = w->L, O = w->O, Op = w->Op;
-    const int64_t bm = w->bm, Tout = w->Tout, nb = min64(bm, w->B - s * bm);
+    const int64_t bm = w->bm, Tout = w->Tout, nb = min64(bm, w->B - s * bm), Ts = FN(shard_steps)(w, s);
     const int64_t *offs = w->offs;
     real *grad = sh->grad, *dh = sh->dh;
     const real *top = HS(L - 1);
     real *dWy = grad + offs[3 * L], *dby = grad + offs[3 * L + 1];
     if (w->m2m) {
-        FN(gemm_plain)(H, O, T * bm, top + bm * H, 1, H, sh->dy, Op, dWy, O, 0, sh->apack);
-        FN(gemm_packed)(T * bm, H, O, sh->dy, Op, 1, w->pwyt, dh, H, 0);
-    } else {
+        FN(gemm_plain)(H, O, Ts * bm, top + bm * H, 1, H, sh->dy, Op, dWy, O, 0, sh->apack);
+        FN(gemm_packed)(Ts * bm, H, O, sh->dy, Op, 1, w->pwyt, dh, H, 0);
+    } else if (!w->len) {
         FN(gemm_plain)(H, O, nb, top + T * bm * H, 1, H, sh->dy, Op, dWy, O, 0, sh->apack);
         memset(dh, 0, (size_t)((T - 1) * bm * H) * sizeof(real)); /* no loss on h_1 .. h_{T-1} */
         FN(gemm_packed)(nb, H, O, sh->dy, Op, 1, w->pwyt, dh + (T - 1) * bm * H, H, 0);
+    } else { /* each row's loss is on its own last step */
+        FN(gemm_plain)(H, O, nb, sh->hl, 1, H, sh->dy, Op, dWy, O, 0, sh->apack); /* hl: head_forward's */
+        memset(dh, 0, (size_t)(Ts * bm * H) * sizeof(real));
+        FN(gemm_packed)(nb, H, O, sh->dy, Op, 1, w->pwyt, sh->hl, H, 0);
+        for (int64_t r = 0; r < nb; r++)
+            memcpy(dh + ((FN(row_len)(w, s, r) - 1) * bm + r) * H, sh->hl + r * H, (size_t)H * sizeof(real));
     }
     for (int64_t k = 0; k < O; k++) dby[k] = 0;
-    for (int64_t tt = 0; tt < Tout; tt++)
+    for (int64_t tt = 0; tt < min64(Tout, Ts); tt++)
         for (int64_t r = 0; r < nb; r++)
             for (int64_t k = 0; k < O; k++) dby[k] += sh->dy[(tt * bm + r) * Op + k];
 }
@@ -701,8 +777,8 @@ static void FN(shard_backward)(const FN(work) *w, int64_t s)
 {
     const FN(shard) *sh = &w->sh[s];
     const int64_t T = w->T, D = w->D, H = w->H, G = w->G, Gp = w->Gp, L = w->L;
-    const int64_t bm = w->bm, nb = min64(bm, w->B - s * bm);
-    const int64_t *offs = w->offs;
+    const int64_t bm = w->bm, nb = min64(bm, w->B - s * bm), Ts = FN(shard_steps)(w, s);
+    const int64_t *offs = w->offs, *len = FN(shard_len)(w, s);
     real *grad = sh->grad, *dh = sh->dh;
     FN(head_backward)(w, s);
     for (int64_t l = L - 1; l >= 0; l--) {
@@ -710,28 +786,34 @@ static void FN(shard_backward)(const FN(work) *w, int64_t s)
         const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H;
         const real *h = HS(l), *c = CS(l), *tc = TCS(l);
         real *z = ZS(l);
-        memset(sh->dhn, 0, (size_t)(bm * H) * sizeof(real)); /* nothing flows back from step T+1 */
+        /* nothing flows back from a row's last step + 1: a row's dhn, dcn are 0 until its
+         * last step (the product below writes only the rows still going at t+1) */
+        memset(sh->dhn, 0, (size_t)(bm * H) * sizeof(real));
         memset(sh->dcn, 0, (size_t)(bm * H) * sizeof(real));
-        for (int64_t t = T - 1; t >= 0; t--) {
-            if (t < T - 1) /* dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now) */
-                FN(gemm_packed)(nb, H, G, z + (t + 1) * bm * Gp, Gp, 1, w->pwht[l], sh->dhn, H, 0);
-            FN(gates_backward)(nb, H, 0, H, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H, dh + t * bm * H,
-                               sh->dhn, sh->dcn);
+        for (int64_t t = Ts - 1; t >= 0; t--) {
+            if (t < Ts - 1) /* dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now) */
+                FN(gemm_packed)(active_rows(len, nb, t + 1), H, G, z + (t + 1) * bm * Gp, Gp, 1, w->pwht[l], sh->dhn,
+                                H, 0);
+            FN(gates_backward)(active_rows(len, nb, t), H, 0, H, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H,
+                               dh + t * bm * H, sh->dhn, sh->dcn);
         }
-        /* weight gradients, one product each over all steps:
-         *   dW_x = sum_t x_t^T dz_t        = in^T (D_l, T*bm) @ dz (T*bm, 4H)
-         *   dW_h = sum_t h_{t-1}^T dz_t    (h_0 = 0: from t = 2 on) */
+        /* weight gradients, one product each over the steps (dz is 0 for rows past their length):
+         *   dW_x = sum_t x_t^T dz_t        = in^T (D_l, Ts*bm) @ dz (Ts*bm, 4H)
+         *   dW_h = sum_t h_{t-1}^T dz_t    (h_0 = 0 without an initial state: from t = 2 on) */
         real *dWx = grad + offs[3 * l], *dWh = grad + offs[3 * l + 1], *db = grad + offs[3 * l + 2];
         const int one_hot = l == 0 && w->sym;
         const int narrow = !one_hot && Dl < MR; /* a thin dW_x (few inputs) is cheaper in the db pass below */
         if (one_hot)
             FN(scatter_rows)(w, s, z, Gp, 0, G, dWx);
         else if (!narrow)
-            FN(gemm_plain)(Dl, G, T * bm, in, 1, Dl, z, Gp, dWx, G, 0, sh->apack);
-        FN(gemm_plain)(H, G, (T - 1) * bm, h + bm * H, 1, H, z + bm * Gp, Gp, dWh, G, 0, sh->apack);
-        FN(bias_grad)(T, nb, bm, G, Gp, z, narrow ? Dl : 0, in, db, dWx);
-        if (l > 0) /* dLoss/dh of the layer below: dz @ W_x^T, (T*bm, 4H) @ (4H, H) */
-            FN(gemm_packed)(T * bm, H, G, z, Gp, 1, w->pwxt[l], dh, H, 0);
+            FN(gemm_plain)(Dl, G, Ts * bm, in, 1, Dl, z, Gp, dWx, G, 0, sh->apack);
+        if (w->h0)
+            FN(gemm_plain)(H, G, Ts * bm, h, 1, H, z, Gp, dWh, G, 0, sh->apack);
+        else
+            FN(gemm_plain)(H, G, (Ts - 1) * bm, h + bm * H, 1, H, z + bm * Gp, Gp, dWh, G, 0, sh->apack);
+        FN(bias_grad)(Ts, nb, bm, G, Gp, z, narrow ? Dl : 0, in, db, dWx);
+        if (l > 0) /* dLoss/dh of the layer below: dz @ W_x^T, (Ts*bm, 4H) @ (4H, H) */
+            FN(gemm_packed)(Ts * bm, H, G, z, Gp, 1, w->pwxt[l], dh, H, 0);
     }
 }
 
@@ -770,7 +852,7 @@ static void FN(team_forward)(const FN(work) *w, const real *theta, const real *x
 {
     const FN(shard) *sh = &w->sh[0];
     const int64_t T = w->T, D = w->D, H = w->H, Gp = w->Gp, L = w->L, bm = w->bm, nb = w->B;
-    const int64_t Hp = round_up(H, NR);
+    const int64_t Hp = round_up(H, NR), Ts = FN(shard_steps)(w, 0);
     int64_t u0, u1;
     FN(team_units)(w, &u0, &u1);
     const int64_t n = u1 - u0;
@@ -785,27 +867,33 @@ static void FN(team_forward)(const FN(work) *w, const real *theta, const real *x
             if (l == 0 && w->sym)
                 FN(gather_rows)(w, 0, theta + w->offs[0], g * H + u0, n, z, Gp);
             else
-                FN(gemm_packed_cols)(T * bm, n, Dl, in, Dl, 1, w->pwxg[4 * l + g], Hp, u0, z + g * H + u0, Gp, 0);
-        for (int64_t t = 0; t < T; t++) {
+                FN(gemm_packed_cols)(Ts * bm, n, Dl, in, Dl, 1, w->pwxg[4 * l + g], Hp, u0, z + g * H + u0, Gp, 0);
+        for (int64_t t = 0; t < Ts; t++) {
             real *zt = z + t * bm * Gp;
-            for (int g = 0; t > 0 && n > 0 && g < 4; g++) /* += h_{t-1} @ W_h, all of h_{t-1} */
-                FN(gemm_packed_cols)(nb, n, H, h + t * bm * H, H, 1, w->pwhg[4 * l + g], Hp, u0, zt + g * H + u0,
+            const int64_t na = active_rows(w->len, nb, t);
+            for (int g = 0; (t > 0 || w->h0) && n > 0 && g < 4; g++) /* += h_{t-1} @ W_h, all of h_{t-1} */
+                FN(gemm_packed_cols)(na, n, H, h + t * bm * H, H, 1, w->pwhg[4 * l + g], Hp, u0, zt + g * H + u0,
                                      Gp, 1);
-            if (n > 0)
-                FN(gates_forward)(nb, H, u0, u1, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
+            if (n > 0) {
+                FN(gates_forward)(na, H, u0, u1, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
                                   h + (t + 1) * bm * H);
+                FN(clear_finished)(na, nb, H, u0, u1, h + (t + 1) * bm * H);
+            }
 #pragma omp barrier
         }
     }
 #pragma omp single
-    FN(head_forward)(w, 0, theta);
+    {
+        FN(head_forward)(w, 0, theta);
+        FN(final_state)(w, 0);
+    }
 }
 
 static void FN(team_backward)(const FN(work) *w)
 {
     const FN(shard) *sh = &w->sh[0];
     const int64_t T = w->T, D = w->D, H = w->H, Gp = w->Gp, L = w->L, bm = w->bm, nb = w->B;
-    const int64_t *offs = w->offs;
+    const int64_t *offs = w->offs, Ts = FN(shard_steps)(w, 0);
     real *grad = sh->grad, *dh = sh->dh;
     int64_t u0, u1;
     FN(team_units)(w, &u0, &u1);
@@ -818,17 +906,17 @@ static void FN(team_backward)(const FN(work) *w)
         const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H;
         const real *h = HS(l), *c = CS(l), *tc = TCS(l);
         real *z = ZS(l);
-        for (int64_t r = 0; r < nb; r++) { /* nothing flows back from step T+1 */
+        for (int64_t r = 0; r < nb; r++) { /* nothing flows back from a row's last step + 1 */
             memset(sh->dhn + r * H + u0, 0, (size_t)n * sizeof(real));
             memset(sh->dcn + r * H + u0, 0, (size_t)n * sizeof(real));
         }
-        for (int64_t t = T - 1; t >= 0; t--) {
-            if (t < T - 1 && n > 0) /* dh_t through h_{t+1}: dz_{t+1} (all of it) @ this thread's columns of W_h^T */
-                FN(gemm_packed_cols)(nb, n, 4 * H, z + (t + 1) * bm * Gp, Gp, 1, w->pwht[l], round_up(H, NR), u0,
-                                     sh->dhn + u0, H, 0);
+        for (int64_t t = Ts - 1; t >= 0; t--) {
+            if (t < Ts - 1 && n > 0) /* dh_t through h_{t+1}: dz_{t+1} (all of it) @ this thread's columns of W_h^T */
+                FN(gemm_packed_cols)(active_rows(w->len, nb, t + 1), n, 4 * H, z + (t + 1) * bm * Gp, Gp, 1,
+                                     w->pwht[l], round_up(H, NR), u0, sh->dhn + u0, H, 0);
             if (n > 0)
-                FN(gates_backward)(nb, H, u0, u1, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H,
-                                   dh + t * bm * H, sh->dhn, sh->dcn);
+                FN(gates_backward)(active_rows(w->len, nb, t), H, u0, u1, z + t * bm * Gp, Gp, c + t * bm * H,
+                                   tc + t * bm * H, dh + t * bm * H, sh->dhn, sh->dcn);
 #pragma omp barrier
         }
         /* this thread's gate columns of dW_x = in^T dz, dW_h = h_{t-1}^T dz and db */
@@ -838,17 +926,20 @@ static void FN(team_backward)(const FN(work) *w)
             if (l == 0 && w->sym)
                 FN(scatter_rows)(w, 0, z, Gp, c0, n, dWx);
             else
-                FN(gemm_plain)(Dl, n, T * bm, in, 1, Dl, z + c0, Gp, dWx + c0, 4 * H, 0, apack);
-            FN(gemm_plain)(H, n, (T - 1) * bm, h + bm * H, 1, H, z + bm * Gp + c0, Gp, dWh + c0, 4 * H, 0, apack);
+                FN(gemm_plain)(Dl, n, Ts * bm, in, 1, Dl, z + c0, Gp, dWx + c0, 4 * H, 0, apack);
+            if (w->h0)
+                FN(gemm_plain)(H, n, Ts * bm, h, 1, H, z + c0, Gp, dWh + c0, 4 * H, 0, apack);
+            else
+                FN(gemm_plain)(H, n, (Ts - 1) * bm, h + bm * H, 1, H, z + bm * Gp + c0, Gp, dWh + c0, 4 * H, 0, apack);
             real *restrict dbg = db + c0;
             memset(dbg, 0, (size_t)n * sizeof(real));
-            for (int64_t row = 0; row < T * bm; row++) {
+            for (int64_t row = 0; row < Ts * bm; row++) {
                 const real *restrict zr = z + row * Gp + c0;
                 for (int64_t j = 0; j < n; j++) dbg[j] += zr[j];
             }
         }
         if (l > 0 && n > 0) /* dLoss/dh of the layer below, its units u0..u1: dz @ W_x^T */
-            FN(gemm_packed_cols)(T * bm, n, 4 * H, z, Gp, 1, w->pwxt[l], round_up(H, NR), u0, dh + u0, H, 0);
+            FN(gemm_packed_cols)(Ts * bm, n, 4 * H, z, Gp, 1, w->pwxt[l], round_up(H, NR), u0, dh + u0, H, 0);
 #pragma omp barrier
     }
 }
@@ -954,6 +1045,18 @@ static int FN(check_optim)(const lstm_optim *opt, const real *slot1, const real 
 
 /* ======================= entry points ======================= */
 
+/* The forward pass of every shard on weights already packed (no loss, no backward). */
+static void FN(forward_only)(const FN(work) *w, const real *theta)
+{
+    if (w->team) {
+#pragma omp parallel num_threads(w->threads)
+        FN(team_forward)(w, theta, NULL);
+    } else {
+#pragma omp parallel for schedule(static, 1) num_threads(min64(w->threads, w->S))
+        for (int64_t s = 0; s < w->S; s++) FN(shard_forward)(w, s, theta, NULL);
+    }
+}
+
 /* Forward of every shard (and if grad != NULL: loss, backward, reduced gradient)
  * on a workspace that setup() has carved. */
 static int FN(run)(const FN(work) *w, const real *theta, const real *x, const real *y, const int64_t *cls,
@@ -964,8 +1067,14 @@ static int FN(run)(const FN(work) *w, const real *theta, const real *x, const re
     if (backward && w->xent)
         for (int64_t k = 0; k < w->B * w->Tout; k++)
             if (cls[k] < 0 || cls[k] >= w->O) return LSTM_ECLASS;
-    FN(pack_weights)(w, theta, backward);
-    const int64_t n_terms = w->xent ? w->B * w->Tout : w->B * w->Tout * w->O;
+    if (!w->reuse_packed || backward) /* (a backward pass needs W^T too, which a forward pass does not pack) */
+        FN(pack_weights)(w, theta, backward);
+    int64_t valid = w->B * w->Tout; /* predictions: many-to-many counts each row's own steps */
+    if (w->len && w->m2m) {
+        valid = 0;
+        for (int64_t b = 0; b < w->B; b++) valid += w->len[b];
+    }
+    const int64_t n_terms = w->xent ? valid : valid * w->O;
     const real coef = (real)((w->xent ? 1.0 : 2.0) / (double)n_terms);
     if (w->team) {
 #pragma omp parallel num_threads(w->threads)
@@ -1024,6 +1133,65 @@ int FN(lstm_loss_grad)(const lstm_dims *d, const int64_t *offs, int64_t n_params
     err = FN(run)(&w, theta, x, y, classes, NULL, grad, loss);
     FN(release)(&w, ws, ws_bytes);
     return err;
+}
+
+/* ======================= generation ======================= */
+
+/* A symbol drawn from softmax(logits / temperature) at the uniform u in [0, 1): the first k
+ * whose running sum of exp(s_k - max s) passes u times the total (the inverse CDF), in double
+ * and in the order lstmbench.protocol.draw_symbol computes it, so both draw the same symbol. */
+static int64_t FN(draw)(const real *logits, int64_t O, double temperature, double u)
+{
+    double top = -INFINITY, total = 0.0, running = 0.0;
+    for (int64_t k = 0; k < O; k++) top = fmax(top, (double)logits[k] / temperature);
+    for (int64_t k = 0; k < O; k++) total += exp((double)logits[k] / temperature - top);
+    const double target = u * total;
+    for (int64_t k = 0; k < O; k++) {
+        running += exp((double)logits[k] / temperature - top);
+        if (running > target) return k;
+    }
+    return O - 1;
+}
+
+/* Each row's logits after the step just run: the head's output (Tout = 1) of its shard. */
+INLINE const real *FN(row_logits)(const FN(work) *w, int64_t b)
+{
+    return w->sh[b / w->bm].yout + (b % w->bm) * w->O;
+}
+
+/* Text generation by a next-symbol model (one-hot input of O symbols, many-to-many): d is one
+ * step (steps = 1) of B rows; the rows run their primes (prime_len, B: time-major) symbol by
+ * symbol from the state (h, c) (L, B, H), then draw n symbols each into out (n, B), each from
+ * the logits of the step before at uniforms (n, B), and feed each back. (h, c) end as the state
+ * after the last symbol fed (the last one drawn is not). The weights are packed once; each step
+ * is one forward step of the kernel from the state the last one left: no window runs again. */
+int FN(lstm_generate)(const lstm_dims *d, const int64_t *offs, int64_t n_params, const real *theta,
+                      const int64_t *prime, int64_t prime_len, const double *uniforms, int64_t n, double temperature,
+                      int64_t *out, real *h, real *c, void *ws, int64_t ws_bytes)
+{
+    if (!d || !theta || !prime || !uniforms || !out || !h || !c) return LSTM_EARG;
+    if (d->steps != 1 || d->input_size != d->output_size || !d->many_to_many || !d->xent || prime_len < 1 ||
+        n < 1 || !(temperature > 0))
+        return LSTM_EDIMS;
+    const int64_t B = d->batch;
+    for (int64_t k = 0; k < prime_len * B; k++)
+        if (prime[k] < 0 || prime[k] >= d->input_size) return LSTM_ECLASS;
+    lstm_dims step = *d;
+    step.lengths = NULL, step.x_symbols = prime;
+    step.h0 = step.hn = h, step.c0 = step.cn = c; /* the state in, and out: each step starts where the last ended */
+    FN(work) w;
+    int err = FN(setup)(&step, offs, n_params, ws, ws_bytes, &w);
+    if (err) return err;
+    FN(pack_weights)(&w, theta, 0);
+    for (int64_t k = 0; k + 1 < prime_len + n; k++) {
+        w.sym = k < prime_len ? prime + k * B : out + (k - prime_len) * B; /* this step's B symbols */
+        FN(forward_only)(&w, theta);
+        const int64_t j = k - prime_len + 1; /* the symbol drawn after this step, once the prime has run */
+        for (int64_t b = 0; j >= 0 && b < B; b++)
+            out[j * B + b] = FN(draw)(FN(row_logits)(&w, b), w.O, temperature, uniforms[j * B + b]);
+    }
+    FN(release)(&w, ws, ws_bytes);
+    return LSTM_OK;
 }
 
 /* One fused training step: forward, loss, backward, reduction, clipping, update.

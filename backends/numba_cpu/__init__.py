@@ -243,9 +243,16 @@ class NumbaThreads(FusedBackend):
     # -- protocol ------------------------------------------------------------------------
 
     def _forward(self, cfg, params, x, return_state=False, **sequences):
+        return self._forward_flat(cfg, Layout.of(cfg).flatten(params, cfg.np_dtype), x, return_state, **sequences)
+
+    def _prepared_forward(self, cfg, params):
+        theta = Layout.of(cfg).flatten(params, cfg.np_dtype)  # once, not at every call (generation)
+        return lambda x, return_state=False, **sequences: self._forward_flat(cfg, theta, x, return_state, **sequences)
+
+    def _forward_flat(self, cfg, theta, x, return_state=False, **sequences):
         order = RowOrder.of(x, **sequences)
         with self.workspace(cfg, x, bool(sequences)) as ws:
-            self._run(cfg, ws, Layout.of(cfg).flatten(params, cfg.np_dtype), x, None, False, order)
+            self._run(cfg, ws, theta, x, None, False, order)
             y = order.restore(self._outputs(cfg, ws, x.shape[0]))
             if not return_state:
                 return y
@@ -262,12 +269,15 @@ class NumbaThreads(FusedBackend):
 
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
-    def _loss_and_gradient(self, state: FlatTrainState, x, y, **sequences) -> float:
+    def _loss_and_gradient(self, state: FlatTrainState, x, y, return_state=False, **sequences):
         order = RowOrder.of(x, **sequences)
         with self.workspace(state.cfg, x, bool(sequences)) as ws:
             loss = self._run(state.cfg, ws, state.theta, x, y, True, order)
             self._kernels().reduce_shards(ws.buffers["grads"], state.grad)
-        return loss
+            if not return_state:
+                return loss
+            # the forward pass left every row's final state in hn, cn (sorted order): copies, in the batch's order
+            return loss, tuple(order.restore(ws.buffers[k], axis=1) for k in ("hn", "cn"))
 
     def _update(self, state: FlatTrainState, scalars: StepScalars) -> None:
         k, dt = self._kernels(), state.cfg.np_dtype

@@ -311,6 +311,8 @@ def shard_forward(s, lo, nb, a):
     gates, tcs, rec, yout, whp, rsp = a.gates, a.tcs, a.rec, a.yout, a.whp, a.rsp
     T, D0 = x.shape[1], x.shape[2]
     L, bm, G = hs.shape[1], xs.shape[2], 4 * H
+    Ts = a.row_len[lo]  # steps of the shard's longest row (rows sorted longest first): no row goes past it
+    n = Ts * bm  # rows of the products over all steps
     for t in range(T):  # this shard's rows of x (B, T, D), time-major
         for r in range(nb):
             for d in range(D0):
@@ -326,11 +328,11 @@ def shard_forward(s, lo, nb, a):
         Wh = theta[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G))
         b = theta[offs[l, 2] : offs[l, 2] + G]
         z, h, c, tc, rs = gates[s, l], hs[s, l], cs[s, l], tcs[s, l], rec[s]
-        # x_t @ W_x for every step at once
+        # x_t @ W_x for every step at once (of the shard's longest row)
         if l == 0:
-            np.dot(xs[s].reshape((T * bm, D0)), Wx, z.reshape((T * bm, G)))
+            np.dot(xs[s, :Ts].reshape((n, D0)), Wx, z[:Ts].reshape((n, G)))
         else:
-            np.dot(hs[s, l - 1, 1:].reshape((T * bm, H)), Wx, z.reshape((T * bm, G)))
+            np.dot(hs[s, l - 1, 1 : Ts + 1].reshape((n, H)), Wx, z[:Ts].reshape((n, G)))
         if whp.shape[0] > 1:  # the threads share this shard's hidden units
             team_forward_steps(z, h, c, tc, Wh, b, nb, whp, rsp)
         else:
@@ -361,8 +363,8 @@ def shard_forward(s, lo, nb, a):
     Wy = theta[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
     by = theta[offs[L, 1] : offs[L, 1] + O]
     top = hs[s, L - 1]
-    if a.many_to_many:
-        np.dot(top[1:].reshape((T * bm, H)), Wy, yout[s].reshape((T * bm, O)))
+    if a.many_to_many:  # (outputs past a row's length are set to zero below)
+        np.dot(top[1 : Ts + 1].reshape((n, H)), Wy, yout[s, :Ts].reshape((n, O)))
     else:
         np.dot(top[T], Wy, yout[s, 0])
     for tt in range(yout.shape[1]):
@@ -417,6 +419,8 @@ def shard_backward(s, lo, nb, a):
     tcs, dy, dh_in, dhn, dcn, grads, whtp, dhp = a.tcs, a.dy, a.dh_in, a.dhn, a.dcn, a.grads, a.whtp, a.dhp
     L, T, bm, G = hs.shape[1], gates.shape[2], xs.shape[2], 4 * H
     D0, O = xs.shape[3], dy.shape[3]
+    Ts = a.row_len[lo]  # steps of the shard's longest row: dz is zero past it
+    n = Ts * bm
     g_all = grads[s]
     WyT = theta_t[offs[L, 0] : offs[L, 0] + H * O].reshape((O, H))
     dWy = g_all[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
@@ -424,9 +428,10 @@ def shard_backward(s, lo, nb, a):
     top, dh = hs[s, L - 1], dh_in[s]
     # head gradients, and dLoss/dh_t of the top layer
     if a.many_to_many:
-        dy2 = dy[s].reshape((T * bm, O))
-        np.dot(top[1:].reshape((T * bm, H)).T, dy2, dWy)
-        np.dot(dy2, WyT, dh.reshape((T * bm, H)))
+        dy2 = dy[s, :Ts].reshape((n, O))
+        np.dot(top[1 : Ts + 1].reshape((n, H)).T, dy2, dWy)
+        np.dot(dy2, WyT, dh[:Ts].reshape((n, H)))
+        dh[Ts:] = 0  # no loss past the longest row
     else:
         np.dot(top[T].T, dy[s, 0], dWy)
         dh[: T - 1] = 0
@@ -462,24 +467,25 @@ def shard_backward(s, lo, nb, a):
                     zr = z[t, r]
                     cell_backward(zr[:H], zr[H : 2 * H], zr[2 * H : 3 * H], zr[3 * H :], c[t, r], tc[t, r], dh[t, r],
                                   dh_next[r], dc_next[r], one)
-        # weight gradients: one large product each over all steps
-        dz = z.reshape((T * bm, G))
+        # weight gradients: one large product each over the steps of the longest row
+        dz = z[:Ts].reshape((n, G))
         if l == 0:
-            np.dot(xs[s].reshape((T * bm, D0)).T, dz, dWx)
+            np.dot(xs[s, :Ts].reshape((n, D0)).T, dz, dWx)
         else:
-            np.dot(hs[s, l - 1, 1:].reshape((T * bm, H)).T, dz, dWx)
+            np.dot(hs[s, l - 1, 1 : Ts + 1].reshape((n, H)).T, dz, dWx)
         if a.has_state:  # sum over every t of h_{t-1}^T dz_t, h_0 the initial state
-            np.dot(hs[s, l, 0:T].reshape((T * bm, H)).T, dz, dWh)
-        elif T > 1:  # sum over t >= 1 of h_{t-1}^T dz_t  (h_0 = 0)
-            np.dot(hs[s, l, 1:T].reshape(((T - 1) * bm, H)).T, z[1:].reshape(((T - 1) * bm, G)), dWh)
+            np.dot(hs[s, l, 0:Ts].reshape((n, H)).T, dz, dWh)
+        elif Ts > 1:  # sum over t >= 1 of h_{t-1}^T dz_t  (h_0 = 0)
+            np.dot(hs[s, l, 1:Ts].reshape(((Ts - 1) * bm, H)).T, z[1:Ts].reshape(((Ts - 1) * bm, G)), dWh)
         else:
             dWh[:] = 0
         db[:] = 0
-        for row in range(T * bm):
+        for row in range(n):
             for k in range(G):
                 db[k] += dz[row, k]
-        if l > 0:  # dLoss/dh of the layer below: dz @ W_x^T
-            np.dot(dz, WxT, dh.reshape((T * bm, H)))
+        if l > 0:  # dLoss/dh of the layer below: dz @ W_x^T (zero past the longest row)
+            np.dot(dz, WxT, dh[:Ts].reshape((n, H)))
+            dh[Ts:] = 0
 
 
 @njit(**JIT)

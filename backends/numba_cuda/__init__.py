@@ -14,6 +14,12 @@ that loops over t (``runtime_info()["launches_per_step"]``). The host side of a
 training step (step counter, the optimizer's per-step scalars, gradient hook,
 workspace cache) is lstmbench.fused's; this backend supplies the kernels.
 
+Lengths and an initial/final state (design.md section 8): with lengths the rows are
+sorted longest first and the steps packed (Rows), so products, transfers and the
+recurrence run over the steps rows take and no padded step is in any buffer; a full
+batch keeps the padded (T, Bp) layout and its arithmetic. A state carried from step to
+step (return_state=True) stays on the device.
+
 Run the kernels without a GPU in Numba's CUDA simulator with
 ``NUMBA_ENABLE_CUDASIM=1`` (set before numba.cuda is imported; slow, for tests).
 """
@@ -27,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lstmbench import Capabilities, ModelConfig
-from lstmbench.errors import DeviceError, ShapeError
+from lstmbench.errors import DeviceError, DTypeError, ShapeError
 from lstmbench.fused import FusedBackend
 from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars
@@ -136,27 +142,99 @@ def plan(cfg: ModelConfig, B: int, T: int, limits: DeviceLimits) -> Plan:
     return Plan(rows, blocks, threads, loss_threads, -(-n_pred // loss_threads))
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Where each (step, row) pair of a call lives: its layout row (kernels.py's module docstring).
+
+    Without lengths (or with every length T): the batch's order, every row takes every step,
+    step t at rows t*Bp .. t*Bp+Bp-1, as a full batch always was. With lengths: the rows sorted
+    longest first (stable) and packed, so the rows that take step t are a prefix and padded
+    steps are in no buffer: no product, recurrence step or transfer touches them (cuDNN and
+    torch's packed path sort the same way). ``seq`` is what the kernels read of it."""
+
+    B: int
+    T: int
+    Bp: int
+    packed: bool
+    n_rows: int  # N: layout rows (T*Bp, or the sum of the lengths)
+    perm: np.ndarray | None  # sorted position -> batch row; None: the batch's own order
+    active: np.ndarray | None  # (T, B) bool over the sorted rows: the pairs in the layout (packed only)
+    seq: np.ndarray  # int64: row_len (Bp) | step_off (T+1) | perm (B) | inverse (B)
+
+    @classmethod
+    def full(cls, B: int, T: int, Bp: int) -> "Rows":
+        order = np.arange(B)
+        seq = np.concatenate([np.full(Bp, T), np.arange(T + 1) * Bp, order, order]).astype(np.int64)
+        return cls(B, T, Bp, False, T * Bp, None, None, seq)
+
+    @classmethod
+    def packed_by(cls, B: int, T: int, Bp: int, lengths: np.ndarray) -> "Rows":
+        perm = np.argsort(-lengths, kind="stable")
+        ordered = lengths[perm]
+        active = np.arange(T)[:, None] < ordered[None, :]  # (T, B): a prefix of the rows at every step
+        step_off = np.concatenate([[0], np.cumsum(active.sum(axis=1))])
+        row_len = np.zeros(Bp, np.int64)  # padding rows take no step
+        row_len[:B] = ordered
+        inverse = np.empty(B, np.int64)
+        inverse[perm] = np.arange(B)
+        seq = np.concatenate([row_len, step_off, perm, inverse]).astype(np.int64)
+        return cls(B, T, Bp, True, int(step_off[-1]), perm, active, seq)
+
+    @property
+    def perm_off(self) -> int:
+        return self.Bp + self.T + 1
+
+    @property
+    def inverse_off(self) -> int:
+        return self.perm_off + self.B
+
+    def rows(self, a: np.ndarray, axis: int = 0) -> np.ndarray:
+        """``a``'s rows (along ``axis``) in the sorted order."""
+        return a if self.perm is None else np.take(a, self.perm, axis=axis)
+
+    def restore(self, a: np.ndarray, axis: int = 0) -> np.ndarray:
+        """Rows in the sorted order back in the batch's order (always a new array)."""
+        out = a if self.perm is None else np.take(a, self.seq[self.inverse_off:], axis=axis)
+        return np.array(out, copy=True, order="C")
+
+    def layout(self, a: np.ndarray) -> np.ndarray:
+        """(B, T, ...) in the batch's order -> (N, ...) layout rows (packed only)."""
+        return np.swapaxes(self.rows(a), 0, 1)[self.active]
+
+    def unpack(self, a: np.ndarray) -> np.ndarray:
+        """(N, ...) layout rows -> (B, T, ...) in the batch's order, zeros at padded steps (packed only)."""
+        out = np.zeros((self.T, self.B) + a.shape[1:], a.dtype)
+        out[self.active] = a
+        return self.restore(np.swapaxes(out, 0, 1))
+
+
 @dataclass
 class Workspace:
-    """Device buffers (and pinned host staging) for one (model, batch, steps); reused across calls."""
+    """Device buffers (and pinned host staging) for one (model, batch, steps, packed or not);
+    reused across calls."""
 
     plan: Plan
+    full: Rows  # the layout without lengths (its seq is the device's, when not packed)
     x_host: np.ndarray  # (T, Bp, D0) pinned staging of the minibatch, time-major, padding rows 0
     y_host: np.ndarray  # (Tout, Bp, O) targets or (Tout, Bp) class ids
     loss_host: np.ndarray  # (1,) float64
+    seq_host: np.ndarray  # pinned staging of Rows.seq
+    state_host: np.ndarray  # (2, L, Bp, H) pinned staging of a state (h, then c), sorted rows
     dev: dict[str, Any]  # name -> device array (per-layer buffers are lists)
 
     @classmethod
-    def make(cls, cfg: ModelConfig, B: int, T: int, limits: DeviceLimits) -> "Workspace":
+    def make(cls, cfg: ModelConfig, B: int, T: int, limits: DeviceLimits, packed: bool = False) -> "Workspace":
         cuda = _cuda()
         p = plan(cfg, B, T, limits)
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
         Bp, G, Tout = p.padded_batch, 4 * cfg.hidden_size, T if cfg.many_to_many else 1
         xent = cfg.loss == "xent"
         sizes = dict(xs=T * Bp * D0, yout=Tout * Bp * O, dy=Tout * Bp * O, dh=T * Bp * H,
-                     dh_last=0 if cfg.many_to_many else T * Bp * H, dcn=Bp * H, db_part=L * p.blocks * G,
-                     dby_part=p.loss_blocks * O, y_real=1 if xent else Tout * Bp * O)
-        per_layer = dict(gates=T * Bp * G, hs=(T + 1) * Bp * H, cs=(T + 1) * Bp * H, tcs=T * Bp * H)
+                     dh_last=0 if cfg.many_to_many else Bp * H, dcn=Bp * H, db_part=L * p.blocks * G,
+                     dby_part=p.loss_blocks * O, y_real=1 if xent else Tout * Bp * O,
+                     state0=2 * L * Bp * H, staten=2 * L * Bp * H)
+        per_layer = dict(gates=T * Bp * G, hs=(T + 1) * Bp * H, cs=(T + 1) * Bp * H, tcs=T * Bp * H,
+                         hprev=T * Bp * H if packed else 0)  # at most T*Bp layout rows
         nbytes = (sum(sizes.values()) + L * sum(per_layer.values())) * dt.itemsize
         _check_free_memory(nbytes, f"the workspace of a batch of shape ({B}, {T}, {D0}) for {cfg}")
         zeros = lambda n, dtype=dt: cuda.to_device(np.zeros(max(n, 1), dtype))  # noqa: E731 (padding stays 0)
@@ -166,15 +244,32 @@ class Workspace:
         dev["y_class"] = zeros(Tout * Bp if xent else 1, np.int32)
         dev["loss_part"] = zeros(p.loss_blocks, np.float64)
         dev["loss"] = zeros(1, np.float64)
+        full = Rows.full(B, T, Bp)
+        dev["seq"] = cuda.to_device(full.seq)  # constant unless packed (then staged by every call)
         y_shape = (Tout, Bp) if xent else (Tout, Bp, O)
-        return cls(p, _pinned_zeros((T, Bp, D0), dt), _pinned_zeros(y_shape, np.int32 if xent else dt),
-                   _pinned_zeros((1,), np.float64), dev)
+        return cls(p, full, _pinned_zeros((T, Bp, D0), dt), _pinned_zeros(y_shape, np.int32 if xent else dt),
+                   _pinned_zeros((1,), np.float64), _pinned_zeros(full.seq.shape, np.int64),
+                   _pinned_zeros((2, L, Bp, H), dt), dev)
 
 
 def _pinned_zeros(shape, dtype) -> np.ndarray:
     a = _cuda().pinned_array(shape, dtype)
     a[...] = 0
     return a
+
+
+def _device_state(cfg: ModelConfig, part, B: int):
+    """A state part on the device (a carried state: numba's device array, or anything with the
+    CUDA array interface) as the flat vector the kernels take, checked as the protocol checks
+    host arrays."""
+    if not hasattr(part, "copy_to_host"):
+        part = _cuda().as_cuda_array(part)
+    shape = (cfg.num_layers, B, cfg.hidden_size)
+    if tuple(part.shape) != shape:
+        raise ShapeError(f"initial_state on the device has shape {tuple(part.shape)}; the model and x need {shape}")
+    if np.dtype(part.dtype) != cfg.np_dtype:
+        raise DTypeError(f"initial_state on the device has dtype {part.dtype}, the model uses {cfg.dtype}")
+    return part.reshape(part.size)
 
 
 def _check_free_memory(nbytes: int, what: str) -> None:
@@ -212,7 +307,7 @@ class NumbaCuda(FusedBackend):
 
     name = "cuda"
     description = "Numba CUDA: the whole training step on the GPU (recurrence inside the kernel, tiled products)"
-    capabilities = Capabilities()
+    capabilities = Capabilities(sequences=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -280,9 +375,13 @@ class NumbaCuda(FusedBackend):
                                                   cuda.to_device(np.ascontiguousarray(offs[:-1, 2])))
         return self._model_arrays[cfg]
 
+    def _workspace_key(self, cfg: ModelConfig, x: np.ndarray, packed: bool = False) -> tuple:
+        """packed: lengths below T, whose workspace has the hprev buffers (and a seq of its own)."""
+        return (cfg, x.shape[0], x.shape[1], packed)
+
     def _make_workspace(self, key: tuple) -> Workspace:
-        cfg, B, T = key  # FusedBackend's default key
-        return Workspace.make(cfg, B, T, self._device_limits())
+        cfg, B, T, packed = key
+        return Workspace.make(cfg, B, T, self._device_limits(), packed)
 
     def _launch(self, kernel, grid, threads: int, shared_bytes: int, *args) -> None:
         """Launch a kernels.Kernel on the backend's stream (and count it)."""
@@ -296,25 +395,80 @@ class NumbaCuda(FusedBackend):
                 self._stream = _cuda().stream()
             return fn()
         except cuda_errors() as exc:
-            raise DeviceError(f"CUDA error in {what} (batch of shape {shape}, {cfg}): {exc}") from exc
+            model = "" if cfg is None else f", {cfg}"
+            raise DeviceError(f"CUDA error in {what} (batch of shape {shape}{model}): {exc}") from exc
 
     def _to_device(self, host: np.ndarray):
         return _cuda().to_device(np.ascontiguousarray(host), stream=self._stream)
 
-    def _stage(self, cfg: ModelConfig, ws: Workspace, x: np.ndarray, y) -> None:
-        """Copy the minibatch in: time-major, into the padded layout (padding rows stay 0)."""
-        B = x.shape[0]
-        ws.x_host[:, :B, :] = x.transpose(1, 0, 2)
-        ws.dev["xs"].copy_to_device(ws.x_host.reshape(-1), stream=self._stream)
+    def _stage(self, cfg: ModelConfig, ws: Workspace, x: np.ndarray, y, rows: Rows) -> None:
+        """Copy the minibatch in: time-major, into the padded layout (padding rows stay 0), or
+        packed (only the steps rows take; the seq of this batch too)."""
+        B, D0, stream = x.shape[0], x.shape[2], self._stream
+        if rows.packed:
+            n = rows.n_rows * D0
+            ws.x_host.reshape(-1)[:n] = rows.layout(x).reshape(-1)
+            ws.dev["xs"][:n].copy_to_device(ws.x_host.reshape(-1)[:n], stream=stream)
+            ws.seq_host[:] = rows.seq
+            ws.dev["seq"].copy_to_device(ws.seq_host, stream=stream)
+        else:
+            ws.x_host[:, :B, :] = x.transpose(1, 0, 2)
+            ws.dev["xs"].copy_to_device(ws.x_host.reshape(-1), stream=stream)
         if y is None:
             return
+        xent = cfg.loss == "xent"
+        host, dev = ws.y_host, ws.dev["y_class" if xent else "y_real"]
+        if cfg.many_to_many and rows.packed:
+            n = rows.n_rows * (1 if xent else cfg.output_size)
+            host.reshape(-1)[:n] = rows.layout(y).reshape(-1)
+            dev[:n].copy_to_device(host.reshape(-1)[:n], stream=stream)
+            return
         Tout = x.shape[1] if cfg.many_to_many else 1
-        if cfg.loss == "xent":
-            ws.y_host[:, :B] = y.reshape(B, Tout).T
-            ws.dev["y_class"].copy_to_device(ws.y_host.reshape(-1), stream=self._stream)
+        y = rows.rows(y)
+        if xent:
+            host[:, :B] = y.reshape(B, Tout).T
         else:
-            ws.y_host[:, :B, :] = y.reshape(B, Tout, cfg.output_size).transpose(1, 0, 2)
-            ws.dev["y_real"].copy_to_device(ws.y_host.reshape(-1), stream=self._stream)
+            host[:, :B, :] = y.reshape(B, Tout, cfg.output_size).transpose(1, 0, 2)
+        dev.copy_to_device(host.reshape(-1), stream=stream)
+
+    def _stage_state(self, cfg: ModelConfig, ws: Workspace, rows: Rows, initial_state) -> bool:
+        """The initial state into ``state0`` in the sorted order: host arrays through the pinned
+        staging, device arrays (a carried state) by gather_rows. False: there is none."""
+        if initial_state is None:
+            return False
+        L, H, Bp, B = cfg.num_layers, cfg.hidden_size, rows.Bp, rows.B
+        on_host = False
+        for k, part in enumerate(initial_state):
+            if isinstance(part, np.ndarray):
+                ws.state_host[k, :, :B] = rows.rows(part, axis=1)
+                on_host = True
+            else:
+                self._gather(cfg.np_dtype, _device_state(cfg, part, B), 0, B, ws.dev["state0"], k * L * Bp * H, Bp,
+                             ws.dev["seq"], rows.perm_off, B, L, H)
+        if on_host:
+            ws.dev["state0"].copy_to_device(ws.state_host.reshape(-1), stream=self._stream)
+        return True
+
+    def _final_state(self, cfg: ModelConfig, ws: Workspace, rows: Rows, on_device: bool):
+        """(h_n, c_n), each (L, B, H) in the batch's order: new device arrays (gathered on the
+        device), or host arrays (after a synchronize)."""
+        L, H, Bp, B, dt = cfg.num_layers, cfg.hidden_size, rows.Bp, rows.B, cfg.np_dtype
+        if on_device:
+            out = []
+            for k in range(2):
+                dst = _cuda().device_array(L * B * H, dt)
+                self._gather(dt, ws.dev["staten"], k * L * Bp * H, Bp, dst, 0, B, ws.dev["seq"], rows.inverse_off,
+                             B, L, H)
+                out.append(dst.reshape(L, B, H))
+            return tuple(out)
+        ws.dev["staten"].copy_to_host(ws.state_host.reshape(-1), stream=self._stream)
+        self._stream.synchronize()
+        return tuple(rows.restore(ws.state_host[k, :, :B], axis=1) for k in range(2))
+
+    def _gather(self, dt, src, src_off, src_rows, dst, dst_off, dst_rows, idx, idx_off, n, L, H) -> None:
+        k = _kernels()
+        self._launch(k.gather_kernel(dt), _elementwise_blocks(L * n * H, UPDATE_BLOCKS), k.REDUCE_THREADS, 0, src,
+                     src_off, src_rows, dst, dst_off, dst_rows, idx, idx_off, n, L, H)
 
     def _gemm(self, dt, M, N, K, A, a_off, a_rs, a_cs, Bm, b_off, b_rs, b_cs, C, c_off, ldc, bias=None, bias_off=0):
         k = _kernels()
@@ -325,68 +479,74 @@ class NumbaCuda(FusedBackend):
 
     # -- the step ------------------------------------------------------------------------
 
-    def _forward_pass(self, cfg: ModelConfig, ws: Workspace, theta, T: int) -> None:
-        """Every layer's recurrence, then the head: yout = h @ W_y + b_y."""
+    def _forward_pass(self, cfg: ModelConfig, ws: Workspace, theta, rows: Rows, has_state: bool) -> None:
+        """Every layer's recurrence, then the head: yout = h @ W_y + b_y (on each row's last h,
+        or on every layout row's h)."""
         k, p, d = _kernels(), ws.plan, ws.dev
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
-        Bp, G, offs = p.padded_batch, 4 * H, Layout.of(cfg).offs
-        rows = T * Bp
+        Bp, G, offs, N = p.padded_batch, 4 * H, Layout.of(cfg).offs, rows.n_rows
         forward = k.lstm_forward_kernel(dt, p.rows)
         for layer in range(L):
             wx, wh, b = (int(o) for o in offs[layer])
-            if layer == 0:  # x_t @ W_x for every step: (T*Bp, D0) @ (D0, 4H)
-                self._gemm(dt, rows, G, D0, d["xs"], 0, D0, 1, theta, wx, G, 1, d["gates"][0], 0, G)
-            else:  # the layer below's h_1..h_T is this layer's input
-                self._gemm(dt, rows, G, H, d["hs"][layer - 1], Bp * H, H, 1, theta, wx, G, 1, d["gates"][layer], 0, G)
+            if layer == 0:  # x_t @ W_x for every layout row: (N, D0) @ (D0, 4H)
+                self._gemm(dt, N, G, D0, d["xs"], 0, D0, 1, theta, wx, G, 1, d["gates"][0], 0, G)
+            else:  # the layer below's h_t is this layer's input
+                self._gemm(dt, N, G, H, d["hs"][layer - 1], Bp * H, H, 1, theta, wx, G, 1, d["gates"][layer], 0, G)
+            h_off, c_off = layer * Bp * H, (L + layer) * Bp * H  # this layer's h and c in state0 / staten
             self._launch(forward, p.blocks, p.recurrence_threads, p.rows * H * dt.itemsize, theta, wh, b,
-                         d["gates"][layer], d["hs"][layer], d["cs"][layer], d["tcs"][layer], T, Bp, H)
+                         d["gates"][layer], d["hs"][layer], d["cs"][layer], d["tcs"][layer], d["hprev"][layer],
+                         d["state0"], d["staten"], h_off, c_off, d["seq"], rows.T, Bp, H, has_state, rows.packed)
         wy, by = (int(o) for o in offs[L, :2])
-        top = d["hs"][L - 1]
-        if cfg.many_to_many:  # every h_t: (T*Bp, H) @ (H, O)
-            self._gemm(dt, rows, O, H, top, Bp * H, H, 1, theta, wy, O, 1, d["yout"], 0, O, bias=theta, bias_off=by)
-        else:  # h_T only
-            self._gemm(dt, Bp, O, H, top, T * Bp * H, H, 1, theta, wy, O, 1, d["yout"], 0, O, bias=theta, bias_off=by)
+        if cfg.many_to_many:  # every h_t: (N, H) @ (H, O)
+            self._gemm(dt, N, O, H, d["hs"][L - 1], Bp * H, H, 1, theta, wy, O, 1, d["yout"], 0, O, bias=theta,
+                       bias_off=by)
+        else:  # each row's h after its last step: the top layer's final h
+            self._gemm(dt, Bp, O, H, d["staten"], (L - 1) * Bp * H, H, 1, theta, wy, O, 1, d["yout"], 0, O,
+                       bias=theta, bias_off=by)
 
-    def _backward_pass(self, cfg: ModelConfig, ws: Workspace, theta, theta_t, grad, B: int, T: int) -> None:
+    def _backward_pass(self, cfg: ModelConfig, ws: Workspace, theta, theta_t, grad, rows: Rows) -> None:
         """Loss and dy, then backpropagation through time into ``grad`` (bias sums last)."""
         k, p, d = _kernels(), ws.plan, ws.dev
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
-        Bp, G, offs, model = p.padded_batch, 4 * H, Layout.of(cfg).offs, self._model(cfg)
-        Tout = T if cfg.many_to_many else 1
+        Bp, G, offs, model, N = p.padded_batch, 4 * H, Layout.of(cfg).offs, self._model(cfg), rows.n_rows
         xent = cfg.loss == "xent"
-        coef = dt.type((1.0 if xent else 2.0) / self._n_terms(cfg, B, T))
+        coef = dt.type((1.0 if xent else 2.0) / self._n_terms(cfg, rows))
+        if cfg.many_to_many and rows.packed:  # the predictions: one group of N, no padding rows
+            B, Bp_y, Tout = N, N, 1
+        else:  # Tout groups of B real rows, Bp apart
+            B, Bp_y, Tout = rows.B, Bp, rows.T if cfg.many_to_many else 1
         self._launch(k.loss_kernel(dt), p.loss_blocks, p.loss_threads, 8 * p.loss_threads, d["yout"], d["y_real"],
-                     d["y_class"], xent, d["dy"], d["loss_part"], d["dby_part"], B, Bp, Tout, O, coef)
+                     d["y_class"], xent, d["dy"], d["loss_part"], d["dby_part"], B, Bp_y, Tout, O, coef)
         self._launch(k.transpose_kernel(dt), _elementwise_blocks(L * H * G, UPDATE_BLOCKS), k.REDUCE_THREADS, 0,
                      theta, theta_t, model.wh_offs, L, H)
         # head: dW_y = h^T dy, and dLoss/dh of the top layer = dy @ W_y^T
         wy, by = (int(o) for o in offs[L, :2])
-        top = d["hs"][L - 1]
         if cfg.many_to_many:
-            n_rows, h_off, dh_top, dh_off = T * Bp, Bp * H, d["dh"], 0
-        else:  # only h_T feeds the head; dh_last is zero at every other step
-            n_rows, h_off, dh_top, dh_off = Bp, T * Bp * H, d["dh_last"], (T - 1) * Bp * H
+            n_rows, top, h_off, dh_top = N, d["hs"][L - 1], Bp * H, d["dh"]
+        else:  # only each row's last h feeds the head: dh_last, added at that step
+            n_rows, top, h_off, dh_top = Bp, d["staten"], (L - 1) * Bp * H, d["dh_last"]
         self._gemm(dt, H, O, n_rows, top, h_off, 1, H, d["dy"], 0, O, 1, grad, wy, O)
-        self._gemm(dt, n_rows, H, O, d["dy"], 0, O, 1, theta, wy, 1, O, dh_top, dh_off, H)
+        self._gemm(dt, n_rows, H, O, d["dy"], 0, O, 1, theta, wy, 1, O, dh_top, 0, H)
         backward = k.lstm_backward_kernel(dt, p.rows)
-        rows = T * Bp
         for layer in range(L - 1, -1, -1):
             wx, wh, _ = (int(o) for o in offs[layer])
             Dl = D0 if layer == 0 else H
-            dh_in = dh_top if layer == L - 1 else d["dh"]
+            head_last = layer == L - 1 and not cfg.many_to_many
             gates = d["gates"][layer]
             self._launch(backward, p.blocks, p.recurrence_threads, p.rows * G * dt.itemsize, theta_t, wh, gates,
-                         d["cs"][layer], d["tcs"][layer], dh_in, d["dcn"], d["db_part"][layer * p.blocks * G:],
-                         T, Bp, H)
-            # weight gradients: one product each over every step and row
+                         d["cs"][layer], d["tcs"][layer], d["dh"], not head_last, d["dh_last"], head_last, d["dcn"],
+                         d["db_part"][layer * p.blocks * G:], d["seq"], rows.T, Bp, H)
+            # weight gradients: one product each over every layout row
             if layer == 0:  # dW_x = x^T dz
-                self._gemm(dt, D0, G, rows, d["xs"], 0, 1, D0, gates, 0, G, 1, grad, wx, G)
+                self._gemm(dt, D0, G, N, d["xs"], 0, 1, D0, gates, 0, G, 1, grad, wx, G)
             else:
-                self._gemm(dt, H, G, rows, d["hs"][layer - 1], Bp * H, 1, H, gates, 0, G, 1, grad, wx, G)
-            # dW_h = sum_t h_{t-1}^T dz_t: h_0..h_{T-1} against dz_1..dz_T (h_0 = 0)
-            self._gemm(dt, H, G, rows, d["hs"][layer], 0, 1, H, gates, 0, G, 1, grad, wh, G)
+                self._gemm(dt, H, G, N, d["hs"][layer - 1], Bp * H, 1, H, gates, 0, G, 1, grad, wx, G)
+            # dW_h = sum_t h_{t-1}^T dz_t: without lengths hs[0 .. T-1] lines up with dz_0 .. dz_{T-1}
+            # (h_{-1}: the initial state or 0); packed, hprev holds each layout row's h_{t-1}
+            h_before = d["hprev"][layer] if rows.packed else d["hs"][layer]
+            self._gemm(dt, H, G, N, h_before, 0, 1, H, gates, 0, G, 1, grad, wh, G)
             if layer > 0:  # dLoss/dh of the layer below = dz @ W_x^T
-                self._gemm(dt, rows, Dl, G, gates, 0, G, 1, theta, wx, 1, G, d["dh"], 0, H)
+                self._gemm(dt, N, Dl, G, gates, 0, G, 1, theta, wx, 1, G, d["dh"], 0, H)
         n_sums = L * G + O + 1
         self._launch(k.finish_kernel(dt), -(-n_sums // k.REDUCE_THREADS), k.REDUCE_THREADS, 0, d["db_part"],
                      model.b_offs, p.blocks, G, d["dby_part"], by, O, d["loss_part"], p.loss_blocks, grad, d["loss"], L)
@@ -397,45 +557,59 @@ class NumbaCuda(FusedBackend):
         return float(ws.loss_host[0] / n_terms)
 
     @staticmethod
-    def _n_terms(cfg: ModelConfig, B: int, T: int) -> int:
-        Tout = T if cfg.many_to_many else 1
-        return Tout * B if cfg.loss == "xent" else Tout * B * cfg.output_size
+    def _n_terms(cfg: ModelConfig, rows: Rows) -> int:
+        """Loss terms: predictions that count (valid steps only, packed), times O for mse."""
+        predictions = (rows.n_rows if rows.packed else rows.T * rows.B) if cfg.many_to_many else rows.B
+        return predictions if cfg.loss == "xent" else predictions * cfg.output_size
 
     # -- protocol ------------------------------------------------------------------------
 
-    def _forward(self, cfg, params, x):
+    def _call(self, what: str, cfg: ModelConfig, x: np.ndarray, lengths, fn):
+        """``fn(ws, rows)`` on the workspace of this batch's layout (packed when a length is
+        below T), a CUDA failure turned into a DeviceError."""
         B, T = x.shape[0], x.shape[1]
+        packed = lengths is not None and int(lengths.min()) < T
 
         def run():
-            with self.workspace(cfg, x) as ws:
-                theta = self._to_device(Layout.of(cfg).flatten(params, cfg.np_dtype))
-                self._stage(cfg, ws, x, None)
-                self._forward_pass(cfg, ws, theta, T)
-                yout = ws.dev["yout"].copy_to_host(stream=self._stream)
-                self._stream.synchronize()
-                return yout
+            with self.workspace(cfg, x, packed) as ws:
+                return fn(ws, Rows.packed_by(B, T, ws.plan.padded_batch, lengths) if packed else ws.full)
 
-        Tout, O = (T if cfg.many_to_many else 1), cfg.output_size
-        yout = self._device("forward", cfg, x.shape, run)
-        out = yout.reshape(Tout, -1, O)[:, :B].transpose(1, 0, 2)  # (B, Tout, O)
-        return np.ascontiguousarray(out if cfg.many_to_many else out[:, 0])
+        return self._device(what, cfg, x.shape, run)
 
-    def _loss_and_grads(self, cfg, params, x, y):
+    def _outputs(self, cfg: ModelConfig, rows: Rows, yout: np.ndarray) -> np.ndarray:
+        """The head's output in the batch's order: (B, O), or (B, T, O) with zeros at padded steps."""
+        O = cfg.output_size
+        if cfg.many_to_many and rows.packed:
+            return rows.unpack(yout[: rows.n_rows * O].reshape(-1, O))
+        Tout = rows.T if cfg.many_to_many else 1
+        out = rows.restore(yout.reshape(Tout, -1, O)[:, : rows.B].transpose(1, 0, 2))  # (B, Tout, O)
+        return out if cfg.many_to_many else np.ascontiguousarray(out[:, 0])
+
+    def _forward(self, cfg, params, x, lengths=None, initial_state=None, return_state=False):
+        def run(ws: Workspace, rows: Rows):
+            theta = self._to_device(Layout.of(cfg).flatten(params, cfg.np_dtype))
+            self._stage(cfg, ws, x, None, rows)
+            self._forward_pass(cfg, ws, theta, rows, self._stage_state(cfg, ws, rows, initial_state))
+            yout = ws.dev["yout"].copy_to_host(stream=self._stream)
+            state = self._final_state(cfg, ws, rows, on_device=False) if return_state else None
+            self._stream.synchronize()
+            return self._outputs(cfg, rows, yout), state
+
+        y, state = self._call("forward", cfg, x, lengths, run)
+        return (y, state) if return_state else y
+
+    def _loss_and_grads(self, cfg, params, x, y, lengths=None, initial_state=None):
         layout = Layout.of(cfg)
-        B, T = x.shape[0], x.shape[1]
 
-        def run():
-            with self.workspace(cfg, x) as ws:
-                theta = self._to_device(layout.flatten(params, cfg.np_dtype))
-                theta_t = _cuda().device_array(layout.size, cfg.np_dtype)
-                grad = _cuda().device_array(layout.size, cfg.np_dtype)
-                self._stage(cfg, ws, x, y)
-                self._forward_pass(cfg, ws, theta, T)
-                self._backward_pass(cfg, ws, theta, theta_t, grad, B, T)
-                loss = self._loss_to_host(ws, self._n_terms(cfg, B, T))
-                return loss, grad.copy_to_host()
+        def run(ws: Workspace, rows: Rows):
+            theta = self._to_device(layout.flatten(params, cfg.np_dtype))
+            theta_t = _cuda().device_array(layout.size, cfg.np_dtype)
+            grad = _cuda().device_array(layout.size, cfg.np_dtype)
+            self._forward_and_backward(cfg, ws, rows, theta, theta_t, grad, x, y, initial_state)
+            loss = self._loss_to_host(ws, self._n_terms(cfg, rows))
+            return loss, grad.copy_to_host()
 
-        loss, grad = self._device("loss_and_grads", cfg, x.shape, run)
+        loss, grad = self._call("loss_and_grads", cfg, x, lengths, run)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     def _init_state(self, cfg, params, opt, opt_state):
@@ -457,34 +631,52 @@ class NumbaCuda(FusedBackend):
 
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
-    def _forward_and_backward(self, state: CudaTrainState, ws: Workspace, x, y) -> None:
-        """The batch in, forward and backward: the gradient into state.grad, the loss on the device."""
-        B, T = x.shape[0], x.shape[1]
-        self._stage(state.cfg, ws, x, y)
-        self._forward_pass(state.cfg, ws, state.theta, T)
-        self._backward_pass(state.cfg, ws, state.theta, state.theta_t, state.grad, B, T)
+    def _forward_and_backward(self, cfg: ModelConfig, ws: Workspace, rows: Rows, theta, theta_t, grad, x, y,
+                              initial_state) -> None:
+        """The batch (and state) in, forward and backward: the gradient into ``grad``, the loss on the device."""
+        self._stage(cfg, ws, x, y, rows)
+        self._forward_pass(cfg, ws, theta, rows, self._stage_state(cfg, ws, rows, initial_state))
+        self._backward_pass(cfg, ws, theta, theta_t, grad, rows)
 
-    def _loss_and_gradient(self, state: CudaTrainState, x, y) -> float:
-        def run():
+    def _step(self, state: CudaTrainState, x, y, scalars: StepScalars | None, lengths=None, initial_state=None,
+              return_state=False):
+        """Loss and gradient, and with ``scalars`` the update, all in launches on the stream; the loss
+        is read back last. ``return_state``: also (h_n, c_n) as new device arrays, in the batch's order
+        (a carried state, which comes back as the next step's initial_state)."""
+        cfg = state.cfg
+
+        def run(ws: Workspace, rows: Rows):
             self._launches = 0
-            with self.workspace(state.cfg, x) as ws:
-                self._forward_and_backward(state, ws, x, y)
-                return self._loss_to_host(ws, self._n_terms(state.cfg, x.shape[0], x.shape[1]))
-
-        return self._device("train_step", state.cfg, x.shape, run)
-
-    def _fused_step(self, state: CudaTrainState, x, y, scalars: StepScalars) -> float:
-        """The whole step in launches on the stream; the loss is read back after the update."""
-        def run():
-            self._launches = 0
-            with self.workspace(state.cfg, x) as ws:
-                self._forward_and_backward(state, ws, x, y)
+            self._forward_and_backward(cfg, ws, rows, state.theta, state.theta_t, state.grad, x, y, initial_state)
+            if scalars is not None:
                 self._launch_update(state, scalars)
-                loss = self._loss_to_host(ws, self._n_terms(state.cfg, x.shape[0], x.shape[1]))
-            self.launches_per_step = self._launches
-            return loss
+            carried = self._final_state(cfg, ws, rows, on_device=True) if return_state else None
+            loss = self._loss_to_host(ws, self._n_terms(cfg, rows))
+            if scalars is not None:
+                self.launches_per_step = self._launches
+            return (loss, carried) if return_state else loss
 
-        return self._device("train_step", state.cfg, x.shape, run)
+        return self._call("train_step", cfg, x, lengths, run)
+
+    def _loss_and_gradient(self, state: CudaTrainState, x, y, **sequences):
+        return self._step(state, x, y, None, **sequences)
+
+    def _fused_step(self, state: CudaTrainState, x, y, scalars: StepScalars, **sequences):
+        """The whole step in launches on the stream; the loss is read back after the update."""
+        return self._step(state, x, y, scalars, **sequences)
+
+    # -- a state carried across steps, on the device ---------------------------------------------
+
+    def _carried_to_host(self, state: CudaTrainState, carried):
+        """Host copies of a carried (h_n, c_n) (for a checkpoint)."""
+        return self._device("the carried state", None, tuple(carried[0].shape),
+                            lambda: tuple(np.array(a) if isinstance(a, np.ndarray) else a.copy_to_host()
+                                          for a in carried))
+
+    def _carried_from_host(self, state: CudaTrainState, pair):
+        """A host (h, c) on the device, to be carried into the next step (a resume)."""
+        return self._device("the carried state", None, tuple(pair[0].shape),
+                            lambda: tuple(_cuda().to_device(np.ascontiguousarray(a)) for a in pair))
 
     def _update(self, state: CudaTrainState, scalars: StepScalars) -> None:
         """The update after a gradient hook; it has run when this returns."""

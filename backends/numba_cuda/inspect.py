@@ -35,7 +35,7 @@ VARIANTS = (
     [("gemm_kernel", (bm, bn)) for bm in kernels.GEMM_TILE_SIZES for bn in kernels.GEMM_TILE_SIZES]
     + [(f"lstm_{d}_kernel", (rows,)) for d in ("forward", "backward") for rows in ROWS_PER_BLOCK]
     + [(name, ()) for name in ("transpose_kernel", "loss_kernel", "finish_kernel", "sum_squares_kernel",
-                               "adam_kernel", "sgd_kernel")]
+                               "adam_kernel", "sgd_kernel", "gather_kernel")]
 )
 #: kernels whose float32 form must be free of float64 instructions (the others add up
 #: the loss or the clipping norm in float64 on purpose)

@@ -26,7 +26,9 @@ How it is computed (docs/cuda-backend.md has the picture and the reasons):
   sit in shared memory, each thread owns hidden units j and computes all four
   gates of them for the block's rows, with the pointwise gate math fused in.
   Blocks never wait for one another (only ``cuda.syncthreads()`` inside a
-  block), which is what Numba's simulator can check.
+  block), which is what Numba's simulator can check. With lengths a block
+  runs only the steps of its longest row, and only its active rows' gates.
+* ``gather_rows``: an (L, rows, H) state into or out of the sorted row order.
 * ``loss_head``, ``finish_grads``: loss and dLoss/dy, then the sums over blocks
   (bias gradients, the loss) in a fixed order.
 * ``sum_squares``, ``adam_update``, ``sgd_update``: clipping and the update,
@@ -42,14 +44,24 @@ measured rate). Accumulators are typed with the kernel's dtype (``DT(0)``): a
 bare ``0.0`` would make float32 kernels accumulate in float64 on the GPU.
 
 Buffers (flat device arrays, time-major; Bp = blocks * ROWS rows, the rows past
-the batch are zero padding that stays out of every gradient):
-    xs        (T, Bp, D0)      the minibatch, staged by the host
-    gates[l]  (T, Bp, 4H)      x W_x from gemm -> activated i, f, g, o -> dz
-    hs[l]     (T+1, Bp, H)     h_0 = 0, h_1 .. h_T
-    cs[l]     (T+1, Bp, H)     c_0 = 0, c_1 .. c_T
-    tcs[l]    (T, Bp, H)       tanh(c_t)
-    yout, dy  (Tout, Bp, O)    head output and dLoss/dy
-    dh        (T, Bp, H)       dLoss/dh_t arriving from above
+the batch are zero padding that stays out of every gradient). A layout row is one
+(step, row) pair: without lengths every row takes every step and step t holds rows
+t*Bp .. t*Bp+Bp-1, N = T*Bp rows in all. With lengths the rows are sorted longest
+first and step t holds only its n_t active rows, packed (torch's PackedSequence
+layout): N = sum of the lengths, and the padded steps are not in any buffer.
+    seq       int64: row_len (Bp) | step_off (T+1) | perm (B) | inverse (B): the steps
+              each (sorted) row takes, the layout row of step t's first row, and the
+              sorted order (sorted position -> batch row, batch row -> sorted position)
+    xs        (N, D0)          the minibatch, staged by the host
+    gates[l]  (N, 4H)          x W_x from gemm -> activated i, f, g, o -> dz
+    hs[l]     (Bp + N, H)      h_0 (the initial state, or 0), then h_t at Bp + layout row
+    cs[l]     (Bp + N, H)      c_0, then c_t
+    tcs[l]    (N, H)           tanh(c_t)
+    hprev[l]  (N, H)           with lengths only: h_{t-1} at each layout row (for dW_h)
+    state0, staten (2, L, Bp, H)  initial and final state (h, then c), sorted rows
+    yout, dy  (Tout*Bp or N, O) head output and dLoss/dy
+    dh        (N, H)           dLoss/dh_t arriving from above
+    dh_last   (Bp, H)          many-to-one: dLoss/dh at each row's last step, from the head
 Parameters are one flat vector ``theta`` (lstmbench.layout); ``theta_t`` holds
 W_h^T of every layer at W_h's offsets.
 """
@@ -229,42 +241,90 @@ def gemm_shared_bytes(tile: tuple[int, int], itemsize: int) -> int:
 
 
 # -- the recurrence ---------------------------------------------------------------------------
+#
+# Where a row's step t lives (``seq``, see the module docstring): rows are sorted longest
+# first, so the rows that take step t are a prefix 0 .. n_t-1, and step t's rows sit at
+# layout rows seq[Bp+t] .. seq[Bp+t+1]-1. hs and cs have one more slot in front: rows
+# 0 .. Bp-1 hold the initial state, so h_t of a row at layout row p is hs row Bp + p.
+
+
+@cuda.jit(device=True, inline=True)
+def active_rows(seq, Bp, t, row0, rows):
+    """How many of the block's rows (row0 .. row0+rows-1) take step t: a prefix of them."""
+    return min(max(seq[Bp + t + 1] - seq[Bp + t] - row0, 0), rows)
+
+
+@cuda.jit(device=True, inline=True)
+def prev_slot(seq, Bp, t):
+    """The hs / cs row of h_{t-1}, c_{t-1} of the first row: the initial-state slot at t = 0."""
+    return 0 if t == 0 else Bp + seq[Bp + t - 1]
+
+
+@cuda.jit(device=True, inline=True)
+def gate_math(gates, z, H, c_prev, one, exp_cap):
+    """Activates z_t in place (i, f, g, o at z, z+H, z+2H, z+3H); returns c_t and tanh(c_t)."""
+    i = sigmoid(gates[z], one, exp_cap)
+    f = sigmoid(gates[z + H], one, exp_cap)
+    g = math.tanh(gates[z + 2 * H])
+    o = sigmoid(gates[z + 3 * H], one, exp_cap)
+    c = f * c_prev + i * g
+    gates[z] = i
+    gates[z + H] = f
+    gates[z + 2 * H] = g
+    gates[z + 3 * H] = o
+    return c, math.tanh(c)
 
 
 @lru_cache(maxsize=None)
 def lstm_forward_kernel(np_dtype, ROWS: int):
     """One layer's forward recurrence over all T steps, ROWS batch rows per block.
 
-    On entry ``gates`` holds x_t @ W_x (from gemm); on exit the activated gates
-    i, f, g, o. Writes c_t, tanh(c_t) and h_t for t = 1..T. Dynamic shared memory:
-    ROWS * H values (h_{t-1} of the block's rows).
+    On entry ``gates`` holds x_t @ W_x (from gemm); on exit the activated gates i, f, g, o.
+    Writes slot 0 of hs and cs (the initial state, or zeros), c_t, tanh(c_t) and h_t of the
+    steps rows take, each row's final state to ``staten`` (h at h_off, c at c_off), and if
+    ``packed`` h_{t-1} to ``hprev`` (for dW_h). A block stops after its longest row's last
+    step. Dynamic shared memory: ROWS * H values (h_{t-1} of the block's rows).
     """
     DT = dtype_of(np_dtype)
-    ONE = np.dtype(np_dtype).type(1)
+    ZERO, ONE = np.dtype(np_dtype).type(0), np.dtype(np_dtype).type(1)
     EXP_CAP = np.dtype(np_dtype).type(88.0 if np.dtype(np_dtype) == np.float32 else 709.0)
     GATES = 4 * ROWS  # local array sizes must be constants
 
     a = DT[::1]
 
-    @_kernel(MAX_RECURRENCE_THREADS, a, int64, int64, a, a, a, a, int64, int64, int64)
-    def lstm_forward(theta, wh_off, b_off, gates, hs, cs, tcs, T, Bp, H):
+    @_kernel(MAX_RECURRENCE_THREADS, a, int64, int64, a, a, a, a, a, a, a, int64, int64, int64[::1], int64, int64,
+             int64, boolean, boolean)
+    def lstm_forward(theta, wh_off, b_off, gates, hs, cs, tcs, hprev, state0, staten, h_off, c_off, seq, T, Bp, H,
+                     has_state, packed):
         h_prev = cuda.shared.array(0, DT)  # (ROWS, H)
         acc = cuda.local.array(GATES, DT)  # z of gate q, row r at acc[q*ROWS + r]
         tid, nt = cuda.threadIdx.x, cuda.blockDim.x
         row0 = cuda.blockIdx.x * ROWS
         G = 4 * H
+        for e in range(tid, ROWS * H, nt):  # slot 0: the initial state (the buffers are reused)
+            hs[row0 * H + e] = state0[h_off + row0 * H + e] if has_state else ZERO
+            cs[row0 * H + e] = state0[c_off + row0 * H + e] if has_state else ZERO
+        cuda.syncthreads()
         for t in range(T):
-            if t > 0:  # h_0 = 0: no recurrent product at the first step
-                base = (t * Bp + row0) * H  # the block's rows of h_{t-1} are contiguous
-                for e in range(tid, ROWS * H, nt):
-                    h_prev[e] = hs[base + e]
+            na = active_rows(seq, Bp, t, row0, ROWS)
+            if na == 0:  # (the same for the whole block) its rows are done: they are sorted longest first
+                break
+            off, prev, cur = seq[Bp + t], prev_slot(seq, Bp, t), Bp + seq[Bp + t]
+            recurrent = t > 0 or has_state  # h_0 = 0: no recurrent product at the first step
+            if recurrent or packed:
+                for e in range(tid, ROWS * H, nt):  # the block's rows of h_{t-1} are contiguous
+                    v = hs[(prev + row0) * H + e] if e < na * H else ZERO
+                    h_prev[e] = v
+                    if packed and e < na * H:
+                        hprev[(off + row0) * H + e] = v
                 cuda.syncthreads()
             for j in range(tid, H, nt):
                 for r in range(ROWS):
-                    z = (t * Bp + row0 + r) * G + j
-                    for q in range(4):
-                        acc[q * ROWS + r] = gates[z + q * H] + theta[b_off + q * H + j]
-                if t > 0:
+                    if r < na:
+                        z = (off + row0 + r) * G + j
+                        for q in range(4):
+                            acc[q * ROWS + r] = gates[z + q * H] + theta[b_off + q * H + j]
+                if recurrent:
                     for k in range(H):  # z += h_{t-1} @ W_h, the four gate columns of unit j
                         w = wh_off + k * G + j
                         w_i, w_f, w_g, w_o = theta[w], theta[w + H], theta[w + 2 * H], theta[w + 3 * H]
@@ -277,29 +337,34 @@ def lstm_forward_kernel(np_dtype, ROWS: int):
                 # z goes back to memory first: this loop stays short enough to be unrolled,
                 # so acc lives in registers (the gate math's loop below is not unrolled)
                 for r in range(ROWS):
-                    z = (t * Bp + row0 + r) * G + j
-                    for q in range(4):
-                        gates[z + q * H] = acc[q * ROWS + r]
-                for r in range(ROWS):
+                    if r < na:
+                        z = (off + row0 + r) * G + j
+                        for q in range(4):
+                            gates[z + q * H] = acc[q * ROWS + r]
+                for r in range(na):
                     row = row0 + r
-                    z = (t * Bp + row) * G + j
-                    i = sigmoid(gates[z], ONE, EXP_CAP)
-                    f = sigmoid(gates[z + H], ONE, EXP_CAP)
-                    g = math.tanh(gates[z + 2 * H])
-                    o = sigmoid(gates[z + 3 * H], ONE, EXP_CAP)
-                    cell = (t * Bp + row) * H + j  # (t, row, j) in a (T or T+1, Bp, H) buffer
-                    c = f * cs[cell] + i * g  # cs[cell] is c_{t-1}
-                    tc = math.tanh(c)
-                    gates[z] = i
-                    gates[z + H] = f
-                    gates[z + 2 * H] = g
-                    gates[z + 3 * H] = o
-                    cs[cell + Bp * H] = c
-                    tcs[cell] = tc
-                    hs[cell + Bp * H] = o * tc
+                    c, tc = gate_math(gates, (off + row) * G + j, H, cs[(prev + row) * H + j], ONE, EXP_CAP)
+                    h = gates[(off + row) * G + 3 * H + j] * tc
+                    cs[(cur + row) * H + j] = c
+                    tcs[(off + row) * H + j] = tc
+                    hs[(cur + row) * H + j] = h
+                    if t == seq[row] - 1:  # the row's last step: its final state
+                        staten[h_off + row * H + j] = h
+                        staten[c_off + row * H + j] = c
             cuda.syncthreads()  # h_t is complete before the next step reads it
 
     return lstm_forward
+
+
+@cuda.jit(device=True, inline=True)
+def cell_backward(gates, z, H, d_h, dc, c_prev, tc, one):
+    """The stored gates at z become dz in place; returns dc (for dc * f) and f."""
+    i, f, g, o = gates[z], gates[z + H], gates[z + 2 * H], gates[z + 3 * H]
+    gates[z] = dc * g * i * (one - i)
+    gates[z + H] = dc * c_prev * f * (one - f)
+    gates[z + 2 * H] = dc * i * (one - g * g)
+    gates[z + 3 * H] = d_h * tc * o * (one - o)
+    return f
 
 
 @lru_cache(maxsize=None)
@@ -307,7 +372,9 @@ def lstm_backward_kernel(np_dtype, ROWS: int):
     """One layer's backward sweep over t = T-1 .. 0, ROWS batch rows per block.
 
     Turns the activated gates in ``gates`` into dz in place, reading dLoss/dh_t
-    from ``dh_in`` and W_h^T from ``theta_t``; dc_{t+1} f_{t+1} waits in ``dcn``.
+    from ``dh_in`` (if has_dh_in), dLoss/dh of each row's last step from
+    ``dh_last`` (if has_dh_last: the many-to-one head's) and W_h^T from ``theta_t``;
+    dc_{t+1} f_{t+1} waits in ``dcn``. A block starts at its longest row's last step.
     Writes this block's bias-gradient partial sums to ``db_part[block]``.
     Dynamic shared memory: ROWS * 4H values (dz_{t+1} of the block's rows).
     """
@@ -316,64 +383,80 @@ def lstm_backward_kernel(np_dtype, ROWS: int):
 
     a = DT[::1]
 
-    @_kernel(MAX_RECURRENCE_THREADS, a, int64, a, a, a, a, a, a, int64, int64, int64)
-    def lstm_backward(theta_t, wh_off, gates, cs, tcs, dh_in, dcn, db_part, T, Bp, H):
+    @_kernel(MAX_RECURRENCE_THREADS, a, int64, a, a, a, a, boolean, a, boolean, a, a, int64[::1], int64, int64,
+             int64)
+    def lstm_backward(theta_t, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part, seq,
+                      T, Bp, H):
         dz_next = cuda.shared.array(0, DT)  # (ROWS, 4H)
         dh = cuda.local.array(ROWS, DT)
         tid, nt = cuda.threadIdx.x, cuda.blockDim.x
         row0 = cuda.blockIdx.x * ROWS
         G = 4 * H
         part = cuda.blockIdx.x * G
+        for j in range(tid, H, nt):  # a thread adds to its own units' sums only: no barrier needed
+            for q in range(4):
+                db_part[part + q * H + j] = ZERO
         for t in range(T - 1, -1, -1):
-            if t < T - 1:  # nothing flows back into the last step
-                base = ((t + 1) * Bp + row0) * G
-                for e in range(tid, ROWS * G, nt):
-                    dz_next[e] = gates[base + e]
+            na = active_rows(seq, Bp, t, row0, ROWS)
+            if na == 0:  # (the same for the whole block) none of its rows has reached step t
+                continue
+            na1 = active_rows(seq, Bp, t + 1, row0, ROWS) if t < T - 1 else 0  # rows that took step t+1
+            off, prev = seq[Bp + t], prev_slot(seq, Bp, t)
+            if na1 > 0:
+                base = (seq[Bp + t + 1] + row0) * G
+                for e in range(tid, ROWS * G, nt):  # zero for a row that ended at t: nothing flows back
+                    dz_next[e] = gates[base + e] if e < na1 * G else ZERO
                 cuda.syncthreads()
             for j in range(tid, H, nt):
                 for r in range(ROWS):
-                    dh[r] = dh_in[(t * Bp + row0 + r) * H + j]
-                if t < T - 1:
+                    dh[r] = dh_in[(off + row0 + r) * H + j] if has_dh_in and r < na else ZERO
+                if na1 > 0:
                     for k in range(G):  # dh += dz_{t+1} @ W_h^T: W_h^T[k, j] = W_h[j, k]
                         w = theta_t[wh_off + k * H + j]
                         for r in range(ROWS):
                             dh[r] += dz_next[r * G + k] * w
                 db_i, db_f, db_g, db_o = ZERO, ZERO, ZERO, ZERO
                 for r in range(ROWS):
-                    row = row0 + r
-                    cell = (t * Bp + row) * H + j
-                    z = (t * Bp + row) * G + j
-                    i, f, g, o = gates[z], gates[z + H], gates[z + 2 * H], gates[z + 3 * H]
-                    tc = tcs[cell]
-                    dc = dh[r] * o * (ONE - tc * tc)
-                    if t < T - 1:
-                        dc += dcn[row * H + j]
-                    dz_i = dc * g * i * (ONE - i)
-                    dz_f = dc * cs[cell] * f * (ONE - f)  # cs[cell] is c_{t-1}
-                    dz_g = dc * i * (ONE - g * g)
-                    dz_o = dh[r] * tc * o * (ONE - o)
-                    gates[z] = dz_i
-                    gates[z + H] = dz_f
-                    gates[z + 2 * H] = dz_g
-                    gates[z + 3 * H] = dz_o
-                    dcn[row * H + j] = dc * f
-                    db_i += dz_i
-                    db_f += dz_f
-                    db_g += dz_g
-                    db_o += dz_o
-                if t == T - 1:
-                    db_part[part + j] = db_i
-                    db_part[part + H + j] = db_f
-                    db_part[part + 2 * H + j] = db_g
-                    db_part[part + 3 * H + j] = db_o
-                else:
-                    db_part[part + j] += db_i
-                    db_part[part + H + j] += db_f
-                    db_part[part + 2 * H + j] += db_g
-                    db_part[part + 3 * H + j] += db_o
+                    if r < na:
+                        row = row0 + r
+                        last = seq[row] - 1  # the row's last step
+                        z = (off + row) * G + j
+                        d_h = dh[r]
+                        if has_dh_last and t == last:
+                            d_h += dh_last[row * H + j]
+                        tc = tcs[(off + row) * H + j]
+                        dc = d_h * gates[z + 3 * H] * (ONE - tc * tc)
+                        if t < last:
+                            dc += dcn[row * H + j]
+                        f = cell_backward(gates, z, H, d_h, dc, cs[(prev + row) * H + j], tc, ONE)
+                        dcn[row * H + j] = dc * f
+                        db_i += gates[z]
+                        db_f += gates[z + H]
+                        db_g += gates[z + 2 * H]
+                        db_o += gates[z + 3 * H]
+                db_part[part + j] += db_i
+                db_part[part + H + j] += db_f
+                db_part[part + 2 * H + j] += db_g
+                db_part[part + 3 * H + j] += db_o
             cuda.syncthreads()  # dz_t is complete before the next step reads it
 
     return lstm_backward
+
+
+@lru_cache(maxsize=None)
+def gather_kernel(np_dtype):
+    """dst[dst_off + (l*dst_rows + r)*H + j] = src[src_off + (l*src_rows + idx[idx_off + r])*H + j] for
+    l < L, r < n, j < H: a state (L, rows, H) into another row order (the sorted one and back)."""
+    a = dtype_of(np_dtype)[::1]
+
+    @_kernel(REDUCE_THREADS, a, int64, int64, a, int64, int64, int64[::1], int64, int64, int64, int64)
+    def gather_rows(src, src_off, src_rows, dst, dst_off, dst_rows, idx, idx_off, n, L, H):
+        for e in range(cuda.grid(1), L * n * H, cuda.gridsize(1)):
+            layer, rest = e // (n * H), e % (n * H)
+            r, j = rest // H, rest % H
+            dst[dst_off + (layer * dst_rows + r) * H + j] = src[src_off + (layer * src_rows + idx[idx_off + r]) * H + j]
+
+    return gather_rows
 
 
 @lru_cache(maxsize=None)

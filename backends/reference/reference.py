@@ -162,7 +162,9 @@ def loss_and_output_grad(cfg: ModelConfig, y_hat: np.ndarray, y: np.ndarray, val
     return float(loss), (d_logits / n).astype(y_hat.dtype).reshape(y_hat.shape)
 
 
-def loss_and_grads(cfg: ModelConfig, params, x: np.ndarray, y: np.ndarray, lengths=None, initial_state=None):
+def loss_and_grads(cfg: ModelConfig, params, x: np.ndarray, y: np.ndarray, lengths=None, initial_state=None,
+                   return_state: bool = False):
+    """(loss, grads), and with ``return_state`` the final state (h_n, c_n) too."""
     y_hat, caches = forward_with_caches(cfg, params, x, lengths, initial_state)
     valid = active_steps(x.shape[0], x.shape[1], lengths) if cfg.many_to_many else None
     loss, dy = loss_and_output_grad(cfg, y_hat, y, valid)
@@ -182,7 +184,8 @@ def loss_and_grads(cfg: ModelConfig, params, x: np.ndarray, y: np.ndarray, lengt
         dh, grads[f"l{k}.W_x"], grads[f"l{k}.W_h"], grads[f"l{k}.b"] = layer_backward(
             caches[k], params[f"l{k}.W_x"], params[f"l{k}.W_h"], dh
         )
-    return loss, {name: grads[name] for name in cfg.param_shapes()}
+    grads = {name: grads[name] for name in cfg.param_shapes()}
+    return (loss, grads, final_state(caches)) if return_state else (loss, grads)
 
 
 class NumpyReference(Backend):
@@ -214,3 +217,11 @@ class NumpyReference(Backend):
     def _loss_and_grads(self, cfg, params, x, y, lengths=None, initial_state=None):
         with self._blas.limit(limits=self.threads, user_api="blas"):
             return loss_and_grads(cfg, params, x, y, lengths, initial_state)
+
+    def _train_step(self, state, x, y, return_state=False, **sequences):
+        if not return_state:
+            return super()._train_step(state, x, y, **sequences)
+        # a step that carries the state: the final state comes from the same forward pass
+        with self._blas.limit(limits=self.threads, user_api="blas"):
+            loss, grads, final = loss_and_grads(state.cfg, state.params, x, y, return_state=True, **sequences)
+        return self._apply_gradients(state, loss, grads), final

@@ -42,22 +42,24 @@ class StepFlops:
         return self.matmul + self.pointwise + self.optimizer
 
 
-def train_step_flops(cfg: ModelConfig, batch: int, steps: int, optimizer="adam") -> StepFlops:
+def train_step_flops(cfg: ModelConfig, batch: int, steps: int, optimizer="adam", lengths=None) -> StepFlops:
     """FLOPs of one training step on a (batch, steps, input_size) minibatch.
-    ``optimizer``: an OptimizerConfig, or one of "adam", "sgd", "sgd_momentum"."""
+    ``optimizer``: an OptimizerConfig, or one of "adam", "sgd", "sgd_momentum". ``lengths``:
+    the steps each row takes (design.md section 8): only those count, padding is no work."""
     if not isinstance(optimizer, str):
         optimizer = "adam" if optimizer.kind == "adam" else ("sgd_momentum" if optimizer.momentum > 0 else "sgd")
     if optimizer not in OPTIMIZER_FLOPS:
         raise ValueError(f"unknown optimizer {optimizer!r}; one of {sorted(OPTIMIZER_FLOPS)}")
     B, T, H, O = batch, steps, cfg.hidden_size, cfg.output_size
+    row_steps = B * T if lengths is None else int(sum(lengths))  # (row, step) pairs that run
     fwd = bwd = 0
     for layer in range(cfg.num_layers):
         D = cfg.layer_input_size(layer)
-        fwd += T * 2 * B * 4 * H * (D + H)
+        fwd += row_steps * 2 * 4 * H * (D + H)
         # weight gradients (D+H rows) + gradient to h_{t-1} (H) + to x_t (D, not for layer 0)
-        bwd += T * 2 * B * 4 * H * ((D + H) + H + (D if layer > 0 else 0))
-    head_uses = T if cfg.many_to_many else 1
-    fwd += head_uses * 2 * B * H * O
-    bwd += head_uses * 2 * 2 * B * H * O
-    pointwise = cfg.num_layers * T * B * H * (FORWARD_POINTWISE + BACKWARD_POINTWISE)
+        bwd += row_steps * 2 * 4 * H * ((D + H) + H + (D if layer > 0 else 0))
+    head_rows = row_steps if cfg.many_to_many else B
+    fwd += head_rows * 2 * H * O
+    bwd += head_rows * 2 * 2 * H * O
+    pointwise = cfg.num_layers * row_steps * H * (FORWARD_POINTWISE + BACKWARD_POINTWISE)
     return StepFlops(fwd, bwd, pointwise, OPTIMIZER_FLOPS[optimizer] * cfg.num_params())

@@ -30,10 +30,11 @@ class TorchTraining(NamedTuple):
 
 
 def torch_training(cfg: ModelConfig, params: Params, x: np.ndarray, y: np.ndarray, device: str = "cpu",
-                   opt: OptimizerConfig = BENCH_OPTIMIZER) -> TorchTraining:
+                   opt: OptimizerConfig = BENCH_OPTIMIZER, lengths: np.ndarray | None = None) -> TorchTraining:
     """torch.nn.LSTM + nn.Linear + Adam from ``params``, training on (x, y) on ``device``,
     the batch already there; on a GPU each step ends with a synchronize, so that a clock read
-    after it has seen the work."""
+    after it has seen the work. With ``lengths``, as a torch user runs rows of different
+    lengths: pack_padded_sequence(..., enforce_sorted=False), the loss over valid terms."""
     import torch
 
     from lstmbench.params import load_into_torch
@@ -50,15 +51,19 @@ def torch_training(cfg: ModelConfig, params: Params, x: np.ndarray, y: np.ndarra
     trained = [p for p in (*lstm.parameters(), *head.parameters()) if p.requires_grad]
     optimizer = torch.optim.Adam(trained, lr=opt.lr)
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    forward = _packed_forward(lstm, head, cfg, xt, lengths) if lengths is not None else None
 
     def step():
         optimizer.zero_grad()
-        out, _ = lstm(xt)
-        y_hat = head(out if cfg.many_to_many else out[:, -1])
-        if cfg.loss == "xent":  # mean over every prediction, as lstmbench's
-            loss = torch.nn.functional.cross_entropy(y_hat.reshape(-1, cfg.output_size), yt.reshape(-1))
+        if forward is not None:
+            loss = forward(yt)
         else:
-            loss = torch.nn.functional.mse_loss(y_hat, yt)
+            out, _ = lstm(xt)
+            y_hat = head(out if cfg.many_to_many else out[:, -1])
+            if cfg.loss == "xent":  # mean over every prediction, as lstmbench's
+                loss = torch.nn.functional.cross_entropy(y_hat.reshape(-1, cfg.output_size), yt.reshape(-1))
+            else:
+                loss = torch.nn.functional.mse_loss(y_hat, yt)
         loss.backward()
         optimizer.step()
         if device != "cpu":
@@ -67,8 +72,36 @@ def torch_training(cfg: ModelConfig, params: Params, x: np.ndarray, y: np.ndarra
     return TorchTraining(step, lstm, head)
 
 
+def _packed_forward(lstm, head, cfg: ModelConfig, xt, lengths: np.ndarray):
+    """``loss(yt)`` of torch on packed rows: the head on each row's last h (many-to-one) or on
+    every valid step, the loss a mean over valid terms (design.md section 8)."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    T = xt.shape[1]
+    lengths_t = torch.from_numpy(np.asarray(lengths, np.int64))  # on the CPU, as torch wants them
+    valid = (torch.arange(T)[None, :] < lengths_t[:, None]).to(xt.device)
+
+    def loss(yt):
+        packed = pack_padded_sequence(xt, lengths_t, batch_first=True, enforce_sorted=False)
+        out, (h_n, _) = lstm(packed)
+        if not cfg.many_to_many:
+            y_hat = head(h_n[-1])
+            if cfg.loss == "xent":
+                return torch.nn.functional.cross_entropy(y_hat, yt)
+            return torch.nn.functional.mse_loss(y_hat, yt)
+        y_hat = head(pad_packed_sequence(out, batch_first=True, total_length=T)[0])
+        if cfg.loss == "xent":
+            terms = torch.nn.functional.cross_entropy(y_hat.transpose(1, 2), yt, reduction="none")
+            return terms[valid].sum() / valid.sum()
+        terms = ((y_hat - yt) ** 2)[valid]
+        return terms.sum() / terms.numel()
+
+    return loss
+
+
 def torch_disagreement(training: TorchTraining, cfg: ModelConfig, params: Params, x: np.ndarray,
-                       y: np.ndarray) -> str | None:
+                       y: np.ndarray, lengths: np.ndarray | None = None) -> str | None:
     """Runs two steps of a fresh ``training`` (from ``params``, on (x, y)): None if its
     parameters land where the reference's do after two Adam steps, else what differed."""
     from lstmbench.testing.checks import assert_trained_params, expected_training
@@ -76,7 +109,7 @@ def torch_disagreement(training: TorchTraining, cfg: ModelConfig, params: Params
 
     training.step()
     training.step()
-    case = Case(cfg, params, x, y, BENCH_OPTIMIZER, 2)
+    case = Case(cfg, params, x, y, BENCH_OPTIMIZER, 2, lengths)
     try:
         assert_trained_params(case, expected_training(case), training.params(cfg), who="torch ")
     except AssertionError as exc:
@@ -102,8 +135,8 @@ def torch_peer(device: str = "cpu") -> Callable[[BenchCase, int], BenchRow] | No
 
     def peer(case: BenchCase, repeats: int) -> BenchRow:
         params = init_params(case.cfg, seed=0)
-        training = torch_training(case.cfg, params, case.x, case.y, device)
-        problem = torch_disagreement(training, case.cfg, params, case.x, case.y)
+        training = torch_training(case.cfg, params, case.x, case.y, device, lengths=case.lengths)
+        problem = torch_disagreement(training, case.cfg, params, case.x, case.y, case.lengths)
         best, best_threads = (None, 1) if problem else _fastest_thread_count(training.step, repeats, gpu)
         runtime: dict[str, Any] = {"torch": torch.__version__, "threads": best_threads}
         if gpu:
@@ -111,6 +144,8 @@ def torch_peer(device: str = "cpu") -> Callable[[BenchCase, int], BenchRow] | No
         else:
             runtime["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the widest vectors its kernels use
         label = "torch.nn.LSTM (cuDNN)" if gpu else "torch.nn.LSTM"
+        if case.lengths is not None:
+            label += " packed"
         return make_row(label, f"torch-{device}" if gpu else "torch", case, best_threads, best, runtime,
                         "FAILED" if problem else "ok", problem or "")
 

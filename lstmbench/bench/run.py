@@ -35,31 +35,48 @@ REFERENCE_ONE_THREAD = f"{REFERENCE} (1 BLAS thread)"  # the row every speedup i
 
 
 def verify(backend: Backend, cfg: ModelConfig, x: np.ndarray, y: np.ndarray, opt: OptimizerConfig = BENCH_OPTIMIZER,
-           steps: int = 2) -> str | None:
+           steps: int = 2, lengths: np.ndarray | None = None) -> str | None:
     """None if the backend matches the reference on exactly this configuration
-    (forward, loss and gradients, ``steps`` optimizer steps), else what differed."""
+    (forward, loss and gradients, ``steps`` optimizer steps; with ``lengths``, all on them),
+    else what differed."""
     from lstmbench.testing.checks import check_forward, check_loss_and_grads, check_training_steps
     from lstmbench.testing.strategies import Case
 
-    case = Case(cfg, init_params(cfg, seed=0), x, y, opt, steps)
+    case = Case(cfg, init_params(cfg, seed=0), x, y, opt, steps, lengths)
+    checks = (check_forward, check_loss_and_grads) if lengths is None else (_check_with_lengths,)
     try:
-        for check in (check_forward, check_loss_and_grads, check_training_steps):
+        for check in (*checks, check_training_steps):
             check(backend, case)
     except AssertionError as exc:
         return str(exc).splitlines()[0]
     return None
 
 
+def _check_with_lengths(backend: Backend, case) -> None:
+    """Outputs, loss and gradients on the case's lengths equal the reference's."""
+    from lstmbench.testing.checks import assert_close, assert_loss_and_grads, own_rounding_slack, reference
+
+    ref = case.as_dtype("float64")
+    expected = reference().forward(ref.cfg, ref.params, ref.x, **ref.sequence_args())
+    own = reference().forward(case.cfg, case.params, case.x, **case.sequence_args())
+    out = backend.forward(case.cfg, case.params, case.x, **case.sequence_args())
+    assert_close("forward output (with lengths)", out, expected, case.cfg.dtype, own_rounding_slack(case, own, expected))
+    assert_loss_and_grads(case, *backend.loss_and_grads(case.cfg, case.params, case.x, case.y, **case.sequence_args()),
+                          who="(with lengths) ")
+
+
 def time_backend(backend: Backend, cfg: ModelConfig, x, y, repeats: int, opt=BENCH_OPTIMIZER,
-                 tuner: ThreadTuner | None = None) -> Timing:
-    """One training step's times; with ``tuner``, each step on the count it picks (--threads auto)."""
+                 tuner: ThreadTuner | None = None, lengths: np.ndarray | None = None) -> Timing:
+    """One training step's times (on ``lengths``, where given); with ``tuner``, each step on
+    the count it picks (--threads auto)."""
     state = backend.init_state(cfg, init_params(cfg, seed=0), opt)
+    extra = {} if lengths is None else {"lengths": lengths}
     if tuner is None:
-        return time_calls(lambda: backend.train_step(state, x, y), repeats, warmup=2)
+        return time_calls(lambda: backend.train_step(state, x, y, **extra), repeats, warmup=2)
 
     def tuned_step():
         with tuner.step(backend, len(x)):
-            backend.train_step(state, x, y)
+            backend.train_step(state, x, y, **extra)
     # untimed: the tuner's first measurement of every count (what a long run pays once)
     return time_calls(tuned_step, repeats, warmup=2 + (tuner.samples + 1) * len(tuner.candidates))
 
@@ -161,7 +178,8 @@ def _time_backends(cases: list[BenchCase], names: list[str], threads: int, repea
     for case in cases:
         with ref.using_threads(1):
             rows.append(make_row(REFERENCE_ONE_THREAD, REFERENCE, case, 1,
-                                 time_backend(ref, case.cfg, case.x, case.y, repeats), ref.runtime_info()))
+                                 time_backend(ref, case.cfg, case.x, case.y, repeats, lengths=case.lengths),
+                                 ref.runtime_info()))
         bar.update(1)
         for name in names:
             if name != REFERENCE:
@@ -177,12 +195,14 @@ def _backend_row(name: str, backend: Backend, case: BenchCase, threads: int, rep
     """A backend's row: skipped (what it does not support), FAILED (it disagrees with the
     reference), or timed."""
     reason = backend.capabilities.why_unsupported(case.cfg, BENCH_OPTIMIZER)
+    if case.lengths is not None and not backend.capabilities.sequences:
+        reason = "does not take lengths (design.md section 8)"
     if reason:
         return make_row(name, name, case, threads, None, {}, "skipped", reason)
-    if (problem := verify(backend, case.cfg, case.x, case.y)) is not None:
+    if (problem := verify(backend, case.cfg, case.x, case.y, lengths=case.lengths)) is not None:
         return make_row(name, name, case, threads, None, {}, "FAILED", problem)
     tuner = ThreadTuner(threads) if auto and threads > 1 else None
-    timing = time_backend(backend, case.cfg, case.x, case.y, repeats, tuner=tuner)
+    timing = time_backend(backend, case.cfg, case.x, case.y, repeats, tuner=tuner, lengths=case.lengths)
     return make_row(name, name, case, threads, timing,
                     backend.runtime_info() | ({"threads_auto": tuner.summary()} if tuner else {}))
 
@@ -199,7 +219,8 @@ def _time_lasting_pools(cases: list[BenchCase], peers: list, threads: int, repea
     with get_backend(REFERENCE).using_threads(threads) as ref:
         for case in cases:
             rows.append(make_row(f"{REFERENCE} ({threads} BLAS threads)", REFERENCE, case, threads,
-                                 time_backend(ref, case.cfg, case.x, case.y, repeats), ref.runtime_info()))
+                                 time_backend(ref, case.cfg, case.x, case.y, repeats, lengths=case.lengths),
+                                 ref.runtime_info()))
             bar.update(1)
     return rows
 

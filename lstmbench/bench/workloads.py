@@ -28,6 +28,7 @@ class Workload:
     loss: str = "mse"
     many_to_many: bool = False
     one_hot: bool = False  # inputs are one-hot symbols (input_size of them), as text models see them
+    lengths: tuple[int, int] | None = None  # rows of lengths uniform in [lo, hi] (design.md 8); None: all T
 
     def model(self, dtype: str) -> ModelConfig:
         return bench_model(self.hidden, dtype, self.input_size, self.output_size, self.layers, self.loss,
@@ -36,18 +37,29 @@ class Workload:
     def data(self, cfg: ModelConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         return bench_batch(cfg, self.batch, self.steps, seed, self.one_hot)
 
+    def row_lengths(self, seed: int = 0) -> np.ndarray | None:
+        """The batch's lengths (seeded, from their own stream: x and y are those of the same
+        workload at full length), or None."""
+        if self.lengths is None:
+            return None
+        lo, hi = self.lengths
+        return np.random.default_rng([seed, 1]).integers(lo, hi + 1, self.batch)
+
     def case(self, dtype: str) -> "BenchCase":
         """This workload made concrete in ``dtype``: what every row of it is timed on."""
         cfg = self.model(dtype)
         x, y = self.data(cfg)
-        return BenchCase(self, cfg, x, y, train_step_flops(cfg, self.batch, self.steps, BENCH_OPTIMIZER).total)
+        lengths = self.row_lengths()
+        flops = train_step_flops(cfg, self.batch, self.steps, BENCH_OPTIMIZER, lengths).total
+        return BenchCase(self, cfg, x, y, flops, lengths)
 
     @property
     def describe(self) -> str:
         inputs = f"D={self.input_size}{' one-hot' if self.one_hot else ''}"
         layers = f"{self.layers} x {self.hidden}" if self.layers > 1 else f"H={self.hidden}"
         shape = "many-to-many" if self.many_to_many else "many-to-one"
-        return f"{inputs}, {layers}, O={self.output_size}, {self.loss} {shape}, T={self.steps}, B={self.batch}"
+        lengths = f", lengths uniform in [{self.lengths[0]}, {self.lengths[1]}]" if self.lengths else ""
+        return f"{inputs}, {layers}, O={self.output_size}, {self.loss} {shape}, T={self.steps}, B={self.batch}{lengths}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +70,12 @@ class BenchCase:
     cfg: ModelConfig
     x: np.ndarray
     y: np.ndarray
-    flops: float
+    flops: float  # of the steps the rows take (all T without lengths)
+    lengths: np.ndarray | None = None
+
+    def sequence_args(self) -> dict:
+        """lengths= for a backend's methods, where the workload has them."""
+        return {} if self.lengths is None else {"lengths": self.lengths}
 
 
 #: realistic workloads (``lstmbench bench --suite``; docs/benchmarks.md)
@@ -70,6 +87,9 @@ SUITE = {w.name: w for w in (
     Workload("long-b1", 256, 1, 512),  # one long sequence
     Workload("long-b2", 256, 2, 512),
     Workload("odd-sizes", 96, 100, 40, input_size=3, output_size=3, many_to_many=True),  # not powers of two
+    # rows of different lengths (mean 0.55 T), and the same batch with every row T steps long
+    Workload("varlen", 256, 64, 200, input_size=8, lengths=(20, 200)),
+    Workload("varlen-full", 256, 64, 200, input_size=8),
 )}
 
 
@@ -96,7 +116,7 @@ def bench_batch(cfg: ModelConfig, batch: int, steps: int, seed: int = 0,
 
 def grid_workloads(hidden_sizes=(32, 128), batch_sizes=(32, 128), steps: int = 64, **model) -> list[Workload]:
     """Every (H, B) of a grid, with one model shape (``model``: input_size, output_size,
-    layers, loss, many_to_many, one_hot; default D=1, O=1, many-to-one MSE)."""
+    layers, loss, many_to_many, one_hot, lengths; default D=1, O=1, many-to-one MSE)."""
     return [Workload(f"H={H} B={B}", H, B, steps, **model) for H in hidden_sizes for B in batch_sizes]
 
 

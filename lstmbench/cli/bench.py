@@ -3,6 +3,7 @@ workloads), dataset scaling, and data-parallel scaling under mpiexec."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -26,9 +27,18 @@ def register(sub) -> None:
     model.add_argument("--loss", choices=["mse", "xent"], default="mse")
     model.add_argument("--many-to-many", action="store_true", help="the head on every step")
     model.add_argument("--one-hot", action="store_true", help="one-hot inputs (D symbols), as a text model sees them")
+    model.add_argument("--lengths", type=length_distribution, metavar="uniform:MIN[:MAX]",
+                       help="rows of different lengths, uniform in [MIN, MAX] (MAX default --steps); backends take "
+                            "them as lengths, torch as packed sequences")
     p.add_argument("--suite", nargs="*", metavar="WORKLOAD",
                    help="time the realistic workloads instead of a grid: all, or those named "
-                        "(char-onehot, forecast-short, hourly-multivariate, long-b1, long-b2, odd-sizes)")
+                        "(char-onehot, forecast-short, hourly-multivariate, long-b1, long-b2, odd-sizes, varlen, varlen-full)")
+    p.add_argument("--generation", action="store_true",
+                   help="time text generation instead (B=1, a 2 x 256 character model): each backend with its state "
+                        "carried, its window re-run, and torch's stepwise loop, in symbols per second")
+    p.add_argument("--symbols", type=positive, default=1000, help="--generation: symbols per timed call (default 1000)")
+    p.add_argument("--seq-len", type=positive, default=64,
+                   help="--generation: the window the re-run rows run again for every symbol (default 64)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--threads", type=thread_count, default=None,
                    help="threads for the backends: a number (default: all cores), or auto: each step on the count "
@@ -57,13 +67,16 @@ def run(args) -> int:
     args.threads = None if auto else usable_threads(args.threads)
     if args.distributed:
         return bench_distributed(args)
+    if args.generation:
+        return bench_generation(args)
     grid = scaling = None
     if args.suite is not None:
         grid = run_suite(args.suite or None, args.backends, args.dtype, AUTO if auto else args.threads, args.repeats,
                          with_torch=not args.no_torch, progress=not args.quiet)
     elif not args.scaling_only:
         model = dict(input_size=args.input_size, output_size=args.output_size, layers=args.layers, loss=args.loss,
-                     many_to_many=args.many_to_many, one_hot=args.one_hot)
+                     many_to_many=args.many_to_many, one_hot=args.one_hot,
+                     lengths=args.lengths and checked_lengths(args.lengths, args.steps))
         lb.ModelConfig(args.input_size, 1, args.output_size, args.layers, args.loss, args.many_to_many)  # checks it
         grid = run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, AUTO if auto else args.threads,
                         args.repeats, with_torch=not args.no_torch, progress=not args.quiet, model=model)
@@ -82,6 +95,42 @@ def run(args) -> int:
         print(f"wrote {args.plot}", file=sys.stderr)
     failed = [r for r in (grid or {}).get("rows", []) if r["status"] == "FAILED"]
     return 1 if failed else 0
+
+
+def bench_generation(args) -> int:
+    """`lstmbench bench --generation`: symbols per second per backend, beside torch's loop."""
+    from lstmbench.bench.generation import format_generation, run_generation
+    from lstmbench.bench.run import default_backends
+
+    names = args.backends or default_backends()[0]
+    for name in names:
+        lb.get_backend(name)  # one that cannot run here: its error, before anything is timed
+    report = run_generation(names, args.dtype, args.threads, args.repeats, args.symbols, args.seq_len,
+                            with_torch=not args.no_torch)
+    print(json.dumps(finite_json(report), indent=2, allow_nan=False) if args.json else format_generation(report))
+    return 1 if any(r["status"] == "FAILED" for r in report["rows"]) else 0
+
+
+def length_distribution(text: str) -> tuple[int, int | None]:
+    """--lengths uniform:MIN[:MAX] -> (MIN, MAX or None: the steps)."""
+    parts = text.split(":")
+    try:
+        if parts[0] != "uniform" or len(parts) not in (2, 3):
+            raise ValueError
+        lo, hi = int(parts[1]), int(parts[2]) if len(parts) == 3 else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected uniform:MIN or uniform:MIN:MAX (whole numbers), got {text!r}")
+    if lo < 1 or (hi is not None and hi < lo):
+        raise argparse.ArgumentTypeError(f"lengths need 1 <= MIN <= MAX, got {text!r}")
+    return lo, hi
+
+
+def checked_lengths(lengths: tuple[int, int | None], steps: int) -> tuple[int, int]:
+    """The distribution's (MIN, MAX) within 1 .. --steps, or an error naming both."""
+    lo, hi = lengths[0], steps if lengths[1] is None else lengths[1]
+    if hi > steps:
+        raise LstmbenchError(f"--lengths reaches {hi}, past --steps {steps}: a row has at most T steps")
+    return lo, hi
 
 
 def bench_distributed(args) -> int:

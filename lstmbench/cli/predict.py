@@ -23,7 +23,7 @@ from lstmbench.errors import LstmbenchError
 #: typo such as --steps 1000000000 from running for days)
 MAX_STEPS = 100_000
 #: predict's flags per task kind (the rest do not apply to that kind of checkpoint)
-FLAGS = {"series": ("steps", "csv", "index_column", "json"),
+FLAGS = {"series": ("steps", "csv", "index_column", "json", "series"),
          "text": ("prime", "length", "temperature", "seed")}
 
 
@@ -35,6 +35,8 @@ def register(sub) -> None:
                         "from several and so cannot feed its forecasts back)")
     p.add_argument("--csv", help="series: forecast after the end of this CSV instead of the training data")
     p.add_argument("--index-column", help="series: index column of --csv (default: detected; none: no index)")
+    p.add_argument("--series", help="series: the series to forecast, by name, for a model of several series "
+                                    "(train --series-column)")
     p.add_argument("--prime", help="text: the start of the text to continue")
     p.add_argument("--length", type=at_most(MAX_STEPS, natural), help="text: symbols to sample (default 200)")
     p.add_argument("--temperature", type=positive_float, help="text: sampling temperature (default 0.8)")
@@ -58,10 +60,17 @@ def run(args) -> int:
         say(f"backend {backend.name}{chosen(args.backend)}")
     if task == "series":
         return _forecast(args, backend, ckpt)
-    print(experiment.sample_text(backend, ckpt.model, ckpt.params, ckpt.meta, args.prime or "",
-                                 200 if args.length is None else args.length,
-                                 0.8 if args.temperature is None else args.temperature,
-                                 args.seed or 0, progress=True))
+    sample = experiment.generate_text(backend, ckpt.model, ckpt.params, ckpt.meta, args.prime or "",
+                                      200 if args.length is None else args.length,
+                                      0.8 if args.temperature is None else args.temperature, args.seed or 0,
+                                      progress=True)
+    print(sample.text)
+    how = ("one step per symbol from the carried state" if backend.capabilities.sequences
+           else f"the last {ckpt.meta['seq_len']} symbols run again for each")
+    prime = ("the prime's pass included, in the backend's own loop" if sample.prime_seconds is None
+             else f"the prime's pass before: {sample.prime_seconds:.3f} s")
+    say(f"sampled {sample.symbols} symbol(s) in {sample.seconds:.3f} s: {sample.per_second:,.0f} symbols/s on "
+        f"{backend.name}, {how} ({prime})")
     return 0
 
 
@@ -72,20 +81,23 @@ def _forecast(args, backend, ckpt) -> int:
     spec = dict(meta["source"])
     if args.csv:
         column, detect = index_column(args.index_column)
-        spec = {"csv": args.csv, "columns": meta["columns"], "index_column": column, "detect_index": detect}
-    series = experiment.Source("series", spec).load()
+        spec = {"csv": args.csv, "columns": meta["columns"], "index_column": column, "detect_index": detect,
+                "series_column": spec.get("series_column")}
+    series = experiment.pick_series(meta, experiment.Source("series", spec).load(), args.series)
     values = experiment.forecast(backend, ckpt.model, ckpt.params, meta, series, steps, progress=True)
     col = meta["columns"][meta["target_column"]]
     when = lbdata.future_index(series.index, steps)
     labels = (lbdata.index_labels(when, lbdata.index_spacing(series.index)) if when is not None
               else [f"+{k}" for k in range(1, steps + 1)])
     if args.json:
-        print(json.dumps({"column": col, "index": series.index_name, "at": labels,
+        named = {"series": series.name} if "series" in meta else {}
+        print(json.dumps({**named, "column": col, "index": series.index_name, "at": labels,
                           "forecast": experiment.finite_json(values.tolist())}, allow_nan=False))
         return 0
     last = (f"{series.index_name} {lbdata.index_labels(series.index[-1:], lbdata.index_spacing(series.index))[0]}"
             if series.index_name else f"row {len(series) - 1}")
-    print(f"next {steps} value(s) of {col!r} after the end of the series ({last}):")
+    which = f"series {series.name!r}" if "series" in meta else "the series"
+    print(f"next {steps} value(s) of {col!r} after the end of {which} ({last}):")
     for label, v in zip(labels, values):
         print(f"  {label}: {v:.6g}")
     return 0

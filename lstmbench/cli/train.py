@@ -14,6 +14,7 @@ from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from tqdm.auto import tqdm
 
 import lstmbench as lb
@@ -45,7 +46,7 @@ from lstmbench.cli.common import (
     threads_text,
 )
 from lstmbench.config import OptimizerConfig
-from lstmbench.errors import CheckpointError, DivergenceError, LstmbenchError
+from lstmbench.errors import CheckpointError, DivergenceError, LstmbenchError, UnsupportedError
 from lstmbench.resources import available_memory, check_fits, gigabytes, training_bytes
 from lstmbench.training.loop import RunConfig, train
 from lstmbench.training.threads import ThreadTuner
@@ -55,14 +56,15 @@ from lstmbench.training.threads import ThreadTuner
 DEFAULTS: dict[str, Any] = {
     "window": 20, "horizon": 1, "target": None, "seq_len": 64, "hidden": 32, "layers": 1, "dtype": "float32",
     "optimizer": "adam", "lr": 0.01, "momentum": 0.0, "clip_norm": None, "batch_size": 32, "epochs": 20,
-    "patience": None, "seed": 0,
+    "patience": None, "seed": 0, "stateful": False, "per_line": False, "min_length": None,
 }
 #: settings a resumed run may change; any other flag given with --resume must equal the run's
 MAY_CHANGE = ("epochs", "patience")
 #: flags that only one kind of data takes
 ONLY_FOR = {"window": "series", "horizon": "series", "target": "series", "columns": "csv",
-            "index_column": "csv", "seq_len": "text"}
-DATA_FLAGS = ("dataset", "csv", "text_file", "columns", "index_column")
+            "index_column": "csv", "seq_len": "text", "stateful": "text", "per_line": "text", "series_column": "csv",
+            "min_length": "csv"}
+DATA_FLAGS = ("dataset", "csv", "text_file", "columns", "index_column", "series_column")
 
 
 def register(sub) -> None:
@@ -79,7 +81,18 @@ def register(sub) -> None:
     data.add_argument("--text-file", help="a UTF-8 text file for next-symbol prediction")
     data.add_argument("--window", type=positive, help="series: input steps per example (default 20)")
     data.add_argument("--horizon", type=positive, help="series: values to forecast after each window (default 1)")
-    data.add_argument("--seq-len", type=positive, help="text: symbols per sequence (default 64)")
+    data.add_argument("--seq-len", type=positive, help="text: symbols per sequence (default 64); with --stateful, "
+                                                       "the truncation length")
+    data.add_argument("--stateful", action="store_true", default=None,
+                      help="text: truncated backpropagation through time: --batch-size streams, the state carried "
+                           "from one minibatch to the next and reset each epoch")
+    data.add_argument("--per-line", action="store_true", default=None,
+                      help="text: one record per non-empty line (names, words, sentences), with an end-of-record "
+                           "symbol")
+    data.add_argument("--series-column", help="CSV: the column that names each row's series (several series, one "
+                                              "model)")
+    data.add_argument("--min-length", type=positive,
+                      help="several series: the fewest input steps of an example (default half the --window)")
     model = p.add_argument_group("model and training (with --resume: the run's own unless given)")
     model.add_argument("--hidden", type=positive, help="hidden size H (default 32)")
     model.add_argument("--layers", type=positive, help="stacked LSTM layers (default 1)")
@@ -153,16 +166,31 @@ def _prepare(args, saved: dict | None, out: Path, w: distributed.World) -> Run:
     if w.distributed:  # the ranks share the cores: auto tunes each rank's share
         threads = distributed.threads_per_rank(w) if threads == AUTO else threads
     backend = choose_backend(settings["backend"], threads)
+    _check_takes_sequences(backend, settings)
     tuner = thread_tuner(backend, args.threads)
     task = _task(settings)
     opt = OptimizerConfig(settings["optimizer"], lr=settings["lr"], momentum=settings["momentum"],
                           clip_norm=settings["clip_norm"])
     config = RunConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], seed=settings["seed"],
-                       patience=settings["patience"], out_dir=out, progress=not args.quiet)
+                       patience=settings["patience"], out_dir=out, progress=not args.quiet,
+                       stateful=settings["stateful"])
     memory = _check_memory(task, config, backend)
     if w.is_root:
         check_output_dir(out, needed_bytes=_output_bytes(task.cfg), what="--out")
     return Run(settings, backend, task, opt, config, memory, tuner)
+
+
+def _check_takes_sequences(backend: lb.Backend, settings: dict) -> None:
+    """--stateful, --per-line and --series-column need lengths or states, which not every
+    backend takes (Capabilities.sequences): refused before the data is read."""
+    flag = next((f for f, on in (("--stateful", settings["stateful"]), ("--per-line", settings["per_line"]),
+                                 ("--series-column", settings["source"].spec.get("series_column"))) if on), None)
+    if flag and not backend.capabilities.sequences:
+        takes = [name for name in lb.backend_names()
+                 if lb.load_backend(name).capabilities.sequences and lb.load_backend(name).availability()[0]]
+        raise UnsupportedError(f"{flag} needs a backend that takes {'states' if flag == '--stateful' else 'lengths'} "
+                               f"(design.md section 8); backend {backend.name!r} does not yet: use --backend "
+                               f"{' or '.join(takes)}")
 
 
 def _claim_output(stack: ExitStack, out: Path, args) -> Checkpoint | None:
@@ -213,9 +241,11 @@ def _saved_run(ckpt: Checkpoint) -> dict[str, Any]:
                 "batch_size": run.get("batch_size"), "seed": run.get("seed"),
                 "epochs": run.get("epochs", DEFAULTS["epochs"]), "patience": run.get("patience")}
     if meta["task"] == "series":
-        settings |= {"window": meta.get("window"), "horizon": meta.get("horizon"), "target": meta.get("target_column")}
+        settings |= {"window": meta.get("window"), "horizon": meta.get("horizon"), "target": meta.get("target_column"),
+                     "min_length": meta.get("min_length")}
     else:
-        settings["seq_len"] = meta.get("seq_len")
+        settings |= {"seq_len": meta.get("seq_len"), "stateful": meta.get("stateful", False),
+                     "per_line": meta.get("per_line", False)}
     return {"settings": settings, "task": meta["task"], "source": meta["source"], "columns": meta.get("columns"),
             "backend": run.get("backend"), "threads": run.get("threads"), "progress": meta["progress"]}
 
@@ -241,7 +271,8 @@ def _settings(args, saved: dict | None) -> dict[str, Any]:
 
 def _source(args) -> experiment.Source:
     column, detect = index_column(args.index_column)
-    return experiment.make_source(args.dataset, args.csv, args.columns, column, args.text_file, detect_index=detect)
+    return experiment.make_source(args.dataset, args.csv, args.columns, column, args.text_file, detect_index=detect,
+                                  series_column=args.series_column)
 
 
 def _data_kind(source: experiment.Source) -> str:
@@ -257,6 +288,13 @@ def _refuse_flags_that_do_not_apply(args, source: experiment.Source) -> None:
         what = {"csv": "a CSV file", "series": f"the {source.spec.get('dataset')} series", "text": "text"}[kind]
         raise LstmbenchError(f"{names} {'does' if len(wrong) == 1 else 'do'} not apply to {what}; "
                              + ", ".join(f"{_flag(f)} is for {ONLY_FOR[f]} data" for f in wrong))
+    if args.stateful and args.per_line:
+        raise LstmbenchError("--stateful carries the state along streams of the whole text, --per-line takes each "
+                             "line as a record on its own: pass one of them")
+    if args.per_line and args.seq_len is not None:
+        raise LstmbenchError("--seq-len does not apply to --per-line, which pads every record to the longest line")
+    if args.min_length is not None and args.series_column is None:
+        raise LstmbenchError("--min-length is for several series in one CSV file: give --series-column too")
 
 
 def _refuse_contradictions(args, saved: dict) -> None:
@@ -291,6 +329,8 @@ def _data_contradictions(args, saved: dict) -> list[str]:
     if "index_column" in given and index_column(given["index_column"]) != (spec.get("index_column"),
                                                                            spec.get("detect_index", True)):
         wrong.append(f"--index-column {given['index_column']} (the run has {spec.get('index_column') or 'none'})")
+    if "series_column" in given and given["series_column"] != spec.get("series_column"):
+        wrong.append(f"--series-column {given['series_column']} (the run has {spec.get('series_column') or 'none'})")
     return wrong
 
 
@@ -306,7 +346,9 @@ def _flag(name: str) -> str:
 def _task(settings: dict) -> experiment.Task:
     return experiment.build_task(settings["source"], hidden_size=settings["hidden"], num_layers=settings["layers"],
                                  dtype=settings["dtype"], window=settings["window"], horizon=settings["horizon"],
-                                 target=settings["target"], seq_len=settings["seq_len"])
+                                 target=settings["target"], seq_len=settings["seq_len"],
+                                 streams=settings["batch_size"] if settings["stateful"] else None,
+                                 per_line=settings["per_line"], min_length=settings["min_length"])
 
 
 def _check_memory(task: experiment.Task, run: RunConfig, backend: lb.Backend) -> int:
@@ -339,8 +381,8 @@ def _say_run(args, new: Run, saved: dict | None, w: distributed.World) -> None:
         say(f"  time index: {lbdata.index_description(series)}, detected (not "
             f"{'a value column' if one else 'value columns'}; --index-column none to use "
             f"{'it as one' if one else 'them as values'})")
-    for note in series.notes if series is not None else ():
-        say(f"  note: {note}")
+    for line in _data_lines(task):
+        say(f"  {line}")
     say(f"  backend {backend.name}{chosen(settings['backend'])} on {threads_text(backend, new.tuner)}"
         f"{' per rank' if ranks else ''}{ranks}, "
         f"{len(task.train[0])} train / {len(task.val[0])} val / {len(task.test[0])} test examples")
@@ -351,6 +393,35 @@ def _say_run(args, new: Run, saved: dict | None, w: distributed.World) -> None:
     if saved is not None:
         say(f"  resuming {args.out}: {_position(saved['progress'], settings['epochs'])}"
             f"{_backend_change(saved, backend)}")
+
+
+#: the most notes train prints about reading several series (one series' notes are all printed)
+MAX_NOTES = 5
+
+
+def _data_lines(task: experiment.Task) -> list[str]:
+    """What reading the data did (notes) and how it became examples, where that is not plain."""
+    win, text = task.windows, task.text
+    if win is not None:
+        notes = [n for s in (win.panel or (win.series,)) for n in s.notes]
+        lines = [f"note: {n}" for n in notes[:MAX_NOTES]]
+        if len(notes) > MAX_NOTES:
+            lines.append(f"note: ... and {len(notes) - MAX_NOTES} more note(s) on reading the series")
+        if win.panel is not None:
+            short = int(np.sum(win.train.lengths < win.window))
+            names = ", ".join(win.names[:5]) + (", ..." if len(win.names) > 5 else "")
+            lines.append(f"{len(win.panel)} series ({names}), one model: windows never cross from one series into "
+                         f"another; {short} training example(s) shorter than the window (at least {win.min_length})")
+        return lines
+    if task.streams is not None:
+        chunks = len(task.train[0]) // task.streams
+        return [f"stateful: {task.streams} streams, each {chunks} chunk(s) of {text.seq_len} symbols per epoch; the "
+                "state is carried from one chunk to the next and reset each epoch"]
+    if task.meta.get("per_line"):
+        lengths = task.train[2]
+        return [f"per line: {len(lengths)} training records of {lengths.min() - 1} to {lengths.max() - 1} symbols, "
+                f"each followed by an end-of-record symbol; padded to {text.seq_len} steps"]
+    return []
 
 
 def _position(progress: dict, epochs: int) -> str:

@@ -19,20 +19,25 @@ from lstmbench.data.series import (
     make_windows,
     read_csv_series,
 )
+from lstmbench.data.panel import make_panel_windows, read_csv_panel
 from lstmbench.data.synthetic import anbn, noisy_sine_mixture
 from lstmbench.data.text import (
     BUNDLED_TEXTS,
+    EOR,
     UNK,
     TextDataset,
     TextSplit,
     Vocabulary,
     load_text,
+    make_line_dataset,
+    make_stream_dataset,
     make_text_dataset,
 )
 
 __all__ = [
     "BUNDLED_SERIES",
     "BUNDLED_TEXTS",
+    "EOR",
     "UNK",
     "Series",
     "Spacing",
@@ -50,8 +55,12 @@ __all__ = [
     "index_spacing",
     "load_series",
     "load_text",
+    "make_line_dataset",
+    "make_panel_windows",
+    "make_stream_dataset",
     "make_text_dataset",
     "make_windows",
     "noisy_sine_mixture",
+    "read_csv_panel",
     "read_csv_series",
 ]

@@ -117,6 +117,12 @@ def read_csv_series(
     path = Path(path)
     _check_file(path)
     header, body = _read_table(path)
+    return _series_from_table(path, header, body, columns, index_column, detect_index)
+
+
+def _series_from_table(path: Path, header: list[str], body: list, columns: Sequence[str] | None,
+                       index_column: str | None, detect_index: bool) -> Series:
+    """The Series of a table read by _read_table (read_csv_series says how)."""
     if columns is not None:
         columns = _checked_names(path, header, columns)
     notes: list[str] = []
@@ -743,6 +749,10 @@ class WindowSplit:
     y: np.ndarray  # (n, horizon) the next `horizon` target-column values
     last_input: np.ndarray  # (n, horizon) last target value of each window, for the naive forecast
     target_start: np.ndarray  # (n,) series row of each example's first target (int64)
+    # several series (lstmbench.data.panel): the input rows of each example (shorter ones padded
+    # at the end), and the series each example belongs to (its position in WindowedDataset.panel)
+    lengths: np.ndarray | None = None
+    series_id: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -757,7 +767,14 @@ class WindowedDataset:
     window: int
     horizon: int
     target_column: int
-    series: Series
+    series: Series  # the series (of several: the first, whose columns they all have)
+    panel: tuple[Series, ...] | None = None  # several series (lstmbench.data.panel): every one, by name
+    min_length: int | None = None  # several series: the fewest input rows of an example
+
+    @property
+    def names(self) -> tuple[str, ...] | None:
+        """The names of several series (None for one)."""
+        return None if self.panel is None else tuple(s.name for s in self.panel)
 
 
 def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:

@@ -15,6 +15,9 @@ from lstmbench.resources import check_fits
 BUNDLED_TEXTS: tuple[str, ...] = ("shakespeare",)
 
 UNK = "\ufffd"  # the Unicode replacement character; always id 0
+# the end-of-record symbol of per-line text (make_line_dataset): no line holds one, and it
+# prints as the line break it stands for
+EOR = "\n"
 
 
 def load_text(name: str) -> str:
@@ -88,6 +91,7 @@ class Vocabulary:
 class TextSplit:
     x: np.ndarray  # (n, seq_len, V) one-hot inputs (float64 unless asked otherwise)
     y: np.ndarray  # (n, seq_len) int64: y[i, t] is the id of the symbol after x[i, t]
+    lengths: np.ndarray | None = None  # (n,) int64: the real steps of each row (per-line records), or None: all
 
     def __len__(self) -> int:
         return len(self.x)
@@ -100,6 +104,7 @@ class TextDataset:
     test: TextSplit
     vocab: Vocabulary
     seq_len: int
+    streams: int | None = None  # make_stream_dataset's streams; None: independent rows
 
 
 def make_text_dataset(
@@ -148,3 +153,111 @@ def make_text_dataset(
         splits[part] = TextSplit(x=vocab.one_hot(ids[positions], dtype), y=ids[positions + 1])
     return TextDataset(splits["train"], splits["val"], splits["test"], vocab, seq_len)
 
+
+
+def _check_count(label: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise DataError(f"{label} must be an integer >= 1; got {value!r}")
+
+
+def make_stream_dataset(
+    text: str,
+    seq_len: int,
+    streams: int,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    dtype="float64",
+) -> TextDataset:
+    """Truncated-BPTT data (design.md section 8) from a chronological 80/10/10 split of ``text``.
+
+    Each part of N symbols is cut into ``streams`` contiguous streams: stream b holds symbols
+    [b*S, (b+1)*S), S = N // streams. Row k*streams + b of a split is chunk k of stream b: its
+    inputs are symbols [k*T, (k+1)*T) of the stream (T = ``seq_len``) and its targets the same
+    positions shifted by one, for every whole chunk (the last symbols of a stream, fewer than
+    T after the last chunk's, are left out). A training step on chunk k starts from the state
+    chunk k-1 ended with, so the state reaches back past T. Each part needs at least
+    streams * (seq_len + 1) symbols. The vocabulary comes from the training part, as in
+    make_text_dataset.
+    """
+    _check_count("seq_len", seq_len)
+    _check_count("streams", streams)
+    if not isinstance(text, str):
+        raise DataError(f"text must be a str; got {type(text).__name__}")
+    n_train, n_val, _ = split_sizes(len(text), val_fraction, test_fraction)
+    parts = {"train": text[:n_train], "val": text[n_train:n_train + n_val], "test": text[n_train + n_val:]}
+    for part, chunk in parts.items():
+        if len(chunk) < streams * (seq_len + 1):
+            raise DataError(
+                f"the {part} part of the text has {len(chunk)} characters (of {len(text)}), too few for {streams} "
+                f"streams (the batch size) of at least seq_len + 1 = {seq_len + 1} symbols: it needs "
+                f"{streams * (seq_len + 1)}; use a longer text, a smaller batch size or a shorter seq_len")
+    vocab = Vocabulary.from_text(parts["train"])
+    chunks = {part: (len(chunk) // streams - 1) // seq_len for part, chunk in parts.items()}
+    symbols = sum(chunks.values()) * streams * seq_len
+    check_fits(symbols * vocab.size * np.dtype(dtype).itemsize,
+               f"the one-hot text data ({symbols} positions x {vocab.size} distinct symbols)",
+               "use a shorter text or a text with fewer distinct symbols")
+    splits = {}
+    for part, chunk in parts.items():
+        ids, K = vocab.encode(chunk), chunks[part]
+        stream_start = np.arange(streams) * (len(chunk) // streams)
+        positions = (np.arange(K)[:, None, None] * seq_len + stream_start[None, :, None] + np.arange(seq_len))
+        positions = positions.reshape(K * streams, seq_len)  # row k*streams + b: chunk k of stream b
+        splits[part] = TextSplit(x=vocab.one_hot(ids[positions], dtype), y=ids[positions + 1])
+    return TextDataset(splits["train"], splits["val"], splits["test"], vocab, seq_len, streams)
+
+
+#: the fixed seed of make_line_dataset's shuffle (a property of the data, like the split)
+LINE_SHUFFLE_SEED = 0
+
+
+def make_line_dataset(
+    text: str,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    dtype="float64",
+) -> TextDataset:
+    """One record per non-empty line (names, words, sentences), for many-to-many next-symbol
+    prediction with an end-of-record symbol EOR.
+
+    A record's inputs are EOR and then its symbols, its targets its symbols and then EOR, so
+    the model learns how records start (after an EOR) and where they end. Rows are padded
+    to the longest record + 1 steps with ``lengths`` = the record's symbols + 1. Lines are
+    independent records, so they are split 80/10/10 after a fixed shuffle (a sorted list of
+    names would otherwise put the last letters in the test part). The vocabulary is the
+    training records' symbols and EOR.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"text must be a str; got {type(text).__name__}")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DataError("the text has no non-empty line: per-line training needs one record per line")
+    lines = [lines[i] for i in np.random.default_rng(LINE_SHUFFLE_SEED).permutation(len(lines))]
+    n_train, n_val, _ = split_sizes(len(lines), val_fraction, test_fraction)
+    parts = {"train": lines[:n_train], "val": lines[n_train:n_train + n_val], "test": lines[n_train + n_val:]}
+    empty = [part for part, records in parts.items() if not records]
+    if empty:
+        need = next(n for n in range(len(lines), 10**6) if min(split_sizes(n, val_fraction, test_fraction)) > 0)
+        raise DataError(f"the text has {len(lines)} non-empty line(s), too few for a {', '.join(empty)} part "
+                        f"(a share of the lines each): per-line training needs at least {need} lines")
+    vocab = Vocabulary((UNK, *sorted((set("".join(parts["train"])) | {EOR}) - {UNK})))
+    T = max(len(line) for line in lines) + 1
+    check_fits(len(lines) * T * vocab.size * np.dtype(dtype).itemsize,
+               f"the one-hot text data ({len(lines)} lines padded to {T} positions x {vocab.size} distinct symbols)",
+               "use fewer or shorter lines")
+    splits = {part: _records(records, vocab, T, dtype) for part, records in parts.items()}
+    return TextDataset(splits["train"], splits["val"], splits["test"], vocab, T)
+
+
+def _records(lines: list[str], vocab: Vocabulary, T: int, dtype) -> TextSplit:
+    """Padded rows of per-line records (make_line_dataset): padding is zeros in x and UNK in y."""
+    eor = vocab.encode(EOR)[0]
+    ids = np.zeros((len(lines), T + 1), np.int64)
+    lengths = np.empty(len(lines), np.int64)
+    for i, line in enumerate(lines):
+        ids[i, 0] = ids[i, len(line) + 1] = eor
+        ids[i, 1 : len(line) + 1] = vocab.encode(line)
+        lengths[i] = len(line) + 1
+    x = vocab.one_hot(ids[:, :T], dtype)
+    x[np.arange(T)[None, :] >= lengths[:, None]] = 0  # padding: no symbol
+    return TextSplit(x=x, y=ids[:, 1:], lengths=lengths)

@@ -197,23 +197,31 @@ def check_loss_and_grads(backend: Backend, case: Case) -> None:
 class ExpectedTraining:
     """The reference's ``case.steps`` optimizer steps: float64 values, the float32
     reference's own values (for float32 cases), and per parameter element how far Adam
-    may carry gradient rounding noise (zero for SGD)."""
+    may carry gradient rounding noise (zero for SGD). ``carried``: with ``carry``, the
+    final state of the last step (float64), and ``own_carried`` the float32 reference's."""
 
     losses: list[float]
     params: dict[str, np.ndarray]
     opt_state: dict[str, np.ndarray]
     adam_slack: dict[str, np.ndarray | float]
     own: tuple | None  # (losses, params, opt_state) of the float32 reference
+    carried: tuple | None = None
+    own_carried: tuple | None = None
 
 
-def _reference_run(case: Case, transform: Callable | None = None):
-    """Losses, final params and optimizer state, and per step the gradients and
-    (for Adam) sqrt of the bias-corrected second moment. ``transform(grads)``, if given,
-    changes each step's gradients before the update (as a gradient hook does)."""
+def _reference_run(case: Case, transform: Callable | None = None, carry: bool = False):
+    """Losses, final params and optimizer state, per step the gradients and (for Adam) sqrt
+    of the bias-corrected second moment, and the last step's final state (or None).
+    ``transform(grads)``, if given, changes each step's gradients before the update (as a
+    gradient hook does). ``carry``: step i+1 starts from step i's final state (the first from
+    ``case.initial_state``), as truncated backpropagation through time chains them."""
     params, opt_state = copy_params(case.params), init_optimizer_state(case.opt, case.params)
-    losses, grads_per_step, rms_per_step = [], [], []
+    losses, grads_per_step, rms_per_step, state = [], [], [], case.initial_state
     for step in range(1, case.steps + 1):
-        loss, grads = reference().loss_and_grads(case.cfg, params, case.x, case.y, **case.sequence_args())
+        args = replace(case, initial_state=state).sequence_args()
+        loss, grads = reference().loss_and_grads(case.cfg, params, case.x, case.y, **args)
+        if carry:  # the final state at the parameters before the update
+            state = reference().forward(case.cfg, params, case.x, return_state=True, **args)[1]
         if transform is not None:
             grads = transform(grads)
         losses.append(loss)
@@ -222,12 +230,12 @@ def _reference_run(case: Case, transform: Callable | None = None):
         if case.opt.kind == "adam":
             correction = 1 - case.opt.betas[1] ** step
             rms_per_step.append({k: np.sqrt(opt_state[f"v/{k}"] / correction) for k in params})
-    return losses, params, opt_state, grads_per_step, rms_per_step
+    return losses, params, opt_state, grads_per_step, rms_per_step, state if carry else None
 
 
-def expected_training(case: Case, transform: Callable | None = None) -> ExpectedTraining:
-    losses, params, opt_state, grads64, rms64 = _reference_run(case.as_dtype("float64"), transform)
-    own = _reference_run(case, transform) if case.cfg.dtype == "float32" else None
+def expected_training(case: Case, transform: Callable | None = None, carry: bool = False) -> ExpectedTraining:
+    losses, params, opt_state, grads64, rms64, carried = _reference_run(case.as_dtype("float64"), transform, carry)
+    own = _reference_run(case, transform, carry) if case.cfg.dtype == "float32" else None
     slack: dict[str, np.ndarray | float] = {name: 0.0 for name in params}
     if case.opt.kind == "adam":
         for name in params:
@@ -239,7 +247,8 @@ def expected_training(case: Case, transform: Callable | None = None) -> Expected
                 # d(update)/d(gradient) <= ~2 lr / sqrt(v_hat); an update moves at most 2 lr
                 slack[name] = slack[name] + 2 * case.opt.lr * np.minimum(
                     1.0, noise / (rms64[step][name] + case.opt.eps))
-    return ExpectedTraining(losses, params, opt_state, slack, own[:3] if own else None)
+    return ExpectedTraining(losses, params, opt_state, slack, own[:3] if own else None, carried,
+                            own[5] if own else None)
 
 
 def assert_trained_params(case: Case, expected: ExpectedTraining, got: dict[str, np.ndarray], who: str = "") -> None:
@@ -285,7 +294,8 @@ def check_gradient_hook(backend: Backend, case: Case) -> None:
     order, the model's dtype) with its loss, once, before the update; it updates with what
     the hook left in the vector and returns what the hook returned. Data-parallel training
     sums gradients over processes this way: a backend that skips the hook trains each
-    process on its own shard alone."""
+    process on its own shard alone. With lengths (the sequences check runs it so) the hook
+    sees the batch's mean loss over its valid terms."""
     layout, pattern = Layout.of(case.cfg), hook_pattern(case.cfg)
     views = layout.views(pattern.astype(np.float64))
     exp = expected_training(case, lambda grads: {k: (g * views[k]).astype(g.dtype) for k, g in grads.items()})
@@ -302,7 +312,7 @@ def check_gradient_hook(backend: Backend, case: Case) -> None:
 
     state = backend.init_state(case.cfg, case.params, case.opt)
     state.gradient_hook = hook
-    got_losses = [backend.train_step(state, case.x, case.y) for _ in range(case.steps)]
+    got_losses = [backend.train_step(state, case.x, case.y, **case.sequence_args()) for _ in range(case.steps)]
     if len(calls) != case.steps:
         raise AssertionError(f"{case.steps} training steps called the gradient hook {len(calls)} times; "
                              "a fused step must call state.reduce_gradient(grad, loss) once, before its update")
@@ -411,6 +421,36 @@ def check_sequences(backend: Backend, case: Case) -> None:
         if again[0] != loss or any(not np.array_equal(again[1][k], grads[k]) for k in grads):
             raise AssertionError(f"({what}) other values in the padding changed the loss or a gradient")
     check_training_steps(backend, padded)
+    check_gradient_hook(backend, padded)
+    check_carried_steps(backend, replace(padded, steps=padded.steps + 1))  # at least two steps to chain
+
+
+def check_carried_steps(backend: Backend, case: Case) -> None:
+    """k training steps with ``carry_state=True`` (and lengths), from a restored carried state,
+    equal the reference's chained steps: step i+1 starts from step i's final state, with the
+    parameters updated in between; the carried state after them equals the last step's
+    final state, and a reset leaves none."""
+    exp = expected_training(case, carry=True)
+    state = backend.init_state(case.cfg, case.params, case.opt)
+    backend.set_carried_state(state, case.initial_state)
+    got = [backend.train_step(state, case.x, case.y, lengths=case.lengths, carry_state=True)
+           for _ in range(case.steps)]
+    own_losses = exp.own[0] if exp.own else exp.losses
+    assert_close("losses along steps that carry the state", got, exp.losses, case.cfg.dtype,
+                 own_rounding_slack(case, own_losses, exp.losses))
+    assert_trained_params(case, exp, backend.get_params(state), who="carrying the state, ")
+    carried = backend.carried_state(state)
+    if not (isinstance(carried, tuple) and len(carried) == 2):
+        raise AssertionError(f"carried_state returned {type(carried).__name__} after {case.steps} carrying steps, "
+                             "not a pair (h, c)")
+    own = exp.own_carried or exp.carried
+    for k, name in enumerate(("h", "c")):
+        assert_dtype(f"carried state {name}", carried[k], case.cfg)
+        assert_close(f"carried state {name} after {case.steps} steps", carried[k], exp.carried[k], case.cfg.dtype,
+                     own_rounding_slack(case, own[k], exp.carried[k]))
+    backend.set_carried_state(state, None)
+    if backend.carried_state(state) is not None:
+        raise AssertionError("set_carried_state(state, None) left a carried state behind")
 
 
 def check_bad_inputs(backend: Backend, case: Case) -> None:

@@ -46,6 +46,7 @@ class Checkpoint:
     optimizer: OptimizerConfig | None = None
     opt_state: dict[str, np.ndarray] | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # epoch, history, data description, ...
+    carried: tuple[np.ndarray, np.ndarray] | None = None  # (h, c) a stateful run carries into its next minibatch
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
@@ -190,7 +191,10 @@ def save_checkpoint(
     optimizer: OptimizerConfig | None = None,
     opt_state: Mapping[str, np.ndarray] | None = None,
     meta: Mapping[str, Any] | None = None,
+    carried: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
+    """Write a checkpoint atomically; ``carried``: the state (h, c), each (L, B, H), that a
+    stateful run carries into its next minibatch (stored as state/h and state/c)."""
     check_params(model, params)
     header = {
         "format": FORMAT,
@@ -201,6 +205,8 @@ def save_checkpoint(
     }
     arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
     arrays.update({f"opt/{k}": np.asarray(v) for k, v in (opt_state or {}).items()})
+    if carried is not None:
+        arrays.update({"state/h": np.asarray(carried[0]), "state/c": np.asarray(carried[1])})
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -218,7 +224,7 @@ def load_checkpoint(path, arrays: bool = True) -> Checkpoint:
                 raise CheckpointError(f"{path} is not an lstmbench checkpoint (no readable header)")
             header = json.loads(bytes(data["header"]).decode())
             model, optimizer = _read_header(path, header)
-            _check_sizes(path, model, sizes)
+            _check_sizes(path, model, sizes, _streams(header))
             if arrays:
                 check_fits(sum(sizes.values()), f"reading checkpoint {path}")
             stored = {k: data[k] for k in data.files if k != "header" and arrays}
@@ -238,7 +244,8 @@ def load_checkpoint(path, arrays: bool = True) -> Checkpoint:
     except LstmbenchError as exc:
         raise CheckpointError(f"{path} is inconsistent: {exc}") from None
     opt_state = {k[len("opt/") :]: v for k, v in stored.items() if k.startswith("opt/")} or None
-    return Checkpoint(model, params, optimizer, opt_state, meta)
+    carried = (stored["state/h"], stored["state/c"]) if "state/h" in stored and "state/c" in stored else None
+    return Checkpoint(model, params, optimizer, opt_state, meta, carried)
 
 
 def _checkpoint_file(path) -> Path:
@@ -271,8 +278,17 @@ def _read_header(path: Path, header) -> tuple[ModelConfig, OptimizerConfig | Non
     return model, optimizer
 
 
-def _check_sizes(path: Path, model: ModelConfig, sizes: dict[str, int]) -> None:
-    """Every array in the file is one the header's model has, of at most its size."""
+def _streams(header: dict) -> int:
+    """The rows of the carried state a checkpoint may hold: its run's batch size (0 if none)."""
+    meta = header.get("meta")
+    run = meta.get("run") if isinstance(meta, dict) else None
+    size = run.get("batch_size") if isinstance(run, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0
+
+
+def _check_sizes(path: Path, model: ModelConfig, sizes: dict[str, int], streams: int = 0) -> None:
+    """Every array in the file is one the header's model has, of at most its size (a carried
+    state: of ``streams`` rows)."""
     params = [k for k in sizes if k.startswith("param/")]
     if len(params) != 3 * model.num_layers + 2:  # before param_shapes(), which walks every layer
         raise CheckpointError(f"{path} is inconsistent: it holds {len(params)} parameter arrays, a "
@@ -281,6 +297,8 @@ def _check_sizes(path: Path, model: ModelConfig, sizes: dict[str, int]) -> None:
     limits = {f"param/{k}": int(np.prod(s)) * model.np_dtype.itemsize + npy_header
               for k, s in model.param_shapes().items()}
     limits["opt/step"] = npy_header + 8
+    if streams:
+        limits["state/h"] = limits["state/c"] = model.num_layers * streams * model.hidden_size * 8 + npy_header
     for name, size in sizes.items():
         if name == "header":
             continue

@@ -9,8 +9,9 @@ this way unchanged:
   differ by at most one row (:func:`shard`);
 * a rank's backend computes the mean gradient and loss of its shard; the training
   state's gradient hook (:class:`lstmbench.protocol.TrainState`) rescales both by
-  shard rows / global rows, so that they are sums over the shard divided by the
-  global batch size, and sums them over all ranks with one Allreduce: every rank
+  shard terms / global terms (rows; with lengths in a many-to-many model, valid
+  steps), so that they are sums over the shard divided by the global count of
+  loss terms, and sums them over all ranks with one Allreduce: every rank
   then holds exactly the global mean gradient and applies the same update
   (clipping uses the global norm, since it comes after the hook);
 * rank 0's initial parameters and optimizer state (also on resume) are
@@ -186,15 +187,18 @@ class World:
 
     # -- what training uses -----------------------------------------------------------------
 
-    def gradient_hook(self, rows: int, global_rows: int, stop_requested: Callable[[], bool]):
-        """The TrainState.gradient_hook of one step on a shard of ``rows`` of ``global_rows``
-        rows: (gradient, loss) -> global mean loss, the gradient summed in place. It also
-        sums every rank's stop request (Ctrl-C) so that all ranks see the same decision in
-        ``hook.stop`` at the same step."""
-        weight = rows / global_rows
+    def gradient_hook(self, terms: int, global_terms: int, stop_requested: Callable[[], bool]):
+        """The TrainState.gradient_hook of one step on this rank's shard of a global minibatch:
+        ``terms`` the shard's loss terms, ``global_terms`` the minibatch's (rows; with lengths
+        in a many-to-many model, the sum of the rows' lengths: design.md section 8). The hook
+        maps (gradient, loss) -> global mean loss: the shard's mean becomes its sum over the
+        global count of terms, and the sum over ranks (in place for the gradient) the global
+        mean. It also sums every rank's stop request (Ctrl-C) so that all ranks see the same
+        decision in ``hook.stop`` at the same step."""
+        weight = terms / global_terms
 
         def hook(grad: np.ndarray, loss: float) -> float:
-            grad *= grad.dtype.type(weight)  # mean over the shard -> sum over the shard / global rows
+            grad *= grad.dtype.type(weight)  # mean over the shard -> sum over the shard / global terms
             self.allreduce_(grad)
             scalars = np.array([loss * weight, float(stop_requested())])
             self.allreduce_(scalars)

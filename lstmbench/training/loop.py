@@ -7,6 +7,13 @@ resumed visits the same batches in the same order as an uninterrupted one, and
 parameters. Checkpoints are written atomically; a NaN/inf loss, or one that
 explodes (EXPLODED times its best so far), stops the run and keeps the last good
 checkpoint; Ctrl-C saves the exact position and exits.
+
+Splits may carry lengths, ``(x, y, lengths)``: every step, loss and validation then counts
+valid terms alone (design.md section 8). A stateful run (RunConfig.stateful, truncated
+backpropagation through time) takes its minibatches in order instead: the data holds
+``batch_size`` streams cut into chunks (row k*B + b is chunk k of stream b), each step
+carries the state of the last (train_step's carry_state), every epoch starts from zeros, and
+the carried state is part of the checkpoint, so a resume continues bit for bit.
 """
 
 from __future__ import annotations
@@ -29,15 +36,16 @@ from lstmbench.config import ModelConfig, OptimizerConfig
 from lstmbench.training.progress import progress_bar
 from lstmbench.training.threads import ThreadTuner
 from lstmbench.training.distributed import SINGLE, DistributedError, World, on_every_rank, shard
-from lstmbench.errors import CheckpointError, ConfigError, DeviceError, DivergenceError, NonFiniteError, OutputError
+from lstmbench.errors import (CheckpointError, ConfigError, DeviceError, DivergenceError, NonFiniteError, OutputError,
+                              UnsupportedError)
 from lstmbench.training.metrics import mean_loss
 from lstmbench.params import Params
 from lstmbench.protocol import Backend
-from lstmbench.protocol import check_inputs, check_targets
+from lstmbench.protocol import check_inputs, check_lengths, check_targets
 
 # A minibatch loss this many times the best so far (the first minibatch's, or the best epoch
-# mean) means the run is diverging. An epoch's loss is the row-weighted mean of its minibatch
-# losses (all >= 0), so a minibatch of k of its n rows can exceed that mean at most n/k times
+# mean) means the run is diverging. An epoch's loss is the row-weighted (with lengths: term-weighted)
+# mean of its minibatch losses (all >= 0), so a minibatch of k of its n rows can exceed that mean at most n/k times
 # (with equal batches, the number of minibatches; a short last batch, more). Where n/k is
 # under 1000, a run whose loss is not growing cannot reach it; beyond, it would take one
 # minibatch far outside ordinary noise.
@@ -54,6 +62,9 @@ class RunConfig:
     min_delta: float = 0.0
     out_dir: Path | None = None  # where last.npz / best.npz go (None: no checkpoints)
     progress: bool = True
+    # truncated BPTT: the data holds batch_size streams, row k*batch_size + b is chunk k of stream b;
+    # minibatches in order, the state carried from one to the next and reset each epoch
+    stateful: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "seed"):
@@ -65,6 +76,8 @@ class RunConfig:
             raise ConfigError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
+        if not isinstance(self.stateful, bool):
+            raise ConfigError(f"RunConfig.stateful must be True or False, got {self.stateful!r}")
 
 
 @dataclass
@@ -111,23 +124,69 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def evaluate(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, y: np.ndarray,
-             chunk: int = 4096) -> tuple[np.ndarray, float]:
-    """Outputs and mean loss over a whole split, in chunks to bound memory."""
-    outputs = np.concatenate([backend.forward(cfg, params, x[i : i + chunk]) for i in range(0, len(x), chunk)])
-    return outputs, mean_loss(cfg, outputs, y)
+             chunk: int = 4096, lengths: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Outputs and mean loss (over valid terms, with ``lengths``) of a whole split, in chunks
+    to bound memory."""
+    outputs = np.concatenate([backend.forward(cfg, params, x[i : i + chunk], **_lengths_of(lengths, i, chunk))
+                              for i in range(0, len(x), chunk)])
+    return outputs, mean_loss(cfg, outputs, y, lengths)
+
+
+def _lengths_of(lengths: np.ndarray | None, start: int, count: int) -> dict:
+    """forward's lengths= for rows start .. start+count (none without lengths)."""
+    return {} if lengths is None else {"lengths": lengths[start : start + count]}
+
+
+def stream_outputs(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, streams: int,
+                   world: World = SINGLE) -> np.ndarray:
+    """Outputs of a split laid out as ``streams`` streams (row k*streams + b: chunk k of stream
+    b), chunk after chunk, each starting from the state the last one ended with (zeros
+    first). With several ranks each runs its share of the streams, and every rank gets all
+    the outputs, in the split's row order."""
+    mine = shard(streams, world.size, world.rank)
+    state, outputs = None, []
+    for start in range(0, len(x), streams):
+        rows = x[start : start + streams][mine]
+        out, state = backend.forward(cfg, params, rows, initial_state=state, return_state=True)
+        outputs.append(out)
+    outputs = np.stack(outputs)  # (chunks, this rank's streams, T, O)
+    if world.distributed:
+        outputs = np.concatenate(world.allgather(outputs), axis=1)
+    return outputs.reshape(len(x), *outputs.shape[2:])
 
 
 def split_loss(backend: Backend, cfg: ModelConfig, params: Params, x: np.ndarray, y: np.ndarray,
-               world: World = SINGLE) -> float:
-    """Mean loss over a split; with several ranks each evaluates its shard and the
-    row-weighted sums are added (every loss is a mean over a fixed number of terms per row)."""
+               world: World = SINGLE, lengths: np.ndarray | None = None, streams: int | None = None) -> float:
+    """Mean loss over a split; with several ranks each evaluates its shard and the sums over
+    terms are added. ``streams``: the split is a stateful run's streams (stream_outputs)."""
+    if streams is not None:
+        return mean_loss(cfg, stream_outputs(backend, cfg, params, x, streams, world), y)
     if not world.distributed:
-        return evaluate(backend, cfg, params, x, y)[1]
+        return evaluate(backend, cfg, params, x, y, lengths=lengths)[1]
     part = shard(len(x), world.size, world.rank)
     rows = part.stop - part.start
-    total = np.array([evaluate(backend, cfg, params, x[part], y[part])[1] * rows if rows else 0.0, rows])
+    terms = count_terms(cfg, lengths, np.arange(part.start, part.stop))
+    mine = lengths[part] if lengths is not None else None
+    total = np.array([evaluate(backend, cfg, params, x[part], y[part], lengths=mine)[1] * terms if rows else 0.0,
+                      terms])
     world.allreduce_(total)
     return float(total[0] / total[1])
+
+
+def count_terms(cfg: ModelConfig, lengths: np.ndarray | None, rows: np.ndarray) -> int:
+    """How many loss terms these rows have, up to a factor every row shares: one per row,
+    or with lengths in a many-to-many model one per valid step (design.md section 8)."""
+    if lengths is None or not cfg.many_to_many:
+        return len(rows)
+    return int(lengths[rows].sum())
+
+
+def split_parts(data: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(x, y, lengths) of a split given as (x, y) or (x, y, lengths)."""
+    if len(data) == 3:
+        return data[0], data[1], data[2]
+    x, y = data
+    return x, y, None
 
 
 def train(
@@ -147,6 +206,7 @@ def train(
 ) -> TrainResult:
     """Train ``params`` with ``backend``; see the module docstring for the guarantees.
 
+    ``train_data``, ``val_data``: (x, y), or (x, y, lengths) for rows of different lengths.
     ``meta`` is stored in every checkpoint (dataset description, scaler, ...).
     ``resume``: a checkpoint written by this function (last.npz) to continue from.
     ``on_epoch``: called on rank 0 with each epoch's record (losses, seconds, backend).
@@ -157,24 +217,46 @@ def train(
     keeps the backend's count. Either gives the same bits: only the time differs.
     """
     meta = dict(meta or {})
-    _agree_on_the_run(cfg, opt, run, meta, train_data, val_data, world)
+    _agree_on_the_run(backend, cfg, opt, run, meta, train_data, val_data, world)
     trainer = _Trainer(backend, cfg, opt, run, meta, train_data, val_data, world, on_epoch, threads)
     trainer.start(params, resume)
     return trainer.run()
 
 
-def _agree_on_the_run(cfg, opt, run: RunConfig, meta: dict, train_data, val_data, world: World) -> None:
+def _agree_on_the_run(backend: Backend, cfg, opt, run: RunConfig, meta: dict, train_data, val_data,
+                      world: World) -> None:
     """The data is valid, and (MPI agreement point) every rank has the same run and data."""
-    (x, y), (x_val, y_val) = train_data, val_data
+    (x, y, lengths), (x_val, y_val, lengths_val) = split_parts(train_data), split_parts(val_data)
     with world.together("checking the data"):
-        for xs, ys in ((x, y), (x_val, y_val)):
+        for xs, ys, ls in ((x, y, lengths), (x_val, y_val, lengths_val)):
             check_inputs(cfg, xs)
             check_targets(cfg, xs, ys)
+            if ls is not None:
+                check_lengths(xs, ls)
+        _check_sequences(backend, run, lengths is not None or lengths_val is not None, len(x), len(x_val))
         if world.distributed:
             _check_shards(len(x), run.batch_size, world.size)
     world.check_same({"model": cfg.to_dict(), "optimizer": opt.to_dict(), "run": vars(run) | {"out_dir": None},
                       "meta": meta}, "the run configuration")
-    world.check_same_arrays({"x": x, "y": y, "x_val": x_val, "y_val": y_val}, "the data")
+    arrays = {"x": x, "y": y, "x_val": x_val, "y_val": y_val}
+    arrays |= {k: v for k, v in (("lengths", lengths), ("lengths_val", lengths_val)) if v is not None}
+    world.check_same_arrays(arrays, "the data")
+
+
+def _check_sequences(backend: Backend, run: RunConfig, lengths: bool, n: int, n_val: int) -> None:
+    """A run with lengths or a carried state needs a backend that takes them; a stateful
+    run's splits hold whole chunks of its batch_size streams."""
+    if (lengths or run.stateful) and not backend.capabilities.sequences:
+        what = "a stateful run (a state carried across minibatches)" if run.stateful else "rows of different lengths"
+        raise UnsupportedError(f"backend {backend.name!r} does not take lengths or states yet, which {what} needs "
+                               "(design.md section 8); the numpy reference does")
+    if run.stateful:
+        if lengths:
+            raise ConfigError("a stateful run takes whole chunks of its streams, without lengths")
+        for part, rows in (("training", n), ("validation", n_val)):
+            if rows % run.batch_size:
+                raise ConfigError(f"a stateful run's {part} data must hold whole chunks of its {run.batch_size} "
+                                  f"streams (batch_size), got {rows} rows")
 
 
 class _Trainer:
@@ -185,22 +267,28 @@ class _Trainer:
     def __init__(self, backend, cfg, opt, run, meta, train_data, val_data, world, on_epoch, tuner) -> None:
         self.backend, self.cfg, self.opt, self.run_cfg, self.meta = backend, cfg, opt, run, meta
         self.tuner = tuner
-        (self.x, self.y), (self.x_val, self.y_val) = train_data, val_data
+        self.x, self.y, self.lengths = split_parts(train_data)
+        self.x_val, self.y_val, self.lengths_val = split_parts(val_data)
         self.world, self.on_epoch = world, on_epoch
         self.batches_per_epoch = math.ceil(len(self.x) / run.batch_size)
+        self.total_terms = count_terms(cfg, self.lengths, np.arange(len(self.x)))
         self.guard = _InterruptGuard()
 
     def start(self, params: Params, resume: Checkpoint | None) -> None:
         """The state to train from: ``params``, or the checkpoint's (MPI: rank 0's, broadcast)."""
-        progress, opt_state, best_params = _Progress(), None, params
+        progress, opt_state, best_params, carried = _Progress(), None, params, None
         self.run_id = resume.meta.get("run_id") if resume is not None else uuid.uuid4().hex
         with self.world.together("restoring the checkpoint"):
             if resume is not None and self.world.is_root:
-                params, opt_state, progress = _restore(resume, self.cfg, self.opt, self.run_cfg, self.meta)
+                params, opt_state, progress, carried = _restore(resume, self.cfg, self.opt, self.run_cfg, self.meta)
                 best_params = _load_best(self.run_cfg.out_dir, self.cfg, self.run_id, progress, fallback=params)
-        params, opt_state, progress, best_params = self.world.bcast((params, opt_state, progress, best_params))
+        params, opt_state, progress, best_params, carried = self.world.bcast(
+            (params, opt_state, progress, best_params, carried))
         self.progress, self.best_params = progress, best_params
         self.state = self.backend.init_state(self.cfg, params, self.opt, opt_state)
+        if carried is not None:  # a stateful run stopped mid-epoch: this rank's streams' state
+            mine = shard(self.run_cfg.batch_size, self.world.size, self.world.rank)
+            self.backend.set_carried_state(self.state, tuple(np.ascontiguousarray(s[:, mine]) for s in carried))
 
     def run(self) -> TrainResult:
         """Epochs until the budget, early stopping or an interrupt (saved at a safe point)."""
@@ -235,7 +323,12 @@ class _Trainer:
         """The remaining minibatches of the current epoch; False when an interrupt stopped it
         after a step (with several ranks, all stop at the same step: see stop_requested)."""
         self.epoch_started = time.perf_counter()
-        order = epoch_order(len(self.x), self.run_cfg.seed, self.progress.epoch)
+        if self.run_cfg.stateful:  # the streams in order; every epoch starts from a zero state
+            order = np.arange(len(self.x))
+            if self.progress.batch == 0:
+                self.backend.set_carried_state(self.state, None)
+        else:
+            order = epoch_order(len(self.x), self.run_cfg.seed, self.progress.epoch)
         best_loss = self.progress.best_train_loss()
         size = self.run_cfg.batch_size
         while self.progress.batch < self.batches_per_epoch:
@@ -252,10 +345,15 @@ class _Trainer:
         part = rows
         if world.distributed:  # this rank's shard; the hook sums gradients, losses and stop requests over ranks
             part = rows[shard(len(rows), world.size, world.rank)]
-            self.state.gradient_hook = world.gradient_hook(len(part), len(rows), lambda: self.guard.requested)
+            self.state.gradient_hook = world.gradient_hook(count_terms(self.cfg, self.lengths, part),
+                                                           count_terms(self.cfg, self.lengths, rows),
+                                                           lambda: self.guard.requested)
+        extra = {} if self.lengths is None else {"lengths": self.lengths[part]}
+        if self.run_cfg.stateful:
+            extra["carry_state"] = True
         try:
             with self.tuner.step(self.backend, len(part)) if self.tuner else nullcontext():
-                loss = float(self.backend.train_step(self.state, self.x[part], self.y[part]))
+                loss = float(self.backend.train_step(self.state, self.x[part], self.y[part], **extra))
         except DeviceError as exc:  # a GPU failure (out of memory, a failed launch)
             raise DeviceError(f"{exc}; at epoch {progress.epoch + 1}, batch {progress.batch + 1} the run stopped. "
                               f"{_kept(self.run_cfg, progress)}") from exc
@@ -268,7 +366,7 @@ class _Trainer:
             raise on_every_rank(DivergenceError(
                 f"training loss {what} at epoch {progress.epoch + 1}, batch {progress.batch + 1}: the run "
                 f"diverged and stopped. {_kept(self.run_cfg, progress)} {ADVICE}"))
-        progress.loss_sum += loss * len(rows)
+        progress.loss_sum += loss * count_terms(self.cfg, self.lengths, rows)
         progress.batch += 1
         return best_loss
 
@@ -282,11 +380,12 @@ class _Trainer:
         progress, world = self.progress, self.world
         current = self.epoch_params()
         with self.tuner.best_count(self.backend) if self.tuner else nullcontext():  # validation too
-            val_loss = split_loss(self.backend, self.cfg, current, self.x_val, self.y_val, world)
+            val_loss = split_loss(self.backend, self.cfg, current, self.x_val, self.y_val, world, self.lengths_val,
+                                  self.run_cfg.batch_size if self.run_cfg.stateful else None)
         if not math.isfinite(val_loss):
             raise on_every_rank(DivergenceError(f"validation loss became {val_loss} after epoch {progress.epoch + 1}; "
                                                 f"{_kept(self.run_cfg, progress)}"))
-        record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / len(self.x), "val_loss": val_loss,
+        record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / self.total_terms, "val_loss": val_loss,
                   "seconds": time.perf_counter() - self.epoch_started, "backend": self.backend.name}
         if self.tuner:
             record["threads"] = self.tuner.last  # the count the epoch ended on
@@ -323,18 +422,33 @@ class _Trainer:
     def checkpoint(self, name: str, params: Params, with_state: bool) -> None:
         """best.npz (``with_state`` False) or last.npz, written by rank 0 alone."""
         run = self.run_cfg
-        if run.out_dir is None or not self.world.is_root:
+        if run.out_dir is None:
+            return
+        carried = self.carried_state() if with_state else None  # (collective: every rank calls checkpoint)
+        if not self.world.is_root:
             return
         meta = {**self.meta, "run_id": self.run_id}
         if with_state:
             meta |= {"run": _run_meta(run, self.backend), "progress": vars(self.progress).copy()}
         try:
             save_checkpoint(Path(run.out_dir) / name, self.cfg, params, self.opt,
-                            self.backend.get_optimizer_state(self.state) if with_state else None, meta)
+                            self.backend.get_optimizer_state(self.state) if with_state else None, meta, carried)
         except OutputError as exc:
             raise OutputError(f"{exc}; the run stopped at the end of epoch {self.progress.epoch}. Checkpoints "
                               f"already in {run.out_dir} are unchanged (each is replaced only once its new copy is "
                               "complete); free space and continue with --resume") from None
+
+    def carried_state(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The state a stateful run carries into its next minibatch, for every stream (MPI:
+        gathered from the ranks, which hold contiguous shards of the streams in rank order);
+        None at the start of an epoch, which starts from zeros."""
+        if not self.run_cfg.stateful or self.progress.batch == 0:
+            return None
+        mine = self.backend.carried_state(self.state)
+        if not self.world.distributed:
+            return mine
+        parts = self.world.allgather(mine)
+        return tuple(np.concatenate([p[k] for p in parts], axis=1) for k in range(2))
 
 
 def _check_shards(n: int, batch_size: int, ranks: int) -> None:
@@ -390,20 +504,23 @@ def _kept(run: RunConfig, progress: _Progress) -> str:
 
 def _run_meta(run: RunConfig, backend: Backend | None = None) -> dict[str, Any]:
     """The run's settings as a checkpoint records them; a resume must match RESUME_MUST_MATCH."""
-    saved = {"batch_size": run.batch_size, "seed": run.seed, "epochs": run.epochs, "patience": run.patience}
+    saved = {"batch_size": run.batch_size, "seed": run.seed, "epochs": run.epochs, "patience": run.patience,
+             "stateful": run.stateful}
     if backend is not None:
         saved |= {"backend": backend.name, "threads": backend.threads}
     return saved
 
 
 #: what a resumed run must share with its checkpoint to continue exactly (the rest, such as
-#: the epoch budget or the backend, may change)
-RESUME_MUST_MATCH = ("batch_size", "seed")
+#: the epoch budget or the backend, may change); a checkpoint from before stateful runs has none
+RESUME_MUST_MATCH = ("batch_size", "seed", "stateful")
+RESUME_DEFAULTS = {"stateful": False}
 
 
 def _restore(ckpt: Checkpoint, cfg: ModelConfig, opt: OptimizerConfig, run: RunConfig, meta: dict):
-    """Parameters, optimizer state and position from a last.npz, checked against this run
-    (model, optimizer, batch size, seed, and the data: its fingerprint and description in ``meta``)."""
+    """Parameters, optimizer state, position and carried state (None: none) from a last.npz,
+    checked against this run (model, optimizer, batch size, seed, and the data: its
+    fingerprint and description in ``meta``)."""
     saved_meta = {k: v for k, v in ckpt.meta.items() if k not in ("run", "progress", "run_id")}
     difference = data_difference(saved_meta.get("fingerprint"), meta.get("fingerprint"))
     if difference:
@@ -420,14 +537,28 @@ def _restore(ckpt: Checkpoint, cfg: ModelConfig, opt: OptimizerConfig, run: RunC
     if not isinstance(saved, dict) or ckpt.opt_state is None or not isinstance(ckpt.meta.get("progress"), dict):
         raise CheckpointError("checkpoint has no training state to resume from (use last.npz)")
     ours = _run_meta(run)
-    if any(saved.get(k) != ours[k] for k in RESUME_MUST_MATCH):
+    if any(saved.get(k, RESUME_DEFAULTS.get(k)) != ours[k] for k in RESUME_MUST_MATCH):
         raise CheckpointError(f"checkpoint was written with {saved}, this run uses {ours}; "
-                              "batch size and seed must match to resume exactly")
+                              "batch size and seed must match to resume exactly, and whether the run is stateful")
     try:
         progress = _Progress(**ckpt.meta["progress"])
     except TypeError as exc:
         raise CheckpointError(f"checkpoint's training position is damaged: {exc}") from None
-    return ckpt.params, ckpt.opt_state, progress
+    return ckpt.params, ckpt.opt_state, progress, _restored_carry(ckpt, cfg, run, progress)
+
+
+def _restored_carry(ckpt: Checkpoint, cfg: ModelConfig, run: RunConfig, progress: _Progress):
+    """The carried state of a stateful run stopped mid-epoch (None otherwise), checked: one row
+    per stream, the model's layers, hidden size and dtype."""
+    if not run.stateful or progress.batch == 0:
+        return None
+    want = (cfg.num_layers, run.batch_size, cfg.hidden_size)
+    if ckpt.carried is None or any(s.shape != want or s.dtype != cfg.np_dtype for s in ckpt.carried):
+        raise CheckpointError(f"the checkpoint stopped in the middle of an epoch of a stateful run but holds no "
+                              f"carried state of {want} {cfg.dtype} values (it has "
+                              f"{None if ckpt.carried is None else [s.shape for s in ckpt.carried]}): it cannot "
+                              "continue bit for bit")
+    return ckpt.carried
 
 
 def data_difference(saved: dict | None, current: dict | None) -> str:
