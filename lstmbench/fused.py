@@ -28,8 +28,11 @@ gradient and the update (so clipping sees the hooked gradient), and the workspac
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterator
 
 import numpy as np
@@ -39,10 +42,70 @@ from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars, step_scalars
 from lstmbench.protocol import Backend
 
-__all__ = ["MAX_WORKSPACE_SHAPES", "FlatTrainState", "FusedBackend", "WorkspaceCache"]
+__all__ = ["MAX_WORKSPACE_SHAPES", "FlatTrainState", "FusedBackend", "RowOrder", "WorkspaceCache"]
 
 #: shapes whose workspaces are kept: a run sees a few (full batches, the last partial batch)
 MAX_WORKSPACE_SHAPES = 8
+
+
+@dataclass(frozen=True)
+class RowOrder:
+    """The batch's rows in the order a kernel with batch shards takes them (design.md section
+    8): sorted by length, longest first (stable), and dealt to the shards in turn (dealt_ranks),
+    so that in every shard the rows that take step t are a prefix, each step runs over the rows
+    still going, and every shard holds long and short rows alike, so that its thread finishes
+    with the others. Without lengths, the order is the batch's own and every row takes every step."""
+
+    perm: np.ndarray | None  # kernel position -> batch row; None: the batch's own order
+    lengths: np.ndarray  # (B,) int64, in the kernel's order
+    state: tuple[np.ndarray, np.ndarray] | None  # (h0, c0), (L, B, H), in the kernel's order
+
+    @classmethod
+    def of(cls, x: np.ndarray, lengths=None, initial_state=None, shard_rows: int | None = None) -> "RowOrder":
+        """``shard_rows``: the rows of the kernel's shards (the last may have fewer); None: one shard."""
+        B, T = x.shape[0], x.shape[1]
+        if lengths is None:
+            return cls(None, np.full(B, T, np.int64), initial_state)
+        perm = np.argsort(-lengths, kind="stable")[dealt_ranks(B, min(shard_rows or B, B))]
+        if np.array_equal(perm, np.arange(B)):
+            perm = None
+        state = initial_state if initial_state is None or perm is None else tuple(s[:, perm] for s in initial_state)
+        return cls(perm, np.ascontiguousarray(lengths if perm is None else lengths[perm], np.int64), state)
+
+    def rows(self, a):
+        """``a``'s rows (axis 0) in the kernel's order."""
+        return a if self.perm is None or a is None else a[self.perm]
+
+    def restore(self, a: np.ndarray, axis: int = 0) -> np.ndarray:
+        """Rows in the kernel's order back to the batch's order (always a copy)."""
+        out = np.array(a, copy=True)
+        if self.perm is not None:
+            index = [slice(None)] * a.ndim
+            index[axis] = self.perm
+            out[tuple(index)] = a
+        return out
+
+
+@functools.lru_cache(maxsize=64)
+def dealt_ranks(batch: int, rows: int) -> np.ndarray:
+    """For each position of a kernel's shards of ``rows`` rows (the last may have fewer), the
+    rank (0: longest) of the row placed there: the ranks are dealt to the shards in turn,
+    skipping full ones, so each shard's rows stay longest first and the shards' total steps
+    are about equal. Measured on the suite's varlen batch (two shards, tools/varlen_step.py): c
+    0.72-0.77 of the full batch's step with the longest half in one shard, 0.56-0.65 dealt;
+    numba 0.80-0.81 and 0.66-0.68 (docs/c-backend.md)."""
+    count = math.ceil(batch / rows)
+    room = [min(rows, batch - s * rows) for s in range(count)]
+    shards: list[list[int]] = [[] for _ in range(count)]
+    rank = 0
+    while rank < batch:
+        for s in range(count):
+            if len(shards[s]) < room[s] and rank < batch:
+                shards[s].append(rank)
+                rank += 1
+    ranks = np.concatenate(shards)
+    ranks.setflags(write=False)  # shared by every caller
+    return ranks
 
 
 class WorkspaceCache:

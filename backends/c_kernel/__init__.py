@@ -17,6 +17,7 @@ handed to C in lstm_optim, gradient hook, workspace cache) is lstmbench.fused's.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sysconfig
@@ -27,11 +28,10 @@ import numpy as np
 
 from lstmbench import Capabilities, ModelConfig
 from lstmbench.errors import DTypeError, ShapeError
-from lstmbench.fused import FusedBackend
+from lstmbench.fused import FusedBackend, RowOrder
 from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars
 from lstmbench_backends.c_kernel import sources
-from lstmbench_backends.numba_cpu import RowOrder
 
 REBUILD = ("`pip install -e .` in the lstmbench checkout (or `pip install --no-build-isolation -e .`, "
            "which reuses this environment's setuptools and cffi)")
@@ -71,6 +71,12 @@ def _usable_threads(requested: int) -> int:
                           RuntimeWarning, stacklevel=3)
         return 1
     return requested
+
+
+@functools.cache
+def _cpu_count() -> int:
+    """The machine's CPUs, read once: os.cpu_count() reads sysfs at every call (14 us a step)."""
+    return os.cpu_count() or 1
 
 
 VECTOR_BYTES = ("auto", 32, 64)  # CKernel.vector_bytes: which build runs
@@ -119,6 +125,7 @@ class Workspace:
     dims: object  # the lstm_dims struct (cffi)
     plan: str  # how the threads share a step of this shape: "shards" or "units" (lstm_parallel_plan)
     capacity: int  # the most threads it has room for
+    shard_rows: int  # rows per batch shard (B: one shard), which RowOrder deals rows of different lengths to
     packed_for: tuple | None = None  # (PreparedForward, whether x was not one-hot) whose weights it holds packed
 
 
@@ -224,7 +231,7 @@ class CKernel(FusedBackend):
             raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         # room for the team's per-thread buffers of up to this many threads; the count each
         # call runs on is set per call (it never changes the plan, so never the bits)
-        capacity = max(_usable_threads(self.threads), os.cpu_count() or 1)
+        capacity = max(_usable_threads(self.threads), _cpu_count())
         return (cfg, x.shape[0], x.shape[1], capacity, self.parallel, self.shard_rows, lib.lstm_vector_bytes())
 
     def _make_workspace(self, key: tuple) -> Workspace:
@@ -240,7 +247,8 @@ class CKernel(FusedBackend):
             raise ShapeError(f"the C kernel cannot hold a batch of shape ({B}, {T}, {cfg.input_size}) for {cfg}")
         plan = PARALLEL[lib.lstm_parallel_plan(dims, cfg.np_dtype.itemsize)]  # depends on the dims alone
         # zeros: buffer padding the kernel never writes stays finite
-        return Workspace(np.zeros(nbytes, np.uint8), dims, plan, threads)
+        return Workspace(np.zeros(nbytes, np.uint8), dims, plan, threads,
+                         lib.lstm_shard_rows(dims, cfg.np_dtype.itemsize))
 
     @staticmethod
     def _check(lib, ffi, code: int) -> None:
@@ -320,11 +328,11 @@ class CKernel(FusedBackend):
 
     @staticmethod
     def _sequence_pointers(ffi, cfg: ModelConfig, x: np.ndarray, order: RowOrder | None, final) -> dict:
-        """lstm_dims' lengths, h0, c0, hn, cn for this call (checked), by name; NULL where absent.
+        """lstm_dims' lengths, h0, c0, hn, cn for this call (checked), by name: those the call has.
         Lengths that are all T are left out: the kernel then runs its full-length path."""
         B, T = x.shape[0], x.shape[1]
         shape, dt = (cfg.num_layers, B, cfg.hidden_size), cfg.np_dtype
-        out = dict.fromkeys(("lengths", "h0", "c0", "hn", "cn"), ffi.NULL)
+        out = {}  # (unset fields stay NULL: the workspace's dims are reset after every call)
         if order is not None and order.lengths.min() < T:
             out["lengths"] = c_array(ffi, order.lengths, np.int64, (B,), "lengths")
         if order is not None and order.state is not None:
@@ -338,7 +346,7 @@ class CKernel(FusedBackend):
 
     def _forward(self, cfg, params, x, return_state=False, prepared=None, **sequences):
         theta = Layout.of(cfg).flatten(params, cfg.np_dtype) if prepared is None else prepared.theta
-        order = RowOrder.of(x, **sequences)
+        order = self._row_order(cfg, x, sequences)
         B, T = x.shape[0], x.shape[1]
         out = np.empty((B, T if cfg.many_to_many else 1, cfg.output_size), dtype=cfg.np_dtype)
         final = _state_arrays(cfg, B) if return_state else None
@@ -376,6 +384,13 @@ class CKernel(FusedBackend):
             self._check(lib, ffi, code)
         return out[:, 0]
 
+    def _row_order(self, cfg: ModelConfig, x: np.ndarray, sequences: dict) -> RowOrder:
+        """The rows in the order the kernel takes them: longest first, dealt to its shards."""
+        if sequences.get("lengths") is None:
+            return RowOrder.of(x, **sequences)
+        with self.workspace(cfg, x) as ws:
+            return RowOrder.of(x, shard_rows=ws.shard_rows, **sequences)
+
     def _prepared_forward(self, cfg, params):
         """_forward with these parameters flattened once, and packed once per batch shape."""
         return PreparedForward(self, cfg, Layout.of(cfg).flatten(params, cfg.np_dtype))
@@ -383,7 +398,7 @@ class CKernel(FusedBackend):
     def _loss_and_grads(self, cfg, params, x, y, **sequences):
         layout = Layout.of(cfg)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
-        order = RowOrder.of(x, **sequences)
+        order = self._row_order(cfg, x, sequences)
         loss = self._call("loss_grad", cfg, layout.flatten(params, cfg.np_dtype), _rows(order, x), _rows(order, y),
                           grad=grad, order=order)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
@@ -391,7 +406,7 @@ class CKernel(FusedBackend):
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
     def _loss_and_gradient(self, state: FlatTrainState, x, y, return_state=False, **sequences):
-        order = RowOrder.of(x, **sequences)
+        order = self._row_order(state.cfg, x, sequences)
         final = _state_arrays(state.cfg, x.shape[0]) if return_state else None
         loss = self._call("loss_grad", state.cfg, state.theta, _rows(order, x), _rows(order, y), grad=state.grad,
                           order=order, final=final)
@@ -401,7 +416,7 @@ class CKernel(FusedBackend):
         """One C call: forward, backward, clipping, update (the final state is the forward's,
         from the parameters before the update)."""
         ffi, _ = self._lib()
-        order = RowOrder.of(x, **sequences)
+        order = self._row_order(state.cfg, x, sequences)
         final = _state_arrays(state.cfg, x.shape[0]) if return_state else None
         loss = self._call("train_step", state.cfg, state.theta, _rows(order, x), _rows(order, y), grad=state.grad,
                           opt=c_optim(ffi, scalars), slots=_optimizer_slots(state), order=order, final=final)

@@ -163,7 +163,7 @@ const char *lstm_error_message(int code)
     case LSTM_EWORKSPACE: return "the workspace is smaller than lstm_workspace_bytes() says";
     case LSTM_ECLASS: return "a class id is outside [0, output_size)";
     case LSTM_EARG: return "a required pointer is NULL or an optimizer setting is invalid";
-    case LSTM_ELENGTHS: return "a length is outside [1, steps] or the lengths are not sorted longest first";
+    case LSTM_ELENGTHS: return "a length is outside [1, steps] or a shard's lengths are not sorted longest first";
     default: return "unknown error";
     }
 }
@@ -379,6 +379,15 @@ int lstm_parallel_plan(const lstm_dims *d, int64_t dtype_size)
 {
     if (check_dims(d) != LSTM_OK) return -1;
     return dtype_size == 4 ? parallel_plan_f32(d) : dtype_size == 8 ? parallel_plan_f64(d) : -1;
+}
+
+int64_t lstm_shard_rows(const lstm_dims *d, int64_t dtype_size)
+{
+    if (check_dims(d) != LSTM_OK || (dtype_size != 4 && dtype_size != 8)) return -1;
+    int64_t shards, rows;
+    int team;
+    shard_plan(d, dtype_size == 4 ? panel_width_f32() : panel_width_f64(), &shards, &rows, &team);
+    return rows;
 }
 
 int64_t lstm_workspace_bytes(const lstm_dims *d, int64_t dtype_size)

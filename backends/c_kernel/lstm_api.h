@@ -32,8 +32,9 @@ typedef struct {
                                  x_t @ W_x is row s of W_x (a copy) and dW_x a sum of dz rows */
     int64_t shard_rows;    /* rows per batch shard; 0: by the shape (lstm.c: shard_plan). Never by
                               the thread count: any number of threads gives the same bits */
-    const int64_t *lengths; /* NULL, or (B,) steps each row takes, 1 <= len <= T, longest first (the
-                               host sorts the rows): row b takes no step t >= len_b (design.md 8) */
+    const int64_t *lengths; /* NULL, or (B,) steps each row takes, 1 <= len <= T, longest first within
+                               each batch shard (the host orders the rows: lstmbench.fused.RowOrder):
+                               row b takes no step t >= len_b (design.md 8) */
     const void *h0, *c0;   /* NULL, or (L, B, H) initial state in the model's dtype (NULL: zeros) */
     void *hn, *cn;         /* NULL, or (L, B, H): each row's state after its own last step is written here */
     int64_t reuse_packed;  /* 1: the workspace holds this theta's packed weights from its last call (the host
@@ -68,6 +69,7 @@ int lstm_cpu_has_avx512(void);   /* 1 if this CPU has AVX-512 (F, BW, CD, DQ, VL
 int64_t lstm_panel_width(int64_t dtype_size);
 int64_t lstm_workspace_bytes(const lstm_dims *d, int64_t dtype_size);
 int lstm_parallel_plan(const lstm_dims *d, int64_t dtype_size);  /* LSTM_PAR_SHARDS or _UNITS, or -1 */
+int64_t lstm_shard_rows(const lstm_dims *d, int64_t dtype_size);  /* rows per batch shard (B: one), or -1 */
 int64_t lstm_matmul_workspace_bytes(int64_t K, int64_t N, int64_t dtype_size);
 
 int lstm_forward_f32(const lstm_dims *d, const int64_t *offs, int64_t n_params, const float *theta,
@@ -116,7 +118,7 @@ int lstm_matmul_f64(int64_t M, int64_t N, int64_t K, const double *A, int64_t a_
 #define LSTM_EWORKSPACE 3  /* the workspace is smaller than lstm_workspace_bytes() */
 #define LSTM_ECLASS 4      /* a class id is outside [0, output_size) */
 #define LSTM_EARG 5        /* a required pointer is NULL, or an optimizer setting is invalid */
-#define LSTM_ELENGTHS 6    /* a length is outside [1, T], or the lengths are not longest first */
+#define LSTM_ELENGTHS 6    /* a length is outside [1, T], or a shard's lengths are not longest first */
 
 /* lstm_dims.parallel */
 #define LSTM_PAR_AUTO 0

@@ -273,6 +273,7 @@ INLINE void FN(gemm_plain)(int64_t M, int64_t N, int64_t K, const real *A, int64
 typedef struct {
     real *xs, *hs, *cs, *z, *tc, *yout, *dy, *dh, *dhn, *dcn, *grad;
     real *hl;    /* (bm, H) many-to-one with lengths: the top h at each row's last step, then its dh */
+    real *pk;    /* (T * bm, max(D, H)) with lengths: the rows that took each step, packed (weight_grads_packed) */
     real *apack; /* (MC, KC) A tiles of the weight-gradient products */
 } FN(shard);
 
@@ -357,6 +358,7 @@ static int64_t FN(carve)(const lstm_dims *d, char *base, FN(work) *w)
         sh.dhn = take(&a, es, bm, H, 1, 1);
         sh.dcn = take(&a, es, bm, H, 1, 1);
         sh.hl = take(&a, es, bm, H, 1, 1);
+        sh.pk = take(&a, es, T, bm, max64(D, H), 1);
         sh.grad = take(&a, es, w->Pstride, 1, 1, 1);
         sh.apack = take(&a, es, MC, KC, 1, 1);
         if (base && !a.too_big) w->sh[s] = sh;
@@ -397,8 +399,8 @@ static int FN(setup)(const lstm_dims *d, const int64_t *offs, int64_t n_params, 
     w->h0 = d->h0, w->c0 = d->c0, w->hn = d->hn, w->cn = d->cn;
     w->reuse_packed = d->reuse_packed != 0;
     if (!w->h0 != !w->c0 || !w->hn != !w->cn) return LSTM_EARG;
-    for (int64_t b = 0; w->len && b < w->B; b++)
-        if (w->len[b] < 1 || w->len[b] > w->T || (b > 0 && w->len[b] > w->len[b - 1])) return LSTM_ELENGTHS;
+    for (int64_t b = 0; w->len && b < w->B; b++) /* each shard's rows longest first */
+        if (w->len[b] < 1 || w->len[b] > w->T || (b % w->bm > 0 && w->len[b] > w->len[b - 1])) return LSTM_ELENGTHS;
     if (w->sym)
         for (int64_t k = 0; k < w->B * w->T; k++)
             if (w->sym[k] < 0 || w->sym[k] >= w->D) return LSTM_ECLASS;
@@ -641,6 +643,52 @@ static void FN(final_state)(const FN(work) *w, int64_t s)
         }
 }
 
+/* Rows of `width` reals of a time-major shard buffer (step t's bm rows at src + t*bm*width): the
+ * rows that take each step t < Ts, one after another into dst; returns their count, sum_t na_t.
+ * dst may be src: rows only move to earlier places. */
+static int64_t FN(pack_steps)(const FN(work) *w, int64_t s, const real *src, int64_t width, real *dst)
+{
+    const int64_t bm = w->bm, nb = min64(bm, w->B - s * bm), *len = FN(shard_len)(w, s);
+    int64_t K = 0;
+    for (int64_t t = 0; t < FN(shard_steps)(w, s); t++) {
+        const int64_t na = active_rows(len, nb, t);
+        memmove(dst + K * width, src + t * bm * width, (size_t)(na * width) * sizeof(real));
+        K += na;
+    }
+    return K;
+}
+
+/* pack_steps' inverse into dst (T, bm, width): the rows that take step t from src, the others 0. */
+static void FN(unpack_steps)(const FN(work) *w, int64_t s, const real *src, int64_t width, real *dst)
+{
+    const int64_t bm = w->bm, nb = min64(bm, w->B - s * bm), *len = FN(shard_len)(w, s);
+    int64_t K = 0;
+    for (int64_t t = 0; t < FN(shard_steps)(w, s); t++) {
+        const int64_t na = active_rows(len, nb, t);
+        memcpy(dst + t * bm * width, src + K * width, (size_t)(na * width) * sizeof(real));
+        memset(dst + (t * bm + na) * width, 0, (size_t)((bm - na) * width) * sizeof(real));
+        K += na;
+    }
+}
+
+/* With lengths: x_t @ W_x of layer l over the rows that take each step (sum_b len_b rows): the
+ * inputs packed (pack_steps), one product into the first rows of z, then each step's rows moved
+ * out to their (t, r) places, last step first (a place is never before its packed rows), and
+ * the rows that do not take the step zeroed. */
+static void FN(input_product_packed)(const FN(work) *w, int64_t s, int64_t l, const real *in, real *z)
+{
+    const int64_t Dl = l == 0 ? w->D : w->H, G = w->G, Gp = w->Gp, bm = w->bm;
+    const int64_t nb = min64(bm, w->B - s * bm), *len = FN(shard_len)(w, s);
+    int64_t K = FN(pack_steps)(w, s, in, Dl, w->sh[s].pk);
+    FN(gemm_packed)(K, G, Dl, w->sh[s].pk, Dl, 1, w->pwx[l], z, Gp, 0);
+    for (int64_t t = FN(shard_steps)(w, s) - 1; t >= 0; t--) {
+        const int64_t na = active_rows(len, nb, t);
+        K -= na;
+        memmove(z + t * bm * Gp, z + K * Gp, (size_t)(na * Gp) * sizeof(real));
+        memset(z + (t * bm + na) * Gp, 0, (size_t)((bm - na) * Gp) * sizeof(real));
+    }
+}
+
 static void FN(shard_forward)(const FN(work) *w, int64_t s, const real *theta, const real *x)
 {
     const FN(shard) *sh = &w->sh[s];
@@ -655,8 +703,10 @@ static void FN(shard_forward)(const FN(work) *w, int64_t s, const real *theta, c
         const real *b = theta + w->offs[3 * l + 2];
         if (l == 0 && w->sym) /* one-hot x_t = e_s: x_t @ W_x is row s of W_x */
             FN(gather_rows)(w, s, theta + w->offs[0], 0, G, z, Gp);
-        else /* x_t @ W_x for every step at once: (Ts*bm, D_l) @ (D_l, 4H) */
-            FN(gemm_packed)(Ts * bm, G, Dl, in, Dl, 1, w->pwx[l], z, Gp, 0);
+        else if (len) /* the same over the rows that take each step */
+            FN(input_product_packed)(w, s, l, in, z);
+        else /* x_t @ W_x for every step at once: (T*bm, D_l) @ (D_l, 4H) */
+            FN(gemm_packed)(T * bm, G, Dl, in, Dl, 1, w->pwx[l], z, Gp, 0);
         for (int64_t t = 0; t < Ts; t++) {
             real *zt = z + t * bm * Gp;
             const int64_t na = active_rows(len, nb, t);
@@ -773,18 +823,72 @@ static void FN(head_backward)(const FN(work) *w, int64_t s)
             for (int64_t k = 0; k < O; k++) dby[k] += sh->dy[(tt * bm + r) * Op + k];
 }
 
+/* Layer l's weight gradients, one product each over all steps, and dLoss/dh of the layer below:
+ *   dW_x = sum_t x_t^T dz_t        = in^T (D_l, T*bm) @ dz (T*bm, 4H)
+ *   dW_h = sum_t h_{t-1}^T dz_t    (h_0 = 0 without an initial state: from t = 2 on) */
+static void FN(weight_grads)(const FN(work) *w, int64_t s, int64_t l)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t T = w->T, H = w->H, G = w->G, Gp = w->Gp, bm = w->bm, nb = min64(bm, w->B - s * bm);
+    const int64_t Dl = l == 0 ? w->D : H;
+    const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H, *h = HS(l);
+    real *z = ZS(l), *grad = sh->grad;
+    real *dWx = grad + w->offs[3 * l], *dWh = grad + w->offs[3 * l + 1], *db = grad + w->offs[3 * l + 2];
+    const int one_hot = l == 0 && w->sym;
+    const int narrow = !one_hot && Dl < MR; /* a thin dW_x (few inputs) is cheaper in the db pass below */
+    if (one_hot)
+        FN(scatter_rows)(w, s, z, Gp, 0, G, dWx);
+    else if (!narrow)
+        FN(gemm_plain)(Dl, G, T * bm, in, 1, Dl, z, Gp, dWx, G, 0, sh->apack);
+    if (w->h0)
+        FN(gemm_plain)(H, G, T * bm, h, 1, H, z, Gp, dWh, G, 0, sh->apack);
+    else
+        FN(gemm_plain)(H, G, (T - 1) * bm, h + bm * H, 1, H, z + bm * Gp, Gp, dWh, G, 0, sh->apack);
+    FN(bias_grad)(T, nb, bm, G, Gp, z, narrow ? Dl : 0, in, db, dWx);
+    if (l > 0) /* dLoss/dh of the layer below: dz @ W_x^T, (T*bm, 4H) @ (4H, H) */
+        FN(gemm_packed)(T * bm, H, G, z, Gp, 1, w->pwxt[l], sh->dh, H, 0);
+}
+
+/* weight_grads with lengths: the products run over the rows that took each step (sum_b len_b
+ * rows, not Ts x bm): dz is packed in place, the inputs and h_{t-1} into sh->pk, and the
+ * gradient to the layer below comes back to its (t, r) places. */
+static void FN(weight_grads_packed)(const FN(work) *w, int64_t s, int64_t l)
+{
+    const FN(shard) *sh = &w->sh[s];
+    const int64_t T = w->T, H = w->H, G = w->G, Gp = w->Gp, bm = w->bm, Dl = l == 0 ? w->D : H;
+    const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H, *h = HS(l);
+    real *z = ZS(l), *grad = sh->grad, *pk = sh->pk;
+    real *dWx = grad + w->offs[3 * l], *dWh = grad + w->offs[3 * l + 1], *db = grad + w->offs[3 * l + 2];
+    const int one_hot = l == 0 && w->sym;
+    if (one_hot)
+        FN(scatter_rows)(w, s, z, Gp, 0, G, dWx); /* (reads dz in its (t, r) places) */
+    const int64_t K = FN(pack_steps)(w, s, z, Gp, z);
+    if (one_hot) {
+        FN(bias_grad)(1, K, K, G, Gp, z, 0, NULL, db, dWx);
+    } else {
+        FN(pack_steps)(w, s, in, Dl, pk);
+        const int narrow = Dl < MR;
+        if (!narrow) FN(gemm_plain)(Dl, G, K, pk, 1, Dl, z, Gp, dWx, G, 0, sh->apack);
+        FN(bias_grad)(1, K, K, G, Gp, z, narrow ? Dl : 0, pk, db, dWx);
+    }
+    FN(pack_steps)(w, s, h, H, pk); /* h_{t-1} of step t: h_0 is the initial state, or 0 */
+    FN(gemm_plain)(H, G, K, pk, 1, H, z, Gp, dWh, G, 0, sh->apack);
+    if (l > 0) {
+        FN(gemm_packed)(K, H, G, z, Gp, 1, w->pwxt[l], pk, H, 0);
+        FN(unpack_steps)(w, s, pk, H, sh->dh);
+    }
+}
+
 static void FN(shard_backward)(const FN(work) *w, int64_t s)
 {
     const FN(shard) *sh = &w->sh[s];
-    const int64_t T = w->T, D = w->D, H = w->H, G = w->G, Gp = w->Gp, L = w->L;
+    const int64_t T = w->T, H = w->H, G = w->G, Gp = w->Gp, L = w->L;
     const int64_t bm = w->bm, nb = min64(bm, w->B - s * bm), Ts = FN(shard_steps)(w, s);
-    const int64_t *offs = w->offs, *len = FN(shard_len)(w, s);
-    real *grad = sh->grad, *dh = sh->dh;
+    const int64_t *len = FN(shard_len)(w, s);
+    real *dh = sh->dh;
     FN(head_backward)(w, s);
     for (int64_t l = L - 1; l >= 0; l--) {
-        const int64_t Dl = l == 0 ? D : H;
-        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H;
-        const real *h = HS(l), *c = CS(l), *tc = TCS(l);
+        const real *c = CS(l), *tc = TCS(l);
         real *z = ZS(l);
         /* nothing flows back from a row's last step + 1: a row's dhn, dcn are 0 until its
          * last step (the product below writes only the rows still going at t+1) */
@@ -797,23 +901,10 @@ static void FN(shard_backward)(const FN(work) *w, int64_t s)
             FN(gates_backward)(active_rows(len, nb, t), H, 0, H, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H,
                                dh + t * bm * H, sh->dhn, sh->dcn);
         }
-        /* weight gradients, one product each over the steps (dz is 0 for rows past their length):
-         *   dW_x = sum_t x_t^T dz_t        = in^T (D_l, Ts*bm) @ dz (Ts*bm, 4H)
-         *   dW_h = sum_t h_{t-1}^T dz_t    (h_0 = 0 without an initial state: from t = 2 on) */
-        real *dWx = grad + offs[3 * l], *dWh = grad + offs[3 * l + 1], *db = grad + offs[3 * l + 2];
-        const int one_hot = l == 0 && w->sym;
-        const int narrow = !one_hot && Dl < MR; /* a thin dW_x (few inputs) is cheaper in the db pass below */
-        if (one_hot)
-            FN(scatter_rows)(w, s, z, Gp, 0, G, dWx);
-        else if (!narrow)
-            FN(gemm_plain)(Dl, G, Ts * bm, in, 1, Dl, z, Gp, dWx, G, 0, sh->apack);
-        if (w->h0)
-            FN(gemm_plain)(H, G, Ts * bm, h, 1, H, z, Gp, dWh, G, 0, sh->apack);
+        if (len)
+            FN(weight_grads_packed)(w, s, l);
         else
-            FN(gemm_plain)(H, G, (Ts - 1) * bm, h + bm * H, 1, H, z + bm * Gp, Gp, dWh, G, 0, sh->apack);
-        FN(bias_grad)(Ts, nb, bm, G, Gp, z, narrow ? Dl : 0, in, db, dWx);
-        if (l > 0) /* dLoss/dh of the layer below: dz @ W_x^T, (Ts*bm, 4H) @ (4H, H) */
-            FN(gemm_packed)(Ts * bm, H, G, z, Gp, 1, w->pwxt[l], dh, H, 0);
+            FN(weight_grads)(w, s, l);
     }
 }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lstmbench import Capabilities, ModelConfig
-from lstmbench.fused import FusedBackend
+from lstmbench.fused import FusedBackend, RowOrder
 from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars
 
@@ -72,42 +72,6 @@ def work_plan(parallel: str, B: int, H: int, itemsize: int, l2: int) -> Plan:
     return Plan(rows=min(SHARD_ROWS, math.ceil(B / MIN_SHARDS)), parts=1)
 
 
-@dataclass(frozen=True)
-class RowOrder:
-    """The batch's rows sorted by length, longest first (stable), so that the rows of a shard
-    that take step t are a prefix of it and a step runs only over rows still going: a row past
-    its length costs nothing but the copy of its state. Without lengths, the order is the
-    batch's own and every row takes every step."""
-
-    perm: np.ndarray | None  # sorted position -> batch row; None: the batch's own order
-    lengths: np.ndarray  # (B,) int64, in the sorted order
-    state: tuple[np.ndarray, np.ndarray] | None  # (h0, c0), (L, B, H), in the sorted order
-
-    @classmethod
-    def of(cls, x: np.ndarray, lengths=None, initial_state=None) -> "RowOrder":
-        B, T = x.shape[0], x.shape[1]
-        if lengths is None:
-            return cls(None, np.full(B, T, np.int64), initial_state)
-        perm = np.argsort(-lengths, kind="stable")
-        if np.array_equal(perm, np.arange(B)):
-            perm = None
-        state = initial_state if initial_state is None or perm is None else tuple(s[:, perm] for s in initial_state)
-        return cls(perm, np.ascontiguousarray(lengths if perm is None else lengths[perm], np.int64), state)
-
-    def rows(self, a):
-        """``a``'s rows (axis 0) in the sorted order."""
-        return a if self.perm is None or a is None else a[self.perm]
-
-    def restore(self, a: np.ndarray, axis: int = 0) -> np.ndarray:
-        """Rows in the sorted order back to the batch's order (always a copy)."""
-        out = np.array(a, copy=True)
-        if self.perm is not None:
-            index = [slice(None)] * a.ndim
-            index[axis] = self.perm
-            out[tuple(index)] = a
-        return out
-
-
 @dataclass
 class Workspace:
     """Every buffer one call needs, for one (batch, steps, plan) shape; reused across calls.
@@ -128,6 +92,7 @@ class Workspace:
             gates=z(S, L, T, rows, 4 * H), tcs=z(S, L, T, rows, H), rec=z(S, rows, 4 * H),
             yout=z(S, Tout, rows, O), dy=z(S, Tout, rows, O), dh_in=z(S, T, rows, H),
             dhn=z(S, rows, H), dcn=z(S, rows, H), grads=z(S, size), losses=np.zeros(S), theta_t=z(size),
+            packed=z(S, T * rows * max(D, H)),
         )
         # the parts' packed columns of W_h and W_h^T and their products (kernels.team_forward_steps);
         # one part of size 1 when the threads are on batch shards
@@ -250,8 +215,8 @@ class NumbaThreads(FusedBackend):
         return lambda x, return_state=False, **sequences: self._forward_flat(cfg, theta, x, return_state, **sequences)
 
     def _forward_flat(self, cfg, theta, x, return_state=False, **sequences):
-        order = RowOrder.of(x, **sequences)
         with self.workspace(cfg, x, bool(sequences)) as ws:
+            order = RowOrder.of(x, shard_rows=ws.plan.rows, **sequences)
             self._run(cfg, ws, theta, x, None, False, order)
             y = order.restore(self._outputs(cfg, ws, x.shape[0]))
             if not return_state:
@@ -261,8 +226,8 @@ class NumbaThreads(FusedBackend):
     def _loss_and_grads(self, cfg, params, x, y, **sequences):
         layout = Layout.of(cfg)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
-        order = RowOrder.of(x, **sequences)
         with self.workspace(cfg, x, bool(sequences)) as ws:
+            order = RowOrder.of(x, shard_rows=ws.plan.rows, **sequences)
             loss = self._run(cfg, ws, layout.flatten(params, cfg.np_dtype), x, y, True, order)
             self._kernels().reduce_shards(ws.buffers["grads"], grad)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
@@ -270,8 +235,8 @@ class NumbaThreads(FusedBackend):
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
     def _loss_and_gradient(self, state: FlatTrainState, x, y, return_state=False, **sequences):
-        order = RowOrder.of(x, **sequences)
         with self.workspace(state.cfg, x, bool(sequences)) as ws:
+            order = RowOrder.of(x, shard_rows=ws.plan.rows, **sequences)
             loss = self._run(state.cfg, ws, state.theta, x, y, True, order)
             self._kernels().reduce_shards(ws.buffers["grads"], state.grad)
             if not return_state:

@@ -111,6 +111,7 @@ class ShardArgs(NamedTuple):
     dh_in: np.ndarray
     dhn: np.ndarray  # (S, bm, H): dLoss/dh_t through step t+1
     dcn: np.ndarray  # (S, bm, H): dLoss/dc_t through step t+1
+    packed: np.ndarray  # (S, T * bm * max(D, H)): with lengths, the rows that took each step (weight_grads_packed)
     grads: np.ndarray  # (S, P): each shard's gradient
     losses: np.ndarray  # (S,): each shard's sum of loss terms
     # the hidden-unit parts (team_forward_steps, team_backward_steps); one part: batch shards
@@ -467,6 +468,9 @@ def shard_backward(s, lo, nb, a):
                     zr = z[t, r]
                     cell_backward(zr[:H], zr[H : 2 * H], zr[2 * H : 3 * H], zr[3 * H :], c[t, r], tc[t, r], dh[t, r],
                                   dh_next[r], dc_next[r], one)
+        if a.row_len[lo + nb - 1] < Ts:  # rows of different lengths: products over the rows that took each step
+            weight_grads_packed(s, lo, nb, l, a)
+            continue
         # weight gradients: one large product each over the steps of the longest row
         dz = z[:Ts].reshape((n, G))
         if l == 0:
@@ -486,6 +490,53 @@ def shard_backward(s, lo, nb, a):
         if l > 0:  # dLoss/dh of the layer below: dz @ W_x^T (zero past the longest row)
             np.dot(dz, WxT, dh[:Ts].reshape((n, H)))
             dh[Ts:] = 0
+
+
+@njit(**JIT)
+def pack_steps(src, row_len, lo, nb, Ts, dst):
+    """The rows of src (T, bm, w) that take each step t < Ts, one after another into dst (K, w), in
+    increasing order (dst may be src's own memory: rows only move to earlier places); returns K."""
+    K = 0
+    for t in range(Ts):
+        for r in range(active_rows(row_len, lo, nb, t)):
+            for j in range(src.shape[2]):
+                dst[K, j] = src[t, r, j]
+            K += 1
+    return K
+
+
+@njit(**JIT)
+def weight_grads_packed(s, lo, nb, l, a):
+    """shard_backward's weight gradients with lengths: each product over the rows that took each
+    step (sum of the shard's lengths), not Ts x bm rows: dz packed in place, the inputs and
+    h_{t-1} into a.packed, the gradient to the layer below back to its (t, r) places."""
+    offs, H = a.offs, a.H
+    z, xs, hs, dh, g_all = a.gates[s, l], a.xs[s], a.hs[s], a.dh_in[s], a.grads[s]
+    T, bm, G, D0 = z.shape[0], z.shape[1], 4 * H, xs.shape[2]
+    Dl = D0 if l == 0 else H
+    Ts = a.row_len[lo]
+    dz = z.reshape((T * bm, G))
+    K = pack_steps(z, a.row_len, lo, nb, Ts, dz)
+    inputs = a.packed[s, : T * bm * Dl].reshape((T * bm, Dl))  # (contiguous: BLAS takes it)
+    pack_steps(xs if l == 0 else hs[l - 1, 1:], a.row_len, lo, nb, Ts, inputs)
+    np.dot(inputs[:K].T, dz[:K], g_all[offs[l, 0] : offs[l, 0] + Dl * G].reshape((Dl, G)))
+    db = g_all[offs[l, 2] : offs[l, 2] + G]
+    db[:] = 0
+    for row in range(K):
+        for k in range(G):
+            db[k] += dz[row, k]
+    hidden = a.packed[s, : T * bm * H].reshape((T * bm, H))
+    pack_steps(hs[l, :T], a.row_len, lo, nb, Ts, hidden)  # h_{t-1} of step t (h_0: the state, or 0)
+    np.dot(hidden[:K].T, dz[:K], g_all[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G)))
+    if l > 0:  # dLoss/dh of the layer below: dz @ W_x^T, back to the (t, r) places; 0 elsewhere
+        WxT = a.theta_t[offs[l, 0] : offs[l, 0] + Dl * G].reshape((G, Dl))
+        np.dot(dz[:K], WxT, hidden[:K])
+        dh[:] = 0
+        K = 0
+        for t in range(Ts):
+            for r in range(active_rows(a.row_len, lo, nb, t)):
+                dh[t, r] = hidden[K]
+                K += 1
 
 
 @njit(**JIT)
