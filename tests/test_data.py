@@ -48,8 +48,21 @@ def write(tmp_path, text: str, name: str = "data.csv"):
 # --- bundled data ---------------------------------------------------------
 
 def test_bundled_names():
-    assert BUNDLED_SERIES == ("sunspots", "nile")
+    assert BUNDLED_SERIES == ("sunspots", "nile", "co2")
     assert BUNDLED_TEXTS == ("shakespeare",)
+
+
+def test_co2_loads_weekly_and_trending():
+    s = load_series("co2")
+    assert s.values.shape == (2284, 1) and s.columns == ("co2",)
+    assert s.index[0] == np.datetime64("1958-03-29") and s.index[-1] == np.datetime64("2001-12-29")
+    assert index_spacing(s.index).description == "weekly"
+    assert s.values[0, 0] == 316.1 and s.values[-1, 0] == 371.5  # first and last rows of the file
+    assert s.values[6, 0] == 317.2  # 1958-05-10, empty in statsmodels: halfway between 316.9 and 317.5
+    assert "public domain" in s.source
+    data = make_windows(s, window=20)
+    train_max = s.values[: data.train_rows[0], 0].max()
+    assert data.truth(data.test).min() > train_max  # the test part lies above the training range
 
 
 def test_sunspots_loads():

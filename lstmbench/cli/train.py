@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 import lstmbench as lb
 from lstmbench import data as lbdata
 from lstmbench.training import distributed
-from lstmbench.training import experiment
+from lstmbench.training import experiment, scoring
 from lstmbench.training.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -57,11 +57,13 @@ DEFAULTS: dict[str, Any] = {
     "window": 20, "horizon": 1, "target": None, "seq_len": 64, "hidden": 32, "layers": 1, "dtype": "float32",
     "optimizer": "adam", "lr": 0.01, "momentum": 0.0, "clip_norm": None, "batch_size": 32, "epochs": 20,
     "patience": None, "seed": 0, "stateful": False, "per_line": False, "min_length": None,
+    "season": None, "target_transform": "level",
 }
 #: settings a resumed run may change; any other flag given with --resume must equal the run's
 MAY_CHANGE = ("epochs", "patience")
 #: flags that only one kind of data takes
-ONLY_FOR = {"window": "series", "horizon": "series", "target": "series", "columns": "csv",
+ONLY_FOR = {"window": "series", "horizon": "series", "target": "series", "season": "series",
+            "target_transform": "series", "columns": "csv",
             "index_column": "csv", "seq_len": "text", "stateful": "text", "per_line": "text", "series_column": "csv",
             "min_length": "csv"}
 DATA_FLAGS = ("dataset", "csv", "text_file", "columns", "index_column", "series_column")
@@ -81,6 +83,12 @@ def register(sub) -> None:
     data.add_argument("--text-file", help="a UTF-8 text file for next-symbol prediction")
     data.add_argument("--window", type=positive, help="series: input steps per example (default 20)")
     data.add_argument("--horizon", type=positive, help="series: values to forecast after each window (default 1)")
+    data.add_argument("--season", type=positive,
+                      help="series: steps per season of the seasonal-naive baseline and of MASE's scale (default: "
+                           "12 for a monthly date index, 7 for daily, 24 for hourly, none otherwise)")
+    data.add_argument("--target-transform", choices=lbdata.TARGET_TRANSFORMS,
+                      help="series: level (default) forecasts the values; diff forecasts the change from the last "
+                           "value, for series that trend out of their training range (docs/training.md)")
     data.add_argument("--seq-len", type=positive, help="text: symbols per sequence (default 64); with --stateful, "
                                                        "the truncation length")
     data.add_argument("--stateful", action="store_true", default=None,
@@ -242,7 +250,8 @@ def _saved_run(ckpt: Checkpoint) -> dict[str, Any]:
                 "epochs": run.get("epochs", DEFAULTS["epochs"]), "patience": run.get("patience")}
     if meta["task"] == "series":
         settings |= {"window": meta.get("window"), "horizon": meta.get("horizon"), "target": meta.get("target_column"),
-                     "min_length": meta.get("min_length")}
+                     "min_length": meta.get("min_length"), "season": meta.get("season"),
+                     "target_transform": meta.get("target_transform", "level")}
     else:
         settings |= {"seq_len": meta.get("seq_len"), "stateful": meta.get("stateful", False),
                      "per_line": meta.get("per_line", False)}
@@ -348,7 +357,8 @@ def _task(settings: dict) -> experiment.Task:
                                  dtype=settings["dtype"], window=settings["window"], horizon=settings["horizon"],
                                  target=settings["target"], seq_len=settings["seq_len"],
                                  streams=settings["batch_size"] if settings["stateful"] else None,
-                                 per_line=settings["per_line"], min_length=settings["min_length"])
+                                 per_line=settings["per_line"], min_length=settings["min_length"],
+                                 season=settings["season"], target_transform=settings["target_transform"])
 
 
 def _check_memory(task: experiment.Task, run: RunConfig, backend: lb.Backend) -> int:
@@ -407,6 +417,9 @@ def _data_lines(task: experiment.Task) -> list[str]:
         lines = [f"note: {n}" for n in notes[:MAX_NOTES]]
         if len(notes) > MAX_NOTES:
             lines.append(f"note: ... and {len(notes) - MAX_NOTES} more note(s) on reading the series")
+        if win.target_transform == "diff":
+            lines.append("target transform diff: the model sees each row's change from the row before and forecasts "
+                         "the next change(s); the metrics and predict add them onto the last value")
         if win.panel is not None:
             short = int(np.sum(win.train.lengths < win.window))
             names = ", ".join(win.names[:5]) + (", ..." if len(win.names) > 5 else "")
@@ -467,7 +480,8 @@ def _finish(result, new: Run, out: Path, w: distributed.World) -> int:
         steps = ", ".join(f"{n} thread(s): {s}" for n, s in result.threads["steps_at"].items())
         print(f"threads: auto, steps on each count ({steps}); the result is the same on any count")
     print(f"stopped: {result.stop_reason}; best validation loss {result.best_val_loss:.5f} at epoch {result.best_epoch}")
-    print(_verdict(report))
+    for line in _verdict(report):
+        print(line)
     print(f"wrote {out / BEST_CHECKPOINT}, {out / LAST_CHECKPOINT}, {out / METRICS_FILE}, {out / PLOT_FILE}")
     return 0
 
@@ -477,14 +491,9 @@ def _runtime_text(info: dict) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in info.items() if k != "build_flags")
 
 
-def _verdict(report: dict) -> str:
-    if "test_rmse" in report:
-        verdict = "beats" if report["test_rmse"] < report["naive_rmse"] else "does NOT beat"
-        return (f"test RMSE {report['test_rmse']:.4g} {report['units']} vs naive last-value forecast "
-                f"{report['naive_rmse']:.4g}: the model {verdict} the naive forecast")
-    verdict = "beats" if report["test_loss"] < report["naive_loss"] else "does NOT beat"
-    return (f"test cross-entropy {report['test_loss']:.4f} nats/symbol (accuracy {report['test_accuracy']:.3f}) "
-            f"vs unigram baseline {report['naive_loss']:.4f} ({report['naive_accuracy']:.3f}): the model {verdict} it")
+def _verdict(report: dict) -> list[str]:
+    """The test part's lines: metrics next to the baselines', and which ones the model beats."""
+    return scoring.summary_lines(report)
 
 
 def _column(text: str) -> int | str:

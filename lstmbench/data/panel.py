@@ -26,7 +26,9 @@ from lstmbench.data.series import (
     _series_from_table,
     _standardize,
     _target_position,
+    _transform_offset,
     default_target,
+    model_values,
     split_sizes,
 )
 from lstmbench.errors import DataError, NonFiniteError
@@ -80,6 +82,7 @@ def make_panel_windows(
     min_length: int | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    target_transform: str = "level",
 ) -> WindowedDataset:
     """Forecasting windows from several series with the same columns, for one global model.
 
@@ -89,10 +92,12 @@ def make_panel_windows(
     all of them if they are at least ``min_length`` (default half the window): such an example
     is shorter, ``lengths`` says by how much, and its padding (zeros) comes after its rows.
     So windows never cross from one series into another. The scaler is per column, fitted
-    on the training rows of every series together.
+    on the training rows of every series together. ``target_transform`` as in make_windows
+    (each series differenced on its own; an example needs min_length changes, so one row more).
     """
     _check_positive_int("window", window)
     _check_positive_int("horizon", horizon)
+    offset = _transform_offset(target_transform)
     min_length = max(1, window // 2) if min_length is None else min_length
     _check_positive_int("min_length", min_length)
     if min_length > window:
@@ -107,17 +112,22 @@ def make_panel_windows(
             raise NonFiniteError(f"series {s.name!r} has a non-finite value at row {bad[0][0]}, column "
                                  f"{s.columns[bad[0][1]]!r}")
     bounds = [_part_bounds(len(s), val_fraction, test_fraction) for s in series]
-    scaler = _panel_scaler(series, [b["train"][1] for b in bounds])
-    scaled = [(s.values - scaler.mean) / scaler.std for s in series]
-    splits = {part: _panel_split(scaled, [b[part] for b in bounds], window, horizon, target, min_length)
+    n_train = [b["train"][1] for b in bounds]
+    seen = [dataclasses.replace(s, values=model_values(s.values, target_transform)) for s in series]
+    scaler = _panel_scaler(seen, n_train, offset)
+    scaled = [(s.values - scaler.mean) / scaler.std for s in seen]
+    no_change = -scaler.mean[target] / scaler.std[target] if offset else None
+    splits = {part: _panel_split(scaled, [b[part] for b in bounds], window, horizon, target, min_length, no_change)
               for part in ("train", "val", "test")}
     for part, split in splits.items():
         if len(split) == 0:
             raise DataError(f"the {part} part of the {len(series)} series has no example: each needs at least "
-                            f"min_length={min_length} rows before a target and horizon={horizon} target rows; use "
-                            "longer series, a smaller --min-length or --horizon")
+                            f"min_length={min_length} rows before a target{' (and one more for diff)' * offset} "
+                            f"and horizon={horizon} target rows; use longer series, a smaller --min-length or "
+                            "--horizon")
     return WindowedDataset(splits["train"], splits["val"], splits["test"], scaler, window, horizon, target, first,
-                           panel=tuple(series), min_length=min_length)
+                           panel=tuple(series), min_length=min_length, target_transform=target_transform,
+                           train_rows=tuple(n_train))
 
 
 def _part_bounds(n: int, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
@@ -125,29 +135,33 @@ def _part_bounds(n: int, val_fraction: float, test_fraction: float) -> dict[str,
     return {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
 
 
-def _panel_scaler(series: Sequence[Series], n_train: list[int]) -> Standardizer:
-    """The scaler of every series' training rows together (its checks: a value too large to
-    scale is an error naming the column), checked on every row of every series."""
-    rows = [s.values[:n] for s, n in zip(series, n_train)] + [s.values[n:] for s, n in zip(series, n_train)]
+def _panel_scaler(series: Sequence[Series], n_train: list[int], first: int = 0) -> Standardizer:
+    """The scaler of every series' training rows (from row ``first`` of each) together (its
+    checks: a value too large to scale is an error naming the column), checked on every row
+    of every series."""
+    rows = [s.values[first:n] for s, n in zip(series, n_train)] + [s.values[n:] for s, n in zip(series, n_train)]
     together = Series(np.concatenate(rows), series[0].columns, name=f"{len(series)} series", source=series[0].source)
-    return _standardize(together, sum(n_train))[0]
+    return _standardize(together, sum(n - first for n in n_train))[0]
 
 
 def _panel_split(scaled: list[np.ndarray], bounds: list[tuple[int, int]], window: int, horizon: int, target: int,
-                 min_length: int) -> WindowSplit:
-    """One part's examples of every series, series after series."""
+                 min_length: int, no_change: float | None = None) -> WindowSplit:
+    """One part's examples of every series, series after series. ``no_change``: the series
+    are differences (their row 0 has none), and this is the naive forecast, a change of 0."""
     C = scaled[0].shape[1]
+    offset = 0 if no_change is None else 1
     xs, ys, last, starts, lengths, ids = [], [], [], [], [], []
     for k, (values, (a, b)) in enumerate(zip(scaled, bounds)):
-        begin = max(a, min_length)  # at least min_length input rows before the first target
+        begin = max(a, min_length + offset)  # at least min_length input rows before the first target
         start = np.arange(begin, b - horizon + 1)
-        length = np.minimum(window, start)
+        length = np.minimum(window, start - offset)
         x = np.zeros((len(start), window, C))
         for i, (s, n) in enumerate(zip(start, length)):
             x[i, :n] = values[s - n : s]  # the rows right before the target, padding after them
         xs.append(x)
         ys.append(values[start[:, None] + np.arange(horizon), target].reshape(len(start), horizon))
-        last.append(np.repeat(values[start - 1, target][:, None], horizon, axis=1))
+        naive = values[start - 1, target] if no_change is None else np.full(len(start), no_change)
+        last.append(np.repeat(naive[:, None], horizon, axis=1))
         starts.append(start)
         lengths.append(length)
         ids.append(np.full(len(start), k))

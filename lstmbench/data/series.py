@@ -16,10 +16,10 @@ import numpy as np
 from lstmbench.errors import DataError, NonFiniteError, ShapeError
 from lstmbench.resources import check_fits, gigabytes
 
-BUNDLED_SERIES: tuple[str, ...] = ("sunspots", "nile")
+BUNDLED_SERIES: tuple[str, ...] = ("sunspots", "nile", "co2")
 
 # Which CSV column of each bundled file is the index (the rest are values).
-_BUNDLED_INDEX = {"sunspots": "year", "nile": "year"}
+_BUNDLED_INDEX = {"sunspots": "year", "nile": "year", "co2": "date"}
 
 # Column names (compared lower-case) that say the column holds time, not a value.
 TIME_NAMES = frozenset({"year", "date", "time", "timestamp", "period", "month", "quarter", "day", "week",
@@ -622,6 +622,20 @@ def _looks_like_years(values: np.ndarray) -> bool:
     return values.dtype.kind in "iu" and bool(np.all((values >= 1000) & (values < 3000)))
 
 
+#: the season a date index implies (the default of train --season): steps per season by the
+#: index's spacing; any other spacing (yearly, quarterly, weekly, integers, irregular) has none
+SEASONS = {"monthly": 12, "daily": 7, "hourly": 24}
+
+
+def detect_season(index: np.ndarray) -> tuple[int | None, str]:
+    """(steps per season, the index's spacing as index_spacing describes it) of a date
+    index: 12 for monthly dates, 7 for daily, 24 for hourly; None for anything else, numbers
+    included (a year or a row number says nothing about seasons)."""
+    index = np.asarray(index)
+    description = index_spacing(index).description
+    return (SEASONS.get(description) if index.dtype.kind == "M" else None), description
+
+
 def future_index(index: np.ndarray, steps: int) -> np.ndarray | None:
     """The index of the ``steps`` rows after the end of a regularly spaced index
     (years, row numbers, dates a fixed time or a number of calendar months apart);
@@ -745,9 +759,11 @@ def _column_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class WindowSplit:
     """Forecasting examples of one part; all values standardized."""
 
-    x: np.ndarray  # (n, window, C) inputs
-    y: np.ndarray  # (n, horizon) the next `horizon` target-column values
-    last_input: np.ndarray  # (n, horizon) last target value of each window, for the naive forecast
+    x: np.ndarray  # (n, window, C) inputs (target_transform "diff": each row's change from the row before)
+    y: np.ndarray  # (n, horizon) the next `horizon` target-column values (diff: their one-step changes)
+    # (n, horizon) the naive last-value forecast in the model's units: the last target value of each
+    # window repeated, or with target_transform "diff" no change (a difference of 0, scaled)
+    last_input: np.ndarray
     target_start: np.ndarray  # (n,) series row of each example's first target (int64)
     # several series (lstmbench.data.panel): the input rows of each example (shorter ones padded
     # at the end), and the series each example belongs to (its position in WindowedDataset.panel)
@@ -770,11 +786,42 @@ class WindowedDataset:
     series: Series  # the series (of several: the first, whose columns they all have)
     panel: tuple[Series, ...] | None = None  # several series (lstmbench.data.panel): every one, by name
     min_length: int | None = None  # several series: the fewest input rows of an example
+    target_transform: str = "level"  # what the model sees and forecasts: "level" or "diff" (TARGET_TRANSFORMS)
+    train_rows: tuple[int, ...] = ()  # the rows of the training part of each series (of one: a single count)
 
     @property
     def names(self) -> tuple[str, ...] | None:
         """The names of several series (None for one)."""
         return None if self.panel is None else tuple(s.name for s in self.panel)
+
+    def target_at(self, split: WindowSplit, rows: np.ndarray) -> np.ndarray:
+        """The target column's values in original units at ``rows`` (integers, a first axis of
+        one entry per example of ``split``) of each example's own series."""
+        rows = np.asarray(rows)
+        if self.panel is None:
+            return self.series.values[rows, self.target_column]
+        out = np.empty(rows.shape)
+        for k in np.unique(split.series_id):
+            mine = split.series_id == k
+            out[mine] = self.panel[k].values[rows[mine], self.target_column]
+        return out
+
+    def truth(self, split: WindowSplit) -> np.ndarray:
+        """(n, horizon): the values each example forecasts, in original units."""
+        return self.target_at(split, split.target_start[:, None] + np.arange(self.horizon))
+
+    def last_values(self, split: WindowSplit) -> np.ndarray:
+        """(n,): the last observed target value before each example's first target, in original units."""
+        return self.target_at(split, split.target_start - 1)
+
+    def levels(self, split: WindowSplit, out: np.ndarray) -> np.ndarray:
+        """Model outputs (n, horizon) for ``split`` as target values in original units:
+        unscaled, and with target_transform "diff" the last observed value plus the
+        forecast changes added up step by step."""
+        values = self.scaler.inverse(np.asarray(out, dtype=np.float64), column=self.target_column)
+        if self.target_transform == "diff":
+            values = self.last_values(split)[:, None] + np.cumsum(values, axis=1)
+        return values
 
 
 def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -799,6 +846,7 @@ def make_windows(
     target_column: int | str | None = None,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    target_transform: str = "level",
 ) -> WindowedDataset:
     """Cut a series into sliding forecasting windows, split chronologically.
 
@@ -811,9 +859,16 @@ def make_windows(
 
     ``target_column`` (a name or a position) is the column forecast; None picks
     default_target(series), the first column that does not look like a time index.
+
+    ``target_transform`` "diff": the model sees each row's change from the row before
+    (every column; scaled on the training rows' changes) and forecasts the target's next
+    one-step changes, which WindowedDataset.levels adds up onto the last observed value.
+    The parts are the same rows as with "level"; train needs one row more (the first row
+    has no change).
     """
     _check_positive_int("window", window)
     _check_positive_int("horizon", horizon)
+    offset = _transform_offset(target_transform)
     n = len(series.values)
     if n == 0:
         raise DataError(f"series {series.name!r} is empty")
@@ -830,24 +885,27 @@ def make_windows(
     n_train, n_val, n_test = split_sizes(n, val_fraction, test_fraction)
     bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
               "test": (n_train + n_val, n)}
-    needed = {"train": window + horizon, "val": horizon, "test": horizon}
+    needed = {"train": window + horizon + offset, "val": horizon, "test": horizon}
     for part, (a, b) in bounds.items():
         if b - a < needed[part]:
             extra = f"window={window} + horizon={horizon}" if part == "train" else f"horizon={horizon}"
+            extra += " + 1 (the first row has no change to forecast from)" if part == "train" and offset else ""
             raise DataError(
                 f"the {part} part of series {series.name!r} has {b - a} values (of {n}), "
                 f"too few for one window: {extra} needs at least {needed[part]}; "
                 f"use a longer series, a smaller window/horizon or other fractions"
             )
 
-    scaler, scaled = _standardize(series, n_train)
+    values = model_values(series.values, target_transform)
+    scaler, scaled = _standardize(dataclasses.replace(series, values=values), n_train, first=offset)
     splits = {}
     for part, (a, b) in bounds.items():
-        first = window if part == "train" else a  # train has no earlier rows for context
+        first = window + offset if part == "train" else a  # train has no earlier rows for context
         starts = np.arange(first, b - horizon + 1)
         inputs = starts[:, None] + np.arange(-window, 0)  # rows of each window
         targets = starts[:, None] + np.arange(horizon)  # rows of each window's targets
-        last = scaled[starts - 1, target]
+        # the naive forecast in the model's units: the last value, or (diff) no change
+        last = np.full(len(starts), -scaler.mean[target] / scaler.std[target]) if offset else scaled[starts - 1, target]
         splits[part] = WindowSplit(
             x=scaled[inputs],
             y=scaled[targets, target],
@@ -855,13 +913,36 @@ def make_windows(
             target_start=starts.astype(np.int64),
         )
     return WindowedDataset(splits["train"], splits["val"], splits["test"], scaler,
-                           window, horizon, target, series)
+                           window, horizon, target, series, target_transform=target_transform, train_rows=(n_train,))
 
 
-def _standardize(series: Series, n_train: int) -> tuple[Standardizer, np.ndarray]:
-    """The scaler fitted on the first ``n_train`` rows and every row scaled by it; a value
+#: what a series model sees and forecasts: "level", the values themselves, or "diff", each
+#: row's change from the row before (for series that trend out of their training range)
+TARGET_TRANSFORMS = ("level", "diff")
+
+
+def _transform_offset(target_transform: str) -> int:
+    """The rows at the start of a series that the transform leaves without a value (diff: 1)."""
+    if target_transform not in TARGET_TRANSFORMS:
+        raise DataError(f"target_transform must be one of {', '.join(TARGET_TRANSFORMS)}; got {target_transform!r}")
+    return 1 if target_transform == "diff" else 0
+
+
+def model_values(values: np.ndarray, target_transform: str) -> np.ndarray:
+    """(N, C) values as the model of ``target_transform`` sees them, before scaling: as they
+    are ("level"), or row t's change from row t - 1 ("diff"; row 0, which has none, is 0 and
+    never read)."""
+    values = np.asarray(values, dtype=np.float64)
+    if _transform_offset(target_transform) == 0:
+        return values
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is found by _standardize's check
+        return np.concatenate([np.zeros((1, values.shape[1])), np.diff(values, axis=0)]) if len(values) else values
+
+
+def _standardize(series: Series, n_train: int, first: int = 0) -> tuple[Standardizer, np.ndarray]:
+    """The scaler fitted on rows ``first`` to ``n_train`` and every row scaled by it; a value
     so large that this overflows float64 is a DataError naming the column."""
-    mean, std = _column_stats(series.values[:n_train])
+    mean, std = _column_stats(series.values[first:n_train])
     with np.errstate(over="ignore", invalid="ignore"):
         scaled = (series.values - mean) / std
     bad = ~(np.isfinite(mean) & np.isfinite(std) & np.all(np.isfinite(scaled), axis=0))

@@ -26,7 +26,8 @@ from lstmbench.training.distributed import SINGLE, World, shard
 from lstmbench.training.progress import progress_bar
 from lstmbench.errors import CheckpointError, DataError, LstmbenchError
 from lstmbench.training.loop import split_parts, stream_outputs
-from lstmbench.training.metrics import accuracy, mae, mean_loss, rmse, valid_steps
+from lstmbench.training import scoring
+from lstmbench.training.metrics import accuracy, mean_loss, valid_steps
 from lstmbench.params import Params
 from lstmbench.protocol import Backend, draw_symbol
 from lstmbench.resources import check_fits
@@ -127,27 +128,38 @@ class Task:
 
 def build_task(source: Source, *, hidden_size: int, num_layers: int = 1, dtype: str = "float32",
                window: int = 20, horizon: int = 1, target: str | int | None = None, seq_len: int = 64,
-               streams: int | None = None, per_line: bool = False, min_length: int | None = None) -> Task:
+               streams: int | None = None, per_line: bool = False, min_length: int | None = None,
+               season: int | None = None, target_transform: str = "level") -> Task:
     """The arrays and model of a run. ``target`` None: the first value column that is not
     index-like (lbdata.default_target). ``meta`` records the data's fingerprint.
     Text: ``streams`` cuts it into that many streams for stateful training
     (lbdata.make_stream_dataset), ``per_line`` into one record per line (make_line_dataset).
-    Several series (a source with a series column): ``min_length`` is the shortest example."""
+    Several series (a source with a series column): ``min_length`` is the shortest example.
+    Series: ``season`` the seasonal-naive baseline's (None: detected from a date index,
+    scoring.choose_season); ``target_transform`` "diff" forecasts changes (lbdata.make_windows)."""
     loaded = source.load()
     if source.kind == "series":
-        task = _series_task(source, loaded, hidden_size, num_layers, dtype, window, horizon, target, min_length)
+        task = _series_task(source, loaded, hidden_size, num_layers, dtype, window, horizon, target, min_length,
+                            target_transform)
+        scoring.choose_season(task.windows, season)  # a --season the data cannot take fails before training
+        if season is not None:
+            task.meta["season"] = season
     else:
+        if season is not None or target_transform != "level":
+            flag = "--season" if season is not None else "--target-transform"
+            raise DataError(f"{flag} is for series; a text model has no season and forecasts no values")
         task = _text_task(source, loaded, hidden_size, num_layers, dtype, seq_len, streams, per_line)
     task.meta["fingerprint"] = fingerprint({"train": task.train, "val": task.val, "test": task.test})
     return task
 
 
 def _series_task(source: Source, loaded, hidden_size: int, num_layers: int, dtype: str, window: int, horizon: int,
-                 target: str | int | None, min_length: int | None) -> Task:
+                 target: str | int | None, min_length: int | None, target_transform: str = "level") -> Task:
     if isinstance(loaded, list):  # several series (a series column)
-        win = lbdata.make_panel_windows(loaded, window, horizon, target_column=target, min_length=min_length)
+        win = lbdata.make_panel_windows(loaded, window, horizon, target_column=target, min_length=min_length,
+                                        target_transform=target_transform)
     else:
-        win = lbdata.make_windows(loaded, window, horizon, target_column=target)
+        win = lbdata.make_windows(loaded, window, horizon, target_column=target, target_transform=target_transform)
     cfg = ModelConfig(input_size=win.series.values.shape[1], hidden_size=hidden_size, output_size=horizon,
                       num_layers=num_layers, loss="mse", many_to_many=False, dtype=dtype)
     split = lambda s: (s.x.astype(dtype, copy=False), s.y.astype(dtype, copy=False)) + (  # noqa: E731
@@ -157,6 +169,8 @@ def _series_task(source: Source, loaded, hidden_size: int, num_layers: int, dtyp
             "scaler": win.scaler.to_dict()}
     if win.names is not None:
         meta |= {"series": list(win.names), "min_length": win.min_length}
+    if target_transform != "level":  # absent: levels (checkpoints from before the transform existed)
+        meta["target_transform"] = target_transform
     return Task(source, cfg, split(win.train), split(win.val), split(win.test), meta, windows=win)
 
 
@@ -223,11 +237,16 @@ def split_outputs(backend: Backend, task: Task, params: Params, split: tuple, wo
     return predict_in_chunks(backend, task.cfg, params, x, world=world, lengths=lengths)
 
 
-def evaluate(backend: Backend, task: Task, params: Params, world: World = SINGLE) -> dict[str, Any]:
-    """Test-part metrics next to a naive baseline's (the outputs computed on shards with several ranks)."""
+def evaluate(backend: Backend, task: Task, params: Params, world: World = SINGLE,
+             season: int | None = None) -> dict[str, Any]:
+    """Test-part metrics next to the baselines' (scoring; the outputs computed on shards with
+    several ranks). Series: ``season`` the seasonal-naive baseline's, by default the task's
+    (meta "season") or the one its date index implies."""
     out = split_outputs(backend, task, params, task.test, world)
     if task.windows is not None:
-        return _series_metrics(task, out)
+        season, season_from = scoring.choose_season(task.windows, season or task.meta.get("season"))
+        return {"test_loss": mean_loss(task.cfg, out, task.test[1]),
+                **scoring.series_report(task.windows, out, season, season_from)}
     # Naive baseline for text: a unigram model of the training symbols (add-one smoothing); with
     # lengths (per-line records) every count and mean is over the valid positions alone.
     _, y, lengths = split_parts(task.test)
@@ -235,20 +254,8 @@ def evaluate(backend: Backend, task: Task, params: Params, world: World = SINGLE
     valid, valid_train = valid_steps(task.cfg, y, lengths), valid_steps(task.cfg, y_train, lengths_train)
     counts = np.bincount(y_train[valid_train].ravel(), minlength=task.cfg.output_size) + 1.0
     log_p = np.log(counts / counts.sum())
-    return {"test_loss": mean_loss(task.cfg, out, y, lengths), "test_accuracy": accuracy(out, y, valid),
-            "naive_loss": float(-log_p[y[valid]].mean()), "naive_accuracy": float(np.mean(y[valid] == np.argmax(counts))),
-            "baseline": "unigram frequencies"}
-
-
-def _series_metrics(task: Task, out: np.ndarray) -> dict[str, Any]:
-    win, y = task.windows, task.test[1]
-    col = win.target_column
-    pred = win.scaler.inverse(out.astype(np.float64), column=col)
-    truth = win.scaler.inverse(win.test.y, column=col)
-    naive = win.scaler.inverse(win.test.last_input, column=col)
-    return {"test_loss": mean_loss(task.cfg, out, y), "test_rmse": rmse(pred, truth), "test_mae": mae(pred, truth),
-            "naive_rmse": rmse(naive, truth), "naive_mae": mae(naive, truth), "units": win.series.columns[col],
-            "baseline": "last value"}
+    return scoring.text_report(mean_loss(task.cfg, out, y, lengths), accuracy(out, y, valid),
+                               float(-log_p[y[valid]].mean()), float(np.mean(y[valid] == np.argmax(counts))))
 
 
 def write_metrics(path: Path, payload: dict[str, Any]) -> None:
@@ -286,10 +293,9 @@ def plot_run(backend: Backend, task: Task, params: Params, history: list[dict], 
         one = slice(None) if win.panel is None else win.test.series_id == win.test.series_id[0]
         series = win.series if win.panel is None else win.panel[win.test.series_id[0]]
         when = series.index[win.test.target_start[one]]
-        ax.plot(when, win.scaler.inverse(win.test.y[one], column=col)[:, 0], "k.-", label="truth")
-        ax.plot(when, win.scaler.inverse(out[one], column=col)[:, 0], "C0.-", label=f"LSTM ({backend.name})")
-        ax.plot(when, win.scaler.inverse(win.test.last_input[one], column=col)[:, 0], "C1--", alpha=0.7,
-                label="naive: last value")
+        ax.plot(when, win.truth(win.test)[one, 0], "k.-", label="truth")
+        ax.plot(when, win.levels(win.test, out)[one, 0], "C0.-", label=f"LSTM ({backend.name})")
+        ax.plot(when, win.last_values(win.test)[one], "C1--", alpha=0.7, label="naive: last value")
         ahead = "one step ahead" if win.horizon == 1 else f"the first of {win.horizon} steps forecast"
         ax.set_title(f"{series.name}: test part, {ahead}")
         ax.set_ylabel(win.series.columns[col])
@@ -355,6 +361,11 @@ def _series_meta_problems(cfg: ModelConfig, meta: dict) -> list[str]:
     target = meta.get("target_column")
     if not (isinstance(target, int) and not isinstance(target, bool) and 0 <= target < cfg.input_size):
         problems.append(f"target_column must be a position in 0..{cfg.input_size - 1}, got {target!r}")
+    if meta.get("target_transform", "level") not in lbdata.TARGET_TRANSFORMS:
+        problems.append(f"target_transform must be one of {', '.join(lbdata.TARGET_TRANSFORMS)}, got "
+                        f"{meta.get('target_transform')!r:.100}")
+    if "season" in meta and not _is_count(meta["season"]):
+        problems.append(f"season must be a positive integer, got {meta['season']!r:.100}")
     names, fewest = meta.get("series"), meta.get("min_length")
     if names is not None and not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
                                   and _is_count(fewest)):
@@ -387,19 +398,24 @@ def forecast(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, ser
     """The next ``steps`` values of the target column after the end of ``series``.
     Beyond the model's horizon, predictions are fed back (univariate series only). A model
     of several series (meta "min_length") forecasts from fewer rows than its window too, down
-    to min_length, as it was trained to."""
+    to min_length, as it was trained to. A model of changes (meta "target_transform" diff)
+    sees the series' changes and its forecasts are added up onto the last value."""
     scaler = lbdata.Standardizer.from_dict(meta["scaler"])
     window, horizon, col = meta["window"], meta["horizon"], meta["target_column"]
+    transform = meta.get("target_transform", "level")
+    offset = int(transform == "diff")  # a change needs the row before it
     fewest = meta.get("min_length") or window
     if list(series.columns) != meta["columns"]:
         raise DataError(f"the series has columns {list(series.columns)}, the model was trained on {meta['columns']}")
-    if len(series) < fewest:
+    if len(series) < fewest + offset:
         what = f"min_length={fewest}" if fewest < window else f"window={window}"
+        what += " (+ 1: the model forecasts changes, and the first value has none)" if offset else ""
         raise DataError(f"forecasting needs at least {what} values, the series has {len(series)}")
     if steps > horizon and len(series.columns) > 1:
         raise DataError(f"this model forecasts {horizon} step(s) of one column from {len(series.columns)} columns; "
                         f"it cannot feed its predictions back, so --steps must be <= {horizon}")
-    history = scaler.transform(series.values)[-window:]  # (up to window, C), standardized
+    seen = lbdata.model_values(series.values, transform)[offset:]  # the values, or their changes
+    history = scaler.transform(seen)[-window:]  # (up to window, C), standardized
     predicted: list[float] = []
     with progress_bar(progress, total=steps, desc="forecast", unit="step", leave=False) as bar:
         while len(predicted) < steps:
@@ -411,7 +427,8 @@ def forecast(backend: Backend, cfg: ModelConfig, params: Params, meta: dict, ser
             predicted.extend(out.tolist())
             if len(predicted) < steps:  # feed the forecast back (univariate only, checked above)
                 history = np.concatenate([history, out[:, None]])[-window:]
-    return scaler.inverse(np.array(predicted[:steps])[:, None], column=col)[:, 0]
+    values = scaler.inverse(np.array(predicted[:steps])[:, None], column=col)[:, 0]
+    return series.values[-1, col] + np.cumsum(values) if offset else values
 
 
 def pick_series(meta: dict, loaded, name: str | None) -> lbdata.Series:
