@@ -20,6 +20,10 @@ backend's own arrays (device arrays stay on the device); ``initial_state`` is th
 previous step returned. ``_carried_to_host`` / ``_carried_from_host`` (lstmbench.protocol)
 copy it out for checkpoints and back in on resume.
 
+Dropout (a backend with Capabilities(dropout=True), a model with ``cfg.dropout > 0``): the two
+kernels above then also get ``dropout=`` a DropoutDraw; :class:`DropoutPlan` turns it into
+what a kernel needs (per-site keys, the threshold, the scale, each kernel row's global index).
+
 The base owns the rest: the flat training state, the step counter, the step's scalars
 (:func:`lstmbench.optim.step_scalars`, computed once per step on the host, as llm.c's
 adamw() wrapper hands its kernel bias-corrected scalars), the gradient hook between the
@@ -37,12 +41,12 @@ from typing import Any, Callable, Hashable, Iterator
 
 import numpy as np
 
-from lstmbench.config import ModelConfig
+from lstmbench.config import DropoutDraw, ModelConfig
 from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars, step_scalars
 from lstmbench.protocol import Backend
 
-__all__ = ["MAX_WORKSPACE_SHAPES", "FlatTrainState", "FusedBackend", "RowOrder", "WorkspaceCache"]
+__all__ = ["MAX_WORKSPACE_SHAPES", "DropoutPlan", "FlatTrainState", "FusedBackend", "RowOrder", "WorkspaceCache"]
 
 #: shapes whose workspaces are kept: a run sees a few (full batches, the last partial batch)
 MAX_WORKSPACE_SHAPES = 8
@@ -84,6 +88,28 @@ class RowOrder:
             index[axis] = self.perm
             out[tuple(index)] = a
         return out
+
+
+@dataclass(frozen=True)
+class DropoutPlan:
+    """A training step's dropout masks as a kernel draws them (design.md section 9): element j
+    of kernel row k at step t of site s (width W = H) is kept when
+    fmix32(((rows[k] * T + t) * W + j) ^ keys[s]) >= threshold, on uint32, and kept values are
+    multiplied by ``scale``. Sites 1 .. L-1 are the inputs of layers 1 .. L-1, site L the head's;
+    ``keys[0]`` is unused. For a many-to-one head, t is the last step the row takes."""
+
+    keys: np.ndarray  # (L+1,) uint32
+    threshold: int  # floor(p * 2**32), compared as uint32
+    scale: np.floating  # 1 / (1 - p) in the model's dtype
+    rows: np.ndarray  # (B,) uint32: each kernel row's index in the global minibatch
+
+    @classmethod
+    def of(cls, cfg: ModelConfig, draw: DropoutDraw, order: RowOrder) -> "DropoutPlan":
+        B = len(order.lengths)
+        batch_rows = np.arange(B, dtype=np.int64) if order.perm is None else order.perm.astype(np.int64)
+        keys = np.array([0] + [draw.site_key(site) for site in range(1, cfg.num_layers + 1)], np.uint32)
+        rows = ((draw.first_row + batch_rows) & 0xFFFFFFFF).astype(np.uint32)
+        return cls(keys, DropoutDraw.threshold(cfg.dropout), DropoutDraw.scale(cfg.dropout, cfg.dtype), rows)
 
 
 @functools.lru_cache(maxsize=64)
@@ -211,7 +237,7 @@ class FusedBackend(Backend):
         """One step: the gradient, the hook (when set), then clipping and the update with the
         step's scalars; the step counter moves only when the step has run. With
         return_state=True among ``sequences``: ``(loss, (h_n, c_n))``."""
-        scalars = step_scalars(state.opt, state.step + 1)
+        scalars = step_scalars(state.opt, state.step + 1, state.lr)
         if state.gradient_hook is None:
             out = self._fused_step(state, x, y, scalars, **sequences)
         else:

@@ -81,6 +81,10 @@ class TrainState:
     the backend's own array type (device arrays on a GPU), or None (zeros: the start of an
     epoch); the next carrying step starts from it. Read and set it through
     Backend.carried_state and Backend.set_carried_state, which copy to and from the host.
+
+    ``lr``: the learning rate of the next step (a schedule sets it before each step; the
+    optimizer's own by default). ``seed``: the run's seed, which with the step number picks
+    the dropout masks of a model with dropout (design.md section 9).
     """
 
     cfg: ModelConfig
@@ -90,6 +94,12 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
     gradient_hook: GradientHook | None = None
     carried: tuple[Any, Any] | None = None
+    lr: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = self.opt.lr
 
     @property
     def step(self) -> int:

@@ -1,4 +1,5 @@
-"""The reference optimizers: gradient-norm clipping, SGD with momentum, Adam.
+"""The reference optimizers: gradient-norm clipping, SGD with momentum, Adam, AdamW, each
+with weight decay (design.md section 10).
 
 They follow torch.optim exactly (same update order, same bias correction), so
 parameters after k steps can be compared with PyTorch. Optimizer state is a flat
@@ -30,7 +31,7 @@ def init_optimizer_state(opt: OptimizerConfig, params: Mapping[str, np.ndarray])
 
 def optimizer_slots(opt: OptimizerConfig) -> tuple[str, ...]:
     """Names of the per-parameter buffers the optimizer keeps."""
-    if opt.kind == "adam":
+    if opt.kind in ("adam", "adamw"):
         return ("m", "v")
     return ("momentum",) if opt.momentum > 0 else ()
 
@@ -55,10 +56,14 @@ class StepScalars:
     says how, for example, Adam's bias corrections are computed; a kernel rounds them to the
     parameters' dtype (:meth:`in_dtype`) and does nothing but elementwise arithmetic."""
 
-    kind: str  # "sgd" or "adam"
+    kind: str  # "sgd", "adam" or "adamw"
     step: int  # the step being taken, counted from 1
-    lr: float
+    lr: float  # this step's learning rate (a schedule's, lstmbench.training.schedule)
     clip_norm: float | None  # clip the gradient's global L2 norm to this (None: no clipping)
+    # weight decay: SGD and Adam add l2 * theta to the clipped gradient; AdamW multiplies theta
+    # by decay_factor = 1 - lr * w before its update (1.0 when it does not decay)
+    l2: float
+    decay_factor: float
     # SGD
     momentum: float
     first_step: bool  # torch's SGD starts its momentum buffer as the first step's gradient
@@ -83,12 +88,18 @@ class StepScalars:
         return clip_scale(norm, self.clip_norm)
 
 
-def step_scalars(opt: OptimizerConfig, step: int) -> StepScalars:
-    """The scalars of step ``step`` (counted from 1) of ``opt``: bias corrections included."""
+def step_scalars(opt: OptimizerConfig, step: int, lr: float | None = None) -> StepScalars:
+    """The scalars of step ``step`` (counted from 1) of ``opt`` at learning rate ``lr`` (None:
+    ``opt.lr``): bias corrections and weight decay included."""
     b1, b2 = opt.betas
-    return StepScalars(kind=opt.kind, step=step, lr=opt.lr, clip_norm=opt.clip_norm, momentum=opt.momentum,
-                       first_step=step == 1, beta1=b1, beta2=b2, one_minus_beta1=1 - b1, one_minus_beta2=1 - b2,
-                       step_size=opt.lr / (1 - b1**step), bias2_sqrt=math.sqrt(1 - b2**step), eps=opt.eps)
+    lr = opt.lr if lr is None else float(lr)
+    decoupled = opt.kind == "adamw"
+    return StepScalars(kind=opt.kind, step=step, lr=lr, clip_norm=opt.clip_norm,
+                       l2=0.0 if decoupled else opt.weight_decay,
+                       decay_factor=1.0 - lr * opt.weight_decay if decoupled else 1.0,
+                       momentum=opt.momentum, first_step=step == 1,
+                       beta1=b1, beta2=b2, one_minus_beta1=1 - b1, one_minus_beta2=1 - b2,
+                       step_size=lr / (1 - b1**step), bias2_sqrt=math.sqrt(1 - b2**step), eps=opt.eps)
 
 
 def optimizer_step(
@@ -96,13 +107,19 @@ def optimizer_step(
     params: dict[str, np.ndarray],
     grads: Mapping[str, np.ndarray],
     state: OptState,
+    lr: float | None = None,
 ) -> None:
-    """One update of ``params`` and ``state`` in place (clipping included)."""
-    s = step_scalars(opt, int(state["step"]) + 1)
+    """One update of ``params`` and ``state`` in place (clipping and weight decay included), at
+    learning rate ``lr`` (None: ``opt.lr``)."""
+    s = step_scalars(opt, int(state["step"]) + 1, lr)
     scale = s.clip_scale(global_norm(grads))
     state["step"] = np.array(s.step, dtype=np.int64)
     for name, p in params.items():
         g = grads[name] * p.dtype.type(scale) if scale != 1.0 else grads[name]
+        if s.l2:
+            g = g + p.dtype.type(s.l2) * p  # L2: torch's SGD and Adam, after clipping
+        if s.decay_factor != 1.0:
+            p *= p.dtype.type(s.decay_factor)  # AdamW: decoupled, before the update
         if s.kind == "sgd":
             if s.momentum > 0:
                 buf = state[f"momentum/{name}"]

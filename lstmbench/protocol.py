@@ -16,6 +16,11 @@ carry_state=True)``, truncated BPTT) calls ``_train_step`` with ``return_state=T
 carried state as ``initial_state``, and takes back ``(loss, (h_n, c_n))`` in the backend's own
 arrays, kept in ``TrainState.carried`` for the next step; ``_carried_to_host`` and
 ``_carried_from_host`` move it to and from the host (checkpoints, resume).
+
+Dropout (design.md section 9), for a backend with Capabilities(dropout=True) and a model with
+``cfg.dropout > 0``: ``_loss_and_grads`` and ``_train_step`` take ``dropout=`` a
+:class:`lstmbench.config.DropoutDraw` (seed, step, first row) and draw their masks from it;
+``_forward`` never gets one (forward, evaluation and prediction use no dropout).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from lstmbench.config import DTYPES, LOSSES, OPTIMIZERS, ModelConfig, OptimizerConfig
+from lstmbench.config import DTYPES, LOSSES, OPTIMIZERS, DropoutDraw, ModelConfig, OptimizerConfig
 from lstmbench.errors import BackendError, ConfigError, DataError, DTypeError, NonFiniteError, ShapeError, UnsupportedError
 from lstmbench.optim import OptState, init_optimizer_state, optimizer_step
 from lstmbench.params import Params, check_params, copy_params
@@ -49,6 +54,8 @@ class Capabilities:
     # lengths, an initial state and the final state (design.md section 8): a backend that has
     # them takes lengths=, initial_state= (and return_state= in _forward) as keywords
     sequences: bool = False
+    # dropout in training steps (design.md section 9): _loss_and_grads and _train_step take dropout=
+    dropout: bool = False
 
     def why_unsupported(self, cfg: ModelConfig, opt: OptimizerConfig | None = None) -> str | None:
         """None if supported, else a sentence saying what is not."""
@@ -166,15 +173,17 @@ class Backend:
 
     def loss_and_grads(
         self, cfg: ModelConfig, params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-        lengths: np.ndarray | None = None, initial_state=None,
+        lengths: np.ndarray | None = None, initial_state=None, dropout: DropoutDraw | None = None,
     ) -> tuple[float, Params]:
         """Mean loss over the batch's valid terms and its exact gradient for every parameter
-        (none for the initial state: it is a constant)."""
+        (none for the initial state: it is a constant). ``dropout``: the masks of a training
+        step of a model with ``cfg.dropout > 0`` (without it, or at p = 0, none is applied)."""
         self.check_supported(cfg)
         check_params(cfg, params)
         check_inputs(cfg, x)
         check_targets(cfg, x, y)
         extra = self._sequence_args(cfg, x, lengths, initial_state)
+        extra.update(self._dropout_args(cfg, dropout))
         loss, grads = self._loss_and_grads(cfg, params, x, y, **extra)
         check_params(cfg, grads, what=f"backend {self.name!r}'s gradients", finite=False)
         return check_loss(self.name, loss, "loss_and_grads"), grads
@@ -212,9 +221,13 @@ class Backend:
         params: Mapping[str, np.ndarray],
         opt: OptimizerConfig,
         opt_state: Mapping[str, np.ndarray] | None = None,
+        seed: int = 0,
     ) -> TrainState:
-        """Training state from host parameters (and, to resume, optimizer state)."""
+        """Training state from host parameters (and, to resume, optimizer state). ``seed``: the
+        run's, from which (with the step number) the training steps draw their dropout masks."""
         self.check_supported(cfg, opt)
+        if cfg.dropout > 0:
+            self._dropout_args(cfg, DropoutDraw(seed, 1))  # refused here, not at the first step
         check_params(cfg, params)
         fresh = init_optimizer_state(opt, params)
         if opt_state is not None:
@@ -227,11 +240,16 @@ class Backend:
                 if np.shape(v) != fresh[k].shape:
                     raise ConfigError(f"optimizer state {k!r} has shape {np.shape(v)}, expected {fresh[k].shape}")
             fresh = {k: np.array(v, dtype=fresh[k].dtype) for k, v in opt_state.items()}
-        return self._init_state(cfg, copy_params(params), opt, fresh)
+        state = self._init_state(cfg, copy_params(params), opt, fresh)
+        state.seed = int(seed)
+        return state
 
     def train_step(self, state: TrainState, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None,
-                   initial_state=None, carry_state: bool = False) -> float:
-        """One optimizer step on (x, y); returns the loss before the update.
+                   initial_state=None, carry_state: bool = False, first_row: int = 0) -> float:
+        """One optimizer step on (x, y) at the learning rate ``state.lr``; returns the loss before
+        the update. A model with dropout draws the masks of DropoutDraw(state.seed, step about
+        to be taken, ``first_row``): ``first_row`` is the index of x's first row in the global
+        minibatch (a data-parallel rank's shard starts there), so P ranks draw one process's masks.
 
         ``carry_state=True`` (truncated backpropagation through time, design.md section 8): the
         step starts from the state carried in ``state`` (zeros when none is) and keeps the
@@ -247,6 +265,7 @@ class Backend:
         if carry_state:
             self._check_carry(state, x, initial_state)
         extra = self._sequence_args(state.cfg, x, lengths, initial_state)
+        extra.update(self._dropout_args(state.cfg, DropoutDraw(state.seed, state.step + 1, first_row)))
         if not carry_state:
             return check_loss(self.name, self._train_step(state, x, y, **extra), "train_step")
         if state.carried is not None:
@@ -314,6 +333,18 @@ class Backend:
                                    " yet (design.md section 8); the numpy reference does")
         return extra
 
+    def _dropout_args(self, cfg: ModelConfig, draw: DropoutDraw | None) -> dict:
+        """``{"dropout": draw}`` for a model with dropout; {} without (so a backend without dropout
+        is called as before)."""
+        if draw is None or cfg.dropout == 0:
+            return {}
+        if not isinstance(draw, DropoutDraw):
+            raise ConfigError(f"dropout must be a lstmbench.config.DropoutDraw, got {type(draw).__name__}")
+        if not self.capabilities.dropout:
+            raise UnsupportedError(f"backend {self.name!r} does not train with dropout yet (design.md section 9); "
+                                   "the numpy reference does")
+        return {"dropout": draw}
+
     def get_params(self, state: TrainState) -> Params:
         """Host copy of the current parameters (checked: names, shapes, dtype, finite)."""
         params = self._get_params(state)
@@ -355,10 +386,14 @@ class Backend:
     def _init_state(self, cfg, params: Params, opt, opt_state: OptState) -> TrainState:
         return TrainState(cfg, opt, params, opt_state)
 
-    def _train_step(self, state: TrainState, x, y, return_state: bool = False, **sequences):
+    def _train_step(self, state: TrainState, x, y, return_state: bool = False, dropout=None, **sequences):
         """The loss (and, with ``return_state``, ``(loss, (h_n, c_n))``: the final state at the
         parameters before the update, from a forward pass of its own)."""
-        loss, grads = self._loss_and_grads(state.cfg, state.params, x, y, **sequences)
+        if return_state and dropout is not None:  # that pass would have no dropout: another state
+            raise UnsupportedError(f"backend {self.name!r} carries the state of a pass without dropout; a backend "
+                                   "with dropout and states overrides _train_step to return its step's own state")
+        masks = {} if dropout is None else {"dropout": dropout}
+        loss, grads = self._loss_and_grads(state.cfg, state.params, x, y, **sequences, **masks)
         final = self._forward(state.cfg, state.params, x, return_state=True, **sequences)[1] if return_state else None
         loss = self._apply_gradients(state, loss, grads)
         return (loss, final) if return_state else loss
@@ -370,7 +405,7 @@ class Backend:
             flat = layout.flatten(grads, state.cfg.np_dtype)
             loss = state.reduce_gradient(flat, loss)
             grads = layout.views(flat)
-        optimizer_step(state.opt, state.params, grads, state.opt_state)
+        optimizer_step(state.opt, state.params, grads, state.opt_state, state.lr)
         return loss
 
     def _carried_to_host(self, state: TrainState, carried) -> tuple[np.ndarray, np.ndarray]:

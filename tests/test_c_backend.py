@@ -77,6 +77,7 @@ def _same_bits_cases():
     one-hot input, B = 1, several layers."""
     rng = np.random.default_rng(5)
     adam = lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.5)
+    adamw = lb.OptimizerConfig("adamw", lr=1e-2, clip_norm=0.5, weight_decay=0.1)
     for dtype in ("float64", "float32"):
         for (D, H, O, L, loss, m2m, B, T) in ((3, 40, 4, 2, "mse", False, 16, 9), (1, 96, 1, 1, "mse", False, 1, 12),
                                                 (6, 40, 6, 3, "xent", True, 3, 7), (3, 37, 3, 1, "mse", True, 100, 5)):
@@ -85,13 +86,14 @@ def _same_bits_cases():
             x = (np.eye(D, dtype=dtype)[rng.integers(0, D, (B, T))] if loss == "xent"
                  else rng.standard_normal((B, T, D)).astype(dtype))
             y = rng.integers(0, O, lead) if loss == "xent" else rng.standard_normal(lead + (O,)).astype(dtype)
-            yield Case(cfg, lb.init_params(cfg, H), x, y, adam, 3)
+            yield Case(cfg, lb.init_params(cfg, H), x, y, adamw if m2m else adam, 3, seed=H)
 
 
 @pytest.mark.parametrize("parallel", ["shards", "units", "auto"])
 def test_the_32_and_64_byte_builds_give_the_same_bits(parallel):
     """Vector width changes which registers hold a column, never the order of any sum, so the two
-    builds must agree bit for bit: forward, loss, gradients and trained parameters."""
+    builds must agree bit for bit: forward, loss, gradients and trained parameters (with and
+    without dropout: _run_everything trains with it too)."""
     from lstmbench.testing.checks import _run_everything
 
     if not _has_avx512():
@@ -309,9 +311,10 @@ def test_matrix_product_matches_numpy(dtype, transpose_a, pack_b):
 @pytest.mark.skipif(GCC is None, reason="gcc is not installed")
 @pytest.mark.parametrize("vector_bytes", [32, 64])
 def test_kernel_is_clean_under_address_sanitizer(tmp_path, vector_bytes):
-    """asan_driver.c runs forward, backward and both optimizers for both dtypes, 1-3 layers,
-    both losses and task shapes, on sizes that leave padding, under ASan and UBSan, in both
-    builds (their panels, padding and workspace layouts differ)."""
+    """asan_driver.c runs forward, backward and the optimizers (weight decay and AdamW included,
+    the update also against its formula) for both dtypes, 1-3 layers, both losses and task
+    shapes, on sizes that leave padding, each with and without dropout, under ASan and UBSan,
+    in both builds (their panels, padding and workspace layouts differ)."""
     exe = tmp_path / "asan_driver"
     build = subprocess.run(
         [GCC, "-std=c11", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
@@ -374,3 +377,63 @@ def test_inputs_that_are_not_one_hot_are_multiplied():
     twice = x.copy()
     twice[1, 2, 1] = 1.0  # two ones in one vector
     assert one_hot_symbols(twice) is None
+
+
+def _dropout_case(dtype: str, loss: str, many_to_many: bool, layers: int, batch: int, hidden: int) -> Case:
+    rng = np.random.default_rng(layers)
+    cfg = lb.ModelConfig(3, hidden, 4, layers, loss, many_to_many, dtype)
+    T = 6
+    x = rng.standard_normal((batch, T, 3)).astype(dtype)
+    lead = (batch, T) if many_to_many else (batch,)
+    y = rng.standard_normal(lead + (4,)).astype(dtype) if loss == "mse" else rng.integers(0, 4, lead)
+    return Case(cfg, lb.init_params(cfg, 7), x, y, lb.OptimizerConfig("adamw", lr=1e-2, weight_decay=0.1), 2,
+                seed=12345 + layers)
+
+
+@pytest.mark.parametrize("parallel", ["shards", "units"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_dropout_matches_the_reference_in_both_plans(parallel, dtype):
+    """The masks the kernel draws from the hash are the reference's, whether a row's shard runs
+    on one thread or the threads share its hidden units: loss and gradients, the two halves of a
+    batch given their first rows, training steps, with lengths (rows permuted into shards), an
+    initial state and a carried one; many-to-one (one masked step per row) and many-to-many."""
+    from lstmbench.testing.checks import check_dropout
+
+    backend = available_backend()
+    backend.set_threads(2)
+    backend.parallel = parallel
+    for loss, m2m, layers, batch, hidden in (("mse", False, 2, 7, 20), ("xent", True, 3, 5, 37), ("mse", True, 1, 3, 9)):
+        check_dropout(backend, _dropout_case(dtype, loss, m2m, layers, batch, hidden))
+
+
+def test_dropout_costs_no_memory_at_p_zero():
+    """Only a model with p > 0 gets the buffers for the masked layer outputs; at p = 0 the
+    workspace is what it was before dropout existed."""
+    backend = available_backend()
+    x = np.zeros((8, 5, 3))
+    sizes = {}
+    for p in (0.0, 0.3):
+        cfg = lb.ModelConfig(3, 16, 2, 2, dropout=p)
+        sizes[p] = backend._make_workspace(backend._workspace_key(cfg, x)).block.size
+    assert sizes[0.3] > sizes[0.0]
+    plain = lb.ModelConfig(3, 16, 2, 2)
+    assert backend._make_workspace(backend._workspace_key(plain, x)).block.size == sizes[0.0]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("opt", [lb.OptimizerConfig("sgd", lr=0.1, momentum=0.9, weight_decay=0.1),
+                                 lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.5, weight_decay=0.1),
+                                 lb.OptimizerConfig("adamw", lr=1e-2, clip_norm=0.5, weight_decay=0.1)],
+                         ids=["sgd-l2", "adam-l2", "adamw"])
+def test_weight_decay_in_the_fused_step_and_the_update_alone(dtype, opt):
+    """L2 weight decay (SGD, Adam) and decoupled decay (AdamW) as lstmbench.optim applies them,
+    in lstm_train_step (no hook) and in lstm_update (after a gradient hook)."""
+    from dataclasses import replace
+
+    from lstmbench.testing.checks import check_gradient_hook
+
+    backend = available_backend()
+    backend.set_threads(2)
+    case = replace(_mid_size_case(dtype, "mse", False), opt=opt)
+    check_training_steps(backend, case)
+    check_gradient_hook(backend, case)

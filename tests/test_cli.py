@@ -65,6 +65,27 @@ def test_resume_continues_the_run(tmp_path, capsys):
         np.testing.assert_array_equal(a.params[name], b.params[name])
 
 
+def test_dropout_weight_decay_and_a_schedule_train_record_and_resume(tmp_path, capsys):
+    base = ["train", "--dataset", "nile", "--window", "5", "--hidden", "4", "--layers", "2", "--quiet", "--dtype",
+            "float64", "--dropout", "0.25", "--optimizer", "adamw", "--lr-schedule", "cosine", "--warmup-steps", "3",
+            "--backend", "numpy"]
+    code, _, err = run(capsys, *base, "--epochs", "4", "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    assert "optimizer adamw, lr 0.01 (cosine to 0 after a 3-step linear warm-up), weight decay 0.01 (decoupled), " \
+           "dropout 0.25" in err
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    rates = [h["lr"] for h in metrics["history"]]
+    assert rates[0] < 0.01 and rates[1:] == sorted(rates[1:], reverse=True)  # warm-up, then the cosine decay
+    assert rates[-1] < 0.1 * max(rates)
+    assert metrics["schedule"]["kind"] == "cosine" and metrics["model"]["dropout"] == 0.25
+    assert metrics["optimizer"]["weight_decay"] == 0.01
+    assert f"lr {rates[0]:.3g}" in err
+    code, _, err = run(capsys, "train", "--resume", "--lr-schedule", "step", "--out", str(tmp_path / "a"))
+    assert code == 2 and "--lr-schedule step (the run has cosine)" in err
+    code, _, err = run(capsys, "train", "--resume", "--epochs", "6", "--out", str(tmp_path / "a"))
+    assert code == 2 and "cosine schedule decays over" in err
+
+
 def test_text_training_and_sampling(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("abcabcabd " * 60)
@@ -84,6 +105,11 @@ def test_text_training_and_sampling(tmp_path, capsys):
         (["train", "--dataset", "nile", "--window", "90"], "too few"),
         (["train", "--csv", "/nonexistent.csv"], "nonexistent.csv"),
         (["predict", "/nonexistent.npz"], "does not exist"),
+        (["train", "--dataset", "nile", "--gamma", "0.5"], "--gamma applies to --lr-schedule step, not constant"),
+        (["train", "--dataset", "nile", "--lr-schedule", "cosine", "--step-size", "2"],
+         "--step-size applies to --lr-schedule step, not cosine"),
+        (["train", "--dataset", "nile", "--lr-schedule", "step"], "needs --step-size"),
+        (["train", "--dataset", "nile", "--optimizer", "adam", "--momentum", "0.9"], "momentum is SGD's"),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, capsys, argv, message):
@@ -91,6 +117,20 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, argv, message):
     assert code == 2
     assert message in err
     assert not (tmp_path / "o" / "last.npz").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dropout", "1"], "argument --dropout: must be at least 0 and below 1"),
+    (["--dropout", "-0.5"], "argument --dropout"),
+    (["--weight-decay", "-1"], "argument --weight-decay: must be a finite number >= 0"),
+    (["--lr-schedule", "linear"], "argument --lr-schedule: invalid choice: 'linear'"),
+    (["--optimizer", "lamb"], "argument --optimizer: invalid choice: 'lamb'"),
+])
+def test_bad_regularisation_and_schedule_flags_are_named(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--dataset", "nile", *flags, "--out", str(tmp_path / "o")])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_csv_with_missing_cell_names_row_and_column(tmp_path, capsys):

@@ -210,6 +210,9 @@ def test_check_params_non_finite(bad):
         (dict(clip_norm=0.0), "clip_norm"),
         (dict(clip_norm=-1.0), "clip_norm"),
         (dict(clip_norm=float("nan")), "clip_norm"),
+        (dict(weight_decay=-0.01), "weight decay must be a finite number >= 0"),
+        (dict(kind="adamw", weight_decay=float("inf")), "weight decay"),
+        (dict(kind="adam", momentum=0.9), "momentum is SGD's"),
     ],
 )
 def test_optimizer_config_validation(kwargs, match):
@@ -239,7 +242,9 @@ def test_optimizer_config_round_trip():
     assert adam.betas == (0.8, 0.99)
     assert OptimizerConfig.from_dict(adam.to_dict()) == adam
     with pytest.raises(ConfigError, match="not an OptimizerConfig"):
-        OptimizerConfig.from_dict({"kind": "adam", "weight_decay": 0.1})
+        OptimizerConfig.from_dict({"kind": "adam", "nesterov": True})
+    adamw = OptimizerConfig("adamw", weight_decay=0.01)
+    assert OptimizerConfig.from_dict(adamw.to_dict()) == adamw
 
 
 # --- optimizers ----------------------------------------------------------------------
@@ -254,22 +259,27 @@ def _random_problem(seed=0, steps=5):
     return params, grads
 
 
-def _run_ours(opt, params, grads):
+def _run_ours(opt, params, grads, lrs=None):
     params = {k: v.copy() for k, v in params.items()}
     state = init_optimizer_state(opt, params)
-    for g in grads:
-        optimizer_step(opt, params, {k: v.copy() for k, v in g.items()}, state)
+    for step, g in enumerate(grads):
+        optimizer_step(opt, params, {k: v.copy() for k, v in g.items()}, state, None if lrs is None else lrs[step])
     return params, state
 
 
-def _run_torch(opt, params, grads):
+def _run_torch(opt, params, grads, lrs=None):
     torch = pytest.importorskip("torch")
     tp = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    adam_args = {"lr": opt.lr, "betas": opt.betas, "eps": opt.eps, "weight_decay": opt.weight_decay}
     if opt.kind == "adam":
-        topt = torch.optim.Adam(list(tp.values()), lr=opt.lr, betas=opt.betas, eps=opt.eps)
+        topt = torch.optim.Adam(list(tp.values()), **adam_args)
+    elif opt.kind == "adamw":
+        topt = torch.optim.AdamW(list(tp.values()), **adam_args)
     else:
-        topt = torch.optim.SGD(list(tp.values()), lr=opt.lr, momentum=opt.momentum)
-    for g in grads:
+        topt = torch.optim.SGD(list(tp.values()), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    for step, g in enumerate(grads):
+        if lrs is not None:  # as a torch scheduler sets it
+            topt.param_groups[0]["lr"] = lrs[step]
         for k, p in tp.items():
             p.grad = torch.tensor(g[k], dtype=torch.float64)
         if opt.clip_norm is not None:
@@ -294,8 +304,14 @@ def _assert_rel(actual, expected, rtol=1e-12):
         OptimizerConfig("sgd", lr=0.05, momentum=0.9),
         OptimizerConfig("sgd", lr=0.05, momentum=0.5, clip_norm=0.5),
         OptimizerConfig("sgd", lr=0.05, clip_norm=100.0),  # never clips
+        OptimizerConfig("sgd", lr=0.05, momentum=0.9, weight_decay=0.3, clip_norm=0.5),
+        OptimizerConfig("sgd", lr=0.1, weight_decay=0.01),
+        OptimizerConfig("adam", lr=1e-2, weight_decay=0.2, clip_norm=1.0),
+        OptimizerConfig("adamw", lr=1e-2),  # no decay: Adam
+        OptimizerConfig("adamw", lr=1e-2, weight_decay=0.5),
+        OptimizerConfig("adamw", lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01, clip_norm=1.0),
     ],
-    ids=lambda o: f"{o.kind}-m{o.momentum}-clip{o.clip_norm}",
+    ids=lambda o: f"{o.kind}-m{o.momentum}-clip{o.clip_norm}-wd{o.weight_decay}",
 )
 def test_optimizer_matches_torch(opt):
     pytest.importorskip("torch")
@@ -307,17 +323,35 @@ def test_optimizer_matches_torch(opt):
     # the optimizer state matches torch's buffers too
     torch_state = [topt.state[p] for p in topt.param_groups[0]["params"]]
     for name, ts in zip(params, torch_state, strict=True):
-        if opt.kind == "adam":
+        if opt.kind != "sgd":
             _assert_rel({"m": state[f"m/{name}"]}, {"m": ts["exp_avg"].numpy()})
             _assert_rel({"v": state[f"v/{name}"]}, {"v": ts["exp_avg_sq"].numpy()})
         elif opt.momentum > 0:
             _assert_rel({"buf": state[f"momentum/{name}"]}, {"buf": ts["momentum_buffer"].numpy()})
     # and the test is sensitive: a different learning rate does not match
     other = OptimizerConfig(opt.kind, lr=opt.lr * 1.001, momentum=opt.momentum, betas=opt.betas,
-                            eps=opt.eps, clip_norm=opt.clip_norm)
+                            eps=opt.eps, clip_norm=opt.clip_norm, weight_decay=opt.weight_decay)
     wrong, _ = _run_ours(other, params, grads)
     with pytest.raises(AssertionError):
         _assert_rel(wrong, theirs)
+    if opt.weight_decay:  # and so is it to the decay: the same optimizer without it does not match
+        undecayed, _ = _run_ours(OptimizerConfig(**{**opt.to_dict(), "betas": opt.betas, "weight_decay": 0.0}),
+                                 params, grads)
+        with pytest.raises(AssertionError):
+            _assert_rel(undecayed, theirs)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_a_learning_rate_per_step_matches_torch(kind):
+    """A schedule hands the optimizer one learning rate per step (design.md section 10); torch's
+    schedulers set param_groups' lr before each step: the same parameters."""
+    pytest.importorskip("torch")
+    opt = OptimizerConfig(kind, lr=0.05, weight_decay=0.1, momentum=0.9 if kind == "sgd" else 0.0)
+    params, grads = _random_problem(seed=3, steps=6)
+    lrs = [0.05, 0.01, 0.2, 0.003, 0.05, 0.07]
+    _assert_rel(_run_ours(opt, params, grads, lrs)[0], _run_torch(opt, params, grads, lrs)[0])
+    with pytest.raises(AssertionError):
+        _assert_rel(_run_ours(opt, params, grads)[0], _run_torch(opt, params, grads, lrs)[0])
 
 
 def test_first_adam_step_by_hand():

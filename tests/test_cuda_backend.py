@@ -42,9 +42,10 @@ import lstmbench as lb
 from lstmbench.bench import formatting, run, workloads
 from lstmbench.training.checkpoint import load_checkpoint
 from lstmbench.cli import main as cli_main
+from lstmbench.config import DropoutDraw
 from lstmbench.errors import DeviceError, NonFiniteError, ShapeError
 from lstmbench.testing import CHECKS, Case, CheckSkipped, run_check
-from lstmbench.testing.checks import check_forward, check_loss_and_grads, check_training_steps
+from lstmbench.testing.checks import assert_loss_and_grads, check_forward, check_loss_and_grads, check_training_steps
 from lstmbench.training.loop import LAST_CHECKPOINT
 
 from lstmbench_backends.numba_cuda import NumbaCuda, kernels  # imports numba.cuda: fails where it is missing
@@ -54,8 +55,12 @@ SIMULATED = kernels.SIMULATOR
 # examples per check and dtype take a few minutes. On a GPU: the profile's.
 KIT_EXAMPLES = 10 if SIMULATED else None
 # sequences runs four length variants, training steps, the hook and carried steps per
-# example (about 7 s each in the simulator): fewer examples, 24 length cases per dtype
+# example (about 7 s each in the simulator): fewer examples, 24 length cases per dtype;
+# dropout, with its split batch, lengths and carried steps, costs about as much, and so do
+# deterministic and thread_independent, which run everything twice (three times) and train
+# with and without dropout (about 4 s per example)
 KIT_SEQUENCE_EXAMPLES = 6 if SIMULATED else None
+SLOW_CHECKS = ("sequences", "dropout", "deterministic", "thread_independent")
 ADAM_CLIP = lb.OptimizerConfig("adam", lr=1e-2, clip_norm=0.05)
 SGD_MOMENTUM = lb.OptimizerConfig("sgd", lr=0.5, momentum=0.9)
 
@@ -80,10 +85,10 @@ def backend() -> NumbaCuda:
     return fresh
 
 
-def make_case(D, H, O, L, loss, many_to_many, dtype, B, T, opt=ADAM_CLIP, steps=2, seed=0) -> Case:
-    cfg = lb.ModelConfig(D, H, O, L, loss, many_to_many, dtype)
+def make_case(D, H, O, L, loss, many_to_many, dtype, B, T, opt=ADAM_CLIP, steps=2, seed=0, dropout=0.0) -> Case:
+    cfg = lb.ModelConfig(D, H, O, L, loss, many_to_many, dtype, dropout=dropout)
     x, y = workloads.bench_batch(cfg, B, T, seed)
-    return Case(cfg, lb.init_params(cfg, seed), x, y, opt, steps)
+    return Case(cfg, lb.init_params(cfg, seed), x, y, opt, steps, seed=seed)
 
 
 def check_all(backend, case: Case) -> None:
@@ -117,7 +122,7 @@ def test_conformance_kit(check, dtype):
         with pytest.raises(CheckSkipped, match="declares every configuration supported"):
             run_check("cuda", check, dtype, max_examples=KIT_EXAMPLES)
         return
-    run_check("cuda", check, dtype, max_examples=KIT_SEQUENCE_EXAMPLES if check == "sequences" else KIT_EXAMPLES)
+    run_check("cuda", check, dtype, max_examples=KIT_SEQUENCE_EXAMPLES if check in SLOW_CHECKS else KIT_EXAMPLES)
 
 
 # -- structure: launches, residency ------------------------------------------------------------
@@ -184,6 +189,12 @@ def test_kernel_arguments_have_the_declared_types(backend):
             _, carried = backend._loss_and_gradient(train, case.x, case.y, lengths=lengths, initial_state=state,
                                                     return_state=True)
             backend._loss_and_gradient(train, case.x, case.y, lengths=lengths, initial_state=carried)
+        # the masks' arguments (dropout) and weight decay: AdamW's and SGD's
+        for opt in (lb.OptimizerConfig("adamw", lr=1e-2, weight_decay=0.1),
+                    lb.OptimizerConfig("sgd", lr=0.1, momentum=0.9, weight_decay=0.1)):
+            case = make_case(2, 3, 2, 2, "mse", False, dtype, 3, 3, opt=opt, dropout=0.5)
+            backend.train_step(backend.init_state(case.cfg, case.params, case.opt, seed=1), case.x, case.y,
+                               lengths=np.array([3, 1, 2]))
     seen = set()
     for kernel, _, _, _, args in calls:
         got = tuple(getattr(a, "_numba_type_", None) or numba.typeof(a) for a in args)
@@ -191,6 +202,21 @@ def test_kernel_arguments_have_the_declared_types(backend):
         seen.add(kernel.name)
     assert seen == {"gemm", "lstm_forward", "lstm_backward", "transpose_wh", "loss_head", "finish_grads",
                     "sum_squares", "adam_update", "sgd_update", "gather_rows"}
+
+
+def test_dropout_adds_no_launch_and_nothing_at_p_0(backend):
+    """Dropout is drawn inside the launches a step has anyway; at p = 0 the workspace has no
+    masked-output buffers (hd: one-element placeholders)."""
+    counts, sizes = {}, {}
+    for p in (0.0, 0.5):
+        case = make_case(2, 3, 2, 2, "mse", True, "float32", 3, 4, opt=lb.OptimizerConfig("adamw", weight_decay=0.1),
+                         dropout=p)
+        backend.train_step(backend.init_state(case.cfg, case.params, case.opt), case.x, case.y)
+        counts[p] = backend.launches_per_step
+        with backend.workspace(case.cfg, case.x) as ws:
+            sizes[p] = [buffer.size for buffer in ws.dev["hd"]]
+    assert counts == {0.0: 6 * 2 + 6, 0.5: 6 * 2 + 6}
+    assert sizes == {0.0: [1, 1], 0.5: [4 * 4 * 3, 4 * 4 * 3]}  # T * Bp * H: Bp = 4 rows for B = 3
 
 
 # -- launch shapes the kit's tiny models never reach ----------------------------------------------
@@ -240,6 +266,18 @@ def test_several_blocks_padding_rows_and_large_tiles(backend, dtype, loss, many_
     assert (plan.rows, plan.blocks, plan.padded_batch) == (8, 2, 16)
     assert any(k.name == "gemm" and threads == 256 for k, _, threads, _, _ in calls)
     assert any(k.name == "lstm_backward" and grid == 2 for k, grid, _, _, _ in calls)
+
+
+@pytest.mark.parametrize("many_to_many,lengths", [(False, [4, 1, 3, 2, 4, 3, 1, 2, 4, 2, 3]), (True, None)])
+def test_dropout_on_several_blocks_padding_rows_and_a_shard(backend, many_to_many, lengths):
+    """The masks of two recurrence blocks (B=11: 8 rows, then 3 and 5 padding rows), the rows
+    sorted by length and packed (many-to-one) or padded (many-to-many), for a shard whose first
+    row is 21 in the global minibatch: the loss and gradients equal the reference's."""
+    case = make_case(3, 16, 3, 2, "mse", many_to_many, "float64", 11, 4, dropout=0.25)
+    case = replace(case, lengths=None if lengths is None else np.array(lengths))
+    draw = DropoutDraw(seed=7, step=3, first_row=21)
+    loss, grads = backend.loss_and_grads(case.cfg, case.params, case.x, case.y, dropout=draw, **case.sequence_args())
+    assert_loss_and_grads(case, loss, grads, dropout=draw)
 
 
 def test_several_hidden_units_per_thread(backend, monkeypatch):

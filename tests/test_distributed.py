@@ -168,6 +168,21 @@ def test_ranks_train_the_model_one_process_trains(tmp_path, backend, ranks):
     assert relative_gap(params(alone), params(tmp_path / "ranks")) <= 1e-12  # float64, rounding of the sums
 
 
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_ranks_draw_the_dropout_masks_of_one_process(tmp_path, backend):
+    """Dropout masks follow each row's index in the global minibatch (design.md section 9), and
+    the plateau schedule hears the same validation loss on every rank: two ranks train the model
+    one process trains."""
+    args = ["--backend", backend, "--epochs", "3", "--layers", "2", "--dropout", "0.4", "--optimizer", "adamw",
+            "--lr-schedule", "plateau", "--plateau-patience", "0"]
+    alone = single(tmp_path, "alone", *args)
+    code, _, err = mpirun(2, [*TRAIN, *args, "--out", str(tmp_path / "ranks")])
+    assert code == 0, err[-3000:]
+    assert relative_gap(params(alone), params(tmp_path / "ranks")) <= 1e-12
+    without = single(tmp_path, "without", *[a if a != "0.4" else "0" for a in args])
+    assert relative_gap(params(alone), params(without)) > 1e-6  # dropout changed the model
+
+
 def _text(tmp_path: Path, lines: bool) -> Path:
     path = tmp_path / "text.txt"
     text = lbdata.load_text("shakespeare")[:3000]

@@ -55,8 +55,8 @@ def test_the_reference_updates_with_the_scalars_of_each_step():
 def test_the_reference_takes_its_constants_from_step_scalars(monkeypatch):
     """One place says how the constants are computed: change it, and the reference changes."""
 
-    def half_the_step_size(opt, step) -> StepScalars:
-        scalars = step_scalars(opt, step)
+    def half_the_step_size(opt, step, lr=None) -> StepScalars:
+        scalars = step_scalars(opt, step, lr)
         return replace(scalars, step_size=scalars.step_size / 2)
 
     def adam_moves():
@@ -102,6 +102,10 @@ class NumpyFused(FusedBackend):
         if scalars.clip_norm is not None:
             g *= dt.type(scalars.clip_scale(math.sqrt(float(np.sum(np.square(g, dtype=np.float64))))))
         s = scalars.in_dtype(dt)
+        if s.l2:
+            g = g + s.l2 * theta
+        if s.decay_factor != 1:
+            theta *= s.decay_factor
         if s.kind == "sgd":
             if s.momentum > 0:
                 buf = state.slots["momentum"]
@@ -188,9 +192,9 @@ def test_the_step_counter_moves_only_when_the_step_has_run(monkeypatch):
 def test_the_scalars_are_computed_once_per_step(monkeypatch):
     counted = []
 
-    def counting(opt, step):
+    def counting(opt, step, lr=None):
         counted.append(step)
-        return step_scalars(opt, step)
+        return step_scalars(opt, step, lr)
 
     monkeypatch.setattr(fused, "step_scalars", counting)
     _train(NumpyFused(), 3)

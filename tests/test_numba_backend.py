@@ -49,3 +49,90 @@ def test_the_plan_run_is_reported():
     backend.parallel = "units"
     backend.forward(cfg, lb.init_params(cfg), np.zeros((1, 2, 1)))
     assert backend.runtime_info()["parallel"] == "units: units last"
+
+
+# -- dropout and weight decay (design.md sections 9 and 10) --------------------------------------
+
+
+def _dropout_case(B, H, layers, m2m, lengths, dtype="float64", p=0.3):
+    cfg = lb.ModelConfig(3, H, 2, layers, "mse", m2m, dtype, dropout=p)
+    rng = np.random.default_rng(B * H + layers)
+    T = 6
+    x = rng.standard_normal((B, T, 3)).astype(dtype)
+    y = rng.standard_normal((B, T, 2) if m2m else (B, 2)).astype(dtype)
+    seq = {"lengths": rng.integers(1, T + 1, size=B)} if lengths else {}
+    return cfg, lb.init_params(cfg, 1), x, y, seq
+
+
+@pytest.mark.parametrize("parallel,B,H,layers", [("units", 3, 37, 3), ("shards", 70, 9, 2), ("shards", 5, 4, 1)])
+@pytest.mark.parametrize("m2m", [False, True])
+def test_dropout_matches_the_reference_with_the_same_bits_on_any_thread_count(parallel, B, H, layers, m2m):
+    """Masks drawn in the kernels from the hash, on either plan: the reference's loss and
+    gradients, with lengths (rows permuted over several shards) too, and the same bits on 1
+    and 2 threads."""
+    from lstmbench_backends.reference.reference import loss_and_grads
+
+    from lstmbench.config import DropoutDraw
+
+    backend = NumbaThreads()
+    backend.parallel = parallel
+    variants = [(False, 5), (False, 2**32 - 3)]  # a first row near 2^32: the element index wraps around
+    if parallel == "shards":  # (the unit plan takes no lengths)
+        variants.append((True, 5))
+    for lengths, first_row in variants:
+        cfg, params, x, y, seq = _dropout_case(B, H, layers, m2m, lengths)
+        draw = DropoutDraw(seed=11, step=4, first_row=first_row)
+        runs = []
+        for threads in (1, 2):
+            backend.set_threads(threads)
+            runs.append(backend.loss_and_grads(cfg, params, x, y, dropout=draw, **seq))
+            assert backend.last_plan == parallel
+        (loss, grads), (loss2, grads2) = runs
+        assert loss == loss2 and all(np.array_equal(grads[k], grads2[k]) for k in grads)
+        ref_loss, ref_grads = loss_and_grads(cfg, params, x, y, dropout=draw, **seq)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+        for k, expected in ref_grads.items():
+            np.testing.assert_allclose(grads[k], expected, rtol=1e-10, atol=1e-13, err_msg=k)
+        no_dropout = lb.ModelConfig(**{**cfg.to_dict(), "dropout": 0.0})
+        assert backend.loss_and_grads(no_dropout, params, x, y, **seq)[0] != loss  # the masks did something
+
+
+@pytest.mark.parametrize("kind,momentum", [("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0), ("adamw", 0.0)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_weight_decay_update_is_the_reference_s(kind, momentum, dtype):
+    """The update kernels with weight decay (L2 for SGD and Adam, decoupled for AdamW), clipping
+    and a scheduled learning rate: lstmbench.optim.optimizer_step's numbers over three steps."""
+    from lstmbench.layout import Layout
+    from lstmbench.optim import init_optimizer_state, optimizer_step, step_scalars
+
+    cfg = lb.ModelConfig(3, 5, 2, 2, dtype=dtype)
+    opt = lb.OptimizerConfig(kind, lr=0.05, momentum=momentum, clip_norm=1.0, weight_decay=0.1)
+    params = lb.init_params(cfg, 3)
+    backend = NumbaThreads()
+    backend.set_threads(2)
+    state = backend.init_state(cfg, params, opt)
+    ref_params = {k: v.astype(dtype) for k, v in params.items()}
+    ref_state = init_optimizer_state(opt, ref_params)
+    layout, rng = Layout.of(cfg), np.random.default_rng(0)
+    for step in (1, 2, 3):
+        lr = opt.lr * (0.5 + 0.2 * step)  # a schedule's rate, not opt.lr
+        state.grad[:] = rng.standard_normal(layout.size).astype(dtype)
+        grads = {k: v.copy() for k, v in layout.views(state.grad).items()}
+        backend._update(state, step_scalars(opt, step, lr))
+        state.opt_state["step"] = np.array(step, dtype=np.int64)
+        optimizer_step(opt, ref_params, grads, ref_state, lr)
+    got = backend.get_params(state)
+    # not bit for bit: the clipping norm is summed in another order
+    rtol, atol = (1e-13, 1e-15) if dtype == "float64" else (2e-6, 1e-7)
+    for k, expected in ref_params.items():
+        np.testing.assert_allclose(got[k], expected, rtol=rtol, atol=atol, err_msg=k)
+
+
+def test_the_kernels_hash_is_fmix32_on_uint32():
+    """numba widens uint32 arithmetic: the kernel's fmix32 must still wrap at 32 bits."""
+    from lstmbench_backends.numba_cpu import kernels
+
+    from lstmbench.config import fmix32
+
+    values = [0, 1, 0x9E3779B9, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, *np.random.default_rng(0).integers(0, 2**32, 50)]
+    assert [int(kernels.fmix32(np.uint64(v))) for v in values] == [fmix32(int(v)) for v in values]

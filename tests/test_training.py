@@ -10,6 +10,7 @@ import re
 import signal
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from lstmbench.training.checkpoint import atomic_write, load_checkpoint, save_ch
 from lstmbench.data import make_windows, noisy_sine_mixture
 from lstmbench.errors import ConfigError
 from lstmbench.training.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, RunConfig, train
+from lstmbench.training.schedule import ScheduleConfig
 from lstmbench_backends.reference import NumpyReference
 
 CFG = ModelConfig(input_size=1, hidden_size=6, output_size=1)
@@ -104,6 +106,41 @@ def test_resume_equals_uninterrupted(data, tmp_path, opt, dtype):
     assert not np.array_equal(a.last_params["l0.W_h"], lb.init_params(cfg, 1)["l0.W_h"])
 
 
+@pytest.mark.parametrize("schedule", [
+    ScheduleConfig("cosine", warmup_steps=4, lr_min=1e-3),
+    ScheduleConfig("plateau", plateau_patience=0, plateau_factor=0.5),
+    ScheduleConfig("step", step_size=2, gamma=0.5),
+], ids=lambda s: s.kind)
+def test_resume_with_dropout_weight_decay_and_a_schedule_equals_uninterrupted(data, tmp_path, schedule):
+    """The schedule's position (the plateau's best loss and bad epochs, the step count) and the
+    dropout masks (seed and step) continue exactly across a resume, Ctrl-C mid-epoch included."""
+    cfg = ModelConfig(1, 6, 1, num_layers=2, dropout=0.3)
+    opt = OptimizerConfig("adamw", lr=0.02, weight_decay=0.05)
+    kwargs = dict(epochs=5, opt=opt, cfg=cfg, schedule=schedule)
+    straight = run_train(data, tmp_path / "a", **kwargs)
+    stopped = run_train(data, tmp_path / "b", backend=InterruptAt(2 * BATCHES_PER_EPOCH + 2), **kwargs)
+    assert stopped.stop_reason == "interrupted"
+    resumed = run_train(data, tmp_path / "b", resume=load_checkpoint(tmp_path / "b" / LAST_CHECKPOINT), **kwargs)
+    assert_same_bits(resumed.last_params, straight.last_params)
+    assert without_seconds(resumed.history) == without_seconds(straight.history)
+    rates = [h["lr"] for h in straight.history]
+    assert len(set(rates)) > 1 or schedule.kind == "plateau"  # the rate moved (a plateau may not have come)
+    plain = run_train(data, tmp_path / "c", epochs=5, opt=opt, cfg=replace(cfg, dropout=0.0), schedule=schedule)
+    assert not np.array_equal(plain.last_params["l1.W_x"], straight.last_params["l1.W_x"])  # dropout did something
+
+
+def test_the_learning_rate_of_each_epoch_is_recorded(data):
+    result = run_train(data, epochs=3, schedule=ScheduleConfig("step", step_size=1, gamma=0.5))
+    assert [h["lr"] for h in result.history] == [0.02, 0.01, 0.005]
+
+
+def test_a_resume_with_another_schedule_is_refused(data, tmp_path):
+    run_train(data, tmp_path, epochs=2)
+    with pytest.raises(CheckpointError, match="learning-rate schedule"):
+        run_train(data, tmp_path, epochs=4, resume=load_checkpoint(tmp_path / LAST_CHECKPOINT),
+                  schedule=ScheduleConfig("cosine"))
+
+
 def test_resume_is_sensitive_to_the_optimizer_state(data, tmp_path):
     """The comparison above can fail: resuming without the optimizer state (a fresh
     Adam) from the same parameters does not give the same bits."""
@@ -125,11 +162,11 @@ class InterruptAt(NumpyReference):
         super().__init__()
         self.n, self.calls = n, 0
 
-    def train_step(self, state, x, y):
+    def train_step(self, state, x, y, **kwargs):
         self.calls += 1
         if self.calls == self.n:
             raise KeyboardInterrupt
-        return super().train_step(state, x, y)
+        return super().train_step(state, x, y, **kwargs)
 
 
 def test_ctrl_c_mid_epoch_then_resume(data, tmp_path):
@@ -511,8 +548,8 @@ def one_epoch(data, tmp_path_factory):
 @pytest.mark.parametrize(
     "change,match",
     [
-        (dict(batch_size=8), "batch size and seed must match"),
-        (dict(seed=4), "batch size and seed must match"),
+        (dict(batch_size=8), "batch_size 16 \\(this run: 8\\): batch size and seed"),
+        (dict(seed=4), "seed 3 \\(this run: 4\\): batch size and seed"),
         (dict(cfg=ModelConfig(1, 7, 1)), "checkpoint model"),
         (dict(cfg=ModelConfig(1, 6, 1, num_layers=2)), "checkpoint model"),
         (dict(opt=OptimizerConfig("adam", lr=0.01)), "checkpoint optimizer"),

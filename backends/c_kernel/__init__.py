@@ -12,7 +12,10 @@ Every array handed to C goes through :func:`c_array`, which checks dtype, shape,
 contiguity, alignment and writability, so a wrong call is a Python exception,
 never a crash. The C side checks the sizes and the parameter layout once more.
 The host side of a training step (step counter, the optimizer's per-step scalars
-handed to C in lstm_optim, gradient hook, workspace cache) is lstmbench.fused's.
+handed to C in lstm_optim, weight decay included, gradient hook, workspace cache) is
+lstmbench.fused's. Dropout's masks are drawn in C from a hash (design.md section 9): the
+host hands over only what lstmbench.fused.DropoutPlan makes of the step's DropoutDraw (a
+key per site, the threshold, the scale, each kernel row's index in the global batch).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import numpy as np
 
 from lstmbench import Capabilities, ModelConfig
 from lstmbench.errors import DTypeError, ShapeError
-from lstmbench.fused import FusedBackend, RowOrder
+from lstmbench.config import DropoutDraw
+from lstmbench.fused import DropoutPlan, FusedBackend, RowOrder
 from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars
 from lstmbench_backends.c_kernel import sources
@@ -111,7 +115,8 @@ def c_array(ffi, arr, dtype, shape, name: str, writable: bool = False):
         raise LayoutError(f"{name} must be a C-contiguous, aligned array (use np.ascontiguousarray)")
     if writable and not arr.flags.writeable:
         raise LayoutError(f"{name} is read-only; the C kernel writes into it")
-    ctype = {np.float32: "float[]", np.float64: "double[]", np.int64: "int64_t[]", np.uint8: "char[]"}[
+    ctype = {np.float32: "float[]", np.float64: "double[]", np.int64: "int64_t[]", np.uint8: "char[]",
+             np.uint32: "uint32_t[]"}[
         np.dtype(dtype).type
     ]
     return ffi.from_buffer(ctype, arr, require_writable=writable)
@@ -130,11 +135,11 @@ class Workspace:
 
 
 class CKernel(FusedBackend):
-    """Batch shards on OpenMP threads, own register-blocked matrix products, fused Adam/SGD, all in C."""
+    """Batch shards on OpenMP threads, own register-blocked matrix products, fused Adam/AdamW/SGD, all in C."""
 
     name = "c"
     description = "C11 via cffi: batch shards on OpenMP threads, own vectorised GEMM, fused training step"
-    capabilities = Capabilities(sequences=True)
+    capabilities = Capabilities(sequences=True, dropout=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -242,6 +247,7 @@ class CKernel(FusedBackend):
         dims.hidden_size, dims.output_size, dims.layers = cfg.hidden_size, cfg.output_size, cfg.num_layers
         dims.many_to_many, dims.xent, dims.threads = int(cfg.many_to_many), int(cfg.loss == "xent"), threads
         dims.parallel, dims.shard_rows = PARALLEL.index(parallel), shard_rows
+        dims.dropout = int(cfg.dropout > 0)  # room for the masked layer outputs (none at p = 0)
         nbytes = lib.lstm_workspace_bytes(dims, cfg.np_dtype.itemsize)
         if nbytes < 0:
             raise ShapeError(f"the C kernel cannot hold a batch of shape ({B}, {T}, {cfg.input_size}) for {cfg}")
@@ -265,12 +271,13 @@ class CKernel(FusedBackend):
 
     def _call(self, what: str, cfg: ModelConfig, theta: np.ndarray, x: np.ndarray, y=None, *, y_hat=None,
               grad=None, opt=None, slots=(None, None), order: RowOrder | None = None, final=None,
-              prepared: object = None) -> float:
+              prepared: object = None, dropout: DropoutDraw | None = None) -> float:
         """Validate every array, then run one C entry point ("forward", "loss_grad", "train_step").
         x, y, theta, grad, y_hat and slots must already be contiguous arrays of the model's dtype.
         ``order``: the rows sorted longest first with their lengths and initial state (x, y and
         y_hat are in its order); ``final``: (h_n, c_n) arrays (L, B, H) for the final state;
-        ``prepared``: the PreparedForward making this call (its weights stay packed between calls)."""
+        ``prepared``: the PreparedForward making this call (its weights stay packed between calls);
+        ``dropout``: the masks of a training step (loss_grad, train_step) of a model with p > 0."""
         ffi, lib = self._lib()
         dt, layout = cfg.np_dtype, Layout.of(cfg)
         if not isinstance(x, np.ndarray) or x.ndim != 3:
@@ -294,6 +301,8 @@ class CKernel(FusedBackend):
             p_s = [ffi.NULL if s is None else c_array(ffi, s, dt, (layout.size,), "optimizer slot", writable=True)
                    for s in slots]
         sequences = self._sequence_pointers(ffi, cfg, x, order, final)
+        if dropout is not None and what != "forward":  # a training step's masks (drawn in C)
+            sequences.update(_dropout_fields(ffi, cfg, dropout, order or RowOrder.of(x)))
         lengths = None if order is None else order.lengths
         symbols = one_hot_symbols(x, lengths)  # one-hot input: read as symbol ids (gathers instead of products)
         with self.workspace(cfg, x) as ws:
@@ -322,8 +331,8 @@ class CKernel(FusedBackend):
                 self._check(lib, ffi, code)
                 ws.packed_for = packing if what == "forward" else None
             finally:
-                for name in ("x_symbols", *sequences):  # these arrays are this call's
-                    setattr(ws.dims, name, ffi.NULL)
+                for name in ("x_symbols", *sequences):  # these arrays (and dropout's scalars) are this call's
+                    setattr(ws.dims, name, 0 if name in _DROPOUT_SCALARS else ffi.NULL)
         return float(loss[0])
 
     @staticmethod
@@ -395,31 +404,33 @@ class CKernel(FusedBackend):
         """_forward with these parameters flattened once, and packed once per batch shape."""
         return PreparedForward(self, cfg, Layout.of(cfg).flatten(params, cfg.np_dtype))
 
-    def _loss_and_grads(self, cfg, params, x, y, **sequences):
+    def _loss_and_grads(self, cfg, params, x, y, dropout=None, **sequences):
         layout = Layout.of(cfg)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
         order = self._row_order(cfg, x, sequences)
         loss = self._call("loss_grad", cfg, layout.flatten(params, cfg.np_dtype), _rows(order, x), _rows(order, y),
-                          grad=grad, order=order)
+                          grad=grad, order=order, dropout=dropout)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
-    def _loss_and_gradient(self, state: FlatTrainState, x, y, return_state=False, **sequences):
+    def _loss_and_gradient(self, state: FlatTrainState, x, y, return_state=False, dropout=None, **sequences):
         order = self._row_order(state.cfg, x, sequences)
         final = _state_arrays(state.cfg, x.shape[0]) if return_state else None
         loss = self._call("loss_grad", state.cfg, state.theta, _rows(order, x), _rows(order, y), grad=state.grad,
-                          order=order, final=final)
+                          order=order, final=final, dropout=dropout)
         return (loss, _restored(order, final)) if return_state else loss
 
-    def _fused_step(self, state: FlatTrainState, x, y, scalars: StepScalars, return_state=False, **sequences):
+    def _fused_step(self, state: FlatTrainState, x, y, scalars: StepScalars, return_state=False, dropout=None,
+                    **sequences):
         """One C call: forward, backward, clipping, update (the final state is the forward's,
-        from the parameters before the update)."""
+        from the parameters before the update, with this step's dropout masks)."""
         ffi, _ = self._lib()
         order = self._row_order(state.cfg, x, sequences)
         final = _state_arrays(state.cfg, x.shape[0]) if return_state else None
         loss = self._call("train_step", state.cfg, state.theta, _rows(order, x), _rows(order, y), grad=state.grad,
-                          opt=c_optim(ffi, scalars), slots=_optimizer_slots(state), order=order, final=final)
+                          opt=c_optim(ffi, scalars), slots=_optimizer_slots(state), order=order, final=final,
+                          dropout=dropout)
         return (loss, _restored(order, final)) if return_state else loss
 
     def _update(self, state: FlatTrainState, scalars: StepScalars) -> None:
@@ -462,21 +473,42 @@ def _restored(order: RowOrder, final) -> tuple[np.ndarray, np.ndarray]:
     return tuple(order.restore(s, axis=1) for s in final)
 
 
+#: lstm_dims' dropout fields that are numbers, not pointers
+_DROPOUT_SCALARS = ("drop_threshold", "drop_scale")
+
+
+def _dropout_fields(ffi, cfg: ModelConfig, draw: DropoutDraw | None, order: RowOrder) -> dict:
+    """lstm_dims' dropout fields for a call with ``draw`` (by name; none without dropout): the
+    per-site keys and each kernel row's global index as checked arrays, the threshold, the scale.
+    The masks themselves are drawn in C."""
+    if draw is None or cfg.dropout == 0:
+        return {}
+    plan = DropoutPlan.of(cfg, draw, order)
+    keys = np.ascontiguousarray(plan.keys, np.uint32)
+    rows = np.ascontiguousarray(plan.rows, np.uint32)
+    return {"drop_keys": c_array(ffi, keys, np.uint32, (cfg.num_layers + 1,), "dropout keys"),
+            "drop_rows": c_array(ffi, rows, np.uint32, (len(order.lengths),), "dropout rows"),
+            "drop_threshold": plan.threshold, "drop_scale": float(plan.scale)}
+
+
 def c_optim(ffi, scalars: StepScalars):
-    """The lstm_optim struct of one step: the host's scalars (double; C rounds them to its dtype)."""
+    """The lstm_optim struct of one step: the host's scalars (double; C rounds them to its dtype).
+    AdamW is Adam with a decay_factor other than 1; SGD and Adam may have an l2 term."""
     opt = ffi.new("lstm_optim *")
-    opt.adam, opt.first_step = int(scalars.kind == "adam"), int(scalars.first_step)
+    opt.adam, opt.first_step = int(scalars.kind in ("adam", "adamw")), int(scalars.first_step)
     opt.lr, opt.momentum, opt.eps = scalars.lr, scalars.momentum, scalars.eps
     opt.beta1, opt.beta2 = scalars.beta1, scalars.beta2
     opt.one_minus_beta1, opt.one_minus_beta2 = scalars.one_minus_beta1, scalars.one_minus_beta2
     opt.step_size, opt.bias2_sqrt = scalars.step_size, scalars.bias2_sqrt
     opt.clip_norm = scalars.clip_norm or 0.0  # <= 0: no clipping
+    opt.l2, opt.decay_factor = scalars.l2, scalars.decay_factor
     return opt
 
 
 def _optimizer_slots(state: FlatTrainState) -> tuple:
-    """The kernel's slot1, slot2: Adam's m and v, or SGD's momentum buffer (None without momentum)."""
-    if state.opt.kind == "adam":
+    """The kernel's slot1, slot2: Adam's (and AdamW's) m and v, or SGD's momentum buffer (None
+    without momentum)."""
+    if state.opt.kind in ("adam", "adamw"):
         return state.slots["m"], state.slots["v"]
     return state.slots.get("momentum"), None
 

@@ -12,10 +12,14 @@
  *     weight gradients are one product each after the backward sweep;
  *   - the pointwise gate math is one pass per step; the backward pass turns the
  *     stored gates into dz in place;
- *   - the optimizer (SGD with momentum or Adam, as torch.optim defines them,
- *     after optional clipping of the global gradient norm) is fused into the
- *     same call; its per-step constants (Adam's bias corrections included)
- *     come from the host in lstm_optim, computed once in lstmbench.optim.
+ *   - the optimizer (SGD with momentum, Adam or AdamW, as torch.optim defines
+ *     them, weight decay included, after optional clipping of the global
+ *     gradient norm) is fused into the same call; its per-step constants (Adam's
+ *     bias corrections, the decay) come from the host in lstm_optim, computed
+ *     once in lstmbench.optim;
+ *   - dropout's masks are drawn from a counter-based hash where they are
+ *     applied (lstm_body.h: drop_step), one step of one layer's output at a
+ *     time, so no mask is stored or handed over.
  *
  * Matrix products are our own (lstm_body.h): a 6 x 2-vector register-blocked
  * micro-kernel with broadcast FMAs, written with GCC vector extensions so the
@@ -333,6 +337,18 @@ INLINE float tanh_f32(float x)
 INLINE float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 INLINE double tanh_f64(double x) { return tanh(x); }
 INLINE double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* ---- dropout's hash (design.md 9) ------------------------------------------------------
+ * MurmurHash3's 32-bit finaliser, on uint32 with wrapping (lstmbench.config.fmix32). The
+ * kernel draws every mask from it where the mask is used, so no mask crosses the API. */
+INLINE uint32_t fmix32(uint32_t h)
+{
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    return h ^ (h >> 16);
+}
 
 /* ---- the two dtypes ---------------------------------------------------------------- */
 

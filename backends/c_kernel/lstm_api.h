@@ -39,13 +39,23 @@ typedef struct {
     void *hn, *cn;         /* NULL, or (L, B, H): each row's state after its own last step is written here */
     int64_t reuse_packed;  /* 1: the workspace holds this theta's packed weights from its last call (the host
                               promises it: a run of forward passes with fixed parameters); 0: pack them */
+    /* Dropout (design.md 9), drawn in the kernel from a hash: element j of kernel row k at step t of
+       site s (s = l: the input of layer l, 1 <= l < L; s = L: the head's input) is kept iff
+       fmix32(((drop_rows[k] * T + t) * H + j) ^ drop_keys[s]) >= drop_threshold (uint32, wrapping),
+       and a kept value is multiplied by drop_scale; a many-to-one head's t is the row's last step. */
+    int64_t dropout;       /* 1: the workspace has room for the masked layer outputs (set when it is sized:
+                              a model with p > 0); 0: none, and no call of it may have dropout */
+    const uint32_t *drop_keys; /* NULL: this call has no dropout; else (L+1,) each site's key ([0] unused) */
+    const uint32_t *drop_rows; /* (B,) each kernel row's index in the global minibatch (with drop_keys) */
+    uint32_t drop_threshold;   /* floor(p 2^32) */
+    double drop_scale;         /* 1 / (1 - p), already rounded to the model's dtype */
 } lstm_dims;
 
 /* One step's optimizer constants, computed by the host once per step in double
  * (lstmbench.optim.step_scalars: bias corrections included); the kernel only rounds
  * them to its dtype. */
 typedef struct {
-    int64_t adam;          /* 1: Adam; 0: SGD (with momentum if momentum > 0) */
+    int64_t adam;          /* 1: Adam (AdamW too: its decay is decay_factor); 0: SGD (with momentum if momentum > 0) */
     int64_t first_step;    /* 1 on the first step: SGD's momentum buffer starts as the gradient */
     double lr;
     double momentum;
@@ -57,6 +67,8 @@ typedef struct {
     double bias2_sqrt;     /* sqrt(1 - beta2^step) */
     double eps;
     double clip_norm;      /* <= 0: no clipping of the global gradient norm */
+    double l2;             /* SGD's and Adam's weight decay: g += l2 * theta after clipping (0: none) */
+    double decay_factor;   /* AdamW's: theta *= decay_factor (1 - lr w) before the update (exactly 1: none) */
 } lstm_optim;
 
 const char *lstm_source_hash(void);

@@ -23,6 +23,8 @@
  *     dy  (Tout, bm, Op)      dLoss/dy
  *     dh  (T, bm, H)          dLoss/dh_t arriving from above (head or next layer)
  *     dhn, dcn (bm, H)        dLoss/dh_t and dLoss/dc_t through step t+1
+ *     hd  (L-1+m2m, T, bm, H) with dropout: h_1 .. h_T of each layer but the top (and of the
+ *                             top, many-to-many), through the mask of the site above
  *     grad (P)                this shard's gradient, flat layout
  * Gp and Op are 4H and O rounded up to an odd number of micro-tile widths (NR):
  * z and dy are read directly as the B operand of the weight-gradient products,
@@ -272,7 +274,8 @@ INLINE void FN(gemm_plain)(int64_t M, int64_t N, int64_t K, const real *A, int64
 
 typedef struct {
     real *xs, *hs, *cs, *z, *tc, *yout, *dy, *dh, *dhn, *dcn, *grad;
-    real *hl;    /* (bm, H) many-to-one with lengths: the top h at each row's last step, then its dh */
+    real *hl;    /* (bm, H) many-to-one with lengths or dropout: the top h at each row's last step, then its dh */
+    real *hd;    /* (L-1+m2m, T, bm, H) a model with dropout: each layer's masked output (HD(site)); else NULL */
     real *pk;    /* (T * bm, max(D, H)) with lengths: the rows that took each step, packed (weight_grads_packed) */
     real *apack; /* (MC, KC) A tiles of the weight-gradient products */
 } FN(shard);
@@ -287,6 +290,10 @@ typedef struct {
     const real *h0, *c0; /* dims.h0, c0 (L, B, H), or NULL: zeros */
     real *hn, *cn;       /* dims.hn, cn (L, B, H), or NULL */
     int reuse_packed;    /* dims.reuse_packed */
+    int drop;            /* 1: this call applies dropout (dims.drop_keys set) */
+    const uint32_t *dkeys, *drows; /* dims.drop_keys (L+1,), drop_rows (B,) */
+    uint32_t dthr;       /* dims.drop_threshold */
+    real dscale;         /* dims.drop_scale */
     real **pwx, **pwh, **pwxt, **pwht; /* per layer: packed W_x, W_h, W_x^T (l > 0), W_h^T */
     real **pwxg, **pwhg;               /* team: per layer and gate (4 l + g) packed W_x, W_h columns of the gate */
     real *pwy, *pwyt;                  /* packed W_y and W_y^T */
@@ -358,6 +365,8 @@ static int64_t FN(carve)(const lstm_dims *d, char *base, FN(work) *w)
         sh.dhn = take(&a, es, bm, H, 1, 1);
         sh.dcn = take(&a, es, bm, H, 1, 1);
         sh.hl = take(&a, es, bm, H, 1, 1);
+        const int64_t sites = L - 1 + w->m2m; /* sequences masked by dropout (a many-to-one head's: in hl) */
+        sh.hd = d->dropout && sites > 0 ? take(&a, es, sites, T, bm, H) : NULL;
         sh.pk = take(&a, es, T, bm, max64(D, H), 1);
         sh.grad = take(&a, es, w->Pstride, 1, 1, 1);
         sh.apack = take(&a, es, MC, KC, 1, 1);
@@ -399,6 +408,10 @@ static int FN(setup)(const lstm_dims *d, const int64_t *offs, int64_t n_params, 
     w->h0 = d->h0, w->c0 = d->c0, w->hn = d->hn, w->cn = d->cn;
     w->reuse_packed = d->reuse_packed != 0;
     if (!w->h0 != !w->c0 || !w->hn != !w->cn) return LSTM_EARG;
+    w->drop = d->drop_keys != NULL;
+    w->dkeys = d->drop_keys, w->drows = d->drop_rows, w->dthr = d->drop_threshold, w->dscale = (real)d->drop_scale;
+    if (w->drop && (!d->dropout || !w->drows || !(d->drop_scale >= 1.0 && isfinite(d->drop_scale))))
+        return LSTM_EARG; /* (a workspace sized without room for the masked outputs, or no rows) */
     for (int64_t b = 0; w->len && b < w->B; b++) /* each shard's rows longest first */
         if (w->len[b] < 1 || w->len[b] > w->T || (b % w->bm > 0 && w->len[b] > w->len[b - 1])) return LSTM_ELENGTHS;
     if (w->sym)
@@ -560,6 +573,84 @@ HOT static void FN(bias_grad)(int64_t T, int64_t nb, int64_t bm, int64_t G, int6
 #define CS(l) (sh->cs + (l) * (T + 1) * bm * H)
 #define ZS(l) (sh->z + (l) * T * bm * Gp)
 #define TCS(l) (sh->tc + (l) * T * bm * H)
+#define HD(site) (sh->hd + ((site) - 1) * T * bm * H) /* the masked sequence of dropout site `site` */
+
+/* ---- dropout (design.md 9) ----
+ * Site l (1 <= l < L) is the input of layer l, site L the head's: layer l-1's h sequence as it
+ * leaves, never the recurrent h_{t-1}. The reference multiplies by a mask of 0 and 1/(1-p):
+ *     h_masked = h * m,   m[k, t, j] = fmix32(((row_k T + t) H + j) ^ key_site) >= thr ? scale : 0
+ *     dLoss/dh (from above) = dLoss/dh_masked * m   (the gradient comes down through the same mask)
+ * The kernel draws m from the hash where it is used, one step at a time while the rows are in
+ * cache: forward, right after the gate math writes h_{t+1}, its masked copy goes to HD(site) (the
+ * layer above's input product and dW_x read that); backward, dLoss/dh_t from above is multiplied
+ * in place just before the step's gate math reads it. Without dropout none of this runs, and
+ * a model with p = 0 has no HD buffers. */
+
+/* m of the element with counter e: scale if kept, else 0 */
+INLINE real FN(drop_mult)(uint32_t e, uint32_t key, uint32_t thr, real scale)
+{
+    return fmix32(e ^ key) >= thr ? scale : (real)0;
+}
+
+/* out = h * m over n elements whose counters start at e0 (vectorised: the hash is integer SIMD) */
+HOT static void FN(drop_copy)(int64_t n, real *restrict out, const real *restrict h, uint32_t e0, uint32_t key,
+                              uint32_t thr, real scale)
+{
+    for (int64_t j = 0; j < n; j++) out[j] = h[j] * FN(drop_mult)(e0 + (uint32_t)j, key, thr, scale);
+}
+
+/* x *= m (a gradient through the mask) */
+HOT static void FN(drop_inplace)(int64_t n, real *restrict x, uint32_t e0, uint32_t key, uint32_t thr, real scale)
+{
+    for (int64_t j = 0; j < n; j++) x[j] *= FN(drop_mult)(e0 + (uint32_t)j, key, thr, scale);
+}
+
+/* The counter of hidden unit u of kernel row k at step t: (row_k T + t) H + u, on uint32 (wrapping) */
+INLINE uint32_t FN(drop_counter)(const FN(work) *w, int64_t k, int64_t t, int64_t u)
+{
+    return (w->drows[k] * (uint32_t)w->T + (uint32_t)t) * (uint32_t)w->H + (uint32_t)u;
+}
+
+/* Whether layer l's h sequence leaves through a mask at every step: into layer l+1 or a
+ * many-to-many head (a many-to-one head reads, and masks, one step per row: drop_last). */
+INLINE int FN(drops_out)(const FN(work) *w, int64_t l) { return w->drop && (l + 1 < w->L || w->m2m); }
+
+/* Step t of site `site` on shard s, hidden units u0 .. u1, h the step's (bm, H) block: with out,
+ * out = h * m for the na rows that take the step and 0 for the other rows of the shard (forward);
+ * without, h *= m for those na rows (backward, h holding dLoss/dh_t; the others hold 0). */
+static void FN(drop_step)(const FN(work) *w, int64_t s, int64_t site, int64_t t, int64_t na, int64_t u0,
+                          int64_t u1, real *h, real *out)
+{
+    const int64_t H = w->H, n = u1 - u0;
+    const uint32_t key = w->dkeys[site];
+    for (int64_t r = 0; r < na; r++) {
+        const uint32_t e0 = FN(drop_counter)(w, s * w->bm + r, t, u0);
+        if (out)
+            FN(drop_copy)(n, out + r * H + u0, h + r * H + u0, e0, key, w->dthr, w->dscale);
+        else
+            FN(drop_inplace)(n, h + r * H + u0, e0, key, w->dthr, w->dscale);
+    }
+    for (int64_t r = na; out && r < w->bm; r++) memset(out + r * H + u0, 0, (size_t)n * sizeof(real));
+}
+
+/* A many-to-one head's rows (buf: nb rows of H, row r at its last step len_r - 1) times site L's
+ * m at that step, in place: forward the h the head reads, backward dLoss/dh coming down. */
+static void FN(drop_last)(const FN(work) *w, int64_t s, real *buf)
+{
+    const int64_t H = w->H, nb = min64(w->bm, w->B - s * w->bm);
+    for (int64_t r = 0; r < nb; r++)
+        FN(drop_inplace)(H, buf + r * H, FN(drop_counter)(w, s * w->bm + r, FN(row_len)(w, s, r) - 1, 0),
+                         w->dkeys[w->L], w->dthr, w->dscale);
+}
+
+/* Layer l's input sequence (T, bm, D_l): the shard's x, or h_1 .. h_T of the layer below, masked
+ * when the call has dropout; l = L: what a many-to-many head reads. */
+INLINE const real *FN(layer_input)(const FN(work) *w, const FN(shard) *sh, int64_t l)
+{
+    const int64_t T = w->T, H = w->H, bm = w->bm;
+    if (l == 0) return sh->xs;
+    return w->drop ? HD(l) : HS(l - 1) + bm * H;
+}
 
 /* One-hot input (w->sym): z[t, r, c0 .. c0+n) = W_x[s(t, r), c0 .. c0+n) for the shard's rows
  * at their steps (padding rows and a row's steps past its length 0), in place of the product
@@ -698,7 +789,7 @@ static void FN(shard_forward)(const FN(work) *w, int64_t s, const real *theta, c
     FN(stage_shard)(w, s, x);
     for (int64_t l = 0; l < L; l++) {
         const int64_t Dl = l == 0 ? D : H;
-        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H; /* (T, bm, D_l): x, or h_1..h_T below */
+        const real *in = FN(layer_input)(w, sh, l); /* (T, bm, D_l): x, or h_1..h_T below (masked) */
         real *h = HS(l), *c = CS(l), *z = ZS(l), *tc = TCS(l);
         const real *b = theta + w->offs[3 * l + 2];
         if (l == 0 && w->sym) /* one-hot x_t = e_s: x_t @ W_x is row s of W_x */
@@ -715,20 +806,24 @@ static void FN(shard_forward)(const FN(work) *w, int64_t s, const real *theta, c
             FN(gates_forward)(na, H, 0, H, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
                               h + (t + 1) * bm * H);
             FN(clear_finished)(na, nb, H, 0, H, h + (t + 1) * bm * H);
+            if (FN(drops_out)(w, l)) /* h_{t+1} through the mask, for the layer above (or the head) */
+                FN(drop_step)(w, s, l + 1, t, na, 0, H, h + (t + 1) * bm * H, HD(l + 1) + t * bm * H);
         }
     }
     FN(head_forward)(w, s, theta);
     FN(final_state)(w, s);
 }
 
-/* Many-to-one with lengths: the top layer's h at each row's own last step, into sh->hl. */
+/* Many-to-one: the top layer's h at each row's own last step (into sh->hl with lengths or
+ * dropout, then masked by site L at that step). */
 static const real *FN(last_top)(const FN(work) *w, int64_t s)
 {
     const FN(shard) *sh = &w->sh[s];
     const int64_t T = w->T, H = w->H, L = w->L, bm = w->bm, nb = min64(bm, w->B - s * bm);
-    if (!w->len) return HS(L - 1) + T * bm * H; /* h_T of every row: contiguous */
+    if (!w->len && !w->drop) return HS(L - 1) + T * bm * H; /* h_T of every row: contiguous */
     for (int64_t r = 0; r < nb; r++)
         memcpy(sh->hl + r * H, HS(L - 1) + (FN(row_len)(w, s, r) * bm + r) * H, (size_t)H * sizeof(real));
+    if (w->drop) FN(drop_last)(w, s, sh->hl);
     return sh->hl;
 }
 
@@ -737,11 +832,11 @@ static const real *FN(last_top)(const FN(work) *w, int64_t s)
 static void FN(head_forward)(const FN(work) *w, int64_t s, const real *theta)
 {
     const FN(shard) *sh = &w->sh[s];
-    const int64_t T = w->T, H = w->H, L = w->L, O = w->O, bm = w->bm;
+    const int64_t H = w->H, L = w->L, O = w->O, bm = w->bm;
     const int64_t nb = min64(bm, w->B - s * bm), Ts = FN(shard_steps)(w, s);
-    const real *top = HS(L - 1), *by = theta + w->offs[3 * L + 1];
-    if (w->m2m)
-        FN(gemm_packed)(Ts * bm, O, H, top + bm * H, H, 1, w->pwy, sh->yout, O, 0);
+    const real *by = theta + w->offs[3 * L + 1];
+    if (w->m2m) /* every h_t (masked with dropout) */
+        FN(gemm_packed)(Ts * bm, O, H, FN(layer_input)(w, sh, L), H, 1, w->pwy, sh->yout, O, 0);
     else
         FN(gemm_packed)(nb, O, H, FN(last_top)(w, s), H, 1, w->pwy, sh->yout, O, 0);
     for (int64_t tt = 0; tt < w->Tout; tt++)
@@ -803,10 +898,10 @@ static void FN(head_backward)(const FN(work) *w, int64_t s)
     real *grad = sh->grad, *dh = sh->dh;
     const real *top = HS(L - 1);
     real *dWy = grad + offs[3 * L], *dby = grad + offs[3 * L + 1];
-    if (w->m2m) {
-        FN(gemm_plain)(H, O, Ts * bm, top + bm * H, 1, H, sh->dy, Op, dWy, O, 0, sh->apack);
+    if (w->m2m) { /* (with dropout dh goes through the mask step by step: shard_backward) */
+        FN(gemm_plain)(H, O, Ts * bm, FN(layer_input)(w, sh, L), 1, H, sh->dy, Op, dWy, O, 0, sh->apack);
         FN(gemm_packed)(Ts * bm, H, O, sh->dy, Op, 1, w->pwyt, dh, H, 0);
-    } else if (!w->len) {
+    } else if (!w->len && !w->drop) {
         FN(gemm_plain)(H, O, nb, top + T * bm * H, 1, H, sh->dy, Op, dWy, O, 0, sh->apack);
         memset(dh, 0, (size_t)((T - 1) * bm * H) * sizeof(real)); /* no loss on h_1 .. h_{T-1} */
         FN(gemm_packed)(nb, H, O, sh->dy, Op, 1, w->pwyt, dh + (T - 1) * bm * H, H, 0);
@@ -814,6 +909,7 @@ static void FN(head_backward)(const FN(work) *w, int64_t s)
         FN(gemm_plain)(H, O, nb, sh->hl, 1, H, sh->dy, Op, dWy, O, 0, sh->apack); /* hl: head_forward's */
         memset(dh, 0, (size_t)(Ts * bm * H) * sizeof(real));
         FN(gemm_packed)(nb, H, O, sh->dy, Op, 1, w->pwyt, sh->hl, H, 0);
+        if (w->drop) FN(drop_last)(w, s, sh->hl); /* through the mask the head's input had */
         for (int64_t r = 0; r < nb; r++)
             memcpy(dh + ((FN(row_len)(w, s, r) - 1) * bm + r) * H, sh->hl + r * H, (size_t)H * sizeof(real));
     }
@@ -831,7 +927,7 @@ static void FN(weight_grads)(const FN(work) *w, int64_t s, int64_t l)
     const FN(shard) *sh = &w->sh[s];
     const int64_t T = w->T, H = w->H, G = w->G, Gp = w->Gp, bm = w->bm, nb = min64(bm, w->B - s * bm);
     const int64_t Dl = l == 0 ? w->D : H;
-    const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H, *h = HS(l);
+    const real *in = FN(layer_input)(w, sh, l), *h = HS(l);
     real *z = ZS(l), *grad = sh->grad;
     real *dWx = grad + w->offs[3 * l], *dWh = grad + w->offs[3 * l + 1], *db = grad + w->offs[3 * l + 2];
     const int one_hot = l == 0 && w->sym;
@@ -856,7 +952,7 @@ static void FN(weight_grads_packed)(const FN(work) *w, int64_t s, int64_t l)
 {
     const FN(shard) *sh = &w->sh[s];
     const int64_t T = w->T, H = w->H, G = w->G, Gp = w->Gp, bm = w->bm, Dl = l == 0 ? w->D : H;
-    const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H, *h = HS(l);
+    const real *in = FN(layer_input)(w, sh, l), *h = HS(l);
     real *z = ZS(l), *grad = sh->grad, *pk = sh->pk;
     real *dWx = grad + w->offs[3 * l], *dWh = grad + w->offs[3 * l + 1], *db = grad + w->offs[3 * l + 2];
     const int one_hot = l == 0 && w->sym;
@@ -895,11 +991,14 @@ static void FN(shard_backward)(const FN(work) *w, int64_t s)
         memset(sh->dhn, 0, (size_t)(bm * H) * sizeof(real));
         memset(sh->dcn, 0, (size_t)(bm * H) * sizeof(real));
         for (int64_t t = Ts - 1; t >= 0; t--) {
+            const int64_t na = active_rows(len, nb, t);
             if (t < Ts - 1) /* dLoss/dh_t through h_{t+1}: dz_{t+1} @ W_h^T (z[t+1] holds dz now) */
                 FN(gemm_packed)(active_rows(len, nb, t + 1), H, G, z + (t + 1) * bm * Gp, Gp, 1, w->pwht[l], sh->dhn,
                                 H, 0);
-            FN(gates_backward)(active_rows(len, nb, t), H, 0, H, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H,
-                               dh + t * bm * H, sh->dhn, sh->dcn);
+            if (FN(drops_out)(w, l)) /* dLoss/dh_t from above came through the mask h_t left by */
+                FN(drop_step)(w, s, l + 1, t, na, 0, H, dh + t * bm * H, NULL);
+            FN(gates_backward)(na, H, 0, H, z + t * bm * Gp, Gp, c + t * bm * H, tc + t * bm * H, dh + t * bm * H,
+                               sh->dhn, sh->dcn);
         }
         if (len)
             FN(weight_grads_packed)(w, s, l);
@@ -951,7 +1050,7 @@ static void FN(team_forward)(const FN(work) *w, const real *theta, const real *x
     FN(stage_shard)(w, 0, x); /* (a barrier at its end) */
     for (int64_t l = 0; l < L; l++) {
         const int64_t Dl = l == 0 ? D : H;
-        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H;
+        const real *in = FN(layer_input)(w, sh, l); /* (masked by each thread's units below: whole now) */
         real *h = HS(l), *c = CS(l), *z = ZS(l), *tc = TCS(l);
         const real *b = theta + w->offs[3 * l + 2];
         for (int g = 0; n > 0 && g < 4; g++) /* x_t @ W_x, every step: this thread's columns of each gate */
@@ -969,6 +1068,8 @@ static void FN(team_forward)(const FN(work) *w, const real *theta, const real *x
                 FN(gates_forward)(na, H, u0, u1, zt, Gp, b, c + t * bm * H, c + (t + 1) * bm * H, tc + t * bm * H,
                                   h + (t + 1) * bm * H);
                 FN(clear_finished)(na, nb, H, u0, u1, h + (t + 1) * bm * H);
+                if (FN(drops_out)(w, l)) /* this thread's units of h_{t+1}, masked, for the layer above */
+                    FN(drop_step)(w, 0, l + 1, t, na, u0, u1, h + (t + 1) * bm * H, HD(l + 1) + t * bm * H);
             }
 #pragma omp barrier
         }
@@ -994,7 +1095,7 @@ static void FN(team_backward)(const FN(work) *w)
     FN(head_backward)(w, 0);
     for (int64_t l = L - 1; l >= 0; l--) {
         const int64_t Dl = l == 0 ? D : H;
-        const real *in = l == 0 ? sh->xs : HS(l - 1) + bm * H;
+        const real *in = FN(layer_input)(w, sh, l);
         const real *h = HS(l), *c = CS(l), *tc = TCS(l);
         real *z = ZS(l);
         for (int64_t r = 0; r < nb; r++) { /* nothing flows back from a row's last step + 1 */
@@ -1005,6 +1106,8 @@ static void FN(team_backward)(const FN(work) *w)
             if (t < Ts - 1 && n > 0) /* dh_t through h_{t+1}: dz_{t+1} (all of it) @ this thread's columns of W_h^T */
                 FN(gemm_packed_cols)(active_rows(w->len, nb, t + 1), n, 4 * H, z + (t + 1) * bm * Gp, Gp, 1,
                                      w->pwht[l], round_up(H, NR), u0, sh->dhn + u0, H, 0);
+            if (n > 0 && FN(drops_out)(w, l)) /* this thread's units of dLoss/dh_t, through the mask */
+                FN(drop_step)(w, 0, l + 1, t, active_rows(w->len, nb, t), u0, u1, dh + t * bm * H, NULL);
             if (n > 0)
                 FN(gates_backward)(active_rows(w->len, nb, t), H, u0, u1, z + t * bm * Gp, Gp, c + t * bm * H,
                                    tc + t * bm * H, dh + t * bm * H, sh->dhn, sh->dcn);
@@ -1039,6 +1142,7 @@ static void FN(team_backward)(const FN(work) *w)
 #undef CS
 #undef ZS
 #undef TCS
+#undef HD
 
 /* ======================= reduction and optimizer ======================= */
 
@@ -1071,37 +1175,70 @@ static void FN(reduce)(const FN(work) *w, real *restrict grad)
     }
 }
 
-/* torch.optim.Adam: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+/* One step's constants in the dtype: the host's (lstm_optim, double) rounded, as the reference
+ * rounds them (p.dtype.type(...)); the flags say whether a decay is there at all (the reference
+ * tests the double values), so a step without one does exactly what it did before decay existed. */
+typedef struct {
+    real scale;                /* clipping: g *= min(clip / (norm + 1e-6), 1), or 1 */
+    int l2_on, decay_on;       /* weight decay: L2 (SGD, Adam) or decoupled (AdamW) */
+    real l2, decay_factor;     /* g += l2 theta after clipping; theta *= decay_factor before the update */
+    real lr, momentum;         /* SGD */
+    int first;                 /* SGD: the first step starts the momentum buffer as g */
+    real b1, omb1, b2, omb2, step_size, bias2_sqrt, eps; /* Adam */
+} FN(step_consts);
+
+static FN(step_consts) FN(consts_of)(const lstm_optim *opt, double scale)
+{
+    FN(step_consts) k;
+    k.scale = (real)scale;
+    k.l2_on = opt->l2 != 0.0, k.l2 = (real)opt->l2;
+    k.decay_on = opt->decay_factor != 1.0, k.decay_factor = (real)opt->decay_factor;
+    k.lr = (real)opt->lr, k.momentum = (real)opt->momentum, k.first = opt->first_step != 0;
+    k.b1 = (real)opt->beta1, k.omb1 = (real)opt->one_minus_beta1, k.b2 = (real)opt->beta2;
+    k.omb2 = (real)opt->one_minus_beta2, k.step_size = (real)opt->step_size;
+    k.bias2_sqrt = (real)opt->bias2_sqrt, k.eps = (real)opt->eps;
+    return k;
+}
+
+/* lstmbench.optim.optimizer_step, elementwise, in its order:
+ *   g = grad * scale;  g += l2 * theta (L2);  theta *= decay_factor (AdamW);  then
+ * torch.optim.Adam: m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
  * p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
  * with step_size = lr / (1 - b1^t) and bias2_sqrt = sqrt(1 - b2^t) from the host */
 HOT static void FN(adam)(int64_t n, real *restrict theta, const real *restrict grad, real *restrict m,
-                         real *restrict v, real scale, real b1, real omb1, real b2, real omb2, real step_size,
-                         real bias2_sqrt, real eps)
+                         real *restrict v, const FN(step_consts) *kp)
 {
+    const FN(step_consts) k = *kp; /* (locals: no aliasing with the arrays) */
     for (int64_t j = 0; j < n; j++) {
-        const real g = grad[j] * scale;
-        m[j] = b1 * m[j] + omb1 * g;
-        v[j] = b2 * v[j] + omb2 * g * g;
-        theta[j] -= step_size * (m[j] / (REAL_SQRT(v[j]) / bias2_sqrt + eps)); /* all in the dtype, as the reference */
+        real g = grad[j] * k.scale;
+        if (k.l2_on) g = g + k.l2 * theta[j];                    /* loop-invariant tests: unswitched */
+        if (k.decay_on) theta[j] = theta[j] * k.decay_factor;
+        m[j] = k.b1 * m[j] + k.omb1 * g;
+        v[j] = k.b2 * v[j] + k.omb2 * g * g;
+        theta[j] -= k.step_size * (m[j] / (REAL_SQRT(v[j]) / k.bias2_sqrt + k.eps)); /* in the dtype, as the reference */
     }
 }
 
-/* torch.optim.SGD: buf = g on the first step, then momentum * buf + g; p -= lr * buf */
-HOT static void FN(sgd)(int64_t n, real *restrict theta, const real *restrict grad, real *restrict buf, real scale,
-                        real lr, real momentum, int first)
+/* The same order, then torch.optim.SGD: buf = g on the first step, then momentum * buf + g;
+ * p -= lr * buf (the host never sets a decoupled decay for SGD; it would be applied) */
+HOT static void FN(sgd)(int64_t n, real *restrict theta, const real *restrict grad, real *restrict buf,
+                        const FN(step_consts) *kp)
 {
+    const FN(step_consts) k = *kp;
     for (int64_t j = 0; j < n; j++) {
-        real g = grad[j] * scale;
+        real g = grad[j] * k.scale;
+        if (k.l2_on) g = g + k.l2 * theta[j];
+        if (k.decay_on) theta[j] = theta[j] * k.decay_factor;
         if (buf) {
-            buf[j] = first ? g : momentum * buf[j] + g;
+            buf[j] = k.first ? g : k.momentum * buf[j] + g;
             g = buf[j];
         }
-        theta[j] -= lr * g;
+        theta[j] -= k.lr * g;
     }
 }
 
 /* Clipping (sumsq: the gradient's sum of squares, used only with clipping) and the
- * SGD/Adam update of P parameters, in chunks of CHUNK on `threads` threads. */
+ * SGD/Adam/AdamW update of P parameters, in chunks of CHUNK on `threads` threads. */
 static void FN(update)(const lstm_optim *opt, int64_t P, int64_t threads, real *theta, real *slot1, real *slot2,
                        const real *grad, double sumsq)
 {
@@ -1109,26 +1246,22 @@ static void FN(update)(const lstm_optim *opt, int64_t P, int64_t threads, real *
     if (opt->clip_norm > 0) /* torch.nn.utils.clip_grad_norm_: g *= min(clip / (norm + 1e-6), 1) */
         scale = fmin(opt->clip_norm / (sqrt(sumsq) + 1e-6), 1.0);
     const int64_t nchunks = ceil_div(P, CHUNK);
-    /* the host's constants (double), rounded to the dtype */
-    const real b1 = (real)opt->beta1, b2 = (real)opt->beta2, omb1 = (real)opt->one_minus_beta1;
-    const real omb2 = (real)opt->one_minus_beta2, eps = (real)opt->eps;
-    const real step_size = (real)opt->step_size, bias2_sqrt = (real)opt->bias2_sqrt;
+    const FN(step_consts) k = FN(consts_of)(opt, scale);
     real *buf = opt->momentum > 0 ? slot1 : NULL;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t ch = 0; ch < nchunks; ch++) {
         const int64_t lo = ch * CHUNK, n = min64(P, lo + CHUNK) - lo;
         if (opt->adam)
-            FN(adam)(n, theta + lo, grad + lo, slot1 + lo, slot2 + lo, (real)scale, b1, omb1, b2, omb2, step_size,
-                     bias2_sqrt, eps);
+            FN(adam)(n, theta + lo, grad + lo, slot1 + lo, slot2 + lo, &k);
         else
-            FN(sgd)(n, theta + lo, grad + lo, buf ? buf + lo : NULL, (real)scale, (real)opt->lr,
-                    (real)opt->momentum, opt->first_step != 0);
+            FN(sgd)(n, theta + lo, grad + lo, buf ? buf + lo : NULL, &k);
     }
 }
 
 static int FN(check_optim)(const lstm_optim *opt, const real *slot1, const real *slot2)
 {
     if (!opt || !(opt->lr > 0) || !(opt->eps > 0)) return LSTM_EARG;
+    if (!(opt->l2 >= 0 && isfinite(opt->l2) && isfinite(opt->decay_factor))) return LSTM_EARG; /* (1.0: no decay) */
     if (opt->adam && !(opt->step_size > 0 && opt->bias2_sqrt > 0)) return LSTM_EARG;
     if (opt->adam ? (!slot1 || !slot2) : (opt->momentum > 0 && !slot1)) return LSTM_EARG;
     return LSTM_OK;
@@ -1268,7 +1401,7 @@ int FN(lstm_generate)(const lstm_dims *d, const int64_t *offs, int64_t n_params,
     for (int64_t k = 0; k < prime_len * B; k++)
         if (prime[k] < 0 || prime[k] >= d->input_size) return LSTM_ECLASS;
     lstm_dims step = *d;
-    step.lengths = NULL, step.x_symbols = prime;
+    step.lengths = NULL, step.x_symbols = prime, step.drop_keys = step.drop_rows = NULL; /* (no dropout) */
     step.h0 = step.hn = h, step.c0 = step.cn = c; /* the state in, and out: each step starts where the last ended */
     FN(work) w;
     int err = FN(setup)(&step, offs, n_params, ws, ws_bytes, &w);

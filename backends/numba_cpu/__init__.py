@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lstmbench import Capabilities, ModelConfig
-from lstmbench.fused import FusedBackend, RowOrder
+from lstmbench.fused import DropoutPlan, FusedBackend, RowOrder
 from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars
 
@@ -110,7 +110,7 @@ class NumbaThreads(FusedBackend):
 
     name = "numba"
     description = "Numba, batch shards on CPU threads, fused training step"
-    capabilities = Capabilities(sequences=True)
+    capabilities = Capabilities(sequences=True, dropout=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -167,9 +167,10 @@ class NumbaThreads(FusedBackend):
         return Workspace.make(cfg, B, T, Layout.of(cfg).size, plan)
 
     def _run(self, cfg: ModelConfig, ws: Workspace, theta: np.ndarray, x: np.ndarray, y, backward: bool,
-             order: RowOrder) -> float:
+             order: RowOrder, dropout=None) -> float:
         """Run every shard on ``ws``: outputs, and with ``backward`` per-shard gradients; returns the mean loss.
-        ``order``: the rows sorted longest first, their lengths and initial state (RowOrder)."""
+        ``order``: the rows sorted longest first, their lengths and initial state (RowOrder);
+        ``dropout``: a training pass's DropoutDraw (None: no dropout)."""
         import numba
 
         k = self._kernels()
@@ -191,11 +192,23 @@ class NumbaThreads(FusedBackend):
                            coef=dt.type((1.0 if xent else 2.0) / n_terms), backward=backward, theta=theta,
                            offs=Layout.of(cfg).offs, H=cfg.hidden_size, many_to_many=cfg.many_to_many,
                            one=dt.type(1.0), row_len=order.lengths, has_state=order.state is not None,
-                           h0=np.ascontiguousarray(h0), c0=np.ascontiguousarray(c0), **ws.buffers)
+                           h0=np.ascontiguousarray(h0), c0=np.ascontiguousarray(c0),
+                           **self._dropout_fields(cfg, dropout, order), **ws.buffers)
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         with self._blas.limit(limits=1, user_api="blas"):
             k.run_shards(args)
         return float(ws.buffers["losses"].sum() / n_terms) if backward else math.nan
+
+    @staticmethod
+    def _dropout_fields(cfg: ModelConfig, dropout, order: RowOrder) -> dict:
+        """ShardArgs' drop* fields: the kernels draw the masks themselves from the plan's keys (no
+        mask is built here); placeholders of the same types without dropout (no new compiled variant)."""
+        if dropout is None or cfg.dropout == 0:
+            return {"drop": False, "drop_keys": np.zeros(1, np.uint32), "drop_rows": np.zeros(1, np.uint32),
+                    "drop_threshold": np.uint64(0), "drop_scale": cfg.np_dtype.type(1.0)}
+        plan = DropoutPlan.of(cfg, dropout, order)
+        return {"drop": True, "drop_keys": plan.keys, "drop_rows": plan.rows,
+                "drop_threshold": np.uint64(plan.threshold), "drop_scale": cfg.np_dtype.type(plan.scale)}
 
     @staticmethod
     def _outputs(cfg: ModelConfig, ws: Workspace, B: int) -> np.ndarray:
@@ -223,21 +236,21 @@ class NumbaThreads(FusedBackend):
                 return y
             return y, tuple(order.restore(ws.buffers[k], axis=1) for k in ("hn", "cn"))
 
-    def _loss_and_grads(self, cfg, params, x, y, **sequences):
+    def _loss_and_grads(self, cfg, params, x, y, dropout=None, **sequences):
         layout = Layout.of(cfg)
         grad = np.empty(layout.size, dtype=cfg.np_dtype)
         with self.workspace(cfg, x, bool(sequences)) as ws:
             order = RowOrder.of(x, shard_rows=ws.plan.rows, **sequences)
-            loss = self._run(cfg, ws, layout.flatten(params, cfg.np_dtype), x, y, True, order)
+            loss = self._run(cfg, ws, layout.flatten(params, cfg.np_dtype), x, y, True, order, dropout)
             self._kernels().reduce_shards(ws.buffers["grads"], grad)
         return loss, {k: v.copy() for k, v in layout.views(grad).items()}
 
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
-    def _loss_and_gradient(self, state: FlatTrainState, x, y, return_state=False, **sequences):
+    def _loss_and_gradient(self, state: FlatTrainState, x, y, return_state=False, dropout=None, **sequences):
         with self.workspace(state.cfg, x, bool(sequences)) as ws:
             order = RowOrder.of(x, shard_rows=ws.plan.rows, **sequences)
-            loss = self._run(state.cfg, ws, state.theta, x, y, True, order)
+            loss = self._run(state.cfg, ws, state.theta, x, y, True, order, dropout)
             self._kernels().reduce_shards(ws.buffers["grads"], state.grad)
             if not return_state:
                 return loss
@@ -248,10 +261,11 @@ class NumbaThreads(FusedBackend):
         k, dt = self._kernels(), state.cfg.np_dtype
         scale = scalars.clip_scale(math.sqrt(k.sum_of_squares(state.grad))) if scalars.clip_norm else 1.0
         s = scalars.in_dtype(dt)
-        if s.kind == "adam":
-            k.adam_update(state.theta, state.grad, state.slots["m"], state.slots["v"], dt.type(scale), s.beta1,
-                          s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.step_size, s.bias2_sqrt, s.eps)
+        if s.kind in ("adam", "adamw"):  # adamw: Adam with decay_factor != 1 (and l2 = 0)
+            k.adam_update(state.theta, state.grad, state.slots["m"], state.slots["v"], dt.type(scale), s.l2,
+                          s.decay_factor, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.step_size,
+                          s.bias2_sqrt, s.eps)
         else:
             buf = state.slots.get("momentum", state.grad)  # unused without momentum
-            k.sgd_update(state.theta, state.grad, buf, dt.type(scale), s.lr, s.momentum, s.first_step,
+            k.sgd_update(state.theta, state.grad, buf, dt.type(scale), s.l2, s.lr, s.momentum, s.first_step,
                           scalars.momentum > 0)

@@ -48,6 +48,12 @@ per shard, rows beyond the shard's nb real ones are zero padding):
     yout[s]      (Tout, bm, O)   head outputs (Tout = T many-to-many, 1 many-to-one)
     dy[s]        (Tout, bm, O)   dLoss/dy
     dh_in[s]     (T, bm, H)      dLoss/dh_t arriving from above
+Dropout (training passes with ``a.drop``; design.md section 9) masks what leaves a layer for
+the next layer or the head, never the recurrence: the mask is drawn from a hash, element by
+element (drop_row), never stored. The forward pass writes the masked copy of a layer's h into
+``packed[s]`` just before the product that reads it (layer_input, head_input); the backward
+pass draws the same mask again for dW_x / dW_y and for dLoss/dh (drop_gradient). Without
+dropout none of this runs and the products read ``hs`` directly.
 Parameters live in one flat vector ``theta``; ``offs[l]`` holds the offsets of
 W_x, W_h, b of layer l and ``offs[L]`` those of W_y, b_y. run_shards and what it calls take
 all of these, the batch and the settings as one ShardArgs (fields by name).
@@ -69,6 +75,7 @@ JIT = dict(cache=CACHE, error_model="numpy")
 LOG2E = np.float32(1.4426950408889634)
 LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 split for exact n*ln2
 ROUND_MAGIC = np.float32(12582912.0)  # 1.5 * 2^23
+MASK32 = np.uint64(0xFFFFFFFF)
 
 
 class ShardArgs(NamedTuple):
@@ -122,6 +129,13 @@ class ShardArgs(NamedTuple):
     # every row's final state, (L, B, H), written by each forward pass
     hn: np.ndarray
     cn: np.ndarray
+    # dropout (design.md section 9; lstmbench.fused.DropoutPlan): when ``drop``, the inputs of
+    # layers 1 .. L-1 and of the head are masked (drop_row); placeholders otherwise
+    drop: bool
+    drop_keys: np.ndarray  # (L+1,) uint32: each site's key
+    drop_rows: np.ndarray  # (B,) uint32: each kernel row's index in the global minibatch
+    drop_threshold: np.uint64  # a hash below it drops its element
+    drop_scale: float  # 1 / (1 - p) in the dtype
 
 
 @njit(**JIT)
@@ -307,33 +321,128 @@ def product_rows(na, nb, bm):
 
 
 @njit(**JIT)
-def shard_forward(s, lo, nb, a):
-    x, theta, offs, H, xs, hs, cs = a.x, a.theta, a.offs, a.H, a.xs, a.hs, a.cs
-    gates, tcs, rec, yout, whp, rsp = a.gates, a.tcs, a.rec, a.yout, a.whp, a.rsp
-    T, D0 = x.shape[1], x.shape[2]
-    L, bm, G = hs.shape[1], xs.shape[2], 4 * H
-    Ts = a.row_len[lo]  # steps of the shard's longest row (rows sorted longest first): no row goes past it
-    n = Ts * bm  # rows of the products over all steps
-    for t in range(T):  # this shard's rows of x (B, T, D), time-major
+def fmix32(h):
+    """MurmurHash3's 32-bit finaliser (lstmbench.config.fmix32) of a uint32 held in a uint64:
+    numba widens uint32 arithmetic to 64 bits, so each product is cut back to its low 32 bits
+    here, which is exactly uint32's wrap-around."""
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & MASK32
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & MASK32
+    return h ^ (h >> np.uint64(16))
+
+
+@njit(**JIT)
+def drop_row(a, site, k, t, src, dst):
+    """dst = src * the dropout mask of ``site`` for kernel row k at step t (dst may be src).
+    Element j is kept, times 1/(1-p), when fmix32(((rows[k] * T + t) * H + j) ^ key) >= threshold,
+    on uint32 (design.md section 9): the index is formed in uint64 and cut to 32 bits, which
+    equals the uint32 wrap-around. Dropped elements are multiplied by 0, as the reference does."""
+    T = a.x.shape[1]
+    base = (np.uint64(a.drop_rows[k]) * np.uint64(T) + np.uint64(t)) * np.uint64(src.shape[0])
+    key, scale, zero = np.uint64(a.drop_keys[site]), a.drop_scale, a.one - a.one
+    for j in range(src.shape[0]):
+        kept = fmix32(((base + np.uint64(j)) & MASK32) ^ key) >= a.drop_threshold
+        dst[j] = src[j] * (scale if kept else zero)
+
+
+@njit(**JIT)
+def drop_steps(a, site, lo, nb, src, dst):
+    """dst[t, r] = src[t, r] * mask(site, row lo + r, step t) for every step of src (Ts, bm, H);
+    padding rows (r >= nb) become 0. dst may be src."""
+    for t in range(src.shape[0]):
+        for r in range(src.shape[1]):
+            if r < nb:
+                drop_row(a, site, lo + r, t, src[t, r], dst[t, r])
+            else:
+                dst[t, r] = 0
+
+
+@njit(**JIT)
+def drop_last(a, site, lo, nb, src, dst):
+    """dst[r] = src[r] * mask(site, row lo + r, its last step): a many-to-one head reads each row's
+    h after its own last step (len - 1; T - 1 without lengths), masked at that step."""
+    for r in range(src.shape[0]):
+        if r < nb:
+            drop_row(a, site, lo + r, a.row_len[lo + r] - 1, src[r], dst[r])
+        else:
+            dst[r] = 0
+
+
+@njit(**JIT)
+def layer_input(s, lo, nb, l, Ts, a):
+    """(Ts, bm, H): what layer l >= 1 (l = L: a many-to-many head) reads at steps 0 .. Ts-1:
+    h_1 .. h_Ts of layer l-1, or with dropout their masked copy (site l) in packed[s]."""
+    h = a.hs[s, l - 1, 1 : Ts + 1]
+    if not a.drop:
+        return h
+    out = a.packed[s, : h.size].reshape(h.shape)
+    drop_steps(a, l, lo, nb, h, out)
+    return out
+
+
+@njit(**JIT)
+def head_input(s, lo, nb, a):
+    """(bm, H): what a many-to-one head reads, h_T of the top layer (each row's state after its
+    last step), or with dropout its masked copy (site L) in packed[s]."""
+    L = a.hs.shape[1]
+    h = a.hs[s, L - 1, a.hs.shape[2] - 1]
+    if not a.drop:
+        return h
+    out = a.packed[s, : h.size].reshape(h.shape)
+    drop_last(a, L, lo, nb, h, out)
+    return out
+
+
+@njit(**JIT)
+def drop_gradient(s, lo, nb, l, Ts, a):
+    """dLoss/dh of layer l (a.dh_in[s]) from the gradient of its masked output: times the same
+    mask (site l+1), in place. Many-to-one top layer: only dh at T-1 is nonzero, each row masked
+    at its own last step (the gradient then passes back to it through the padded steps)."""
+    dh, L, T = a.dh_in[s], a.hs.shape[1], a.gates.shape[2]
+    if l == L - 1 and not a.many_to_many:
+        drop_last(a, L, lo, nb, dh[T - 1], dh[T - 1])
+    else:
+        drop_steps(a, l + 1, lo, nb, dh[:Ts], dh[:Ts])
+
+
+@njit(**JIT)
+def load_shard(s, lo, nb, a):
+    """This shard's rows of x (B, T, D) into xs, time-major, and h_0, c_0 of every layer: the
+    initial state, or zeros (the buffers are reused)."""
+    x, xs, hs, cs, H = a.x, a.xs, a.hs, a.cs, a.H
+    for t in range(x.shape[1]):
         for r in range(nb):
-            for d in range(D0):
+            for d in range(x.shape[2]):
                 xs[s, t, r, d] = x[lo + r, t, d]
-    for l in range(L):  # h_0, c_0: the initial state, or zeros (the buffers are reused)
+    for l in range(hs.shape[1]):
         for r in range(nb):
             for j in range(H):
                 hs[s, l, 0, r, j] = a.h0[l, lo + r, j] if a.has_state else 0
                 cs[s, l, 0, r, j] = a.c0[l, lo + r, j] if a.has_state else 0
+
+
+@njit(**JIT)
+def shard_forward(s, lo, nb, a):
+    x, theta, offs, H, xs, hs, cs = a.x, a.theta, a.offs, a.H, a.xs, a.hs, a.cs
+    gates, tcs, rec, whp, rsp = a.gates, a.tcs, a.rec, a.whp, a.rsp
+    T, D0 = x.shape[1], x.shape[2]
+    L, bm, G = hs.shape[1], xs.shape[2], 4 * H
+    Ts = a.row_len[lo]  # steps of the shard's longest row (rows sorted longest first): no row goes past it
+    n = Ts * bm  # rows of the products over all steps
+    load_shard(s, lo, nb, a)
     for l in range(L):
         Dl = D0 if l == 0 else H
         Wx = theta[offs[l, 0] : offs[l, 0] + Dl * G].reshape((Dl, G))
         Wh = theta[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G))
         b = theta[offs[l, 2] : offs[l, 2] + G]
         z, h, c, tc, rs = gates[s, l], hs[s, l], cs[s, l], tcs[s, l], rec[s]
-        # x_t @ W_x for every step at once (of the shard's longest row)
+        # x_t @ W_x for every step at once (of the shard's longest row); layer l >= 1 reads
+        # layer l-1's h (with dropout, masked: layer_input)
         if l == 0:
             np.dot(xs[s, :Ts].reshape((n, D0)), Wx, z[:Ts].reshape((n, G)))
         else:
-            np.dot(hs[s, l - 1, 1 : Ts + 1].reshape((n, H)), Wx, z[:Ts].reshape((n, G)))
+            np.dot(layer_input(s, lo, nb, l, Ts, a).reshape((n, H)), Wx, z[:Ts].reshape((n, G)))
         if whp.shape[0] > 1:  # the threads share this shard's hidden units
             team_forward_steps(z, h, c, tc, Wh, b, nb, whp, rsp)
         else:
@@ -359,25 +468,33 @@ def shard_forward(s, lo, nb, a):
                     zr = z[t, r]
                     cell_forward(zr[:H], zr[H : 2 * H], zr[2 * H : 3 * H], zr[3 * H :], c[t, r], c[t + 1, r], tc[t, r],
                                  h[t + 1, r])
-    # head: y = h @ W_y + b_y on h_T, or on every h_t
-    O = yout.shape[3]
+    head_forward(s, lo, nb, a)
+    for l in range(L):  # every row's final state: h_T, c_T (carried from its own last step; never masked)
+        for r in range(nb):
+            for j in range(H):
+                a.hn[l, lo + r, j] = hs[s, l, T, r, j]
+                a.cn[l, lo + r, j] = cs[s, l, T, r, j]
+
+
+@njit(**JIT)
+def head_forward(s, lo, nb, a):
+    """y = h @ W_y + b_y on h_T, or on every h_t (with dropout: masked, site L); outputs past a
+    row's length are zero."""
+    theta, offs, H, yout, bm = a.theta, a.offs, a.H, a.yout, a.xs.shape[2]
+    L, O = a.hs.shape[1], yout.shape[3]
+    Ts = a.row_len[lo]
     Wy = theta[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
     by = theta[offs[L, 1] : offs[L, 1] + O]
-    top = hs[s, L - 1]
-    if a.many_to_many:  # (outputs past a row's length are set to zero below)
-        np.dot(top[1 : Ts + 1].reshape((n, H)), Wy, yout[s, :Ts].reshape((n, O)))
+    if a.many_to_many:
+        n = Ts * bm
+        np.dot(layer_input(s, lo, nb, L, Ts, a).reshape((n, H)), Wy, yout[s, :Ts].reshape((n, O)))
     else:
-        np.dot(top[T], Wy, yout[s, 0])
+        np.dot(head_input(s, lo, nb, a), Wy, yout[s, 0])
     for tt in range(yout.shape[1]):
         for r in range(nb):
             padded = a.many_to_many and tt >= a.row_len[lo + r]  # outputs zero past a row's length
             for k in range(O):
                 yout[s, tt, r, k] = 0 if padded else yout[s, tt, r, k] + by[k]
-    for l in range(L):  # every row's final state: h_T, c_T (carried from its own last step)
-        for r in range(nb):
-            for j in range(H):
-                a.hn[l, lo + r, j] = hs[s, l, T, r, j]
-                a.cn[l, lo + r, j] = cs[s, l, T, r, j]
 
 
 @njit(**JIT)
@@ -415,26 +532,24 @@ def shard_loss(s, lo, nb, a):
 
 
 @njit(**JIT)
-def shard_backward(s, lo, nb, a):
-    theta_t, offs, H, one, xs, hs, cs, gates = a.theta_t, a.offs, a.H, a.one, a.xs, a.hs, a.cs, a.gates
-    tcs, dy, dh_in, dhn, dcn, grads, whtp, dhp = a.tcs, a.dy, a.dh_in, a.dhn, a.dcn, a.grads, a.whtp, a.dhp
-    L, T, bm, G = hs.shape[1], gates.shape[2], xs.shape[2], 4 * H
-    D0, O = xs.shape[3], dy.shape[3]
-    Ts = a.row_len[lo]  # steps of the shard's longest row: dz is zero past it
+def head_backward(s, lo, nb, a):
+    """The head's gradients (on its input: with dropout, the masked h, drawn again) and
+    dLoss/dh_t of its input into a.dh_in[s] (drop_gradient then takes it through the mask)."""
+    offs, H, dy, bm, T = a.offs, a.H, a.dy, a.xs.shape[2], a.gates.shape[2]
+    L, O = a.hs.shape[1], dy.shape[3]
+    Ts = a.row_len[lo]
     n = Ts * bm
-    g_all = grads[s]
-    WyT = theta_t[offs[L, 0] : offs[L, 0] + H * O].reshape((O, H))
+    g_all, dh = a.grads[s], a.dh_in[s]
+    WyT = a.theta_t[offs[L, 0] : offs[L, 0] + H * O].reshape((O, H))
     dWy = g_all[offs[L, 0] : offs[L, 0] + H * O].reshape((H, O))
     dby = g_all[offs[L, 1] : offs[L, 1] + O]
-    top, dh = hs[s, L - 1], dh_in[s]
-    # head gradients, and dLoss/dh_t of the top layer
     if a.many_to_many:
         dy2 = dy[s, :Ts].reshape((n, O))
-        np.dot(top[1 : Ts + 1].reshape((n, H)).T, dy2, dWy)
+        np.dot(layer_input(s, lo, nb, L, Ts, a).reshape((n, H)).T, dy2, dWy)
         np.dot(dy2, WyT, dh[:Ts].reshape((n, H)))
         dh[Ts:] = 0  # no loss past the longest row
     else:
-        np.dot(top[T].T, dy[s, 0], dWy)
+        np.dot(head_input(s, lo, nb, a).T, dy[s, 0], dWy)
         dh[: T - 1] = 0
         np.dot(dy[s, 0], WyT, dh[T - 1])
     dby[:] = 0
@@ -442,6 +557,18 @@ def shard_backward(s, lo, nb, a):
         for r in range(nb):
             for k in range(O):
                 dby[k] += dy[s, tt, r, k]
+
+
+@njit(**JIT)
+def shard_backward(s, lo, nb, a):
+    theta_t, offs, H, one, xs, hs, cs, gates = a.theta_t, a.offs, a.H, a.one, a.xs, a.hs, a.cs, a.gates
+    tcs, dh_in, dhn, dcn, grads, whtp, dhp = a.tcs, a.dh_in, a.dhn, a.dcn, a.grads, a.whtp, a.dhp
+    L, T, bm, G = hs.shape[1], gates.shape[2], xs.shape[2], 4 * H
+    D0 = xs.shape[3]
+    Ts = a.row_len[lo]  # steps of the shard's longest row: dz is zero past it
+    n = Ts * bm
+    g_all, dh = grads[s], dh_in[s]
+    head_backward(s, lo, nb, a)  # dh: dLoss/dh_t of the top layer (of its masked output, with dropout)
     for l in range(L - 1, -1, -1):
         Dl = D0 if l == 0 else H
         WxT = theta_t[offs[l, 0] : offs[l, 0] + Dl * G].reshape((G, Dl))
@@ -450,6 +577,8 @@ def shard_backward(s, lo, nb, a):
         dWh = g_all[offs[l, 1] : offs[l, 1] + H * G].reshape((H, G))
         db = g_all[offs[l, 2] : offs[l, 2] + G]
         z, c, tc, dh_next, dc_next = gates[s, l], cs[s, l], tcs[s, l], dhn[s], dcn[s]
+        if a.drop:  # dh arrived for the masked output: through the mask to h itself
+            drop_gradient(s, lo, nb, l, Ts, a)
         dh_next[:] = 0  # nothing flows back into the last step
         dc_next[:] = 0
         if whtp.shape[0] > 1:  # the threads share this shard's hidden units
@@ -475,8 +604,8 @@ def shard_backward(s, lo, nb, a):
         dz = z[:Ts].reshape((n, G))
         if l == 0:
             np.dot(xs[s, :Ts].reshape((n, D0)).T, dz, dWx)
-        else:
-            np.dot(hs[s, l - 1, 1 : Ts + 1].reshape((n, H)).T, dz, dWx)
+        else:  # the input layer l read: layer l-1's h, with dropout masked (the same mask, drawn again)
+            np.dot(layer_input(s, lo, nb, l, Ts, a).reshape((n, H)).T, dz, dWx)
         if a.has_state:  # sum over every t of h_{t-1}^T dz_t, h_0 the initial state
             np.dot(hs[s, l, 0:Ts].reshape((n, H)).T, dz, dWh)
         elif Ts > 1:  # sum over t >= 1 of h_{t-1}^T dz_t  (h_0 = 0)
@@ -518,7 +647,9 @@ def weight_grads_packed(s, lo, nb, l, a):
     dz = z.reshape((T * bm, G))
     K = pack_steps(z, a.row_len, lo, nb, Ts, dz)
     inputs = a.packed[s, : T * bm * Dl].reshape((T * bm, Dl))  # (contiguous: BLAS takes it)
-    pack_steps(xs if l == 0 else hs[l - 1, 1:], a.row_len, lo, nb, Ts, inputs)
+    # the input layer l read (with dropout, masked: layer_input writes that into a.packed[s], which
+    # pack_steps then packs in place, rows only moving to earlier places)
+    pack_steps(xs if l == 0 else layer_input(s, lo, nb, l, Ts, a), a.row_len, lo, nb, Ts, inputs)
     np.dot(inputs[:K].T, dz[:K], g_all[offs[l, 0] : offs[l, 0] + Dl * G].reshape((Dl, G)))
     db = g_all[offs[l, 2] : offs[l, 2] + G]
     db[:] = 0
@@ -602,20 +733,28 @@ def sum_of_squares(g):
 
 
 @njit(parallel=True, **JIT)
-def adam_update(theta, g, m, v, scale, b1, one_minus_b1, b2, one_minus_b2, step_size, bias2_sqrt, eps):
-    """torch.optim.Adam's update, every constant already in the parameters' dtype."""
+def adam_update(theta, g, m, v, scale, l2, decay, b1, one_minus_b1, b2, one_minus_b2, step_size, bias2_sqrt, eps):
+    """torch.optim.Adam's update (AdamW's with ``decay``), every constant already in the
+    parameters' dtype, in lstmbench.optim.optimizer_step's order: clip, L2, decay, moments."""
     for j in prange(theta.shape[0]):
         gj = g[j] * scale
+        if l2 != 0:  # Adam's weight decay: g + w * theta, after clipping, before the moments
+            gj = gj + l2 * theta[j]
+        if decay != 1:  # AdamW: theta * (1 - lr * w), decoupled from the gradient, before the update
+            theta[j] = theta[j] * decay
         m[j] = b1 * m[j] + one_minus_b1 * gj
         v[j] = b2 * v[j] + one_minus_b2 * gj * gj
         theta[j] -= step_size * (m[j] / (math.sqrt(v[j]) / bias2_sqrt + eps))
 
 
 @njit(parallel=True, **JIT)
-def sgd_update(theta, g, buf, scale, lr, momentum, first_step, use_momentum):
-    """torch.optim.SGD: buf = g on the first step, then momentum * buf + g; p -= lr * buf."""
+def sgd_update(theta, g, buf, scale, l2, lr, momentum, first_step, use_momentum):
+    """torch.optim.SGD: g + w * theta (weight decay, after clipping); buf = g on the first step,
+    then momentum * buf + g; p -= lr * buf."""
     for j in prange(theta.shape[0]):
         gj = g[j] * scale
+        if l2 != 0:
+            gj = gj + l2 * theta[j]
         if use_momentum:
             buf[j] = gj if first_step else momentum * buf[j] + gj
             gj = buf[j]

@@ -20,6 +20,12 @@ recurrence run over the steps rows take and no padded step is in any buffer; a f
 batch keeps the padded (T, Bp) layout and its arithmetic. A state carried from step to
 step (return_state=True) stays on the device.
 
+Dropout (design.md section 9) and weight decay (section 10): a training step of a model with
+dropout gets a DropoutDraw; the kernels draw every mask from its hash on the device (see
+kernels.py), and the products read the masked layer outputs from ``hd``. With p = 0 nothing
+changes: no extra buffer, launch or arithmetic. Weight decay (L2 for SGD and Adam, decoupled
+for AdamW) is part of the update kernels, with the step's learning rate from StepScalars.
+
 Run the kernels without a GPU in Numba's CUDA simulator with
 ``NUMBA_ENABLE_CUDASIM=1`` (set before numba.cuda is imported; slow, for tests).
 """
@@ -33,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from lstmbench import Capabilities, ModelConfig
+from lstmbench.config import DropoutDraw
 from lstmbench.errors import DeviceError, DTypeError, ShapeError
 from lstmbench.fused import FusedBackend
 from lstmbench.layout import FlatTrainState, Layout
@@ -235,12 +242,16 @@ class Workspace:
                      state0=2 * L * Bp * H, staten=2 * L * Bp * H)
         per_layer = dict(gates=T * Bp * G, hs=(T + 1) * Bp * H, cs=(T + 1) * Bp * H, tcs=T * Bp * H,
                          hprev=T * Bp * H if packed else 0)  # at most T*Bp layout rows
-        nbytes = (sum(sizes.values()) + L * sum(per_layer.values())) * dt.itemsize
+        # dropout: each layer's masked h as it leaves (a many-to-one top layer: its rows' last h)
+        masked = [(T * Bp if layer < L - 1 or cfg.many_to_many else Bp) * H if cfg.dropout > 0 else 0
+                  for layer in range(L)]
+        nbytes = (sum(sizes.values()) + L * sum(per_layer.values()) + sum(masked)) * dt.itemsize
         _check_free_memory(nbytes, f"the workspace of a batch of shape ({B}, {T}, {D0}) for {cfg}")
         zeros = lambda n, dtype=dt: cuda.to_device(np.zeros(max(n, 1), dtype))  # noqa: E731 (padding stays 0)
         dev: dict[str, Any] = {name: zeros(n) for name, n in sizes.items()}
         for name, n in per_layer.items():
             dev[name] = [zeros(n) for _ in range(L)]
+        dev["hd"] = [zeros(n) for n in masked]
         dev["y_class"] = zeros(Tout * Bp if xent else 1, np.int32)
         dev["loss_part"] = zeros(p.loss_blocks, np.float64)
         dev["loss"] = zeros(1, np.float64)
@@ -307,7 +318,7 @@ class NumbaCuda(FusedBackend):
 
     name = "cuda"
     description = "Numba CUDA: the whole training step on the GPU (recurrence inside the kernel, tiled products)"
-    capabilities = Capabilities(sequences=True)
+    capabilities = Capabilities(sequences=True, dropout=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -479,9 +490,10 @@ class NumbaCuda(FusedBackend):
 
     # -- the step ------------------------------------------------------------------------
 
-    def _forward_pass(self, cfg: ModelConfig, ws: Workspace, theta, rows: Rows, has_state: bool) -> None:
+    def _forward_pass(self, cfg: ModelConfig, ws: Workspace, theta, rows: Rows, has_state: bool,
+                      draw: DropoutDraw | None = None) -> None:
         """Every layer's recurrence, then the head: yout = h @ W_y + b_y (on each row's last h,
-        or on every layout row's h)."""
+        or on every layout row's h). ``draw``: the step's dropout masks (None: none)."""
         k, p, d = _kernels(), ws.plan, ws.dev
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
         Bp, G, offs, N = p.padded_batch, 4 * H, Layout.of(cfg).offs, rows.n_rows
@@ -490,22 +502,47 @@ class NumbaCuda(FusedBackend):
             wx, wh, b = (int(o) for o in offs[layer])
             if layer == 0:  # x_t @ W_x for every layout row: (N, D0) @ (D0, 4H)
                 self._gemm(dt, N, G, D0, d["xs"], 0, D0, 1, theta, wx, G, 1, d["gates"][0], 0, G)
-            else:  # the layer below's h_t is this layer's input
-                self._gemm(dt, N, G, H, d["hs"][layer - 1], Bp * H, H, 1, theta, wx, G, 1, d["gates"][layer], 0, G)
+            else:  # the layer below's h_t (masked, with dropout) is this layer's input
+                below, below_off = self._layer_output(cfg, ws, layer - 1, draw)
+                self._gemm(dt, N, G, H, below, below_off, H, 1, theta, wx, G, 1, d["gates"][layer], 0, G)
             h_off, c_off = layer * Bp * H, (L + layer) * Bp * H  # this layer's h and c in state0 / staten
+            head_last = layer == L - 1 and not cfg.many_to_many
             self._launch(forward, p.blocks, p.recurrence_threads, p.rows * H * dt.itemsize, theta, wh, b,
                          d["gates"][layer], d["hs"][layer], d["cs"][layer], d["tcs"][layer], d["hprev"][layer],
-                         d["state0"], d["staten"], h_off, c_off, d["seq"], rows.T, Bp, H, has_state, rows.packed)
+                         d["state0"], d["staten"], h_off, c_off, d["seq"], rows.T, Bp, H, has_state, rows.packed,
+                         d["hd"][layer], head_last, *self._mask_args(cfg, rows, draw, layer + 1))
+        # the head: on every h_t, (N, H) @ (H, O), or on each row's h after its last step
         wy, by = (int(o) for o in offs[L, :2])
-        if cfg.many_to_many:  # every h_t: (N, H) @ (H, O)
-            self._gemm(dt, N, O, H, d["hs"][L - 1], Bp * H, H, 1, theta, wy, O, 1, d["yout"], 0, O, bias=theta,
-                       bias_off=by)
-        else:  # each row's h after its last step: the top layer's final h
-            self._gemm(dt, Bp, O, H, d["staten"], (L - 1) * Bp * H, H, 1, theta, wy, O, 1, d["yout"], 0, O,
-                       bias=theta, bias_off=by)
+        top, top_off = self._layer_output(cfg, ws, L - 1, draw)
+        self._gemm(dt, N if cfg.many_to_many else Bp, O, H, top, top_off, H, 1, theta, wy, O, 1, d["yout"], 0, O,
+                   bias=theta, bias_off=by)
 
-    def _backward_pass(self, cfg: ModelConfig, ws: Workspace, theta, theta_t, grad, rows: Rows) -> None:
-        """Loss and dy, then backpropagation through time into ``grad`` (bias sums last)."""
+    @staticmethod
+    def _layer_output(cfg: ModelConfig, ws: Workspace, layer: int, draw: DropoutDraw | None) -> tuple[Any, int]:
+        """(buffer, offset of its first layout row) of layer ``layer``'s h as it leaves for the
+        layer above or the head: with dropout, masked (hd); else hs past its initial-state slot,
+        or for a many-to-one head each row's final h (staten)."""
+        d, Bp, H = ws.dev, ws.plan.padded_batch, cfg.hidden_size
+        if draw is not None:
+            return d["hd"][layer], 0
+        if layer == cfg.num_layers - 1 and not cfg.many_to_many:
+            return d["staten"], layer * Bp * H
+        return d["hs"][layer], Bp * H
+
+    @staticmethod
+    def _mask_args(cfg: ModelConfig, rows: Rows, draw: DropoutDraw | None, site: int) -> tuple:
+        """The recurrence kernels' dropout arguments for the mask of ``site`` (design.md section 9):
+        (drop, key, threshold, scale, first_row, B); drop is False, the rest unused, without one."""
+        dt = cfg.np_dtype
+        if draw is None:
+            return False, np.uint64(0), np.uint64(0), dt.type(0), 0, rows.B
+        return (True, np.uint64(draw.site_key(site)), np.uint64(DropoutDraw.threshold(cfg.dropout)),
+                DropoutDraw.scale(cfg.dropout, dt), draw.first_row & 0xFFFFFFFF, rows.B)
+
+    def _backward_pass(self, cfg: ModelConfig, ws: Workspace, theta, theta_t, grad, rows: Rows,
+                       draw: DropoutDraw | None = None) -> None:
+        """Loss and dy, then backpropagation through time into ``grad`` (bias sums last), through
+        the forward pass's dropout masks (``draw``)."""
         k, p, d = _kernels(), ws.plan, ws.dev
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
         Bp, G, offs, model, N = p.padded_batch, 4 * H, Layout.of(cfg).offs, self._model(cfg), rows.n_rows
@@ -519,12 +556,13 @@ class NumbaCuda(FusedBackend):
                      d["y_class"], xent, d["dy"], d["loss_part"], d["dby_part"], B, Bp_y, Tout, O, coef)
         self._launch(k.transpose_kernel(dt), _elementwise_blocks(L * H * G, UPDATE_BLOCKS), k.REDUCE_THREADS, 0,
                      theta, theta_t, model.wh_offs, L, H)
-        # head: dW_y = h^T dy, and dLoss/dh of the top layer = dy @ W_y^T
+        # head: dW_y = h^T dy (h as the head read it), and dLoss/dh of the top layer = dy @ W_y^T
         wy, by = (int(o) for o in offs[L, :2])
+        top, h_off = self._layer_output(cfg, ws, L - 1, draw)
         if cfg.many_to_many:
-            n_rows, top, h_off, dh_top = N, d["hs"][L - 1], Bp * H, d["dh"]
+            n_rows, dh_top = N, d["dh"]
         else:  # only each row's last h feeds the head: dh_last, added at that step
-            n_rows, top, h_off, dh_top = Bp, d["staten"], (L - 1) * Bp * H, d["dh_last"]
+            n_rows, dh_top = Bp, d["dh_last"]
         self._gemm(dt, H, O, n_rows, top, h_off, 1, H, d["dy"], 0, O, 1, grad, wy, O)
         self._gemm(dt, n_rows, H, O, d["dy"], 0, O, 1, theta, wy, 1, O, dh_top, 0, H)
         backward = k.lstm_backward_kernel(dt, p.rows)
@@ -535,12 +573,14 @@ class NumbaCuda(FusedBackend):
             gates = d["gates"][layer]
             self._launch(backward, p.blocks, p.recurrence_threads, p.rows * G * dt.itemsize, theta_t, wh, gates,
                          d["cs"][layer], d["tcs"][layer], d["dh"], not head_last, d["dh_last"], head_last, d["dcn"],
-                         d["db_part"][layer * p.blocks * G:], d["seq"], rows.T, Bp, H)
+                         d["db_part"][layer * p.blocks * G:], d["seq"], rows.T, Bp, H,
+                         *self._mask_args(cfg, rows, draw, layer + 1))
             # weight gradients: one product each over every layout row
             if layer == 0:  # dW_x = x^T dz
                 self._gemm(dt, D0, G, N, d["xs"], 0, 1, D0, gates, 0, G, 1, grad, wx, G)
-            else:
-                self._gemm(dt, H, G, N, d["hs"][layer - 1], Bp * H, 1, H, gates, 0, G, 1, grad, wx, G)
+            else:  # on the input this layer saw (masked, with dropout)
+                below, below_off = self._layer_output(cfg, ws, layer - 1, draw)
+                self._gemm(dt, H, G, N, below, below_off, 1, H, gates, 0, G, 1, grad, wx, G)
             # dW_h = sum_t h_{t-1}^T dz_t: without lengths hs[0 .. T-1] lines up with dz_0 .. dz_{T-1}
             # (h_{-1}: the initial state or 0); packed, hprev holds each layout row's h_{t-1}
             h_before = d["hprev"][layer] if rows.packed else d["hs"][layer]
@@ -598,14 +638,14 @@ class NumbaCuda(FusedBackend):
         y, state = self._call("forward", cfg, x, lengths, run)
         return (y, state) if return_state else y
 
-    def _loss_and_grads(self, cfg, params, x, y, lengths=None, initial_state=None):
+    def _loss_and_grads(self, cfg, params, x, y, lengths=None, initial_state=None, dropout=None):
         layout = Layout.of(cfg)
 
         def run(ws: Workspace, rows: Rows):
             theta = self._to_device(layout.flatten(params, cfg.np_dtype))
             theta_t = _cuda().device_array(layout.size, cfg.np_dtype)
             grad = _cuda().device_array(layout.size, cfg.np_dtype)
-            self._forward_and_backward(cfg, ws, rows, theta, theta_t, grad, x, y, initial_state)
+            self._forward_and_backward(cfg, ws, rows, theta, theta_t, grad, x, y, initial_state, dropout)
             loss = self._loss_to_host(ws, self._n_terms(cfg, rows))
             return loss, grad.copy_to_host()
 
@@ -632,22 +672,26 @@ class NumbaCuda(FusedBackend):
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
     def _forward_and_backward(self, cfg: ModelConfig, ws: Workspace, rows: Rows, theta, theta_t, grad, x, y,
-                              initial_state) -> None:
-        """The batch (and state) in, forward and backward: the gradient into ``grad``, the loss on the device."""
+                              initial_state, dropout: DropoutDraw | None = None) -> None:
+        """The batch (and state) in, forward and backward: the gradient into ``grad``, the loss on the
+        device; with the dropout masks of ``dropout`` (a training step of a model with dropout)."""
+        draw = dropout if cfg.dropout > 0 else None
         self._stage(cfg, ws, x, y, rows)
-        self._forward_pass(cfg, ws, theta, rows, self._stage_state(cfg, ws, rows, initial_state))
-        self._backward_pass(cfg, ws, theta, theta_t, grad, rows)
+        self._forward_pass(cfg, ws, theta, rows, self._stage_state(cfg, ws, rows, initial_state), draw)
+        self._backward_pass(cfg, ws, theta, theta_t, grad, rows, draw)
 
     def _step(self, state: CudaTrainState, x, y, scalars: StepScalars | None, lengths=None, initial_state=None,
-              return_state=False):
+              return_state=False, dropout=None):
         """Loss and gradient, and with ``scalars`` the update, all in launches on the stream; the loss
         is read back last. ``return_state``: also (h_n, c_n) as new device arrays, in the batch's order
-        (a carried state, which comes back as the next step's initial_state)."""
+        (a carried state, which comes back as the next step's initial_state: that of this step's own
+        pass, with its dropout masks)."""
         cfg = state.cfg
 
         def run(ws: Workspace, rows: Rows):
             self._launches = 0
-            self._forward_and_backward(cfg, ws, rows, state.theta, state.theta_t, state.grad, x, y, initial_state)
+            self._forward_and_backward(cfg, ws, rows, state.theta, state.theta_t, state.grad, x, y, initial_state,
+                                       dropout)
             if scalars is not None:
                 self._launch_update(state, scalars)
             carried = self._final_state(cfg, ws, rows, on_device=True) if return_state else None
@@ -688,7 +732,8 @@ class NumbaCuda(FusedBackend):
         self._device("the update", state.cfg, (), run)
 
     def _launch_update(self, state: CudaTrainState, scalars: StepScalars) -> None:
-        """Clipping (the norm's partial sums, then each block's factor from them) and SGD/Adam."""
+        """Clipping (the norm's partial sums, then each block's factor from them) and SGD, Adam or AdamW,
+        with weight decay (StepScalars.l2, .decay_factor) at the step's learning rate."""
         k, dt, P = _kernels(), state.cfg.np_dtype, state.layout.size
         blocks, n_part = _elementwise_blocks(P, UPDATE_BLOCKS), 0
         if scalars.clip_norm:
@@ -696,14 +741,15 @@ class NumbaCuda(FusedBackend):
             self._launch(k.sum_squares_kernel(dt), n_part, k.REDUCE_THREADS, 8 * k.REDUCE_THREADS, state.grad, P,
                          state.norm_part)
         clip, s = float(scalars.clip_norm or 0.0), scalars.in_dtype(dt)
-        if s.kind == "adam":
+        if s.kind in ("adam", "adamw"):  # AdamW: Adam with decay_factor != 1 and l2 = 0
             self._launch(k.adam_kernel(dt), blocks, k.REDUCE_THREADS, dt.itemsize, state.theta, state.grad,
                          state.slots["m"], state.slots["v"], P, state.norm_part, n_part, clip, s.beta1,
-                         s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.step_size, s.bias2_sqrt, s.eps)
+                         s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.step_size, s.bias2_sqrt, s.eps, s.l2,
+                         s.decay_factor)
         else:
             buf = state.slots.get("momentum", state.grad)  # unused without momentum
             self._launch(k.sgd_kernel(dt), blocks, k.REDUCE_THREADS, dt.itemsize, state.theta, state.grad, buf, P,
-                         state.norm_part, n_part, clip, s.lr, s.momentum, s.first_step, scalars.momentum > 0)
+                         state.norm_part, n_part, clip, s.lr, s.momentum, s.first_step, scalars.momentum > 0, s.l2)
 
     def _gradient_to_host(self, state: CudaTrainState) -> np.ndarray:
         """The gradient in a pinned host vector, for the hook."""

@@ -31,8 +31,14 @@ How it is computed (docs/cuda-backend.md has the picture and the reasons):
 * ``gather_rows``: an (L, rows, H) state into or out of the sorted row order.
 * ``loss_head``, ``finish_grads``: loss and dLoss/dy, then the sums over blocks
   (bias gradients, the loss) in a fixed order.
-* ``sum_squares``, ``adam_update``, ``sgd_update``: clipping and the update,
-  the clipping norm reduced in a fixed order inside every block.
+* ``sum_squares``, ``adam_update``, ``sgd_update``: clipping and the update
+  (weight decay and AdamW included), the clipping norm reduced in a fixed order
+  inside every block.
+* dropout (training steps of a model with dropout): no mask is stored or copied.
+  ``lstm_forward`` writes each h it sends up (to the next layer or the head)
+  times its mask into ``hd``, which the products then read instead of ``hs``;
+  ``lstm_backward`` draws the same mask again for the gradient coming back
+  (``dropped``: a hash of the element's global index, design.md section 9).
 
 No kernel uses atomics: every sum has a fixed order, so a run is reproducible
 bit for bit. Shared memory is always the launch's dynamic shared memory
@@ -62,6 +68,9 @@ layout): N = sum of the lengths, and the padded steps are not in any buffer.
     yout, dy  (Tout*Bp or N, O) head output and dLoss/dy
     dh        (N, H)           dLoss/dh_t arriving from above
     dh_last   (Bp, H)          many-to-one: dLoss/dh at each row's last step, from the head
+    hd[l]     (N, H)           with dropout only: layer l's h_t times its mask (the input of
+                               layer l+1 or the head); the top layer of a many-to-one model:
+                               (Bp, H), each row's last h, masked
 Parameters are one flat vector ``theta`` (lstmbench.layout); ``theta_t`` holds
 W_h^T of every layer at W_h's offsets.
 """
@@ -73,7 +82,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from numba import boolean, cuda, float32, float64, int32, int64
+from numba import boolean, cuda, float32, float64, int32, int64, uint64
 
 try:
     from numba.cuda.core import config as _cuda_config  # the setting numba.cuda itself was imported with
@@ -260,6 +269,50 @@ def prev_slot(seq, Bp, t):
     return 0 if t == 0 else Bp + seq[Bp + t - 1]
 
 
+# Dropout (design.md section 9): the mask is never stored; each kernel that needs element j
+# of (row, t) draws it again from a hash of its global index. uint32 arithmetic is done in
+# uint64 with the top half cut off after every product (the products of two 32-bit values
+# fit), so the compiled kernels and the simulator's numpy scalars wrap the same way.
+U32 = np.uint64(0xFFFFFFFF)
+FMIX_C1, FMIX_C2 = np.uint64(0x85EBCA6B), np.uint64(0xC2B2AE35)
+SHIFT_13, SHIFT_16 = np.uint64(13), np.uint64(16)
+
+
+@cuda.jit(device=True, inline=True)
+def fmix32(h):
+    """MurmurHash3's 32-bit finaliser (lstmbench.config.fmix32) of h < 2**32 held in a uint64."""
+    h ^= h >> SHIFT_16
+    h = (h * FMIX_C1) & U32
+    h ^= h >> SHIFT_13
+    h = (h * FMIX_C2) & U32
+    return h ^ (h >> SHIFT_16)
+
+
+@cuda.jit(device=True, inline=True)
+def dropped(value, mask, seq, Bp, T, H, row, t, j, zero):
+    """``value`` (element j of sorted row ``row`` at step t) times its dropout multiplier: 0 or
+    1/(1-p). ``mask`` = (key, threshold, scale, first_row, B) of the site (lstm_forward's args).
+    The row's index in the global minibatch is first_row + its batch index (seq's perm)."""
+    key, threshold, scale, first_row, B = mask
+    if row >= B:  # a padding row: nothing of it reaches the loss
+        return zero
+    b = (first_row + seq[Bp + T + 1 + row]) & 0xFFFFFFFF
+    element = uint64(((b * T + t) * H + j) & 0xFFFFFFFF)  # ((b*T + t)*W + j) on uint32, W = H
+    return value * scale if fmix32(element ^ key) >= threshold else zero
+
+
+@cuda.jit(device=True, inline=True)
+def stage_h_prev(hs, hprev, h_prev, prev, off, row0, na, n, H, packed, zero):
+    """h_{t-1} of the block's rows into shared ``h_prev`` (n values, zeros past the na active
+    rows), and when ``packed`` into ``hprev`` at this step's layout rows (for dW_h)."""
+    for e in range(cuda.threadIdx.x, n, cuda.blockDim.x):  # the block's rows of h_{t-1} are contiguous
+        v = hs[(prev + row0) * H + e] if e < na * H else zero
+        h_prev[e] = v
+        if packed and e < na * H:
+            hprev[(off + row0) * H + e] = v
+    cuda.syncthreads()
+
+
 @cuda.jit(device=True, inline=True)
 def gate_math(gates, z, H, c_prev, one, exp_cap):
     """Activates z_t in place (i, f, g, o at z, z+H, z+2H, z+3H); returns c_t and tanh(c_t)."""
@@ -283,7 +336,9 @@ def lstm_forward_kernel(np_dtype, ROWS: int):
     Writes slot 0 of hs and cs (the initial state, or zeros), c_t, tanh(c_t) and h_t of the
     steps rows take, each row's final state to ``staten`` (h at h_off, c at c_off), and if
     ``packed`` h_{t-1} to ``hprev`` (for dW_h). A block stops after its longest row's last
-    step. Dynamic shared memory: ROWS * H values (h_{t-1} of the block's rows).
+    step. With ``drop`` it also writes h times its dropout mask (the next layer's or the head's
+    site) to ``hd``: every h_t, or (``head_last``: many-to-one) each row's last h only.
+    Dynamic shared memory: ROWS * H values (h_{t-1} of the block's rows).
     """
     DT = dtype_of(np_dtype)
     ZERO, ONE = np.dtype(np_dtype).type(0), np.dtype(np_dtype).type(1)
@@ -293,9 +348,9 @@ def lstm_forward_kernel(np_dtype, ROWS: int):
     a = DT[::1]
 
     @_kernel(MAX_RECURRENCE_THREADS, a, int64, int64, a, a, a, a, a, a, a, int64, int64, int64[::1], int64, int64,
-             int64, boolean, boolean)
+             int64, boolean, boolean, a, boolean, boolean, uint64, uint64, DT, int64, int64)
     def lstm_forward(theta, wh_off, b_off, gates, hs, cs, tcs, hprev, state0, staten, h_off, c_off, seq, T, Bp, H,
-                     has_state, packed):
+                     has_state, packed, hd, head_last, drop, key, threshold, scale, first_row, B):
         h_prev = cuda.shared.array(0, DT)  # (ROWS, H)
         acc = cuda.local.array(GATES, DT)  # z of gate q, row r at acc[q*ROWS + r]
         tid, nt = cuda.threadIdx.x, cuda.blockDim.x
@@ -312,12 +367,7 @@ def lstm_forward_kernel(np_dtype, ROWS: int):
             off, prev, cur = seq[Bp + t], prev_slot(seq, Bp, t), Bp + seq[Bp + t]
             recurrent = t > 0 or has_state  # h_0 = 0: no recurrent product at the first step
             if recurrent or packed:
-                for e in range(tid, ROWS * H, nt):  # the block's rows of h_{t-1} are contiguous
-                    v = hs[(prev + row0) * H + e] if e < na * H else ZERO
-                    h_prev[e] = v
-                    if packed and e < na * H:
-                        hprev[(off + row0) * H + e] = v
-                cuda.syncthreads()
+                stage_h_prev(hs, hprev, h_prev, prev, off, row0, na, ROWS * H, H, packed, ZERO)
             for j in range(tid, H, nt):
                 for r in range(ROWS):
                     if r < na:
@@ -348,9 +398,13 @@ def lstm_forward_kernel(np_dtype, ROWS: int):
                     cs[(cur + row) * H + j] = c
                     tcs[(off + row) * H + j] = tc
                     hs[(cur + row) * H + j] = h
-                    if t == seq[row] - 1:  # the row's last step: its final state
+                    last = t == seq[row] - 1  # the row's last step: its final state
+                    if last:
                         staten[h_off + row * H + j] = h
                         staten[c_off + row * H + j] = c
+                    if drop and (last or not head_last):  # h as it leaves the layer, masked
+                        hd[(row if head_last else off + row) * H + j] = dropped(
+                            h, (key, threshold, scale, first_row, B), seq, Bp, T, H, row, t, j, ZERO)
             cuda.syncthreads()  # h_t is complete before the next step reads it
 
     return lstm_forward
@@ -374,7 +428,9 @@ def lstm_backward_kernel(np_dtype, ROWS: int):
     Turns the activated gates in ``gates`` into dz in place, reading dLoss/dh_t
     from ``dh_in`` (if has_dh_in), dLoss/dh of each row's last step from
     ``dh_last`` (if has_dh_last: the many-to-one head's) and W_h^T from ``theta_t``;
-    dc_{t+1} f_{t+1} waits in ``dcn``. A block starts at its longest row's last step.
+    dc_{t+1} f_{t+1} waits in ``dcn``. A block starts at its longest row's last step. With
+    ``drop`` both incoming gradients pass through the mask the forward sweep put on h as it
+    left the layer (the same site: the next layer's input or the head's), drawn again here.
     Writes this block's bias-gradient partial sums to ``db_part[block]``.
     Dynamic shared memory: ROWS * 4H values (dz_{t+1} of the block's rows).
     """
@@ -384,15 +440,16 @@ def lstm_backward_kernel(np_dtype, ROWS: int):
     a = DT[::1]
 
     @_kernel(MAX_RECURRENCE_THREADS, a, int64, a, a, a, a, boolean, a, boolean, a, a, int64[::1], int64, int64,
-             int64)
+             int64, boolean, uint64, uint64, DT, int64, int64)
     def lstm_backward(theta_t, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part, seq,
-                      T, Bp, H):
+                      T, Bp, H, drop, key, threshold, scale, first_row, B):
         dz_next = cuda.shared.array(0, DT)  # (ROWS, 4H)
         dh = cuda.local.array(ROWS, DT)
         tid, nt = cuda.threadIdx.x, cuda.blockDim.x
         row0 = cuda.blockIdx.x * ROWS
         G = 4 * H
         part = cuda.blockIdx.x * G
+        mask = (key, threshold, scale, first_row, B)
         for j in range(tid, H, nt):  # a thread adds to its own units' sums only: no barrier needed
             for q in range(4):
                 db_part[part + q * H + j] = ZERO
@@ -410,6 +467,8 @@ def lstm_backward_kernel(np_dtype, ROWS: int):
             for j in range(tid, H, nt):
                 for r in range(ROWS):
                     dh[r] = dh_in[(off + row0 + r) * H + j] if has_dh_in and r < na else ZERO
+                    if drop and has_dh_in and r < na:
+                        dh[r] = dropped(dh[r], mask, seq, Bp, T, H, row0 + r, t, j, ZERO)
                 if na1 > 0:
                     for k in range(G):  # dh += dz_{t+1} @ W_h^T: W_h^T[k, j] = W_h[j, k]
                         w = theta_t[wh_off + k * H + j]
@@ -423,7 +482,8 @@ def lstm_backward_kernel(np_dtype, ROWS: int):
                         z = (off + row) * G + j
                         d_h = dh[r]
                         if has_dh_last and t == last:
-                            d_h += dh_last[row * H + j]
+                            d_out = dh_last[row * H + j]
+                            d_h += dropped(d_out, mask, seq, Bp, T, H, row, t, j, ZERO) if drop else d_out
                         tc = tcs[(off + row) * H + j]
                         dc = d_h * gates[z + 3 * H] * (ONE - tc * tc)
                         if t < last:
@@ -625,35 +685,46 @@ def block_scale(part, n_part, clip_norm, scale):
 
 @lru_cache(maxsize=None)
 def adam_kernel(np_dtype):
-    """torch.optim.Adam's update; constants come in the parameters' dtype. With clipping
-    (n_part > 0) the gradient is first scaled by clip_factor."""
+    """torch.optim.Adam's and AdamW's update; constants come in the parameters' dtype. With
+    clipping (n_part > 0) the gradient is first scaled by clip_factor. Weight decay in the
+    order of lstmbench.optim.optimizer_step: Adam's L2 (l2 != 0) adds l2 * theta to the clipped
+    gradient before the moments; AdamW's (decay != 1) shrinks theta before the step."""
     DT = dtype_of(np_dtype)
+    ZERO, ONE = np.dtype(np_dtype).type(0), np.dtype(np_dtype).type(1)
     a = DT[::1]
 
-    @_kernel(REDUCE_THREADS, a, a, a, a, int64, float64[::1], int64, float64, DT, DT, DT, DT, DT, DT, DT)
+    @_kernel(REDUCE_THREADS, a, a, a, a, int64, float64[::1], int64, float64, DT, DT, DT, DT, DT, DT, DT, DT, DT)
     def adam_update(theta, grad, m, v, n, part, n_part, clip_norm, b1, one_minus_b1, b2, one_minus_b2, step_size,
-                    bias2_sqrt, eps):
+                    bias2_sqrt, eps, l2, decay):
         s = block_scale(part, n_part, clip_norm, cuda.shared.array(0, DT))
         for e in range(cuda.grid(1), n, cuda.gridsize(1)):
-            g = grad[e] * s
+            g, p = grad[e] * s, theta[e]
+            if l2 != ZERO:
+                g += l2 * p
+            if decay != ONE:
+                p *= decay
             m[e] = b1 * m[e] + one_minus_b1 * g
             v[e] = b2 * v[e] + one_minus_b2 * g * g
-            theta[e] -= step_size * (m[e] / (math.sqrt(v[e]) / bias2_sqrt + eps))
+            theta[e] = p - step_size * (m[e] / (math.sqrt(v[e]) / bias2_sqrt + eps))
 
     return adam_update
 
 
 @lru_cache(maxsize=None)
 def sgd_kernel(np_dtype):
-    """torch.optim.SGD: buf = g on the first step, then momentum * buf + g; p -= lr * buf."""
+    """torch.optim.SGD: g += l2 * p (weight decay, after clipping), buf = g on the first step,
+    then momentum * buf + g; p -= lr * buf."""
     DT = dtype_of(np_dtype)
+    ZERO = np.dtype(np_dtype).type(0)
     a = DT[::1]
 
-    @_kernel(REDUCE_THREADS, a, a, a, int64, float64[::1], int64, float64, DT, DT, boolean, boolean)
-    def sgd_update(theta, grad, buf, n, part, n_part, clip_norm, lr, momentum, first_step, use_momentum):
+    @_kernel(REDUCE_THREADS, a, a, a, int64, float64[::1], int64, float64, DT, DT, boolean, boolean, DT)
+    def sgd_update(theta, grad, buf, n, part, n_part, clip_norm, lr, momentum, first_step, use_momentum, l2):
         s = block_scale(part, n_part, clip_norm, cuda.shared.array(0, DT))
         for e in range(cuda.grid(1), n, cuda.gridsize(1)):
             g = grad[e] * s
+            if l2 != ZERO:
+                g += l2 * theta[e]
             if use_momentum:
                 g = g if first_step else momentum * buf[e] + g
                 buf[e] = g

@@ -14,6 +14,11 @@ no initial state is given). Row b takes steps 0 .. len_b-1 only: after them its 
 their values, so h_T is its state after its own last step (what many-to-one reads and what
 forward returns as the final state); many-to-many outputs are zero at padded steps, and the
 loss is the mean over valid terms only. No gradient flows into the initial state.
+
+Dropout (design.md section 9), in training steps only (loss_and_grads with a DropoutDraw): a
+layer's h sequence is multiplied by a mask of 0 and 1/(1-p) (dropout_multiplier) as it leaves
+for the next layer or the head, never on the recurrent path; the gradient flows back through
+the same mask. A many-to-one head reads each row's h after its last step, masked at that step.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from lstmbench import Backend, Capabilities, ModelConfig
+from lstmbench.config import DropoutDraw, fmix32
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -41,6 +47,9 @@ class LayerCache:
     gates: np.ndarray  # (B, T, 4H)    activated i, f, g, o
     tanh_c: np.ndarray  # (B, T, H)
     active: np.ndarray  # (B, T) bool: t < len_b, the steps row b takes
+    # dropout on this layer's h as it leaves (0 or 1/(1-p)): (B, T, H) into the next layer or a
+    # many-to-many head, (B, H) into a many-to-one head; None without dropout
+    out_mask: np.ndarray | None = None
 
 
 def active_steps(B: int, T: int, lengths: np.ndarray | None) -> np.ndarray:
@@ -48,6 +57,18 @@ def active_steps(B: int, T: int, lengths: np.ndarray | None) -> np.ndarray:
     if lengths is None:
         return np.ones((B, T), dtype=bool)
     return np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+
+
+def dropout_multiplier(cfg: ModelConfig, draw: DropoutDraw, site: int, T: int, steps: np.ndarray) -> np.ndarray:
+    """(B, S, H) of 0 (dropped) and 1/(1-p) (kept), in the model's dtype: the mask of ``site``
+    (l: layer l's input; L: the head's) at ``steps`` (B, S), the step t of each row and position,
+    for a batch of T steps (the definition of design.md section 9, on uint32, wrapping)."""
+    B, H = steps.shape[0], cfg.hidden_size
+    b = draw.first_row + np.arange(B, dtype=np.int64)[:, None, None]  # the row in the global minibatch
+    element = ((b * T + steps[:, :, None]) * H + np.arange(H)) & 0xFFFFFFFF  # (B, S, H): ((b*T + t)*W + j)
+    r = fmix32(element.astype(np.uint32) ^ np.uint32(draw.site_key(site)))
+    keep = r >= np.uint32(DropoutDraw.threshold(cfg.dropout))
+    return np.where(keep, DropoutDraw.scale(cfg.dropout, cfg.dtype), 0).astype(cfg.dtype)
 
 
 def layer_forward(x: np.ndarray, W_x: np.ndarray, W_h: np.ndarray, b: np.ndarray, active: np.ndarray,
@@ -115,9 +136,14 @@ def layer_backward(cache: LayerCache, W_x: np.ndarray, W_h: np.ndarray, dh_out: 
     return dx, dW_x, dW_h, db
 
 
-def forward_with_caches(cfg: ModelConfig, params, x: np.ndarray, lengths=None, initial_state=None):
-    """Outputs (B, O) or (B, T, O) and the caches of every layer."""
-    active = active_steps(x.shape[0], x.shape[1], lengths)
+def forward_with_caches(cfg: ModelConfig, params, x: np.ndarray, lengths=None, initial_state=None,
+                        dropout: DropoutDraw | None = None):
+    """Outputs (B, O) or (B, T, O) and the caches of every layer; with ``dropout`` (a training
+    step of a model with cfg.dropout > 0) the masks of that step."""
+    B, T = x.shape[0], x.shape[1]
+    active = active_steps(B, T, lengths)
+    masked = dropout is not None and cfg.dropout > 0
+    every_step = np.broadcast_to(np.arange(T), (B, T))
     caches = []
     seq = x
     for k in range(cfg.num_layers):
@@ -125,7 +151,15 @@ def forward_with_caches(cfg: ModelConfig, params, x: np.ndarray, lengths=None, i
         cache = layer_forward(seq, params[f"l{k}.W_x"], params[f"l{k}.W_h"], params[f"l{k}.b"], active, h0, c0)
         caches.append(cache)
         seq = cache.h[:, 1:]  # (B, T, H): this layer's outputs feed the next
+        if masked and k + 1 < cfg.num_layers:
+            cache.out_mask = dropout_multiplier(cfg, dropout, k + 1, T, every_step)
+            seq = seq * cache.out_mask
     top = seq if cfg.many_to_many else seq[:, -1]  # (B, T, H) or (B, H): h_T is the state after len_b
+    if masked:
+        last_step = (active.sum(axis=1) - 1)[:, None]  # (B, 1): the step a many-to-one head reads
+        mask = dropout_multiplier(cfg, dropout, cfg.num_layers, T, every_step if cfg.many_to_many else last_step)
+        caches[-1].out_mask = mask if cfg.many_to_many else mask[:, 0]
+        top = top * caches[-1].out_mask
     y_hat = top @ params["head.W"] + params["head.b"]
     if cfg.many_to_many:
         y_hat = np.where(active[:, :, None], y_hat, 0).astype(x.dtype)  # padded steps: zeros, as torch pads
@@ -163,24 +197,32 @@ def loss_and_output_grad(cfg: ModelConfig, y_hat: np.ndarray, y: np.ndarray, val
 
 
 def loss_and_grads(cfg: ModelConfig, params, x: np.ndarray, y: np.ndarray, lengths=None, initial_state=None,
-                   return_state: bool = False):
-    """(loss, grads), and with ``return_state`` the final state (h_n, c_n) too."""
-    y_hat, caches = forward_with_caches(cfg, params, x, lengths, initial_state)
+                   return_state: bool = False, dropout: DropoutDraw | None = None):
+    """(loss, grads), and with ``return_state`` the final state (h_n, c_n) too (that of the
+    step's own forward pass: with dropout, the masked one)."""
+    y_hat, caches = forward_with_caches(cfg, params, x, lengths, initial_state, dropout)
     valid = active_steps(x.shape[0], x.shape[1], lengths) if cfg.many_to_many else None
     loss, dy = loss_and_output_grad(cfg, y_hat, y, valid)
     grads = {}
-    top_h = caches[-1].h[:, 1:]  # (B, T, H)
-    dh = np.zeros_like(top_h)
+    top = caches[-1]
+    top_h = top.h[:, 1:]  # (B, T, H)
+    dh = np.zeros_like(top_h)  # dLoss/dh of the top layer (through its dropout mask, if any)
     if cfg.many_to_many:
         H, O = cfg.hidden_size, cfg.output_size
-        grads["head.W"] = top_h.reshape(-1, H).T @ dy.reshape(-1, O)
+        head_in = top_h if top.out_mask is None else top_h * top.out_mask
+        grads["head.W"] = head_in.reshape(-1, H).T @ dy.reshape(-1, O)
         grads["head.b"] = dy.reshape(-1, O).sum(axis=0)
         dh[:] = dy @ params["head.W"].T
     else:
-        grads["head.W"] = top_h[:, -1].T @ dy
+        head_in = top_h[:, -1] if top.out_mask is None else top_h[:, -1] * top.out_mask
+        grads["head.W"] = head_in.T @ dy
         grads["head.b"] = dy.sum(axis=0)
         dh[:, -1] = dy @ params["head.W"].T
+    if top.out_mask is not None:
+        dh = dh * (top.out_mask if cfg.many_to_many else top.out_mask[:, None])
     for k in reversed(range(cfg.num_layers)):
+        if k + 1 < cfg.num_layers and caches[k].out_mask is not None:
+            dh = dh * caches[k].out_mask  # dx of layer k+1 is the gradient of layer k's masked output
         dh, grads[f"l{k}.W_x"], grads[f"l{k}.W_h"], grads[f"l{k}.b"] = layer_backward(
             caches[k], params[f"l{k}.W_x"], params[f"l{k}.W_h"], dh
         )
@@ -193,7 +235,7 @@ class NumpyReference(Backend):
 
     name = "numpy"
     description = "NumPy reference: the definition of the answer (BLAS threads only)"
-    capabilities = Capabilities(sequences=True)
+    capabilities = Capabilities(sequences=True, dropout=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -214,9 +256,9 @@ class NumpyReference(Backend):
             y_hat, caches = forward_with_caches(cfg, params, x, lengths, initial_state)
         return (y_hat, final_state(caches)) if return_state else y_hat
 
-    def _loss_and_grads(self, cfg, params, x, y, lengths=None, initial_state=None):
+    def _loss_and_grads(self, cfg, params, x, y, lengths=None, initial_state=None, dropout=None):
         with self._blas.limit(limits=self.threads, user_api="blas"):
-            return loss_and_grads(cfg, params, x, y, lengths, initial_state)
+            return loss_and_grads(cfg, params, x, y, lengths, initial_state, dropout=dropout)
 
     def _train_step(self, state, x, y, return_state=False, **sequences):
         if not return_state:

@@ -117,9 +117,9 @@ def run_grid(backends: list[str] | None = None, hidden_sizes=(32, 128), batch_si
 
 def run_suite(names=None, backends: list[str] | None = None, dtype: str = "float32", threads: int | None = None,
               repeats: int = 5, with_torch: bool = True, progress: bool = True,
-              torch_devices=("cpu", "cuda")) -> dict[str, Any]:
+              torch_devices=("cpu", "cuda"), dropout: float = 0.0) -> dict[str, Any]:
     """The realistic workloads of SUITE (all, or ``names``), verified and timed like a grid."""
-    return run_workloads(suite_workloads(names), backends, dtype, threads, repeats, with_torch, progress,
+    return run_workloads(suite_workloads(names, dropout), backends, dtype, threads, repeats, with_torch, progress,
                          torch_devices)
 
 
@@ -135,6 +135,9 @@ def run_workloads(workloads: list[Workload], backends: list[str] | None = None, 
     threads = default_threads() if auto or not threads else threads
     load_before = load_average()
     names, skipped = _backends_to_time(backends)
+    if with_torch and any(w.dropout for w in workloads):  # its masks differ: no row to verify it against
+        with_torch, skipped = False, {**skipped, "torch": "not with dropout: torch draws other masks, so its step "
+                                                          "cannot be verified against the reference"}
     peers = _torch_peers(names, torch_devices if with_torch else ())
     bar = progress_bar(progress, total=len(workloads) * (len(names) + 2 + len(peers)), desc="bench", unit="run")
     cases = [work.case(dtype) for work in workloads]

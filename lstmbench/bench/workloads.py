@@ -3,7 +3,7 @@ realistic workloads of the suite, and the (H, B) points of a grid."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,10 +29,11 @@ class Workload:
     many_to_many: bool = False
     one_hot: bool = False  # inputs are one-hot symbols (input_size of them), as text models see them
     lengths: tuple[int, int] | None = None  # rows of lengths uniform in [lo, hi] (design.md 8); None: all T
+    dropout: float = 0.0  # the model's dropout, drawn in every timed training step (design.md 9)
 
     def model(self, dtype: str) -> ModelConfig:
         return bench_model(self.hidden, dtype, self.input_size, self.output_size, self.layers, self.loss,
-                           self.many_to_many)
+                           self.many_to_many, self.dropout)
 
     def data(self, cfg: ModelConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         return bench_batch(cfg, self.batch, self.steps, seed, self.one_hot)
@@ -59,7 +60,9 @@ class Workload:
         layers = f"{self.layers} x {self.hidden}" if self.layers > 1 else f"H={self.hidden}"
         shape = "many-to-many" if self.many_to_many else "many-to-one"
         lengths = f", lengths uniform in [{self.lengths[0]}, {self.lengths[1]}]" if self.lengths else ""
-        return f"{inputs}, {layers}, O={self.output_size}, {self.loss} {shape}, T={self.steps}, B={self.batch}{lengths}"
+        dropout = f", dropout {self.dropout:g}" if self.dropout else ""
+        return (f"{inputs}, {layers}, O={self.output_size}, {self.loss} {shape}, T={self.steps}, B={self.batch}"
+                f"{lengths}{dropout}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,10 +97,10 @@ SUITE = {w.name: w for w in (
 
 
 def bench_model(hidden: int, dtype: str = "float32", input_size: int = 1, output_size: int = 1,
-                layers: int = 1, loss: str = "mse", many_to_many: bool = False) -> ModelConfig:
+                layers: int = 1, loss: str = "mse", many_to_many: bool = False, dropout: float = 0.0) -> ModelConfig:
     """A benchmark model (Workload.model passes every field); the defaults are the default task:
     many-to-one MSE regression, D=1, O=1."""
-    return ModelConfig(input_size, hidden, output_size, layers, loss, many_to_many, dtype)
+    return ModelConfig(input_size, hidden, output_size, layers, loss, many_to_many, dtype, dropout)
 
 
 def bench_batch(cfg: ModelConfig, batch: int, steps: int, seed: int = 0,
@@ -120,9 +123,10 @@ def grid_workloads(hidden_sizes=(32, 128), batch_sizes=(32, 128), steps: int = 6
     return [Workload(f"H={H} B={B}", H, B, steps, **model) for H in hidden_sizes for B in batch_sizes]
 
 
-def suite_workloads(names=None) -> list[Workload]:
-    """The workloads of SUITE named (all when ``names`` is empty); a ConfigError naming any unknown."""
+def suite_workloads(names=None, dropout: float = 0.0) -> list[Workload]:
+    """The workloads of SUITE named (all when ``names`` is empty), with ``dropout``; a ConfigError
+    naming any unknown."""
     unknown = [n for n in names or () if n not in SUITE]
     if unknown:
         raise ConfigError(f"unknown suite workload(s) {', '.join(unknown)}; the suite has {', '.join(SUITE)}")
-    return [SUITE[n] for n in names or SUITE]
+    return [replace(SUITE[n], dropout=dropout) for n in names or SUITE]

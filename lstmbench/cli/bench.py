@@ -8,7 +8,7 @@ import json
 import sys
 
 import lstmbench as lb
-from lstmbench.cli.common import AUTO, positive, thread_count, usable_threads
+from lstmbench.cli.common import AUTO, fraction, positive, thread_count, usable_threads
 from lstmbench.errors import LstmbenchError
 from lstmbench.training import distributed
 from lstmbench.training.experiment import finite_json
@@ -27,6 +27,8 @@ def register(sub) -> None:
     model.add_argument("--loss", choices=["mse", "xent"], default="mse")
     model.add_argument("--many-to-many", action="store_true", help="the head on every step")
     model.add_argument("--one-hot", action="store_true", help="one-hot inputs (D symbols), as a text model sees them")
+    model.add_argument("--dropout", type=fraction, default=0.0,
+                       help="dropout in every timed training step (also with --suite; leaves torch out)")
     model.add_argument("--lengths", type=length_distribution, metavar="uniform:MIN[:MAX]",
                        help="rows of different lengths, uniform in [MIN, MAX] (MAX default --steps); backends take "
                             "them as lengths, torch as packed sequences")
@@ -72,11 +74,11 @@ def run(args) -> int:
     grid = scaling = None
     if args.suite is not None:
         grid = run_suite(args.suite or None, args.backends, args.dtype, AUTO if auto else args.threads, args.repeats,
-                         with_torch=not args.no_torch, progress=not args.quiet)
+                         with_torch=not args.no_torch, progress=not args.quiet, dropout=args.dropout)
     elif not args.scaling_only:
         model = dict(input_size=args.input_size, output_size=args.output_size, layers=args.layers, loss=args.loss,
                      many_to_many=args.many_to_many, one_hot=args.one_hot,
-                     lengths=args.lengths and checked_lengths(args.lengths, args.steps))
+                     lengths=args.lengths and checked_lengths(args.lengths, args.steps), dropout=args.dropout)
         lb.ModelConfig(args.input_size, 1, args.output_size, args.layers, args.loss, args.many_to_many)  # checks it
         grid = run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, AUTO if auto else args.threads,
                         args.repeats, with_torch=not args.no_torch, progress=not args.quiet, model=model)

@@ -94,6 +94,11 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < float("inf"), "must be a positive finite number")
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _number(text, float, lambda v: 0 <= v < float("inf"), "must be a finite number >= 0")
+
+
 def fraction(text: str) -> float:
     """A number in [0, 1)."""
     return _number(text, float, lambda v: 0 <= v < 1, "must be at least 0 and below 1")

@@ -39,16 +39,18 @@ from lstmbench.cli.common import (
     fraction,
     index_column,
     natural,
+    non_negative_float,
     positive,
     positive_float,
     say,
     thread_tuner,
     threads_text,
 )
-from lstmbench.config import OptimizerConfig
+from lstmbench.config import OPTIMIZERS, OptimizerConfig
 from lstmbench.errors import CheckpointError, DivergenceError, LstmbenchError, UnsupportedError
 from lstmbench.resources import available_memory, check_fits, gigabytes, training_bytes
 from lstmbench.training.loop import RunConfig, train
+from lstmbench.training.schedule import APPLIES_TO as SCHEDULE_SETTINGS, SCHEDULES, ScheduleConfig
 from lstmbench.training.threads import ThreadTuner
 
 #: the settings a run is made of, with their defaults for a new run (a resumed run has its own).
@@ -57,8 +59,11 @@ DEFAULTS: dict[str, Any] = {
     "window": 20, "horizon": 1, "target": None, "seq_len": 64, "hidden": 32, "layers": 1, "dtype": "float32",
     "optimizer": "adam", "lr": 0.01, "momentum": 0.0, "clip_norm": None, "batch_size": 32, "epochs": 20,
     "patience": None, "seed": 0, "stateful": False, "per_line": False, "min_length": None,
-    "season": None, "target_transform": "level",
+    "season": None, "target_transform": "level", "dropout": 0.0, "weight_decay": None, "lr_schedule": "constant",
+    **{name: None for name in SCHEDULE_SETTINGS},
 }
+#: --weight-decay when not given: torch.optim.AdamW's default for adamw, none for sgd and adam
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.01}
 #: settings a resumed run may change; any other flag given with --resume must equal the run's
 MAY_CHANGE = ("epochs", "patience")
 #: flags that only one kind of data takes
@@ -105,10 +110,23 @@ def register(sub) -> None:
     model.add_argument("--hidden", type=positive, help="hidden size H (default 32)")
     model.add_argument("--layers", type=positive, help="stacked LSTM layers (default 1)")
     model.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
-    model.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam")
+    model.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam (adamw: decoupled weight decay)")
     model.add_argument("--lr", type=positive_float, help="learning rate (default 0.01)")
     model.add_argument("--momentum", type=fraction, help="SGD momentum (default 0)")
     model.add_argument("--clip-norm", type=positive_float, help="clip the global gradient norm to this")
+    model.add_argument("--dropout", type=fraction, help="dropout between layers and before the head, in training "
+                                                        "steps only (default 0)")
+    model.add_argument("--weight-decay", type=non_negative_float,
+                       help="sgd, adam: L2 added to the gradient; adamw: decoupled (default 0; adamw 0.01)")
+    sched = p.add_argument_group("learning-rate schedule (torch's; with --resume: the run's own)")
+    sched.add_argument("--lr-schedule", choices=SCHEDULES, help="default constant")
+    sched.add_argument("--warmup-steps", type=natural, help="constant, cosine: linear warm-up over this many steps")
+    sched.add_argument("--lr-min", type=non_negative_float, help="cosine, plateau: the lowest rate (default 0)")
+    sched.add_argument("--step-size", type=positive, help="step: epochs between reductions")
+    sched.add_argument("--gamma", type=positive_float, help="step: the factor of each reduction (default 0.1)")
+    sched.add_argument("--plateau-patience", type=natural,
+                       help="plateau: epochs without a better validation loss before a reduction (default 10)")
+    sched.add_argument("--plateau-factor", type=positive_float, help="plateau: the factor of a reduction (default 0.1)")
     model.add_argument("--batch-size", type=positive, help="default 32")
     model.add_argument("--epochs", type=positive, help="total epochs, those already done included (default 20)")
     model.add_argument("--patience", type=positive, help="early stopping: epochs without improvement")
@@ -178,14 +196,24 @@ def _prepare(args, saved: dict | None, out: Path, w: distributed.World) -> Run:
     tuner = thread_tuner(backend, args.threads)
     task = _task(settings)
     opt = OptimizerConfig(settings["optimizer"], lr=settings["lr"], momentum=settings["momentum"],
-                          clip_norm=settings["clip_norm"])
+                          clip_norm=settings["clip_norm"], weight_decay=_weight_decay(settings))
     config = RunConfig(epochs=settings["epochs"], batch_size=settings["batch_size"], seed=settings["seed"],
                        patience=settings["patience"], out_dir=out, progress=not args.quiet,
-                       stateful=settings["stateful"])
+                       stateful=settings["stateful"], schedule=_schedule(settings))
     memory = _check_memory(task, config, backend)
     if w.is_root:
         check_output_dir(out, needed_bytes=_output_bytes(task.cfg), what="--out")
     return Run(settings, backend, task, opt, config, memory, tuner)
+
+
+def _weight_decay(settings: dict) -> float:
+    given = settings["weight_decay"]
+    return DEFAULT_WEIGHT_DECAY.get(settings["optimizer"], 0.0) if given is None else given
+
+
+def _schedule(settings: dict) -> ScheduleConfig:
+    """The --lr-schedule and its flags (one that does not apply to it is refused, by name)."""
+    return ScheduleConfig(settings["lr_schedule"], **{name: settings[name] for name in SCHEDULE_SETTINGS})
 
 
 def _check_takes_sequences(backend: lb.Backend, settings: dict) -> None:
@@ -244,9 +272,11 @@ def _saved_run(ckpt: Checkpoint) -> dict[str, Any]:
     if meta.get("task") not in ("series", "text") or not isinstance(meta.get("source"), dict) or opt is None \
             or not isinstance(run, dict) or not isinstance(meta.get("progress"), dict):
         raise CheckpointError(f"{LAST_CHECKPOINT} was not written by `lstmbench train` (no run settings in it)")
+    schedule = ScheduleConfig.from_dict(run.get("schedule")).to_dict()
     settings = {"hidden": model.hidden_size, "layers": model.num_layers, "dtype": model.dtype,
                 "optimizer": opt.kind, "lr": opt.lr, "momentum": opt.momentum, "clip_norm": opt.clip_norm,
-                "batch_size": run.get("batch_size"), "seed": run.get("seed"),
+                "dropout": model.dropout, "weight_decay": opt.weight_decay, "lr_schedule": schedule.pop("kind"),
+                **schedule, "batch_size": run.get("batch_size"), "seed": run.get("seed"),
                 "epochs": run.get("epochs", DEFAULTS["epochs"]), "patience": run.get("patience")}
     if meta["task"] == "series":
         settings |= {"window": meta.get("window"), "horizon": meta.get("horizon"), "target": meta.get("target_column"),
@@ -358,7 +388,8 @@ def _task(settings: dict) -> experiment.Task:
                                  target=settings["target"], seq_len=settings["seq_len"],
                                  streams=settings["batch_size"] if settings["stateful"] else None,
                                  per_line=settings["per_line"], min_length=settings["min_length"],
-                                 season=settings["season"], target_transform=settings["target_transform"])
+                                 season=settings["season"], target_transform=settings["target_transform"],
+                                 dropout=settings["dropout"])
 
 
 def _check_memory(task: experiment.Task, run: RunConfig, backend: lb.Backend) -> int:
@@ -393,6 +424,7 @@ def _say_run(args, new: Run, saved: dict | None, w: distributed.World) -> None:
             f"{'it as one' if one else 'them as values'})")
     for line in _data_lines(task):
         say(f"  {line}")
+    say(f"  {_training_text(new)}")
     say(f"  backend {backend.name}{chosen(settings['backend'])} on {threads_text(backend, new.tuner)}"
         f"{' per rank' if ranks else ''}{ranks}, "
         f"{len(task.train[0])} train / {len(task.val[0])} val / {len(task.test[0])} test examples")
@@ -451,9 +483,20 @@ def _backend_change(saved: dict, backend: lb.Backend) -> str:
             "equals an uninterrupted run's up to rounding, not bit for bit")
 
 
+def _training_text(new: Run) -> str:
+    """The optimizer, its schedule and the regularisation, in a line."""
+    opt, cfg = new.opt, new.task.cfg
+    parts = [f"optimizer {opt.kind}, lr {opt.lr:g} ({new.config.schedule.describe()})"]
+    if opt.weight_decay:
+        parts.append(f"weight decay {opt.weight_decay:g}{' (decoupled)' if opt.kind == 'adamw' else ''}")
+    if cfg.dropout:
+        parts.append(f"dropout {cfg.dropout:g}")
+    return ", ".join(parts)
+
+
 def _print_epoch(rec: dict) -> None:
     tqdm.write(f"epoch {rec['epoch']:3d}  train {rec['train_loss']:.5f}  val {rec['val_loss']:.5f}  "
-               f"({rec['seconds']:.2f} s)", file=sys.stderr)
+               f"lr {rec['lr']:.3g}  ({rec['seconds']:.2f} s)", file=sys.stderr)
     sys.stderr.flush()
 
 
@@ -466,7 +509,7 @@ def _finish(result, new: Run, out: Path, w: distributed.World) -> int:
         return 0
     backends = list(dict.fromkeys(h.get("backend") for h in result.history if h.get("backend")))
     metrics = {"run_id": result.run_id, "model": task.cfg.to_dict(), "optimizer": new.opt.to_dict(),
-               "backend": backend.name, "backends": backends, "runtime": backend.runtime_info(), "ranks": w.size,
+               "schedule": new.config.schedule.to_dict(), "backend": backend.name, "backends": backends, "runtime": backend.runtime_info(), "ranks": w.size,
                "threads": result.threads or {"mode": "fixed", "count": backend.threads},
                "data": task.meta["source"], "fingerprint": task.meta["fingerprint"],
                "stop_reason": result.stop_reason, "best_epoch": result.best_epoch,

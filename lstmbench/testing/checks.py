@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from lstmbench.config import ModelConfig, OptimizerConfig
+from lstmbench.config import OPTIMIZERS, DropoutDraw, ModelConfig, OptimizerConfig
 from lstmbench.errors import DataError, DTypeError, NonFiniteError, ShapeError, UnsupportedError
 from lstmbench.layout import Layout
 from lstmbench.optim import init_optimizer_state, optimizer_step
@@ -122,14 +122,16 @@ def _record(what: str, err: np.ndarray, allowed: np.ndarray) -> None:
         recorder.add(worst)
 
 
-def assert_close(what: str, actual, expected, dtype: str, slack: np.ndarray | float = 0.0) -> None:
-    """Compare one array against the reference with the dtype's tolerance (+ ``slack``).
+def assert_close(what: str, actual, expected, dtype: str, slack: np.ndarray | float = 0.0,
+                 scale_floor: float = 0.0) -> None:
+    """Compare one array against the reference with the dtype's tolerance (+ ``slack``); atol is
+    relative to the array's largest entry, or to ``scale_floor`` where that is larger.
     Inside :func:`record_errors` the comparison's worst error is also recorded."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.shape != expected.shape:
         raise AssertionError(f"{what}: shape {actual.shape}, reference has {expected.shape}")
     tol = TOLERANCES[dtype]
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    scale = max(float(np.max(np.abs(expected))) if expected.size else 0.0, scale_floor)
     err = np.abs(actual.astype(np.float64) - expected)
     allowed = tol.rtol * np.abs(expected) + tol.atol * scale + slack
     if _RECORDERS.get():
@@ -171,18 +173,32 @@ def check_forward(backend: Backend, case: Case) -> None:
     assert_unchanged("params", params_before, case.params)
 
 
-def assert_loss_and_grads(case: Case, loss, grads: dict[str, np.ndarray], who: str = "") -> None:
-    """``loss`` and ``grads`` (at ``case.params``) equal the reference's, up to the dtype's tolerance."""
+def assert_loss_and_grads(case: Case, loss, grads: dict[str, np.ndarray], who: str = "",
+                          dropout: DropoutDraw | None = None) -> None:
+    """``loss`` and ``grads`` (at ``case.params``, with the masks of ``dropout``) equal the
+    reference's, up to the dtype's tolerance."""
     ref = case.as_dtype("float64")
-    expected_loss, expected_grads = reference().loss_and_grads(ref.cfg, ref.params, ref.x, ref.y, **ref.sequence_args())
-    own_loss, own_grads = reference().loss_and_grads(case.cfg, case.params, case.x, case.y, **case.sequence_args())
+    expected_loss, expected_grads = reference().loss_and_grads(ref.cfg, ref.params, ref.x, ref.y, dropout=dropout,
+                                                               **ref.sequence_args())
+    own_loss, own_grads = reference().loss_and_grads(case.cfg, case.params, case.x, case.y, dropout=dropout,
+                                                     **case.sequence_args())
     if set(grads) != set(expected_grads):
         raise AssertionError(f"{who}gradients have keys {sorted(grads)}, expected {sorted(expected_grads)}")
     assert_close(f"{who}loss", loss, expected_loss, case.cfg.dtype, own_rounding_slack(case, own_loss, expected_loss))
+    floor = gradient_scale(expected_loss, expected_grads)
     for name, g in expected_grads.items():
         assert_dtype(f"{who}gradient of {name}", grads[name], case.cfg)
         assert_close(f"{who}gradient of {name}", grads[name], g, case.cfg.dtype,
-                     own_rounding_slack(case, own_grads[name], g))
+                     own_rounding_slack(case, own_grads[name], g), scale_floor=floor)
+
+
+def gradient_scale(loss: float, grads: dict[str, np.ndarray]) -> float:
+    """The size of a case's numbers, below which a gradient entry is rounding noise: the largest
+    of the loss and every gradient entry. One array's gradient can cancel to exactly 0 in the
+    reference (with dropout: a head bias whose rows all read a dropped unit, with balanced
+    targets) while its terms are as large as the others; it is then noise on both sides, and
+    its own largest entry (0, or 1e-17) would allow none."""
+    return max([abs(float(loss))] + [float(np.max(np.abs(g))) for g in grads.values() if g.size])
 
 
 def check_loss_and_grads(backend: Backend, case: Case) -> None:
@@ -214,40 +230,45 @@ def _reference_run(case: Case, transform: Callable | None = None, carry: bool = 
     of the bias-corrected second moment, and the last step's final state (or None).
     ``transform(grads)``, if given, changes each step's gradients before the update (as a
     gradient hook does). ``carry``: step i+1 starts from step i's final state (the first from
-    ``case.initial_state``), as truncated backpropagation through time chains them."""
+    ``case.initial_state``), as truncated backpropagation through time chains them: the final
+    state of the step's own forward pass, at the parameters before the update (with dropout,
+    the masked pass), from the reference's definition."""
+    from lstmbench_backends.reference.reference import loss_and_grads  # the definition itself
+
     params, opt_state = copy_params(case.params), init_optimizer_state(case.opt, case.params)
     losses, grads_per_step, rms_per_step, state = [], [], [], case.initial_state
     for step in range(1, case.steps + 1):
-        args = replace(case, initial_state=state).sequence_args()
-        loss, grads = reference().loss_and_grads(case.cfg, params, case.x, case.y, **args)
-        if carry:  # the final state at the parameters before the update
-            state = reference().forward(case.cfg, params, case.x, return_state=True, **args)[1]
+        loss, grads, final = loss_and_grads(case.cfg, params, case.x, case.y, case.lengths, state, return_state=True,
+                                            dropout=case.draw(step))
+        if carry:
+            state = final
         if transform is not None:
             grads = transform(grads)
         losses.append(loss)
         grads_per_step.append(grads)
         optimizer_step(case.opt, params, grads, opt_state)
-        if case.opt.kind == "adam":
+        if case.opt.kind in ("adam", "adamw"):
             correction = 1 - case.opt.betas[1] ** step
             rms_per_step.append({k: np.sqrt(opt_state[f"v/{k}"] / correction) for k in params})
     return losses, params, opt_state, grads_per_step, rms_per_step, state if carry else None
 
 
 def expected_training(case: Case, transform: Callable | None = None, carry: bool = False) -> ExpectedTraining:
-    losses, params, opt_state, grads64, rms64, carried = _reference_run(case.as_dtype("float64"), transform, carry)
+    losses64, params, opt_state, grads64, rms64, carried = _reference_run(case.as_dtype("float64"), transform, carry)
     own = _reference_run(case, transform, carry) if case.cfg.dtype == "float32" else None
     slack: dict[str, np.ndarray | float] = {name: 0.0 for name in params}
-    if case.opt.kind == "adam":
+    if case.opt.kind in ("adam", "adamw"):
         for name in params:
             for step, g in enumerate(grads64):
                 # gradient noise at this step: the tolerance, or the float32 reference's own error
-                noise = TOLERANCES[case.cfg.dtype].atol * float(np.max(np.abs(g[name])))
+                noise = TOLERANCES[case.cfg.dtype].atol * max(float(np.max(np.abs(g[name]))),
+                                                              gradient_scale(losses64[step], g))
                 if own is not None:
                     noise = max(noise, own_rounding_slack(case, own[3][step][name], g[name]))
                 # d(update)/d(gradient) <= ~2 lr / sqrt(v_hat); an update moves at most 2 lr
                 slack[name] = slack[name] + 2 * case.opt.lr * np.minimum(
                     1.0, noise / (rms64[step][name] + case.opt.eps))
-    return ExpectedTraining(losses, params, opt_state, slack, own[:3] if own else None, carried,
+    return ExpectedTraining(losses64, params, opt_state, slack, own[:3] if own else None, carried,
                             own[5] if own else None)
 
 
@@ -266,7 +287,7 @@ def check_training_steps(backend: Backend, case: Case) -> None:
     optimizer state equal the reference's."""
     exp = expected_training(case)
     own_losses, _, own_state = exp.own if exp.own else (exp.losses, None, exp.opt_state)
-    state = backend.init_state(case.cfg, case.params, case.opt)
+    state = backend.init_state(case.cfg, case.params, case.opt, seed=case.seed)
     got_losses = [backend.train_step(state, case.x, case.y, **case.sequence_args()) for _ in range(case.steps)]
     dtype = case.cfg.dtype
     assert_close("losses along the steps", got_losses, exp.losses, dtype,
@@ -276,10 +297,15 @@ def check_training_steps(backend: Backend, case: Case) -> None:
     if set(got_state) != set(exp.opt_state) or int(got_state["step"]) != case.steps:
         raise AssertionError(f"optimizer state keys {sorted(got_state)} (step {got_state.get('step')}), "
                              f"expected {sorted(exp.opt_state)} (step {case.steps})")
+    slot_scale: dict[str, float] = {}  # per slot (m, v, momentum), its largest entry over every parameter
     for key, value in exp.opt_state.items():
         if key != "step":
+            slot = key.split("/")[0]
+            slot_scale[slot] = max(slot_scale.get(slot, 0.0), float(np.max(np.abs(value))))
+    for key, value in exp.opt_state.items():
+        if key != "step":  # (a buffer of gradients that cancelled to 0: noise, as in gradient_scale)
             assert_close(f"optimizer state {key}", got_state[key], value, dtype,
-                         own_rounding_slack(case, own_state[key], value))
+                         own_rounding_slack(case, own_state[key], value), scale_floor=slot_scale[key.split("/")[0]])
 
 
 def hook_pattern(cfg: ModelConfig) -> np.ndarray:
@@ -310,7 +336,7 @@ def check_gradient_hook(backend: Backend, case: Case) -> None:
         grad *= pattern
         return float(loss) + 1.0
 
-    state = backend.init_state(case.cfg, case.params, case.opt)
+    state = backend.init_state(case.cfg, case.params, case.opt, seed=case.seed)
     state.gradient_hook = hook
     got_losses = [backend.train_step(state, case.x, case.y, **case.sequence_args()) for _ in range(case.steps)]
     if len(calls) != case.steps:
@@ -318,7 +344,7 @@ def check_gradient_hook(backend: Backend, case: Case) -> None:
                              "a fused step must call state.reduce_gradient(grad, loss) once, before its update")
     first_grad, first_loss = calls[0]
     assert_loss_and_grads(case, first_loss, {k: v.copy() for k, v in layout.views(first_grad).items()},
-                          who="the gradient hook's first ")
+                          who="the gradient hook's first ", dropout=case.draw(1))
     hook_losses = [loss + 1.0 for _, loss in calls]
     if got_losses != hook_losses:
         raise AssertionError(f"train_step returned the losses {got_losses}, not the hook's {hook_losses}")
@@ -328,11 +354,14 @@ def check_gradient_hook(backend: Backend, case: Case) -> None:
 def _run_everything(backend: Backend, case: Case):
     out = backend.forward(case.cfg, case.params, case.x)
     loss, grads = backend.loss_and_grads(case.cfg, case.params, case.x, case.y)
-    state = backend.init_state(case.cfg, case.params, case.opt)
-    losses = [backend.train_step(state, case.x, case.y) for _ in range(case.steps)]
-    return {"forward": out, "loss": np.array(loss), "losses": np.array(losses),
-            **{f"grad {k}": v for k, v in grads.items()},
-            **{f"trained {k}": v for k, v in backend.get_params(state).items()}}
+    runs = {"forward": out, "loss": np.array(loss), **{f"grad {k}": v for k, v in grads.items()}}
+    for what, run in (("", case), ("with dropout ", with_dropout(case))):
+        if what and not backend.capabilities.dropout:
+            continue
+        state = backend.init_state(run.cfg, run.params, run.opt, seed=run.seed)
+        runs[f"losses {what}"] = np.array([backend.train_step(state, run.x, run.y) for _ in range(run.steps)])
+        runs.update({f"trained {what}{k}": v for k, v in backend.get_params(state).items()})
+    return runs
 
 
 def check_deterministic(backend: Backend, case: Case) -> None:
@@ -431,7 +460,7 @@ def check_carried_steps(backend: Backend, case: Case) -> None:
     parameters updated in between; the carried state after them equals the last step's
     final state, and a reset leaves none."""
     exp = expected_training(case, carry=True)
-    state = backend.init_state(case.cfg, case.params, case.opt)
+    state = backend.init_state(case.cfg, case.params, case.opt, seed=case.seed)
     backend.set_carried_state(state, case.initial_state)
     got = [backend.train_step(state, case.x, case.y, lengths=case.lengths, carry_state=True)
            for _ in range(case.steps)]
@@ -451,6 +480,62 @@ def check_carried_steps(backend: Backend, case: Case) -> None:
     backend.set_carried_state(state, None)
     if backend.carried_state(state) is not None:
         raise AssertionError("set_carried_state(state, None) left a carried state behind")
+
+
+#: the dropout probabilities the dropout check trains with (one per case, by its seed)
+DROPOUT_PROBABILITIES = (0.25, 0.5, 0.8)
+
+
+def with_dropout(case: Case) -> Case:
+    """``case`` with a model that has dropout (p by the case's seed)."""
+    p = DROPOUT_PROBABILITIES[case.seed % len(DROPOUT_PROBABILITIES)]
+    return replace(case, cfg=replace(case.cfg, dropout=p))
+
+
+def check_dropout(backend: Backend, case: Case) -> None:
+    """Dropout (design.md section 9): the loss and gradients with a step's masks and k training
+    steps equal the reference's (with lengths and a carried state too, for a backend with
+    sequences); forward uses none; and the masks follow each row's index in the global
+    minibatch, so the two halves of a batch, each given its first row, are the batch."""
+    case = with_dropout(case)
+    draw = case.draw(3)
+    loss, grads = backend.loss_and_grads(case.cfg, case.params, case.x, case.y, dropout=draw)
+    assert_loss_and_grads(case, loss, grads, who="with dropout, ", dropout=draw)
+    plain = backend.forward(replace(case.cfg, dropout=0.0), case.params, case.x)
+    if not np.array_equal(backend.forward(case.cfg, case.params, case.x), plain):
+        raise AssertionError("forward of a model with dropout differs from the same model without: forward, "
+                             "evaluation and prediction must use no dropout")
+    check_split_batch(backend, case, draw)
+    check_training_steps(backend, case)
+    if backend.capabilities.sequences:
+        seed = case.seed
+        lengths = length_variants(case, seed)["random lengths"]
+        padded = with_lengths(case, lengths, seed)
+        loss, grads = backend.loss_and_grads(padded.cfg, padded.params, padded.x, padded.y, dropout=draw,
+                                             **padded.sequence_args())
+        assert_loss_and_grads(padded, loss, grads, who="with dropout and lengths, ", dropout=draw)
+        check_training_steps(backend, padded)
+        check_carried_steps(backend, replace(padded, steps=padded.steps + 1))
+
+
+def check_split_batch(backend: Backend, case: Case, draw: DropoutDraw) -> None:
+    """A data-parallel split: rows [0, k) drawn from first row 0 and rows [k, B) from first row k
+    give, weighted by their rows, the whole batch's loss and gradients (mean over rows: the
+    cases here have no lengths)."""
+    B = case.x.shape[0]
+    if B < 2:
+        return
+    k = B // 2
+    parts = []
+    for rows, first in ((slice(0, k), 0), (slice(k, B), k)):
+        loss, grads = backend.loss_and_grads(case.cfg, case.params, case.x[rows], case.y[rows],
+                                             dropout=replace(draw, first_row=first))
+        weight = (rows.stop - rows.start) / B
+        parts.append((weight * loss, {n: weight * g.astype(np.float64) for n, g in grads.items()}))
+    loss = parts[0][0] + parts[1][0]
+    grads = {n: (parts[0][1][n] + parts[1][1][n]).astype(case.cfg.dtype) for n in parts[0][1]}
+    assert_loss_and_grads(case, loss, grads, who="halves of the batch (first rows 0 and B/2), with dropout: ",
+                          dropout=draw)
 
 
 def check_bad_inputs(backend: Backend, case: Case) -> None:
@@ -511,7 +596,7 @@ def unsupported_variants(backend: Backend, cfg: ModelConfig) -> list[ModelConfig
 
 
 def unsupported_optimizers(backend: Backend) -> list[OptimizerConfig]:
-    return [OptimizerConfig(kind) for kind in ("sgd", "adam") if kind not in backend.capabilities.optimizers]
+    return [OptimizerConfig(kind) for kind in OPTIMIZERS if kind not in backend.capabilities.optimizers]
 
 
 def check_declared_unsupported(backend: Backend, case: Case) -> None:
@@ -539,6 +624,7 @@ CHECKS: dict[str, Callable[[Backend, Case], None]] = {
     "deterministic": check_deterministic,
     "thread_independent": check_thread_independent,
     "sequences": check_sequences,
+    "dropout": check_dropout,
     "bad_inputs": check_bad_inputs,
     "declared_unsupported": check_declared_unsupported,
 }

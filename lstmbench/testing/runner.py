@@ -60,6 +60,8 @@ def _skip_reason(backend: Backend, check: str, dtype: str) -> str | None:
         return f"backend {backend.name!r} declares {dtype} unsupported"
     if check == "sequences" and not backend.capabilities.sequences:
         return f"backend {backend.name!r} does not take lengths or an initial state yet (Capabilities.sequences)"
+    if check == "dropout" and not backend.capabilities.dropout:
+        return f"backend {backend.name!r} does not train with dropout yet (Capabilities.dropout)"
     if check == "declared_unsupported":
         from lstmbench.config import ModelConfig
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from hypothesis import strategies as st
 
-from lstmbench.config import LOSSES, ModelConfig, OptimizerConfig
+from lstmbench.config import LOSSES, DropoutDraw, ModelConfig, OptimizerConfig
 from lstmbench.params import Params, init_params
 from lstmbench.protocol import Capabilities
 
@@ -29,6 +29,7 @@ class Case:
     steps: int  # optimizer steps for the training checks
     lengths: np.ndarray | None = None  # (B,) steps each row takes (design.md section 8)
     initial_state: tuple[np.ndarray, np.ndarray] | None = None  # (h0, c0), each (L, B, H)
+    seed: int = 0  # the run's seed: with a step number, the dropout masks of a cfg with dropout
 
     def as_dtype(self, dtype: str) -> "Case":
         """The same numbers in another dtype (used to run the reference in float64)."""
@@ -41,6 +42,10 @@ class Case:
     def sequence_args(self) -> dict:
         """lengths= and initial_state= for the protocol's methods, where the case has them."""
         return {k: v for k, v in (("lengths", self.lengths), ("initial_state", self.initial_state)) if v is not None}
+
+    def draw(self, step: int) -> DropoutDraw:
+        """The dropout masks of training step ``step`` (counted from 1) of this case's run."""
+        return DropoutDraw(self.seed, step)
 
 
 @st.composite
@@ -88,16 +93,18 @@ def parameters(draw, cfg: ModelConfig) -> Params:
 
 @st.composite
 def optimizers(draw, capabilities: Capabilities = Capabilities()) -> OptimizerConfig:
-    kind = draw(st.sampled_from([k for k in ("adam", "sgd") if k in capabilities.optimizers]))
+    kind = draw(st.sampled_from([k for k in ("adam", "sgd", "adamw") if k in capabilities.optimizers]))
     clip = draw(st.sampled_from([None, 0.05, 10.0]))  # 0.05 clips nearly always
-    if kind == "adam":
-        return OptimizerConfig("adam", lr=draw(st.sampled_from([1e-3, 1e-2])), clip_norm=clip)
+    decay = draw(st.sampled_from([0.0, 0.1]))
+    if kind != "sgd":
+        return OptimizerConfig(kind, lr=draw(st.sampled_from([1e-3, 1e-2])), clip_norm=clip, weight_decay=decay)
     return OptimizerConfig("sgd", lr=draw(st.sampled_from([0.05, 0.5])),
-                           momentum=draw(st.sampled_from([0.0, 0.9])), clip_norm=clip)
+                           momentum=draw(st.sampled_from([0.0, 0.9])), clip_norm=clip, weight_decay=decay)
 
 
 @st.composite
 def cases(draw, dtype: str = "float64", capabilities: Capabilities = Capabilities()) -> Case:
     cfg = draw(model_configs(dtype, capabilities))
     x, y = draw(batches(cfg))
-    return Case(cfg, draw(parameters(cfg)), x, y, draw(optimizers(capabilities)), draw(st.integers(1, 4)))
+    return Case(cfg, draw(parameters(cfg)), x, y, draw(optimizers(capabilities)), draw(st.integers(1, 4)),
+                seed=draw(st.integers(0, 2**32 - 1)))

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,14 +129,16 @@ class Task:
 def build_task(source: Source, *, hidden_size: int, num_layers: int = 1, dtype: str = "float32",
                window: int = 20, horizon: int = 1, target: str | int | None = None, seq_len: int = 64,
                streams: int | None = None, per_line: bool = False, min_length: int | None = None,
-               season: int | None = None, target_transform: str = "level") -> Task:
+               season: int | None = None, target_transform: str = "level", dropout: float = 0.0) -> Task:
     """The arrays and model of a run. ``target`` None: the first value column that is not
     index-like (lbdata.default_target). ``meta`` records the data's fingerprint.
     Text: ``streams`` cuts it into that many streams for stateful training
     (lbdata.make_stream_dataset), ``per_line`` into one record per line (make_line_dataset).
     Several series (a source with a series column): ``min_length`` is the shortest example.
     Series: ``season`` the seasonal-naive baseline's (None: detected from a date index,
-    scoring.choose_season); ``target_transform`` "diff" forecasts changes (lbdata.make_windows)."""
+    scoring.choose_season); ``target_transform`` "diff" forecasts changes (lbdata.make_windows).
+    ``dropout``: the model's (ModelConfig.dropout), checked before the data is read."""
+    ModelConfig(1, 1, 1, dropout=dropout)  # a bad dropout fails before the data is read
     loaded = source.load()
     if source.kind == "series":
         task = _series_task(source, loaded, hidden_size, num_layers, dtype, window, horizon, target, min_length,
@@ -150,6 +152,7 @@ def build_task(source: Source, *, hidden_size: int, num_layers: int = 1, dtype: 
             raise DataError(f"{flag} is for series; a text model has no season and forecasts no values")
         task = _text_task(source, loaded, hidden_size, num_layers, dtype, seq_len, streams, per_line)
     task.meta["fingerprint"] = fingerprint({"train": task.train, "val": task.val, "test": task.test})
+    task.cfg = replace(task.cfg, dropout=dropout)
     return task
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from lstmbench.training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 from lstmbench.config import ModelConfig, OptimizerConfig
 from lstmbench.training.progress import progress_bar
+from lstmbench.training.schedule import LRSchedule, ScheduleConfig
 from lstmbench.training.threads import ThreadTuner
 from lstmbench.training.distributed import SINGLE, DistributedError, World, on_every_rank, shard
 from lstmbench.errors import (CheckpointError, ConfigError, DeviceError, DivergenceError, NonFiniteError, OutputError,
@@ -65,6 +66,7 @@ class RunConfig:
     # truncated BPTT: the data holds batch_size streams, row k*batch_size + b is chunk k of stream b;
     # minibatches in order, the state carried from one to the next and reset each epoch
     stateful: bool = False
+    schedule: ScheduleConfig = ScheduleConfig()  # the learning rate of each step (design.md section 10)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "seed"):
@@ -78,6 +80,8 @@ class RunConfig:
             raise ConfigError(f"patience must be >= 1 or None, got {self.patience}")
         if not isinstance(self.stateful, bool):
             raise ConfigError(f"RunConfig.stateful must be True or False, got {self.stateful!r}")
+        if not isinstance(self.schedule, ScheduleConfig):
+            raise ConfigError(f"RunConfig.schedule must be a ScheduleConfig, got {type(self.schedule).__name__}")
 
 
 @dataclass
@@ -106,6 +110,7 @@ class _Progress:
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: losses, seconds, backend
     first_loss: float | None = None  # of the run's first minibatch: the scale a diverging loss is judged by
+    schedule: dict = field(default_factory=dict)  # LRSchedule.state() at the end of the last epoch
 
     def where(self, batches_per_epoch: int) -> str:
         """The position in words: "the end of epoch 3" or "epoch 4, after batch 5 of 7"."""
@@ -236,7 +241,8 @@ def _agree_on_the_run(backend: Backend, cfg, opt, run: RunConfig, meta: dict, tr
         _check_sequences(backend, run, lengths is not None or lengths_val is not None, len(x), len(x_val))
         if world.distributed:
             _check_shards(len(x), run.batch_size, world.size)
-    world.check_same({"model": cfg.to_dict(), "optimizer": opt.to_dict(), "run": vars(run) | {"out_dir": None},
+    world.check_same({"model": cfg.to_dict(), "optimizer": opt.to_dict(),
+                      "run": vars(run) | {"out_dir": None, "schedule": run.schedule.to_dict()},
                       "meta": meta}, "the run configuration")
     arrays = {"x": x, "y": y, "x_val": x_val, "y_val": y_val}
     arrays |= {k: v for k, v in (("lengths", lengths), ("lengths_val", lengths_val)) if v is not None}
@@ -271,6 +277,7 @@ class _Trainer:
         self.x_val, self.y_val, self.lengths_val = split_parts(val_data)
         self.world, self.on_epoch = world, on_epoch
         self.batches_per_epoch = math.ceil(len(self.x) / run.batch_size)
+        self.schedule = LRSchedule(run.schedule, opt.lr, self.batches_per_epoch, run.epochs)
         self.total_terms = count_terms(cfg, self.lengths, np.arange(len(self.x)))
         self.guard = _InterruptGuard()
 
@@ -285,7 +292,8 @@ class _Trainer:
         params, opt_state, progress, best_params, carried = self.world.bcast(
             (params, opt_state, progress, best_params, carried))
         self.progress, self.best_params = progress, best_params
-        self.state = self.backend.init_state(self.cfg, params, self.opt, opt_state)
+        self.schedule.load(progress.schedule)
+        self.state = self.backend.init_state(self.cfg, params, self.opt, opt_state, seed=self.run_cfg.seed)
         if carried is not None:  # a stateful run stopped mid-epoch: this rank's streams' state
             mine = shard(self.run_cfg.batch_size, self.world.size, self.world.rank)
             self.backend.set_carried_state(self.state, tuple(np.ascontiguousarray(s[:, mine]) for s in carried))
@@ -342,15 +350,19 @@ class _Trainer:
     def step(self, rows: np.ndarray, best_loss: float) -> float:
         """One minibatch; the best loss so far, to judge the next one by."""
         progress, world = self.progress, self.world
-        part = rows
+        part, first_row = rows, 0
         if world.distributed:  # this rank's shard; the hook sums gradients, losses and stop requests over ranks
-            part = rows[shard(len(rows), world.size, world.rank)]
+            mine = shard(len(rows), world.size, world.rank)
+            part, first_row = rows[mine], mine.start  # dropout masks follow the row in the global minibatch
             self.state.gradient_hook = world.gradient_hook(count_terms(self.cfg, self.lengths, part),
                                                            count_terms(self.cfg, self.lengths, rows),
                                                            lambda: self.guard.requested)
         extra = {} if self.lengths is None else {"lengths": self.lengths[part]}
+        if first_row:
+            extra["first_row"] = first_row
         if self.run_cfg.stateful:
             extra["carry_state"] = True
+        self.state.lr = self.schedule.lr(self.state.step + 1)
         try:
             with self.tuner.step(self.backend, len(part)) if self.tuner else nullcontext():
                 loss = float(self.backend.train_step(self.state, self.x[part], self.y[part], **extra))
@@ -386,11 +398,14 @@ class _Trainer:
             raise on_every_rank(DivergenceError(f"validation loss became {val_loss} after epoch {progress.epoch + 1}; "
                                                 f"{_kept(self.run_cfg, progress)}"))
         record = {"epoch": progress.epoch + 1, "train_loss": progress.loss_sum / self.total_terms, "val_loss": val_loss,
+                  "lr": self.state.lr,  # the rate of the epoch's last step
                   "seconds": time.perf_counter() - self.epoch_started, "backend": self.backend.name}
         if self.tuner:
             record["threads"] = self.tuner.last  # the count the epoch ended on
         progress.history.append(record)
         progress.epoch, progress.batch, progress.loss_sum = progress.epoch + 1, 0, 0.0
+        self.schedule.end_epoch(val_loss)  # (every rank has the same validation loss)
+        progress.schedule = self.schedule.state()
         if val_loss < progress.best_val_loss - self.run_cfg.min_delta:
             progress.best_val_loss, progress.best_epoch, progress.bad_epochs = val_loss, progress.epoch, 0
             self.best_params = current
@@ -398,7 +413,7 @@ class _Trainer:
         else:
             progress.bad_epochs += 1
         self.checkpoint(LAST_CHECKPOINT, current, with_state=True)
-        bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}")
+        bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}", lr=f"{record['lr']:.3g}")
         if self.on_epoch and world.is_root:
             self.on_epoch(record)
         patience = self.run_cfg.patience
@@ -505,7 +520,7 @@ def _kept(run: RunConfig, progress: _Progress) -> str:
 def _run_meta(run: RunConfig, backend: Backend | None = None) -> dict[str, Any]:
     """The run's settings as a checkpoint records them; a resume must match RESUME_MUST_MATCH."""
     saved = {"batch_size": run.batch_size, "seed": run.seed, "epochs": run.epochs, "patience": run.patience,
-             "stateful": run.stateful}
+             "stateful": run.stateful, "schedule": run.schedule.to_dict()}
     if backend is not None:
         saved |= {"backend": backend.name, "threads": backend.threads}
     return saved
@@ -513,8 +528,8 @@ def _run_meta(run: RunConfig, backend: Backend | None = None) -> dict[str, Any]:
 
 #: what a resumed run must share with its checkpoint to continue exactly (the rest, such as
 #: the epoch budget or the backend, may change); a checkpoint from before stateful runs has none
-RESUME_MUST_MATCH = ("batch_size", "seed", "stateful")
-RESUME_DEFAULTS = {"stateful": False}
+RESUME_MUST_MATCH = ("batch_size", "seed", "stateful", "schedule")
+RESUME_DEFAULTS = {"stateful": False, "schedule": ScheduleConfig().to_dict()}
 
 
 def _restore(ckpt: Checkpoint, cfg: ModelConfig, opt: OptimizerConfig, run: RunConfig, meta: dict):
@@ -537,9 +552,11 @@ def _restore(ckpt: Checkpoint, cfg: ModelConfig, opt: OptimizerConfig, run: RunC
     if not isinstance(saved, dict) or ckpt.opt_state is None or not isinstance(ckpt.meta.get("progress"), dict):
         raise CheckpointError("checkpoint has no training state to resume from (use last.npz)")
     ours = _run_meta(run)
-    if any(saved.get(k, RESUME_DEFAULTS.get(k)) != ours[k] for k in RESUME_MUST_MATCH):
-        raise CheckpointError(f"checkpoint was written with {saved}, this run uses {ours}; "
-                              "batch size and seed must match to resume exactly, and whether the run is stateful")
+    differ = [f"{k} {saved.get(k, RESUME_DEFAULTS.get(k))} (this run: {ours[k]})" for k in RESUME_MUST_MATCH
+              if saved.get(k, RESUME_DEFAULTS.get(k)) != ours[k]]
+    if differ:
+        raise CheckpointError(f"the checkpoint was written with {'; '.join(differ)}: batch size and seed, the "
+                              "learning-rate schedule and whether the run is stateful must match to resume exactly")
     try:
         progress = _Progress(**ckpt.meta["progress"])
     except TypeError as exc:

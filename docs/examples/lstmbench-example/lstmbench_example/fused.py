@@ -20,7 +20,7 @@ from . import ExampleBackend
 
 class FusedExampleBackend(FusedBackend, ExampleBackend):
     name = "example-fused"
-    description = "example plugin: flat parameters and a fused SGD/Adam step"
+    description = "example plugin: flat parameters and a fused SGD/Adam/AdamW step"
 
     def _loss_and_gradient(self, state, x, y):
         # state.theta, state.grad, state.slots["m"], ...: flat vectors in lstmbench.layout's
@@ -36,13 +36,17 @@ class FusedExampleBackend(FusedBackend, ExampleBackend):
         if scalars.clip_norm is not None:  # torch.nn.utils.clip_grad_norm_ on the global L2 norm
             g *= dt.type(scalars.clip_scale(math.sqrt(float(np.sum(np.square(g, dtype=np.float64))))))
         s = scalars.in_dtype(dt)  # the constants rounded to the parameters' dtype
+        if s.l2:  # weight decay of SGD and Adam: an L2 term in the clipped gradient
+            g = g + s.l2 * theta
+        if s.decay_factor != 1:  # AdamW: the decay decoupled from the gradient, before the update
+            theta *= s.decay_factor
         if s.kind == "sgd":
             if s.momentum > 0:
                 buf = state.slots["momentum"]
                 buf[...] = g if s.first_step else s.momentum * buf + g  # torch: first step sets buf = g
                 g = buf
             theta -= s.lr * g
-        else:  # Adam, as torch.optim.Adam (no weight decay, no amsgrad)
+        else:  # Adam and AdamW, as torch.optim.Adam / AdamW (no amsgrad)
             m, v = state.slots["m"], state.slots["v"]
             m[...] = s.beta1 * m + s.one_minus_beta1 * g
             v[...] = s.beta2 * v + s.one_minus_beta2 * g * g
