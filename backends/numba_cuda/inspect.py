@@ -58,8 +58,8 @@ class KernelReport:
         return self.kernel in HOT
 
 
-def _ptxas_info(ptx: str, cc: tuple[int, int]) -> tuple[int, int]:
-    """(registers, spill store + load bytes) from ptxas, through nvJitLink."""
+def link_ptx(ptx: str, cc: tuple[int, int]) -> tuple[bytes, str]:
+    """(cubin, ptxas's verbose log) of one kernel's PTX, through nvJitLink."""
     from cuda.bindings import nvjitlink
 
     handle = nvjitlink.create(2, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose"])
@@ -69,9 +69,16 @@ def _ptxas_info(ptx: str, cc: tuple[int, int]) -> tuple[int, int]:
         nvjitlink.complete(handle)
         log = bytearray(nvjitlink.get_info_log_size(handle))
         nvjitlink.get_info_log(handle, log)
+        cubin = bytearray(nvjitlink.get_linked_cubin_size(handle))
+        nvjitlink.get_linked_cubin(handle, cubin)
     finally:
         nvjitlink.destroy(handle)
-    text = log.decode(errors="replace")
+    return bytes(cubin), log.decode(errors="replace")
+
+
+def _ptxas_info(ptx: str, cc: tuple[int, int]) -> tuple[int, int]:
+    """(registers, spill store + load bytes) from ptxas, through nvJitLink."""
+    text = link_ptx(ptx, cc)[1]
     registers = int(re.search(r"Used (\d+) registers", text).group(1))
     spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", text))
     return registers, spills
