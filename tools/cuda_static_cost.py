@@ -172,8 +172,10 @@ def innermost_fma_loop(instructions: list[Instruction], fma_opcode: str) -> Loop
 
 
 def entry_instructions(sass: str) -> list[Instruction]:
-    """The instructions of the one kernel entry in a cubin's SASS."""
+    """The instructions of the one kernel entry in a cubin's SASS (the CUDA device runtime, linked
+    for a grid-wide barrier, brings entries of its own: ``__nv_static_..``, not counted)."""
     functions, entries = parse_sass(sass)
+    entries = [name for name in entries if not name.startswith("__nv_static")]
     if len(entries) != 1 or entries[0] not in functions:
         raise ValueError(f"expected one kernel entry in the SASS, found {entries}")
     return functions[entries[0]]
@@ -244,16 +246,13 @@ def disassemble(cubin: bytes) -> str:
 
 def compile_variant(factory: str, args: tuple, dtype: str, cc: tuple[int, int]) -> StaticFigures:
     """One kernel variant (inspect.VARIANTS) compiled for ``cc``: ptxas's figures and its loop."""
-    import numpy as np
-    from numba import cuda
 
     from lstmbench_backends.numba_cuda import kernels
+    from lstmbench_backends.numba_cuda.inspect import build, compile_ptx
 
     if kernels.SIMULATOR:
         raise RuntimeError("the simulator is on (NUMBA_ENABLE_CUDASIM); it compiles nothing")
-    kernel = getattr(kernels, factory)(np.dtype(dtype), *args)
-    ptx, _ = cuda.compile_ptx(kernel.py_func, kernel.arg_types, device=False, cc=cc,
-                              launch_bounds=kernel.launch_bound)
+    ptx = compile_ptx(build(factory, dtype, *args), cc)
     cubin, log = link(ptx, cc)
     sass = disassemble(cubin)
     registers = int(re.search(r"Used (\d+) registers", log).group(1))
@@ -272,12 +271,9 @@ def variant_label(name: str, args: tuple) -> str:
 
 def labelled_variants(kernel_filter: str = "") -> dict[tuple[str, tuple], str]:
     """inspect.VARIANTS whose label contains ``kernel_filter``: (factory, args) -> label."""
-    import numpy as np
+    from lstmbench_backends.numba_cuda.inspect import VARIANTS, build
 
-    from lstmbench_backends.numba_cuda import kernels
-    from lstmbench_backends.numba_cuda.inspect import VARIANTS
-
-    labels = {(f, tuple(a)): variant_label(getattr(kernels, f)(np.dtype("float32"), *a).name, tuple(a))
+    labels = {(f, tuple(a)): variant_label(build(f, "float32", *a).name, tuple(a))
               for f, a in VARIANTS}  # building a kernel compiles nothing
     return {variant: label for variant, label in labels.items() if kernel_filter in label}
 
@@ -294,15 +290,15 @@ def record_launches(arch: str, dtype: str, hidden: int) -> list[dict]:
 
     import lstmbench as lb
     from lstmbench.bench.workloads import BENCH_OPTIMIZER, bench_batch, bench_model
-    from lstmbench_backends.numba_cuda import SIMULATED_LIMITS, DeviceLimits, NumbaCuda, kernels
-    from lstmbench_backends.numba_cuda.inspect import VARIANTS
+    from lstmbench_backends.numba_cuda import SIMULATED_LIMITS, DeviceLimits, NumbaCuda
+    from lstmbench_backends.numba_cuda.inspect import VARIANTS, build
 
     _, card, multiprocessors = ARCHS[arch]
     cfg = bench_model(hidden, dtype)
     x, y = bench_batch(cfg, BATCH, STEPS)
     backend = NumbaCuda()
     backend._limits = replace(DeviceLimits(**SIMULATED_LIMITS), name=card, multiprocessors=multiprocessors)
-    variants = {id(getattr(kernels, f)(np.dtype(dtype), *a)): (f, a) for f, a in VARIANTS}
+    variants = {id(build(f, dtype, *a)): (f, a) for f, a in VARIANTS}
     launches: list[dict] = []
 
     def record(kernel, grid, threads, shared, *args):
@@ -466,6 +462,49 @@ def format_mix(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+# -- the modelled step (sm_90) -------------------------------------------------------------------------
+
+CLOCK_GHZ = 1.98  # an H100 SXM's boost clock
+OTHER_LAUNCH_US = 10.0  # a launch that is neither a product nor the recurrence (see model_step)
+
+
+def launch_microseconds(row: Row) -> tuple[str, float]:
+    """(how, modelled µs) of one launch of the step: the recurrence at the backend's own cost
+    model with the loop's measured instructions per FMA, T steps; a product as its multiply-adds
+    at that rate, 128 instructions a clock on each SM, in waves of one block per SM; anything
+    else OTHER_LAUNCH_US (the GPU's gap between launches and, for the update, its 29 MB through
+    HBM at 3.35 TB/s: both under 10 µs at this shape)."""
+    from lstmbench_backends.numba_cuda import ISSUE_PER_SM_CLOCK, recurrence_step_cycles
+
+    sms, itemsize = ARCHS[row.arch][2], 4 if row.dtype == "float32" else 8
+    name, ipf = row.kernel.split("(")[0], row.loop_instructions_per_fma
+    if name in ("lstm_forward", "lstm_backward"):
+        rows = int(row.kernel.split("(")[1].split(",")[0])
+        cycles = STEPS * recurrence_step_cycles(rows, row.hidden, BATCH, itemsize, sms, ipf)
+        return f"{STEPS} steps x {cycles / STEPS:,.0f} clocks", cycles / CLOCK_GHZ / 1e3
+    shape = re.search(r"(\d+)x(\d+)x(\d+)", row.kernel)
+    if name == "gemm" and shape:
+        fmas = int(shape[1]) * int(shape[2]) * int(shape[3])
+        waves = -(-row.blocks // sms)
+        cycles = waves * fmas / row.blocks * ipf * (itemsize // 4) / ISSUE_PER_SM_CLOCK
+        return f"{fmas:,} FMA, {waves} wave(s)", cycles / CLOCK_GHZ / 1e3
+    return "other", OTHER_LAUNCH_US
+
+
+def model_step(rows: list[Row]) -> str:
+    """The modelled time of one training step at the goal shape, launch by launch."""
+    launched = [row for row in rows if row.blocks is not None]
+    lines = [f"modelled step, {launched[0].arch} at {CLOCK_GHZ} GHz, {launched[0].dtype}, H={launched[0].hidden}, "
+             f"B={BATCH}, T={STEPS} (each launch of the one-layer benchmark model once)"]
+    total = 0.0
+    for row in launched:
+        how, us = launch_microseconds(row)
+        total += us
+        lines.append(f"  {row.kernel:<34} {how:<34} {us:>9.1f} µs")
+    lines.append(f"  {'total':<34} {'':<34} {total:>9.1f} µs = {total / 1e3:.2f} ms")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="a JSON list of rows instead of the tables")
@@ -475,6 +514,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kernel", default="", help="only the variants whose name contains this (gemm(64,64))")
     parser.add_argument("--mix", action="store_true", help="also each loop by kind of instruction")
     parser.add_argument("--sass", type=Path, help="write each variant's SASS into this directory")
+    parser.add_argument("--model", action="store_true",
+                        help="the modelled step time at sm_90, float32, H=512 (B=128, T=64), launch by launch")
     parser.add_argument("--record-launches", help=argparse.SUPPRESS)  # the child's job (JSON list of combos)
     return parser.parse_args(argv)
 
@@ -487,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "0"  # before numba.cuda is first imported: this process compiles
     if args.sass is not None:
         args.sass.mkdir(parents=True, exist_ok=True)
+    if args.model:
+        args.arch, args.dtype, args.hidden, args.kernel = ["sm_90"], ["float32"], [512], ""
     rows, unknown = cost_model(args.arch, args.dtype, args.hidden, args.kernel, args.sass)
     for label in unknown:
         print(f"warning: the step launches {label}, which inspect.VARIANTS does not list: not compiled here",
@@ -495,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([row.as_json() for row in rows], indent=1))
         return 0
     print(format_tables(rows))
+    if args.model:
+        print()
+        print(model_step(rows))
     if args.mix:
         print()
         print(format_mix(rows))

@@ -9,8 +9,9 @@ Parameters, optimizer state, activations and workspaces live on the device from
 ``init_state`` on; a training step copies the minibatch in and the loss out, and
 host copies of the parameters or the optimizer state are made only by
 ``get_params`` / ``get_optimizer_state``. The number of kernel launches per step
-does not depend on the sequence length: each layer's recurrence is one launch
-that loops over t (``runtime_info()["launches_per_step"]``). The host side of a
+does not grow with the sequence length: each layer's recurrence is one launch
+that loops over t (``runtime_info()["launches_per_step"]``); on a GPU a weight-gradient
+product split along its long K adds one launch (gemm.py). The host side of a
 training step (step counter, the optimizer's per-step scalars, gradient hook,
 workspace cache) is lstmbench.fused's; this backend supplies the kernels.
 
@@ -32,6 +33,7 @@ Run the kernels without a GPU in Numba's CUDA simulator with
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any
@@ -40,7 +42,7 @@ import numpy as np
 
 from lstmbench import Capabilities, ModelConfig
 from lstmbench.config import DropoutDraw
-from lstmbench.errors import DeviceError, DTypeError, ShapeError
+from lstmbench.errors import ConfigError, DeviceError, DTypeError, ShapeError
 from lstmbench.fused import FusedBackend
 from lstmbench.layout import FlatTrainState, Layout
 from lstmbench.optim import StepScalars
@@ -52,16 +54,26 @@ SIMULATOR_HINT = "set NUMBA_ENABLE_CUDASIM=1 to run the kernels in Numba's CUDA 
 # simulator has no device to ask.
 SIMULATED_LIMITS = dict(name="Numba CUDA simulator (on the CPU)", max_threads=1024, max_shared=48 * 1024,
                         multiprocessors=1, max_grid_y=65535)
-MAX_ROWS_PER_BLOCK = 8  # batch rows a recurrence block owns (see plan())
+MAX_ROWS_PER_BLOCK = 8  # most batch rows a recurrence block owns (see plan())
 UPDATE_BLOCKS = 1024  # most blocks of the elementwise kernels (grid-stride loops over the parameters)
 NORM_BLOCKS = 256  # most partial sums of the clipping norm
 PER_THREAD = 8  # elementwise kernels: at least this many elements per thread (fewer, larger blocks)
+# How a layer's recurrence runs: "rows" (blocks own batch rows: kernels.lstm_forward / lstm_backward)
+# or "persistent" (opt-in, unverified on a GPU: blocks own slices of the hidden units; persistent.py)
+RECURRENCES = ("rows", "persistent")
+RECURRENCE_ENV = "LSTMBENCH_CUDA_RECURRENCE"
 
 
 def _cuda():
     from numba import cuda
 
     return cuda
+
+
+def _persistent():
+    from lstmbench_backends.numba_cuda import persistent as module  # imports numba.cuda: only when used
+
+    return module
 
 
 def _kernels():
@@ -105,48 +117,92 @@ def _elementwise_blocks(n: int, most: int) -> int:
     return max(1, min(-(-n // (_kernels().REDUCE_THREADS * PER_THREAD)), most))
 
 
+# The recurrence's cost model (docs/cuda-backend.md, "Rows per block"), on the card the goals
+# name (an H100): at every step a block reads all of W_h (4H x H values) through L2 and does
+# rows x 4H x H multiply-adds. An SM takes about 64 bytes a clock from L2 and all SMs together
+# about 2800 (5.5 TB/s at 1.98 GHz); it issues 128 instructions a clock (4 warps), and a DFMA
+# takes two of those slots. The loops' instructions per multiply-add are the static cost's.
+L2_BYTES_PER_SM_CLOCK, L2_BYTES_PER_CLOCK = 64, 2800
+ISSUE_PER_SM_CLOCK = 128
+LOOP_INSTRUCTIONS_PER_FMA = 2.0  # the goal tools/cuda_static_cost.py checks; the kernels are below it
+
+
+def recurrence_step_cycles(rows: int, H: int, B: int, itemsize: int, sms: int,
+                           instructions_per_fma: float = LOOP_INSTRUCTIONS_PER_FMA) -> float:
+    """Modelled clocks of one step of a recurrence sweep with ``rows`` batch rows per block: the
+    slowest of a block's multiply-adds, its read of W_h, in as many waves as the SMs need, and
+    every block's read of W_h through the L2 as a whole."""
+    blocks = -(-B // rows)
+    wh_bytes = 4 * H * H * itemsize
+    fma_cycles = rows * 4 * H * H * instructions_per_fma * (itemsize // 4) / ISSUE_PER_SM_CLOCK
+    block = max(fma_cycles, wh_bytes / L2_BYTES_PER_SM_CLOCK)
+    return max(-(-blocks // sms) * block, blocks * wh_bytes / L2_BYTES_PER_CLOCK)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Launch shape of one recurrence kernel (the forward or the backward sweep)."""
+
+    rows: int  # batch rows per block
+    blocks: int
+    threads: int
+
+
 @dataclass(frozen=True)
 class Plan:
     """Launch shapes of one (model, batch, steps), derived from the sizes and checked
     against the device before anything runs."""
 
-    rows: int  # batch rows per recurrence block (ROWS)
-    blocks: int  # recurrence blocks; Bp = blocks * rows rows, the padding rows zero
-    recurrence_threads: int
+    padded_batch: int  # Bp: the batch padded to whole blocks of both sweeps; the padding rows zero
+    forward: Sweep
+    backward: Sweep
     loss_threads: int
     loss_blocks: int
 
-    @property
-    def padded_batch(self) -> int:
-        return self.blocks * self.rows
+
+def _sweep_rows(cfg: ModelConfig, B: int, values_per_row: int, limits: DeviceLimits, what: str) -> int:
+    """Rows per block of a sweep whose block keeps ``values_per_row`` values of each of its rows in
+    shared memory: of the powers of two up to MAX_ROWS_PER_BLOCK (and the batch) that fit, the one
+    with the fewest modelled clocks a step (on a tie the most rows: the least traffic)."""
+    H, size = cfg.hidden_size, cfg.np_dtype.itemsize
+    need = values_per_row * size
+    if need > limits.max_shared:
+        raise ShapeError(f"hidden size {H} needs {need} bytes of shared memory per block for the {what} "
+                         f"({values_per_row // H}H {cfg.dtype} values), more than the {limits.max_shared} this "
+                         f"device allows ({limits.name}); use a hidden size of at most "
+                         f"{limits.max_shared // (values_per_row // H * size)}")
+    fits = [1 << k for k in range(MAX_ROWS_PER_BLOCK.bit_length())
+            if (1 << k) <= _next_pow2(B) and (1 << k) * need <= limits.max_shared]
+    return min(reversed(fits), key=lambda rows: recurrence_step_cycles(rows, H, B, size, limits.multiprocessors))
+
+
+def _sweep_threads(units: int, limits: DeviceLimits) -> int:
+    """Threads of a recurrence block with ``units`` units of work: one each, a power of two from a
+    warp on (a block below one warp still takes one; few shapes: the kernels are compiled for their
+    block size), a thread looping over several past MAX_RECURRENCE_THREADS."""
+    return units if units < 32 else min(_next_pow2(units), _kernels().MAX_RECURRENCE_THREADS, limits.max_threads)
 
 
 def plan(cfg: ModelConfig, B: int, T: int, limits: DeviceLimits) -> Plan:
-    """Rows per block: a block reads all of W_h at every step whatever its row count, so
-    more rows make that read cheaper per row; up to 8 rows the arithmetic stays below the
-    cost of that read, so 8 when the batch has them (and fewer for smaller batches, which
-    wastes nothing on padding). Fewer if the backward sweep's dz_{t+1} (rows x 4H values)
-    would not fit in shared memory."""
-    H, size = cfg.hidden_size, cfg.np_dtype.itemsize
-    rows = min(MAX_ROWS_PER_BLOCK, _next_pow2(B))
-    while rows > 1 and rows * 4 * H * size > limits.max_shared:
-        rows //= 2
-    need = rows * 4 * H * size
-    if need > limits.max_shared:
-        raise ShapeError(f"hidden size {H} needs {need} bytes of shared memory per block for the backward sweep "
-                         f"(4H {cfg.dtype} values), more than the {limits.max_shared} this device allows "
-                         f"({limits.name}); use a hidden size of at most {limits.max_shared // (4 * size)}")
+    """Rows per block, per sweep: every block reads all of W_h at every step whatever its row
+    count, so more rows make that read cheaper per row but leave SMs idle; the cost model picks.
+    The forward block keeps h_{t-1} of its rows in shared memory (H values a row), the backward
+    block dz_{t+1} (4H), so the backward sweep may have to take fewer rows."""
+    H = cfg.hidden_size
+    rows_f = _sweep_rows(cfg, B, H, limits, "forward sweep")
+    rows_b = _sweep_rows(cfg, B, 4 * H, limits, "backward sweep")
+    most = max(rows_f, rows_b)
+    Bp = -(-B // most) * most
     kernels = _kernels()
-    # one thread per hidden unit, in whole warps (a block below one warp still takes one)
-    threads = H if H < 32 else min(-(-H // 32) * 32, kernels.MAX_RECURRENCE_THREADS, limits.max_threads)
+    forward = Sweep(rows_f, Bp // rows_f, _sweep_threads(H, limits))  # one hidden unit a thread
+    backward = Sweep(rows_b, Bp // rows_b, _sweep_threads(-(-H // kernels.BACKWARD_UNITS), limits))
     n_pred = (T if cfg.many_to_many else 1) * B
     loss_threads = min(kernels.LOSS_THREADS, _next_pow2(n_pred))
-    blocks = -(-B // rows)
-    longest = T * blocks * rows  # rows of the largest product (all steps at once)
+    longest = T * Bp  # rows of the largest product (all steps at once)
     if kernels.gemm_shape(longest, 4 * H)[1][1] > limits.max_grid_y:  # its grid's y: row tiles
         raise ShapeError(f"a batch of {B} sequences of {T} steps gives products of {longest} rows, more than this "
                          f"device's grid allows ({limits.name}); use shorter sequences or smaller batches")
-    return Plan(rows, blocks, threads, loss_threads, -(-n_pred // loss_threads))
+    return Plan(Bp, forward, backward, loss_threads, -(-n_pred // loss_threads))
 
 
 @dataclass(frozen=True)
@@ -237,7 +293,7 @@ class Workspace:
         Bp, G, Tout = p.padded_batch, 4 * cfg.hidden_size, T if cfg.many_to_many else 1
         xent = cfg.loss == "xent"
         sizes = dict(xs=T * Bp * D0, yout=Tout * Bp * O, dy=Tout * Bp * O, dh=T * Bp * H,
-                     dh_last=0 if cfg.many_to_many else Bp * H, dcn=Bp * H, db_part=L * p.blocks * G,
+                     dh_last=0 if cfg.many_to_many else Bp * H, dcn=Bp * H, db_part=L * p.backward.blocks * G,
                      dby_part=p.loss_blocks * O, y_real=1 if xent else Tout * Bp * O,
                      state0=2 * L * Bp * H, staten=2 * L * Bp * H)
         per_layer = dict(gates=T * Bp * G, hs=(T + 1) * Bp * H, cs=(T + 1) * Bp * H, tcs=T * Bp * H,
@@ -297,10 +353,10 @@ def _check_free_memory(nbytes: int, what: str) -> None:
 @dataclass
 class CudaTrainState(FlatTrainState):
     """Training state on the device: ``theta``, ``grad`` and ``slots`` are device arrays
-    (lstmbench.layout's flat vectors), with W_h^T for the backward sweep and the clipping
-    partial sums. ``params`` stays empty: host copies come only from get_params."""
+    (lstmbench.layout's flat vectors), with W_h packed for the recurrence (``wpack``) and the
+    clipping partial sums. ``params`` stays empty: host copies come only from get_params."""
 
-    theta_t: Any = None
+    wpack: Any = None
     norm_part: Any = None
     grad_host: np.ndarray | None = None  # pinned host copy of the gradient, for a gradient hook
 
@@ -320,9 +376,14 @@ class NumbaCuda(FusedBackend):
     description = "Numba CUDA: the whole training step on the GPU (recurrence inside the kernel, tiled products)"
     capabilities = Capabilities(sequences=True, dropout=True)
 
-    def __init__(self) -> None:
+    def __init__(self, recurrence: str | None = None) -> None:
         super().__init__()
+        self.recurrence = recurrence or os.environ.get(RECURRENCE_ENV) or "rows"
+        if self.recurrence not in RECURRENCES:
+            raise ConfigError(f"unknown recurrence {self.recurrence!r} for the cuda backend (from "
+                              f"{'the argument' if recurrence else RECURRENCE_ENV}); choose one of {', '.join(RECURRENCES)}")
         self._model_arrays: dict[ModelConfig, ModelArrays] = {}
+        self._gemm_scratch: dict[np.dtype, Any] = {}  # split products' partial tiles, per dtype (_gemm)
         self._limits: DeviceLimits | None = None
         self._stream = None
         self._launches = 0
@@ -482,22 +543,74 @@ class NumbaCuda(FusedBackend):
                      src_off, src_rows, dst, dst_off, dst_rows, idx, idx_off, n, L, H)
 
     def _gemm(self, dt, M, N, K, A, a_off, a_rs, a_cs, Bm, b_off, b_rs, b_cs, C, c_off, ldc, bias=None, bias_off=0):
-        k = _kernels()
+        """C = op(A) op(B) (+ bias) (gemm.py). A product with few tiles and a long K (a weight gradient:
+        K = T*B; without bias, C's rows contiguous) runs split in K: S chunks into partial tiles in a
+        scratch buffer, then one more product adds them in a fixed order (gemm.py's module docstring)."""
+        from lstmbench_backends.numba_cuda.gemm import gemm_split, gemm_split_scratch
+
+        k, cuda = _kernels(), _cuda()
         tile, grid, threads = k.gemm_shape(M, N)
-        has_bias = bias is not None
-        self._launch(k.gemm_kernel(dt, *tile), grid, threads, k.gemm_shared_bytes(tile, dt.itemsize), A, a_off, a_rs,
-                     a_cs, Bm, b_off, b_rs, b_cs, C, c_off, ldc, M, N, K, bias if has_bias else C, bias_off, has_bias)
+        kernel, shared = k.gemm_kernel(dt, *tile), k.gemm_shared_bytes(tile, dt.itemsize)
+        splits, chunk = 1, K
+        if bias is None and ldc == N:
+            splits, chunk = gemm_split(M, N, K, self._device_limits().multiprocessors, dt)
+        if splits == 1:
+            self._launch(kernel, grid, threads, shared, A, a_off, a_rs, a_cs, Bm, b_off, b_rs, b_cs, C, c_off, ldc,
+                         M, N, K, C if bias is None else bias, bias_off, bias is not None, K, 0)
+            return
+        # scratch: a 1 (what the sum reads as ones(1, S)), then the S partial M x N tiles; one per
+        # dtype, made (or grown) the first time a product needs it
+        scratches = self._gemm_scratch
+        need, scratch = gemm_split_scratch(M, N, splits), scratches.get(dt)
+        if scratch is None or scratch.size < need:
+            if scratch is not None and self._stream is not None:
+                self._stream.synchronize()  # launches already queued may still read the old one
+            host = np.zeros(need, dt)
+            host[0] = 1
+            scratch = scratches[dt] = cuda.to_device(host)
+        MN = M * N
+        self._launch(kernel, (grid[0], grid[1], splits), threads, shared, A, a_off, a_rs, a_cs, Bm, b_off, b_rs,
+                     b_cs, scratch, 1, N, M, N, K, scratch, 0, False, chunk, MN)
+        # C = ones(1, S) @ P, P the partials as an S x MN matrix: the 1 at scratch[0] is read with strides 0
+        tile, grid, threads = k.gemm_shape(1, MN)
+        self._launch(k.gemm_kernel(dt, *tile), grid, threads, k.gemm_shared_bytes(tile, dt.itemsize), scratch, 0, 0,
+                     0, scratch, 1, MN, 1, C, c_off, MN, 1, MN, splits, scratch, 0, False, splits, 0)
+
+    def _persistent_sweep(self, cfg: ModelConfig, ws: Workspace, direction: str) -> tuple:
+        """(kernel, grid, threads, shared bytes) of a persistent sweep: one block a (rows, unit slice)
+        task, or as many blocks as the device holds at once (a cooperative launch needs them all
+        resident) each taking several tasks."""
+        H, dt, limits = cfg.hidden_size, cfg.np_dtype, self._device_limits()
+        units = _persistent().slice_units(H, dt.itemsize, limits.max_shared)
+        if units == 0:
+            raise ShapeError(f"hidden size {H} leaves no room for a slice of W_h (4H {cfg.dtype} values) in the "
+                             f"{limits.max_shared} bytes of shared memory a block has ({limits.name}); use the "
+                             f"default recurrence")
+        factory = _persistent().forward_kernel if direction == "forward" else _persistent().backward_kernel
+        kernel, shared = factory(dt, units), 4 * H * units * dt.itemsize
+        resident = self._cooperative_blocks(kernel, _persistent().THREADS, shared)
+        return kernel, min(_persistent().tasks(H, ws.plan.padded_batch, units), resident), _persistent().THREADS, shared
+
+    def _cooperative_blocks(self, kernel, threads: int, shared: int) -> int:
+        """The most blocks of ``kernel`` the device runs at once (a cooperative grid's limit; the
+        simulator runs one)."""
+        if _kernels().SIMULATOR:
+            return 1
+        compiled = kernel.dispatcher.compile(kernel.arg_types)  # the launch's own overload (compiled once)
+        return int(compiled.max_cooperative_grid_blocks(threads, shared))
 
     # -- the step ------------------------------------------------------------------------
 
-    def _forward_pass(self, cfg: ModelConfig, ws: Workspace, theta, rows: Rows, has_state: bool,
+    def _forward_pass(self, cfg: ModelConfig, ws: Workspace, theta, wpack, rows: Rows, has_state: bool,
                       draw: DropoutDraw | None = None) -> None:
-        """Every layer's recurrence, then the head: yout = h @ W_y + b_y (on each row's last h,
-        or on every layout row's h). ``draw``: the step's dropout masks (None: none)."""
+        """W_h packed into ``wpack`` for both sweeps (2 x the parameters: kernels.pack_kernel), every
+        layer's recurrence, then the head: yout = h @ W_y + b_y (on each row's last h, or on every
+        layout row's h). ``draw``: the step's dropout masks (None: none)."""
         k, p, d = _kernels(), ws.plan, ws.dev
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
         Bp, G, offs, N = p.padded_batch, 4 * H, Layout.of(cfg).offs, rows.n_rows
-        forward = k.lstm_forward_kernel(dt, p.rows)
+        self._launch(k.pack_kernel(dt), _elementwise_blocks(L * H * G, UPDATE_BLOCKS), k.REDUCE_THREADS, 0,
+                     theta, wpack, Layout.of(cfg).size, self._model(cfg).wh_offs, L, H)
         for layer in range(L):
             wx, wh, b = (int(o) for o in offs[layer])
             if layer == 0:  # x_t @ W_x for every layout row: (N, D0) @ (D0, 4H)
@@ -507,10 +620,17 @@ class NumbaCuda(FusedBackend):
                 self._gemm(dt, N, G, H, below, below_off, H, 1, theta, wx, G, 1, d["gates"][layer], 0, G)
             h_off, c_off = layer * Bp * H, (L + layer) * Bp * H  # this layer's h and c in state0 / staten
             head_last = layer == L - 1 and not cfg.many_to_many
-            self._launch(forward, p.blocks, p.recurrence_threads, p.rows * H * dt.itemsize, theta, wh, b,
-                         d["gates"][layer], d["hs"][layer], d["cs"][layer], d["tcs"][layer], d["hprev"][layer],
-                         d["state0"], d["staten"], h_off, c_off, d["seq"], rows.T, Bp, H, has_state, rows.packed,
-                         d["hd"][layer], head_last, *self._mask_args(cfg, rows, draw, layer + 1))
+            if self.recurrence == "persistent":
+                kernel, grid, threads, shared = self._persistent_sweep(cfg, ws, "forward")
+                head = (theta, b, wh)
+            else:
+                sweep = p.forward
+                kernel, grid, threads = k.lstm_forward_kernel(dt, sweep.rows, sweep.threads), sweep.blocks, sweep.threads
+                shared, head = sweep.rows * H * dt.itemsize, (theta, b, wpack, Layout.of(cfg).size + wh)
+            self._launch(kernel, grid, threads, shared, *head, d["gates"][layer], d["hs"][layer], d["cs"][layer],
+                         d["tcs"][layer], d["hprev"][layer], d["state0"], d["staten"], h_off, c_off, d["seq"], rows.T,
+                         Bp, H, has_state, rows.packed, d["hd"][layer], head_last,
+                         *self._mask_args(cfg, rows, draw, layer + 1))
         # the head: on every h_t, (N, H) @ (H, O), or on each row's h after its last step
         wy, by = (int(o) for o in offs[L, :2])
         top, top_off = self._layer_output(cfg, ws, L - 1, draw)
@@ -539,7 +659,7 @@ class NumbaCuda(FusedBackend):
         return (True, np.uint64(draw.site_key(site)), np.uint64(DropoutDraw.threshold(cfg.dropout)),
                 DropoutDraw.scale(cfg.dropout, dt), draw.first_row & 0xFFFFFFFF, rows.B)
 
-    def _backward_pass(self, cfg: ModelConfig, ws: Workspace, theta, theta_t, grad, rows: Rows,
+    def _backward_pass(self, cfg: ModelConfig, ws: Workspace, theta, wpack, grad, rows: Rows,
                        draw: DropoutDraw | None = None) -> None:
         """Loss and dy, then backpropagation through time into ``grad`` (bias sums last), through
         the forward pass's dropout masks (``draw``)."""
@@ -554,8 +674,6 @@ class NumbaCuda(FusedBackend):
             B, Bp_y, Tout = rows.B, Bp, rows.T if cfg.many_to_many else 1
         self._launch(k.loss_kernel(dt), p.loss_blocks, p.loss_threads, 8 * p.loss_threads, d["yout"], d["y_real"],
                      d["y_class"], xent, d["dy"], d["loss_part"], d["dby_part"], B, Bp_y, Tout, O, coef)
-        self._launch(k.transpose_kernel(dt), _elementwise_blocks(L * H * G, UPDATE_BLOCKS), k.REDUCE_THREADS, 0,
-                     theta, theta_t, model.wh_offs, L, H)
         # head: dW_y = h^T dy (h as the head read it), and dLoss/dh of the top layer = dy @ W_y^T
         wy, by = (int(o) for o in offs[L, :2])
         top, h_off = self._layer_output(cfg, ws, L - 1, draw)
@@ -565,16 +683,23 @@ class NumbaCuda(FusedBackend):
             n_rows, dh_top = Bp, d["dh_last"]
         self._gemm(dt, H, O, n_rows, top, h_off, 1, H, d["dy"], 0, O, 1, grad, wy, O)
         self._gemm(dt, n_rows, H, O, d["dy"], 0, O, 1, theta, wy, 1, O, dh_top, 0, H)
-        backward = k.lstm_backward_kernel(dt, p.rows)
+        db_blocks = 1 if self.recurrence == "persistent" else p.backward.blocks  # bias-gradient partials a layer
         for layer in range(L - 1, -1, -1):
             wx, wh, _ = (int(o) for o in offs[layer])
             Dl = D0 if layer == 0 else H
             head_last = layer == L - 1 and not cfg.many_to_many
             gates = d["gates"][layer]
-            self._launch(backward, p.blocks, p.recurrence_threads, p.rows * G * dt.itemsize, theta_t, wh, gates,
-                         d["cs"][layer], d["tcs"][layer], d["dh"], not head_last, d["dh_last"], head_last, d["dcn"],
-                         d["db_part"][layer * p.blocks * G:], d["seq"], rows.T, Bp, H,
-                         *self._mask_args(cfg, rows, draw, layer + 1))
+            incoming = (d["cs"][layer], d["tcs"][layer], d["dh"], not head_last, d["dh_last"], head_last, d["dcn"])
+            db_part, mask = d["db_part"][layer * db_blocks * G:], self._mask_args(cfg, rows, draw, layer + 1)
+            if self.recurrence == "persistent":  # then the bias gradient: dz's column sums
+                kernel, grid, threads, shared = self._persistent_sweep(cfg, ws, "backward")
+                self._launch(kernel, grid, threads, shared, theta, wh, gates, *incoming, d["seq"], rows.T, Bp, H, *mask)
+                self._launch(_persistent().column_sums_kernel(dt), -(-G // 128), 128, 0, gates, N, G, db_part)
+            else:
+                sweep = p.backward
+                self._launch(k.lstm_backward_kernel(dt, sweep.rows, sweep.threads), sweep.blocks, sweep.threads,
+                             sweep.rows * G * dt.itemsize, wpack, wh, gates, *incoming, db_part, d["seq"], rows.T, Bp, H,
+                             *mask)
             # weight gradients: one product each over every layout row
             if layer == 0:  # dW_x = x^T dz
                 self._gemm(dt, D0, G, N, d["xs"], 0, 1, D0, gates, 0, G, 1, grad, wx, G)
@@ -589,7 +714,7 @@ class NumbaCuda(FusedBackend):
                 self._gemm(dt, N, Dl, G, gates, 0, G, 1, theta, wx, 1, G, d["dh"], 0, H)
         n_sums = L * G + O + 1
         self._launch(k.finish_kernel(dt), -(-n_sums // k.REDUCE_THREADS), k.REDUCE_THREADS, 0, d["db_part"],
-                     model.b_offs, p.blocks, G, d["dby_part"], by, O, d["loss_part"], p.loss_blocks, grad, d["loss"], L)
+                     model.b_offs, db_blocks, G, d["dby_part"], by, O, d["loss_part"], p.loss_blocks, grad, d["loss"], L)
 
     def _loss_to_host(self, ws: Workspace, n_terms: int) -> float:
         ws.dev["loss"].copy_to_host(ws.loss_host, stream=self._stream)
@@ -629,7 +754,8 @@ class NumbaCuda(FusedBackend):
         def run(ws: Workspace, rows: Rows):
             theta = self._to_device(Layout.of(cfg).flatten(params, cfg.np_dtype))
             self._stage(cfg, ws, x, None, rows)
-            self._forward_pass(cfg, ws, theta, rows, self._stage_state(cfg, ws, rows, initial_state))
+            wpack = _cuda().device_array(2 * Layout.of(cfg).size, cfg.np_dtype)
+            self._forward_pass(cfg, ws, theta, wpack, rows, self._stage_state(cfg, ws, rows, initial_state))
             yout = ws.dev["yout"].copy_to_host(stream=self._stream)
             state = self._final_state(cfg, ws, rows, on_device=False) if return_state else None
             self._stream.synchronize()
@@ -643,9 +769,9 @@ class NumbaCuda(FusedBackend):
 
         def run(ws: Workspace, rows: Rows):
             theta = self._to_device(layout.flatten(params, cfg.np_dtype))
-            theta_t = _cuda().device_array(layout.size, cfg.np_dtype)
+            wpack = _cuda().device_array(2 * layout.size, cfg.np_dtype)
             grad = _cuda().device_array(layout.size, cfg.np_dtype)
-            self._forward_and_backward(cfg, ws, rows, theta, theta_t, grad, x, y, initial_state, dropout)
+            self._forward_and_backward(cfg, ws, rows, theta, wpack, grad, x, y, initial_state, dropout)
             loss = self._loss_to_host(ws, self._n_terms(cfg, rows))
             return loss, grad.copy_to_host()
 
@@ -659,11 +785,11 @@ class NumbaCuda(FusedBackend):
         def run():
             cuda = _cuda()
             host = FlatTrainState.create(layout, cfg, opt, params, opt_state)  # the flat vectors, on the host
-            # theta, W_h^T, the gradient and every optimizer slot
-            _check_free_memory((3 + len(host.slots)) * layout.size * dt.itemsize, f"the training state of {cfg}")
+            # theta, W_h packed twice, the gradient and every optimizer slot
+            _check_free_memory((4 + len(host.slots)) * layout.size * dt.itemsize, f"the training state of {cfg}")
             return CudaTrainState(cfg, opt, {}, {"step": np.array(opt_state["step"], dtype=np.int64)}, layout=layout,
                                   theta=cuda.to_device(host.theta),
-                                  theta_t=cuda.device_array(layout.size, dt), grad=cuda.device_array(layout.size, dt),
+                                  wpack=cuda.device_array(2 * layout.size, dt), grad=cuda.device_array(layout.size, dt),
                                   slots={s: cuda.to_device(flat) for s, flat in host.slots.items()},
                                   norm_part=cuda.to_device(np.zeros(NORM_BLOCKS, np.float64)))
 
@@ -671,14 +797,14 @@ class NumbaCuda(FusedBackend):
 
     # -- the fused step's kernels (lstmbench.fused) ------------------------------------------
 
-    def _forward_and_backward(self, cfg: ModelConfig, ws: Workspace, rows: Rows, theta, theta_t, grad, x, y,
+    def _forward_and_backward(self, cfg: ModelConfig, ws: Workspace, rows: Rows, theta, wpack, grad, x, y,
                               initial_state, dropout: DropoutDraw | None = None) -> None:
         """The batch (and state) in, forward and backward: the gradient into ``grad``, the loss on the
         device; with the dropout masks of ``dropout`` (a training step of a model with dropout)."""
         draw = dropout if cfg.dropout > 0 else None
         self._stage(cfg, ws, x, y, rows)
-        self._forward_pass(cfg, ws, theta, rows, self._stage_state(cfg, ws, rows, initial_state), draw)
-        self._backward_pass(cfg, ws, theta, theta_t, grad, rows, draw)
+        self._forward_pass(cfg, ws, theta, wpack, rows, self._stage_state(cfg, ws, rows, initial_state), draw)
+        self._backward_pass(cfg, ws, theta, wpack, grad, rows, draw)
 
     def _step(self, state: CudaTrainState, x, y, scalars: StepScalars | None, lengths=None, initial_state=None,
               return_state=False, dropout=None):
@@ -690,7 +816,7 @@ class NumbaCuda(FusedBackend):
 
         def run(ws: Workspace, rows: Rows):
             self._launches = 0
-            self._forward_and_backward(cfg, ws, rows, state.theta, state.theta_t, state.grad, x, y, initial_state,
+            self._forward_and_backward(cfg, ws, rows, state.theta, state.wpack, state.grad, x, y, initial_state,
                                        dropout)
             if scalars is not None:
                 self._launch_update(state, scalars)

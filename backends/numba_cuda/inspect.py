@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -30,16 +31,37 @@ from lstmbench_backends.numba_cuda import MAX_ROWS_PER_BLOCK, kernels
 
 #: rows per recurrence block that plan() can pick: the powers of two up to MAX_ROWS_PER_BLOCK
 ROWS_PER_BLOCK = tuple(1 << k for k in range(MAX_ROWS_PER_BLOCK.bit_length()))
+#: threads per recurrence block that plan() can pick with at least a warp of hidden units (fewer
+#: units, fewer threads: the same code for a smaller block)
+RECURRENCE_THREADS = tuple(1 << k for k in range(5, kernels.MAX_RECURRENCE_THREADS.bit_length()))
 #: every kernel variant the backend can launch: (factory name, factory arguments after the dtype)
 VARIANTS = (
-    [("gemm_kernel", (bm, bn)) for bm in kernels.GEMM_TILE_SIZES for bn in kernels.GEMM_TILE_SIZES]
-    + [(f"lstm_{d}_kernel", (rows,)) for d in ("forward", "backward") for rows in ROWS_PER_BLOCK]
-    + [(name, ()) for name in ("transpose_kernel", "loss_kernel", "finish_kernel", "sum_squares_kernel",
+    [("gemm_kernel", tile) for tile in sorted({kernels.gemm_shape(m, n)[0] for m in kernels.GEMM_TILE_SIZES
+                                               for n in kernels.GEMM_TILE_SIZES})]  # every tile gemm_shape picks
+    + [(f"lstm_{d}_kernel", (rows, threads)) for d in ("forward", "backward") for rows in ROWS_PER_BLOCK
+       for threads in RECURRENCE_THREADS]
+    + [(name, ()) for name in ("pack_kernel", "loss_kernel", "finish_kernel", "sum_squares_kernel",
                                "adam_kernel", "sgd_kernel", "gather_kernel")]
 )
+#: the opt-in persistent recurrence (persistent.py): its factories, named with their module
+VARIANTS += [(f"persistent.{d}_kernel", (units,)) for d in ("forward", "backward") for units in (1, 2, 4)]
+VARIANTS += [("persistent.column_sums_kernel", ())]
+
+
+def build(factory: str, dtype, *args):
+    """The kernels.Kernel of a VARIANTS entry: ``factory`` is a function of kernels.py, or of
+    persistent.py when named ``persistent.<function>``."""
+    module, _, name = factory.rpartition(".")
+    if module == "persistent":
+        from lstmbench_backends.numba_cuda import persistent
+
+        return getattr(persistent, name)(np.dtype(dtype), *args)
+    return getattr(kernels, name)(np.dtype(dtype), *args)
+
+
 #: kernels whose float32 form must be free of float64 instructions (the others add up
 #: the loss or the clipping norm in float64 on purpose)
-HOT = ("gemm", "lstm_forward", "lstm_backward", "transpose_wh")
+HOT = ("gemm", "lstm_forward", "lstm_backward", "pack_wh", "lstm_forward_persistent", "lstm_backward_persistent")
 
 
 @dataclass(frozen=True)
@@ -58,14 +80,36 @@ class KernelReport:
         return self.kernel in HOT
 
 
+def compile_ptx(kernel, cc: tuple[int, int]) -> str:
+    """The PTX of a kernels.Kernel for ``cc``, with its argument types and launch bound. A kernel
+    with a grid-wide barrier (persistent.py) makes numba-cuda ask the current device for its
+    compute capability, which fails without a GPU: it is told ``cc`` instead, for this call only."""
+    from numba import cuda
+    from numba.cuda import dispatcher
+
+    asked = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=cc)
+    try:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, kernel.arg_types, device=False, cc=cc,
+                                  launch_bounds=kernel.launch_bound)
+    finally:
+        dispatcher.get_current_device = asked
+    return ptx
+
+
 def link_ptx(ptx: str, cc: tuple[int, int]) -> tuple[bytes, str]:
-    """(cubin, ptxas's verbose log) of one kernel's PTX, through nvJitLink."""
+    """(cubin, ptxas's verbose log) of one kernel's PTX, through nvJitLink; a grid-wide barrier
+    (cudaCGSynchronize) is linked from the CUDA device runtime, as numba-cuda links it."""
     from cuda.bindings import nvjitlink
 
     handle = nvjitlink.create(2, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose"])
     try:
         data = ptx.encode()
         nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel.ptx")
+        if "cudaCGSynchronize" in ptx:
+            from numba.cuda.cudadrv.libs import get_cudalib
+
+            nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, get_cudalib("cudadevrt", static=True))
         nvjitlink.complete(handle)
         log = bytearray(nvjitlink.get_info_log_size(handle))
         nvjitlink.get_info_log(handle, log)
@@ -86,7 +130,6 @@ def _ptxas_info(ptx: str, cc: tuple[int, int]) -> tuple[int, int]:
 
 def compile_report(cc: tuple[int, int] = (9, 0)) -> list[KernelReport]:
     """One report per (kernel variant, dtype)."""
-    from numba import cuda
 
     if kernels.SIMULATOR:
         raise RuntimeError("the simulator is on (NUMBA_ENABLE_CUDASIM); it compiles nothing")
@@ -94,9 +137,8 @@ def compile_report(cc: tuple[int, int] = (9, 0)) -> list[KernelReport]:
     reports = []
     for factory, args in VARIANTS:
         for dtype in ("float32", "float64"):
-            kernel = getattr(kernels, factory)(np.dtype(dtype), *args)
-            ptx, _ = cuda.compile_ptx(kernel.py_func, kernel.arg_types, device=False, cc=cc,
-                                      launch_bounds=kernel.launch_bound)
+            kernel = build(factory, dtype, *args)
+            ptx = compile_ptx(kernel, cc)
             body = ptx[ptx.index(".entry"):]  # instructions, not the mangled names that mention types
             registers, spills = _ptxas_info(ptx, cc)
             reports.append(KernelReport(kernel.name, ",".join(map(str, args)) or "-", dtype, kernel.launch_bound,

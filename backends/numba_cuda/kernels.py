@@ -15,7 +15,7 @@ and backpropagation through time:
 
 How it is computed (docs/cuda-backend.md has the picture and the reasons):
 
-* ``gemm``: one tiled shared-memory matrix product for every product that is
+* ``gemm`` (gemm.py): one tiled shared-memory matrix product for every product that is
   not sequential in t: the input projection x @ W_x of all T steps at once,
   the head, the weight gradients dW_x, dW_h, dW_y (one product each, summed
   over all steps and rows), and dx, dh of the head. Operands are addressed
@@ -23,9 +23,15 @@ How it is computed (docs/cuda-backend.md has the picture and the reasons):
 * ``lstm_forward`` / ``lstm_backward``: the recurrence of one layer, the whole
   sequence in one launch. Block b owns batch rows [b*ROWS, (b+1)*ROWS) and
   loops over t on its own: its rows' h_{t-1} (forward) or dz_{t+1} (backward)
-  sit in shared memory, each thread owns hidden units j and computes all four
-  gates of them for the block's rows, with the pointwise gate math fused in.
-  Blocks never wait for one another (only ``cuda.syncthreads()`` inside a
+  sit in shared memory, transposed so that one k of every row is read together.
+  A forward thread owns hidden unit j (and j + THREADS, ...) and computes all four
+  gates of it for the block's rows, with the pointwise gate math fused in; a
+  backward thread owns BACKWARD_UNITS neighbouring units, so each dz_{t+1} value
+  it reads feeds several multiply-adds. The forward and backward sweeps choose
+  their ROWS apart (the plan's cost model). The products' inner loops walk
+  unsigned running offsets (no negative-index wrap-around) and are unrolled by
+  hand; W_h comes from ``pack_wh``, which lays it out for each sweep once per
+  step. Blocks never wait for one another (only ``cuda.syncthreads()`` inside a
   block), which is what Numba's simulator can check. With lengths a block
   runs only the steps of its longest row, and only its active rows' gates.
 * ``gather_rows``: an (L, rows, H) state into or out of the sorted row order.
@@ -49,7 +55,7 @@ once with a 16-thread test kernel in a fresh process: an observation, not a
 measured rate). Accumulators are typed with the kernel's dtype (``DT(0)``): a
 bare ``0.0`` would make float32 kernels accumulate in float64 on the GPU.
 
-Buffers (flat device arrays, time-major; Bp = blocks * ROWS rows, the rows past
+Buffers (flat device arrays, time-major; Bp = blocks * ROWS rows of either sweep, the rows past
 the batch are zero padding that stays out of every gradient). A layout row is one
 (step, row) pair: without lengths every row takes every step and step t holds rows
 t*Bp .. t*Bp+Bp-1, N = T*Bp rows in all. With lengths the rows are sorted longest
@@ -71,76 +77,34 @@ layout): N = sum of the lengths, and the padded steps are not in any buffer.
     hd[l]     (N, H)           with dropout only: layer l's h_t times its mask (the input of
                                layer l+1 or the head); the top layer of a many-to-one model:
                                (Bp, H), each row's last h, masked
-Parameters are one flat vector ``theta`` (lstmbench.layout); ``theta_t`` holds
-W_h^T of every layer at W_h's offsets.
+Parameters are one flat vector ``theta`` (lstmbench.layout) of ``size`` values; ``wpack``
+(2 * size) holds every layer's W_h as the sweeps read it: W_h^T at W_h's offsets, and from
+``size`` on the forward order (pack_kernel).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from numba import boolean, cuda, float32, float64, int32, int64, uint64
+from numba import boolean, cuda, float64, int32, int64, uint64
 
-try:
-    from numba.cuda.core import config as _cuda_config  # the setting numba.cuda itself was imported with
-except ImportError:  # pragma: no cover - numba's own (older) numba.cuda
-    from numba import config as _cuda_config
-SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)  # Numba's CUDA simulator: Python threads, no GPU
+from .gemm import GEMM_TILE_SIZES, gemm_kernel, gemm_shape, gemm_shared_bytes  # noqa: F401 (the backend's kernels, in one place)
+from .jit import SIMULATOR, Kernel, dtype_of, kernel as _kernel  # noqa: F401
 
 # Largest threads per block the launch plan may pick for each kernel; it is also the
 # kernel's launch bound, so the compiler keeps registers within what that many need.
 MAX_RECURRENCE_THREADS = 256
 LOSS_THREADS = 256  # at most; a power of two (tree reduction)
-REDUCE_THREADS = 128  # sum_squares, the update, finish_grads, transpose
-
-# Tiles of the matrix product: a block computes a BM x BN tile of C in K steps
-# of GEMM_BK, each of its (BM/4)*(BN/4) threads a 4 x 4 register block. BM and
-# BN are 64 along a dimension of at least 64 and 16 along a shorter one (a head
-# with few outputs, a narrow input), so no block is mostly empty.
-GEMM_BK = 16
-GEMM_REGISTER_BLOCK = 4
-GEMM_TILE_SIZES = (16, 64)
-
-
-def dtype_of(np_dtype):
-    """The numba type of a numpy dtype (float32 or float64)."""
-    return float32 if np.dtype(np_dtype) == np.float32 else float64
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """A compiled-on-first-launch kernel with what it expects: the numba types of its
-    arguments as the backend passes them (tests check every launch against them, and
-    inspect.py compiles them for a real GPU) and the most threads per block it is
-    built for (its launch bound, which caps the registers the compiler may use)."""
-
-    name: str
-    dispatcher: object
-    arg_types: tuple
-    launch_bound: int
-
-    @property
-    def py_func(self):
-        return getattr(self.dispatcher, "py_func", None) or self.dispatcher.fn  # the simulator's kernels: .fn
-
-
-def _kernel(launch_bound: int, *arg_types):
-    """Decorator: cuda.jit with on-disk caching and the launch bound (where the target takes
-    it: the simulator's jit does not), wrapped in a Kernel."""
-    opts = {"cache": True}
-    if not SIMULATOR:
-        opts["launch_bounds"] = launch_bound
-
-    def wrap(fn) -> Kernel:
-        return Kernel(fn.__name__, cuda.jit(**opts)(fn), tuple(arg_types), launch_bound)
-
-    return wrap
+REDUCE_THREADS = 128  # sum_squares, the update, finish_grads, pack_wh
 
 
 # -- device functions (generic: numba compiles them for the caller's types) --------------
+
+
+# exp's argument is capped where the result is already 0 in the dtype (sigmoid's exp_cap)
+EXP_CAPS = {np.dtype(np.float32): np.float32(88.0), np.dtype(np.float64): np.float64(709.0)}
 
 
 @cuda.jit(device=True, inline=True)
@@ -148,105 +112,6 @@ def sigmoid(x, one, exp_cap):
     # exp's argument is capped where the result is already 0 in the dtype: the GPU
     # would give inf and then exactly 0, the simulator's Python math.exp would raise
     return one / (one + math.exp(min(-x, exp_cap)))
-
-
-# -- matrix products -----------------------------------------------------------------------
-
-
-@lru_cache(maxsize=None)
-def gemm_kernel(np_dtype, BM: int, BN: int):
-    """C[i, j] = sum_k op(A)[i, k] * op(B)[k, j] (+ bias[j]) for i < M, j < N.
-
-    op(A)[i, k] = A[a_off + i*a_rs + k*a_cs] and op(B)[k, j] = B[b_off + k*b_rs + j*b_cs],
-    so any operand, transposed or a slice of a bigger buffer, is read in place;
-    C[i, j] = C[c_off + i*ldc + j]. Grid: (ceil(N/BN), ceil(M/BM)); block: NT threads.
-    """
-    DT = dtype_of(np_dtype)
-    ZERO = np.dtype(np_dtype).type(0)
-    BK, TM, TN = GEMM_BK, GEMM_REGISTER_BLOCK, GEMM_REGISTER_BLOCK
-    NTX, NTY = BN // TN, BM // TM  # threads along a tile's columns and rows
-    NT = NTX * NTY
-    # tile rows padded by one: loads that walk down a tile's column would all hit one bank otherwise
-    A_ROW, B_ROW = BM + 1, BN + 1
-    B_START = BK * A_ROW  # Bs follows As in the block's shared memory
-    REGS = (TM, TN)  # local array shapes must be constants
-
-    a = DT[::1]
-
-    @_kernel(NT, a, int64, int64, int64, a, int64, int64, int64, a, int64, int64, int64, int64, int64, a, int64,
-             boolean)
-    def gemm(A, a_off, a_rs, a_cs, B, b_off, b_rs, b_cs, C, c_off, ldc, M, N, K, bias, bias_off, has_bias):
-        # As[k*A_ROW + i] = op(A)[i0 + i, k0 + k], Bs[k*B_ROW + j] = op(B)[k0 + k, j0 + j]:
-        # both in dynamic shared memory (gemm_shared_bytes), indexed flat
-        tiles = cuda.shared.array(0, DT)
-        acc = cuda.local.array(REGS, DT)
-        a_frag = cuda.local.array(TM, DT)
-        b_frag = cuda.local.array(TN, DT)
-        tid = cuda.threadIdx.x
-        tx, ty = tid % NTX, tid // NTX
-        i0, j0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
-        for m in range(TM):
-            for n in range(TN):
-                acc[m, n] = ZERO
-        for k0 in range(0, K, BK):
-            # Stage the tiles; consecutive threads read consecutive addresses of whichever
-            # index is contiguous in memory (k for row-major A, i for a transposed one).
-            for e in range(tid, BM * BK, NT):
-                if a_cs == 1:
-                    kk, ii = e % BK, e // BK
-                else:
-                    ii, kk = e % BM, e // BM
-                i, k = i0 + ii, k0 + kk
-                tiles[kk * A_ROW + ii] = A[a_off + i * a_rs + k * a_cs] if i < M and k < K else ZERO
-            for e in range(tid, BK * BN, NT):
-                if b_cs == 1:
-                    jj, kk = e % BN, e // BN
-                else:
-                    kk, jj = e % BK, e // BK
-                k, j = k0 + kk, j0 + jj
-                tiles[B_START + kk * B_ROW + jj] = B[b_off + k * b_rs + j * b_cs] if k < K and j < N else ZERO
-            cuda.syncthreads()
-            for kk in range(BK):
-                # thread (tx, ty) owns rows ty + m*NTY and columns tx + n*NTX: neighbouring
-                # threads read neighbouring shared-memory words (no bank conflicts)
-                for m in range(TM):
-                    a_frag[m] = tiles[kk * A_ROW + ty + m * NTY]
-                for n in range(TN):
-                    b_frag[n] = tiles[B_START + kk * B_ROW + tx + n * NTX]
-                for m in range(TM):
-                    for n in range(TN):
-                        acc[m, n] += a_frag[m] * b_frag[n]
-            cuda.syncthreads()
-        for m in range(TM):
-            i = i0 + ty + m * NTY
-            if i < M:
-                for n in range(TN):
-                    j = j0 + tx + n * NTX
-                    if j < N:
-                        value = acc[m, n]
-                        if has_bias:
-                            value += bias[bias_off + j]
-                        C[c_off + i * ldc + j] = value
-
-    return gemm
-
-
-def gemm_tile(M: int, N: int) -> tuple[int, int]:
-    """(BM, BN) for an M x N result."""
-    small, large = GEMM_TILE_SIZES
-    return (large if M >= large else small), (large if N >= large else small)
-
-
-def gemm_shape(M: int, N: int) -> tuple[tuple[int, int], tuple[int, int], int]:
-    """(tile, grid, threads per block) of a product with an M x N result."""
-    BM, BN = gemm_tile(M, N)
-    return (BM, BN), (-(-N // BN), -(-M // BM)), (BM // GEMM_REGISTER_BLOCK) * (BN // GEMM_REGISTER_BLOCK)
-
-
-def gemm_shared_bytes(tile: tuple[int, int], itemsize: int) -> int:
-    """Dynamic shared memory of a gemm block: the two padded tiles."""
-    BM, BN = tile
-    return GEMM_BK * (BM + 1 + BN + 1) * itemsize
 
 
 # -- the recurrence ---------------------------------------------------------------------------
@@ -301,14 +166,25 @@ def dropped(value, mask, seq, Bp, T, H, row, t, j, zero):
     return value * scale if fmix32(element ^ key) >= threshold else zero
 
 
+# Unsigned running offsets of the recurrent products' inner loops: Numba wraps a signed index
+# that could be negative (``if i < 0: i += n``, two instructions and a select per index), an
+# unsigned one it does not; np.uint64 constants keep the arithmetic unsigned (uint64 + int64
+# would be float64 in Numba).
+U1, U2, U3 = np.uint64(1), np.uint64(2), np.uint64(3)
+UNROLL = 4  # steps of k per trip of a product's main loop, unrolled by hand
+BACKWARD_UNITS = 2  # hidden units of one backward thread (j0, j0 + 1): each dz_{t+1} value read feeds both
+
+
 @cuda.jit(device=True, inline=True)
-def stage_h_prev(hs, hprev, h_prev, prev, off, row0, na, n, H, packed, zero):
-    """h_{t-1} of the block's rows into shared ``h_prev`` (n values, zeros past the na active
-    rows), and when ``packed`` into ``hprev`` at this step's layout rows (for dW_h)."""
-    for e in range(cuda.threadIdx.x, n, cuda.blockDim.x):  # the block's rows of h_{t-1} are contiguous
-        v = hs[(prev + row0) * H + e] if e < na * H else zero
-        h_prev[e] = v
-        if packed and e < na * H:
+def stage_h_prev(hs, hprev, h_prev, prev, off, row0, na, rows, H, packed, zero):
+    """h_{t-1} of the block's rows into shared ``h_prev``, transposed: h_prev[k*rows + r] (zeros
+    past the na active rows), so a thread reads the rows of one k together; when ``packed`` also
+    into ``hprev`` at this step's layout rows (for dW_h)."""
+    for e in range(cuda.threadIdx.x, rows * H, cuda.blockDim.x):  # the block's rows of h_{t-1} are contiguous
+        r, k = e // H, e % H
+        v = hs[(prev + row0) * H + e] if r < na else zero
+        h_prev[k * rows + r] = v
+        if packed and r < na:
             hprev[(off + row0) * H + e] = v
     cuda.syncthreads()
 
@@ -328,35 +204,72 @@ def gate_math(gates, z, H, c_prev, one, exp_cap):
     return c, math.tanh(c)
 
 
+@cuda.jit(device=True, inline=True)
+def forward_cell(bufs, row, j, step, H, seq, Bp, T, drop, mask, one, exp_cap, zero):
+    """Unit j of row ``row`` at step t, its z in ``gates``: the gate math in place, c_t, tanh(c_t)
+    and h_t into their buffers, the final state at the row's last step, and with ``drop`` h times
+    its mask into ``hd`` (every h_t, or with ``head_last`` the last one only)."""
+    gates, cs, tcs, hs, staten, h_off, c_off, hd, head_last = bufs
+    t, off, prev = step
+    cur = Bp + off
+    c, tc = gate_math(gates, (off + row) * 4 * H + j, H, cs[(prev + row) * H + j], one, exp_cap)
+    h = gates[(off + row) * 4 * H + 3 * H + j] * tc
+    cs[(cur + row) * H + j] = c
+    tcs[(off + row) * H + j] = tc
+    hs[(cur + row) * H + j] = h
+    last = t == seq[row] - 1  # the row's last step: its final state
+    if last:
+        staten[h_off + row * H + j] = h
+        staten[c_off + row * H + j] = c
+    if drop and (last or not head_last):  # h as it leaves the layer, masked
+        hd[(row if head_last else off + row) * H + j] = dropped(h, mask, seq, Bp, T, H, row, t, j, zero)
+
+
+@cuda.jit(device=True, inline=True)
+def forward_fma_k(acc, wpack, w, h_prev, s, rows):
+    """One k of z += h_{t-1} @ W_h for unit j: acc[q*rows + r] += h_{t-1}[r, k] * W_h[k, q*H + j],
+    the four weights at w .. w+3, the rows' h_{t-1}[., k] at s .. s+rows-1."""
+    w_i, w_f, w_g, w_o = wpack[w], wpack[w + U1], wpack[w + U2], wpack[w + U3]
+    for r in range(rows):
+        hk = h_prev[s + np.uint64(r)]
+        acc[r] += hk * w_i
+        acc[rows + r] += hk * w_f
+        acc[2 * rows + r] += hk * w_g
+        acc[3 * rows + r] += hk * w_o
+
+
 @lru_cache(maxsize=None)
-def lstm_forward_kernel(np_dtype, ROWS: int):
-    """One layer's forward recurrence over all T steps, ROWS batch rows per block.
+def lstm_forward_kernel(np_dtype, ROWS: int, THREADS: int):
+    """One layer's forward recurrence over all T steps, ROWS batch rows per block of THREADS threads.
 
     On entry ``gates`` holds x_t @ W_x (from gemm); on exit the activated gates i, f, g, o.
-    Writes slot 0 of hs and cs (the initial state, or zeros), c_t, tanh(c_t) and h_t of the
-    steps rows take, each row's final state to ``staten`` (h at h_off, c at c_off), and if
-    ``packed`` h_{t-1} to ``hprev`` (for dW_h). A block stops after its longest row's last
-    step. With ``drop`` it also writes h times its dropout mask (the next layer's or the head's
-    site) to ``hd``: every h_t, or (``head_last``: many-to-one) each row's last h only.
-    Dynamic shared memory: ROWS * H values (h_{t-1} of the block's rows).
+    W_h comes packed (pack_kernel): its four gate weights of (k, j) together in ``wpack`` from
+    ``wf_off`` + 4*(k*H + j). Writes slot 0 of hs and cs (the initial state, or zeros), c_t,
+    tanh(c_t) and h_t of the steps rows take, each row's final state to ``staten`` (h at h_off,
+    c at c_off), and if ``packed`` h_{t-1} to ``hprev`` (for dW_h). A block stops after its
+    longest row's last step. With ``drop`` it also writes h times its dropout mask (the next
+    layer's or the head's site) to ``hd``: every h_t, or (``head_last``: many-to-one) each row's
+    last h only. Dynamic shared memory: ROWS * H values (h_{t-1} of the block's rows).
     """
     DT = dtype_of(np_dtype)
     ZERO, ONE = np.dtype(np_dtype).type(0), np.dtype(np_dtype).type(1)
-    EXP_CAP = np.dtype(np_dtype).type(88.0 if np.dtype(np_dtype) == np.float32 else 709.0)
+    EXP_CAP = EXP_CAPS[np.dtype(np_dtype)]
     GATES = 4 * ROWS  # local array sizes must be constants
+    ROWS_U = np.uint64(ROWS)
 
     a = DT[::1]
 
-    @_kernel(MAX_RECURRENCE_THREADS, a, int64, int64, a, a, a, a, a, a, a, int64, int64, int64[::1], int64, int64,
-             int64, boolean, boolean, a, boolean, boolean, uint64, uint64, DT, int64, int64)
-    def lstm_forward(theta, wh_off, b_off, gates, hs, cs, tcs, hprev, state0, staten, h_off, c_off, seq, T, Bp, H,
-                     has_state, packed, hd, head_last, drop, key, threshold, scale, first_row, B):
-        h_prev = cuda.shared.array(0, DT)  # (ROWS, H)
+    @_kernel(THREADS, a, int64, a, int64, a, a, a, a, a, a, a, int64, int64, int64[::1], int64, int64, int64,
+             boolean, boolean, a, boolean, boolean, uint64, uint64, DT, int64, int64)
+    def lstm_forward(theta, b_off, wpack, wf_off, gates, hs, cs, tcs, hprev, state0, staten, h_off, c_off, seq, T,
+                     Bp, H, has_state, packed, hd, head_last, drop, key, threshold, scale, first_row, B):
+        h_prev = cuda.shared.array(0, DT)  # (H, ROWS): h_{t-1}[r, k] at k*ROWS + r
         acc = cuda.local.array(GATES, DT)  # z of gate q, row r at acc[q*ROWS + r]
-        tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+        tid = cuda.threadIdx.x
         row0 = cuda.blockIdx.x * ROWS
         G = 4 * H
-        for e in range(tid, ROWS * H, nt):  # slot 0: the initial state (the buffers are reused)
+        w_step = np.uint64(G)  # wpack's next k: 4H values on
+        for e in range(tid, ROWS * H, THREADS):  # slot 0: the initial state (the buffers are reused)
             hs[row0 * H + e] = state0[h_off + row0 * H + e] if has_state else ZERO
             cs[row0 * H + e] = state0[c_off + row0 * H + e] if has_state else ZERO
         cuda.syncthreads()
@@ -364,26 +277,25 @@ def lstm_forward_kernel(np_dtype, ROWS: int):
             na = active_rows(seq, Bp, t, row0, ROWS)
             if na == 0:  # (the same for the whole block) its rows are done: they are sorted longest first
                 break
-            off, prev, cur = seq[Bp + t], prev_slot(seq, Bp, t), Bp + seq[Bp + t]
+            off, prev = seq[Bp + t], prev_slot(seq, Bp, t)
             recurrent = t > 0 or has_state  # h_0 = 0: no recurrent product at the first step
             if recurrent or packed:
-                stage_h_prev(hs, hprev, h_prev, prev, off, row0, na, ROWS * H, H, packed, ZERO)
-            for j in range(tid, H, nt):
+                stage_h_prev(hs, hprev, h_prev, prev, off, row0, na, ROWS, H, packed, ZERO)
+            for j in range(tid, H, THREADS):
                 for r in range(ROWS):
                     if r < na:
                         z = (off + row0 + r) * G + j
                         for q in range(4):
                             acc[q * ROWS + r] = gates[z + q * H] + theta[b_off + q * H + j]
-                if recurrent:
-                    for k in range(H):  # z += h_{t-1} @ W_h, the four gate columns of unit j
-                        w = wh_off + k * G + j
-                        w_i, w_f, w_g, w_o = theta[w], theta[w + H], theta[w + 2 * H], theta[w + 3 * H]
-                        for r in range(ROWS):
-                            hk = h_prev[r * H + k]
-                            acc[r] += hk * w_i
-                            acc[ROWS + r] += hk * w_f
-                            acc[2 * ROWS + r] += hk * w_g
-                            acc[3 * ROWS + r] += hk * w_o
+                if recurrent:  # running offsets along k, UNROLL steps a trip, then the rest of H
+                    w, s = np.uint64(wf_off) + np.uint64(4 * j), np.uint64(0)
+                    for _ in range(H // UNROLL):
+                        for _k in range(UNROLL):
+                            forward_fma_k(acc, wpack, w, h_prev, s, ROWS)
+                            w, s = w + w_step, s + ROWS_U
+                    for _ in range(H % UNROLL):
+                        forward_fma_k(acc, wpack, w, h_prev, s, ROWS)
+                        w, s = w + w_step, s + ROWS_U
                 # z goes back to memory first: this loop stays short enough to be unrolled,
                 # so acc lives in registers (the gate math's loop below is not unrolled)
                 for r in range(ROWS):
@@ -392,19 +304,9 @@ def lstm_forward_kernel(np_dtype, ROWS: int):
                         for q in range(4):
                             gates[z + q * H] = acc[q * ROWS + r]
                 for r in range(na):
-                    row = row0 + r
-                    c, tc = gate_math(gates, (off + row) * G + j, H, cs[(prev + row) * H + j], ONE, EXP_CAP)
-                    h = gates[(off + row) * G + 3 * H + j] * tc
-                    cs[(cur + row) * H + j] = c
-                    tcs[(off + row) * H + j] = tc
-                    hs[(cur + row) * H + j] = h
-                    last = t == seq[row] - 1  # the row's last step: its final state
-                    if last:
-                        staten[h_off + row * H + j] = h
-                        staten[c_off + row * H + j] = c
-                    if drop and (last or not head_last):  # h as it leaves the layer, masked
-                        hd[(row if head_last else off + row) * H + j] = dropped(
-                            h, (key, threshold, scale, first_row, B), seq, Bp, T, H, row, t, j, ZERO)
+                    forward_cell((gates, cs, tcs, hs, staten, h_off, c_off, hd, head_last), row0 + r, j,
+                                 (t, off, prev), H, seq, Bp, T, drop, (key, threshold, scale, first_row, B), ONE,
+                                 EXP_CAP, ZERO)
             cuda.syncthreads()  # h_t is complete before the next step reads it
 
     return lstm_forward
@@ -421,38 +323,93 @@ def cell_backward(gates, z, H, d_h, dc, c_prev, tc, one):
     return f
 
 
+@cuda.jit(device=True, inline=True)
+def backward_cells(bufs, dh, rows, step, j, H, seq, Bp, T, drop, mask, one, zero):
+    """Unit j of the block's active rows at step t, dLoss/dh_t of row r at dh[r]: dz into ``gates``
+    in place, dc_t f_t into ``dcn``; returns the unit's four bias-gradient sums over those rows."""
+    gates, cs, tcs, dcn, dh_last, has_dh_last = bufs
+    t, off, prev, row0, na = step
+    G = 4 * H
+    db_i, db_f, db_g, db_o = zero, zero, zero, zero
+    for r in range(rows):
+        if r < na:
+            row = row0 + r
+            last = seq[row] - 1  # the row's last step
+            z = (off + row) * G + j
+            d_h = dh[r]
+            if has_dh_last and t == last:
+                d_out = dh_last[row * H + j]
+                d_h += dropped(d_out, mask, seq, Bp, T, H, row, t, j, zero) if drop else d_out
+            tc = tcs[(off + row) * H + j]
+            dc = d_h * gates[z + 3 * H] * (one - tc * tc)
+            if t < last:
+                dc += dcn[row * H + j]
+            f = cell_backward(gates, z, H, d_h, dc, cs[(prev + row) * H + j], tc, one)
+            dcn[row * H + j] = dc * f
+            db_i += gates[z]
+            db_f += gates[z + H]
+            db_g += gates[z + 2 * H]
+            db_o += gates[z + 3 * H]
+    return db_i, db_f, db_g, db_o
+
+
+@cuda.jit(device=True, inline=True)
+def incoming_dh(dh, dh_in, has_dh_in, rows, step, j, H, seq, Bp, T, drop, mask, zero):
+    """dLoss/dh_t of unit j arriving from above (through its dropout mask) for the block's rows."""
+    t, off, prev, row0, na = step
+    for r in range(rows):
+        dh[r] = dh_in[(off + row0 + r) * H + j] if has_dh_in and r < na and j < H else zero
+        if drop and has_dh_in and r < na and j < H:
+            dh[r] = dropped(dh[r], mask, seq, Bp, T, H, row0 + r, t, j, zero)
+
+
+@cuda.jit(device=True, inline=True)
+def backward_fma_k(dh_a, dh_b, wpack, w, dz_next, s, rows):
+    """One k of dh += dz_{t+1} @ W_h^T for the thread's units j0 (dh_a) and j0 + 1 (dh_b), row r:
+    += dz_{t+1}[r, k] * W_h^T[k, j], the weights at w and w + 1, dz_{t+1}[., k] at s .. s+rows-1."""
+    w_a, w_b = wpack[w], wpack[w + U1]
+    for r in range(rows):
+        d = dz_next[s + np.uint64(r)]
+        dh_a[r] += d * w_a
+        dh_b[r] += d * w_b
+
+
 @lru_cache(maxsize=None)
-def lstm_backward_kernel(np_dtype, ROWS: int):
-    """One layer's backward sweep over t = T-1 .. 0, ROWS batch rows per block.
+def lstm_backward_kernel(np_dtype, ROWS: int, THREADS: int):
+    """One layer's backward sweep over t = T-1 .. 0, ROWS batch rows per block of THREADS threads,
+    each thread BACKWARD_UNITS neighbouring hidden units.
 
     Turns the activated gates in ``gates`` into dz in place, reading dLoss/dh_t
     from ``dh_in`` (if has_dh_in), dLoss/dh of each row's last step from
-    ``dh_last`` (if has_dh_last: the many-to-one head's) and W_h^T from ``theta_t``;
-    dc_{t+1} f_{t+1} waits in ``dcn``. A block starts at its longest row's last step. With
-    ``drop`` both incoming gradients pass through the mask the forward sweep put on h as it
-    left the layer (the same site: the next layer's input or the head's), drawn again here.
+    ``dh_last`` (if has_dh_last: the many-to-one head's) and W_h^T from ``wpack`` at wh_off
+    (pack_kernel); dc_{t+1} f_{t+1} waits in ``dcn``. A block starts at its longest row's last
+    step. With ``drop`` both incoming gradients pass through the mask the forward sweep put on h
+    as it left the layer (the same site: the next layer's input or the head's), drawn again here.
     Writes this block's bias-gradient partial sums to ``db_part[block]``.
     Dynamic shared memory: ROWS * 4H values (dz_{t+1} of the block's rows).
     """
     DT = dtype_of(np_dtype)
     ZERO, ONE = np.dtype(np_dtype).type(0), np.dtype(np_dtype).type(1)
+    ROWS_U = np.uint64(ROWS)
 
     a = DT[::1]
 
-    @_kernel(MAX_RECURRENCE_THREADS, a, int64, a, a, a, a, boolean, a, boolean, a, a, int64[::1], int64, int64,
+    @_kernel(THREADS, a, int64, a, a, a, a, boolean, a, boolean, a, a, int64[::1], int64, int64,
              int64, boolean, uint64, uint64, DT, int64, int64)
-    def lstm_backward(theta_t, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part, seq,
+    def lstm_backward(wpack, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part, seq,
                       T, Bp, H, drop, key, threshold, scale, first_row, B):
-        dz_next = cuda.shared.array(0, DT)  # (ROWS, 4H)
-        dh = cuda.local.array(ROWS, DT)
-        tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+        dz_next = cuda.shared.array(0, DT)  # (4H, ROWS): dz_{t+1}[r, k] at k*ROWS + r
+        dh_a = cuda.local.array(ROWS, DT)  # dLoss/dh_t of unit j0 at row r (two arrays, not one indexed
+        dh_b = cuda.local.array(ROWS, DT)  # by unit: each stays in registers), and of unit j0 + 1
+        tid = cuda.threadIdx.x
         row0 = cuda.blockIdx.x * ROWS
         G = 4 * H
         part = cuda.blockIdx.x * G
         mask = (key, threshold, scale, first_row, B)
-        for j in range(tid, H, nt):  # a thread adds to its own units' sums only: no barrier needed
-            for q in range(4):
-                db_part[part + q * H + j] = ZERO
+        for j0 in range(BACKWARD_UNITS * tid, H, BACKWARD_UNITS * THREADS):  # the thread's own units
+            for j in range(j0, min(j0 + BACKWARD_UNITS, H)):  # (it alone adds to them: no barrier needed)
+                for q in range(4):
+                    db_part[part + q * H + j] = ZERO
         for t in range(T - 1, -1, -1):
             na = active_rows(seq, Bp, t, row0, ROWS)
             if na == 0:  # (the same for the whole block) none of its rows has reached step t
@@ -461,43 +418,28 @@ def lstm_backward_kernel(np_dtype, ROWS: int):
             off, prev = seq[Bp + t], prev_slot(seq, Bp, t)
             if na1 > 0:
                 base = (seq[Bp + t + 1] + row0) * G
-                for e in range(tid, ROWS * G, nt):  # zero for a row that ended at t: nothing flows back
-                    dz_next[e] = gates[base + e] if e < na1 * G else ZERO
+                for e in range(tid, ROWS * G, THREADS):  # zero for a row that ended at t: nothing flows back
+                    r, k = e // G, e % G
+                    dz_next[k * ROWS + r] = gates[base + e] if r < na1 else ZERO
                 cuda.syncthreads()
-            for j in range(tid, H, nt):
-                for r in range(ROWS):
-                    dh[r] = dh_in[(off + row0 + r) * H + j] if has_dh_in and r < na else ZERO
-                    if drop and has_dh_in and r < na:
-                        dh[r] = dropped(dh[r], mask, seq, Bp, T, H, row0 + r, t, j, ZERO)
-                if na1 > 0:
-                    for k in range(G):  # dh += dz_{t+1} @ W_h^T: W_h^T[k, j] = W_h[j, k]
-                        w = theta_t[wh_off + k * H + j]
-                        for r in range(ROWS):
-                            dh[r] += dz_next[r * G + k] * w
-                db_i, db_f, db_g, db_o = ZERO, ZERO, ZERO, ZERO
-                for r in range(ROWS):
-                    if r < na:
-                        row = row0 + r
-                        last = seq[row] - 1  # the row's last step
-                        z = (off + row) * G + j
-                        d_h = dh[r]
-                        if has_dh_last and t == last:
-                            d_out = dh_last[row * H + j]
-                            d_h += dropped(d_out, mask, seq, Bp, T, H, row, t, j, ZERO) if drop else d_out
-                        tc = tcs[(off + row) * H + j]
-                        dc = d_h * gates[z + 3 * H] * (ONE - tc * tc)
-                        if t < last:
-                            dc += dcn[row * H + j]
-                        f = cell_backward(gates, z, H, d_h, dc, cs[(prev + row) * H + j], tc, ONE)
-                        dcn[row * H + j] = dc * f
-                        db_i += gates[z]
-                        db_f += gates[z + H]
-                        db_g += gates[z + 2 * H]
-                        db_o += gates[z + 3 * H]
-                db_part[part + j] += db_i
-                db_part[part + H + j] += db_f
-                db_part[part + 2 * H + j] += db_g
-                db_part[part + 3 * H + j] += db_o
+            step = (t, off, prev, row0, na)
+            for j0 in range(BACKWARD_UNITS * tid, H, BACKWARD_UNITS * THREADS):
+                incoming_dh(dh_a, dh_in, has_dh_in, ROWS, step, j0, H, seq, Bp, T, drop, mask, ZERO)
+                incoming_dh(dh_b, dh_in, has_dh_in, ROWS, step, j0 + 1, H, seq, Bp, T, drop, mask, ZERO)
+                if na1 > 0:  # running offsets along k (4H: a whole number of trips); a unit past H
+                    w, s = np.uint64(wh_off) + np.uint64(j0), np.uint64(0)  # reads W_h^T's next row: unused
+                    for _ in range(G // UNROLL):
+                        for _k in range(UNROLL):
+                            backward_fma_k(dh_a, dh_b, wpack, w, dz_next, s, ROWS)
+                            w, s = w + np.uint64(H), s + ROWS_U
+                bufs = (gates, cs, tcs, dcn, dh_last, has_dh_last)
+                db = backward_cells(bufs, dh_a, ROWS, step, j0, H, seq, Bp, T, drop, mask, ONE, ZERO)
+                for q in range(4):
+                    db_part[part + q * H + j0] += db[q]
+                if j0 + 1 < H:
+                    db = backward_cells(bufs, dh_b, ROWS, step, j0 + 1, H, seq, Bp, T, drop, mask, ONE, ZERO)
+                    for q in range(4):
+                        db_part[part + q * H + j0 + 1] += db[q]
             cuda.syncthreads()  # dz_t is complete before the next step reads it
 
     return lstm_backward
@@ -520,21 +462,25 @@ def gather_kernel(np_dtype):
 
 
 @lru_cache(maxsize=None)
-def transpose_kernel(np_dtype):
-    """theta_t[off + k*H + j] = theta[off + j*4H + k] for every layer's W_h (offsets in wh_offs)."""
+def pack_kernel(np_dtype):
+    """Every layer's W_h (offsets in wh_offs) in the two orders the recurrence reads, from theta (a
+    copy per step: theta changes with every update). W_h[k, c] = theta[off + k*4H + c] goes to
+    wpack[off + c*H + k] (W_h^T: lstm_backward's threads read neighbouring units k together) and to
+    wpack[size + off + (k*H + j)*4 + q] for c = q*H + j (lstm_forward reads unit j's four gates together)."""
     a = dtype_of(np_dtype)[::1]
 
-    @_kernel(REDUCE_THREADS, a, a, int64[::1], int64, int64)
-    def transpose_wh(theta, theta_t, wh_offs, L, H):
+    @_kernel(REDUCE_THREADS, a, a, int64, int64[::1], int64, int64)
+    def pack_wh(theta, wpack, size, wh_offs, L, H):
         G = 4 * H
-        n = L * H * G
-        for e in range(cuda.grid(1), n, cuda.gridsize(1)):
+        for e in range(cuda.grid(1), L * H * G, cuda.gridsize(1)):
             layer, rest = e // (H * G), e % (H * G)
-            j, k = rest // G, rest % G
+            k, c = rest // G, rest % G
             off = wh_offs[layer]
-            theta_t[off + k * H + j] = theta[off + rest]
+            w = theta[off + rest]
+            wpack[off + c * H + k] = w
+            wpack[size + off + (k * H + c % H) * 4 + c // H] = w
 
-    return transpose_wh
+    return pack_wh
 
 
 # -- loss, and the sums over blocks ---------------------------------------------------------------
