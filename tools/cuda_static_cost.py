@@ -227,13 +227,6 @@ def nvdisasm_path() -> str:
     return found
 
 
-def link(ptx: str, cc: tuple[int, int]) -> tuple[bytes, str]:
-    """(cubin, ptxas's verbose log) of one kernel's PTX (inspect.link_ptx: nvJitLink)."""
-    from lstmbench_backends.numba_cuda.inspect import link_ptx
-
-    return link_ptx(ptx, cc)
-
-
 def disassemble(cubin: bytes) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
@@ -248,15 +241,14 @@ def compile_variant(factory: str, args: tuple, dtype: str, cc: tuple[int, int]) 
     """One kernel variant (inspect.VARIANTS) compiled for ``cc``: ptxas's figures and its loop."""
 
     from lstmbench_backends.numba_cuda import kernels
-    from lstmbench_backends.numba_cuda.inspect import build, compile_ptx
+    from lstmbench_backends.numba_cuda.inspect import build, compile_ptx, link_ptx, ptxas_figures
 
     if kernels.SIMULATOR:
         raise RuntimeError("the simulator is on (NUMBA_ENABLE_CUDASIM); it compiles nothing")
     ptx = compile_ptx(build(factory, dtype, *args), cc)
-    cubin, log = link(ptx, cc)
+    cubin, log = link_ptx(ptx, cc)
     sass = disassemble(cubin)
-    registers = int(re.search(r"Used (\d+) registers", log).group(1))
-    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
+    registers, spills = ptxas_figures(log)
     smem = re.search(r"(\d+) bytes smem", log)
     candidates = innermost_fma_loops(entry_instructions(sass), FMA_OPCODE[dtype])
     return StaticFigures(registers, spills, int(smem.group(1)) if smem else 0,

@@ -608,9 +608,10 @@ class NumbaCuda(FusedBackend):
         layout row's h). ``draw``: the step's dropout masks (None: none)."""
         k, p, d = _kernels(), ws.plan, ws.dev
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
-        Bp, G, offs, N = p.padded_batch, 4 * H, Layout.of(cfg).offs, rows.n_rows
+        layout = Layout.of(cfg)
+        Bp, G, offs, N = p.padded_batch, 4 * H, layout.offs, rows.n_rows
         self._launch(k.pack_kernel(dt), _elementwise_blocks(L * H * G, UPDATE_BLOCKS), k.REDUCE_THREADS, 0,
-                     theta, wpack, Layout.of(cfg).size, self._model(cfg).wh_offs, L, H)
+                     theta, wpack, layout.size, self._model(cfg).wh_offs, L, H)
         for layer in range(L):
             wx, wh, b = (int(o) for o in offs[layer])
             if layer == 0:  # x_t @ W_x for every layout row: (N, D0) @ (D0, 4H)
@@ -626,7 +627,7 @@ class NumbaCuda(FusedBackend):
             else:
                 sweep = p.forward
                 kernel, grid, threads = k.lstm_forward_kernel(dt, sweep.rows, sweep.threads), sweep.blocks, sweep.threads
-                shared, head = sweep.rows * H * dt.itemsize, (theta, b, wpack, Layout.of(cfg).size + wh)
+                shared, head = sweep.rows * H * dt.itemsize, (theta, b, wpack, layout.size + wh)
             self._launch(kernel, grid, threads, shared, *head, d["gates"][layer], d["hs"][layer], d["cs"][layer],
                          d["tcs"][layer], d["hprev"][layer], d["state0"], d["staten"], h_off, c_off, d["seq"], rows.T,
                          Bp, H, has_state, rows.packed, d["hd"][layer], head_last,

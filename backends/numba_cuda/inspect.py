@@ -120,9 +120,8 @@ def link_ptx(ptx: str, cc: tuple[int, int]) -> tuple[bytes, str]:
     return bytes(cubin), log.decode(errors="replace")
 
 
-def _ptxas_info(ptx: str, cc: tuple[int, int]) -> tuple[int, int]:
-    """(registers, spill store + load bytes) from ptxas, through nvJitLink."""
-    text = link_ptx(ptx, cc)[1]
+def ptxas_figures(text: str) -> tuple[int, int]:
+    """(registers, spill store + load bytes) from ptxas's verbose log (link_ptx's)."""
     registers = int(re.search(r"Used (\d+) registers", text).group(1))
     spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", text))
     return registers, spills
@@ -140,7 +139,7 @@ def compile_report(cc: tuple[int, int] = (9, 0)) -> list[KernelReport]:
             kernel = build(factory, dtype, *args)
             ptx = compile_ptx(kernel, cc)
             body = ptx[ptx.index(".entry"):]  # instructions, not the mangled names that mention types
-            registers, spills = _ptxas_info(ptx, cc)
+            registers, spills = ptxas_figures(link_ptx(ptx, cc)[1])
             reports.append(KernelReport(kernel.name, ",".join(map(str, args)) or "-", dtype, kernel.launch_bound,
                                         registers, spills,
                                         len(re.findall(r"^\s*[\w.]+\.f64\b", body, re.M)),
