@@ -84,8 +84,9 @@ def asv_benchmarks(tmp: Path) -> list[dict]:
     return json.loads(out.read_text())
 
 
-def write_results(results: Path, benchmarks: list[dict], machine: dict, commits: list[str]) -> None:
-    """machine.json and one result file per commit, written by asv's own classes."""
+def write_results(results: Path, benchmarks: list[dict], machine: dict, commits: list[str], value=None) -> None:
+    """machine.json and one result file per commit, written by asv's own classes; ``value``:
+    (bench, combo, commit index) -> the number (default fake_value)."""
     m = asv.machine.Machine()
     m.__dict__.update(machine)
     m.save(str(results))
@@ -94,7 +95,7 @@ def write_results(results: Path, benchmarks: list[dict], machine: dict, commits:
         for bench in benchmarks:
             combos = [dict(zip(bench["param_names"], map(ast.literal_eval, c)))
                       for c in itertools.product(*bench["params"])]  # one, {}, without params
-            values = [fake_value(bench, c, k) for c in combos]
+            values = [(value or fake_value)(bench, c, k) for c in combos]
             timed = bench["type"] == "time"
             ok = [v is not None and not math.isnan(v) for v in values]
             samples = [[v * 0.98, v, v * 1.03] if good and timed else None for v, good in zip(values, ok)]
@@ -193,6 +194,28 @@ def test_latest_tables_hold_the_latest_commit_values(page, results_dir):
     exponents = {r[0]: r for r in table_after(page, report.HEADLINE[report.EXPONENT])}
     expected = fake_value(benchmarks[report.EXPONENT], {"backend": "numba", "mode": "fixed batch"}, 2)
     assert float(exponents["mode fixed batch"][exponents["mode"].index("numba")]) == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_steps_table_names_the_commit_a_regression_started_at(results_dir, tmp_path):
+    """Eight commits; c's step twice as slow from the sixth on, the others flat within 2%:
+    asv's step detection (on the page) finds that step, at that commit, and nothing else."""
+    commits = [f"{k:02x}" * 20 for k in range(8)]
+    bench = json.loads((results_dir / "benchmarks.json").read_text())[report.TRAIN_STEP]
+    shutil.copy(results_dir / "benchmarks.json", tmp_path / "benchmarks.json")
+
+    def value(bench, combo, k):
+        v = fake_value(bench, combo, 0)
+        wobble = 1 + 0.02 * math.sin(3.1 * k + combo["hidden"] + combo["batch"])  # deterministic noise
+        return v if v is None or math.isnan(v) else v * wobble * (2 if combo["backend"] == "c" and k >= 5 else 1)
+
+    write_results(tmp_path, [bench], MACHINE, commits, value)
+    page = report.write_report(tmp_path, tmp_path / "out")
+    steps = next(t for t in parsed(page).tables if "from commit" in t[0])
+    assert {row[0] for row in steps[1:]} == {"c"}
+    assert len(steps) - 1 == len(bench["params"][1]) * len(bench["params"][2])  # every (H, B) panel of c
+    for line, _, commit, _, before, after, ratio, direction in steps[1:]:
+        assert commit == commits[5][:8] and direction == "worse"
+        assert float(ratio) == pytest.approx(2, rel=0.05) and float(after) > float(before)
 
 
 def test_charts_are_png_files_next_to_the_page(page):

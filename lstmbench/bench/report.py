@@ -624,6 +624,35 @@ def _latest_table(grid: Grid) -> str:
             + _table([first, *grid.lines], rows))
 
 
+#: units in which a smaller value is better, and those in which a larger one is (the others: up or down)
+LOWER_IS_BETTER = ("seconds", "bytes", "GFLOP", "x reference")
+HIGHER_IS_BETTER = ("x", "GFLOP/s", "%")
+
+
+def _direction(unit: str, ratio: float) -> str:
+    if unit in LOWER_IS_BETTER + HIGHER_IS_BETTER:
+        return "worse" if (ratio > 1) == (unit in LOWER_IS_BETTER) else "better"
+    return "up" if ratio > 1 else "down"
+
+
+def _steps_table(grid: Grid) -> str:
+    """Each line's changes of level over the commits, by asv's step detection (as asv's site
+    finds its regressions), with the commit each started at."""
+    from lstmbench.bench.regressions import detected_steps
+
+    rows = []
+    for (panel, line) in grid.values:
+        for step in detected_steps(grid.series(panel, line)):
+            commit, date = grid.commits[step.start]
+            rows.append([line, panel or "-", commit[:8], _date(date), _fmt(step.before), _fmt(step.after),
+                         f"{step.ratio:.3g}", _direction(grid.unit, step.ratio)])
+    if not rows:
+        return '<p class="note">asv\'s step detection finds no step in any line.</p>'
+    return ('<p class="note">Steps found by asv\'s step detection (<code>asv.step_detect</code>): the commit '
+            'each new level starts at, the levels before and after, their ratio.</p>'
+            + _table(["line", "panel", "from commit", "date (UTC)", "before", "after", "ratio", ""], rows, left=4))
+
+
 def _section(page: _Page, grid: Grid, title: str, m: Machine, colors: dict[str, str]) -> None:
     page.add(f'<h3>{_e(title)}</h3><p class="note"><code>{_e(grid.name)}</code>, unit {_e(grid.unit or "-")}, '
              f'{len(grid.commits)} commit(s)</p>')
@@ -635,6 +664,7 @@ def _section(page: _Page, grid: Grid, title: str, m: Machine, colors: dict[str, 
         caption += f" Never measured here (failed or skipped in every run): {', '.join(missing)}."
     page.figure(path, size, f"{title} over commits on {m.name}", _e(caption))
     page.add(_latest_table(grid))
+    page.add(_steps_table(grid))
 
 
 def build_page(benchmarks: dict, machines: list[Machine], out: Path, source: Path) -> _Page:

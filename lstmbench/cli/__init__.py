@@ -10,12 +10,12 @@ import sys
 import traceback
 
 import lstmbench as lb
-from lstmbench.cli import backends, bench, check, demo, export, predict, report, train
+from lstmbench.cli import backends, bench, check, compare, demo, export, predict, report, train
 from lstmbench.cli.common import say
 from lstmbench.errors import LstmbenchError
 from lstmbench.training import distributed
 
-COMMANDS = (backends, train, predict, export, bench, demo, check, report)
+COMMANDS = (backends, train, predict, export, bench, demo, check, report, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,14 +67,24 @@ def fma_peak(dtype: str = "float32", threads: int = 1, vector_bits: int | None =
     """The FMA peak with ``vector_bits``-wide vectors (default: the widest the CPU has), on
     one thread and on ``threads``; the best of 5 runs of about ``seconds`` each. None
     without the probe or the instructions."""
+    bits = vector_bits or widest_vector_bits()
+    one = fma_rate(dtype, 1, bits, seconds)
+    if one is None:
+        return None
+    many = one if threads == 1 else fma_rate(dtype, threads, bits, seconds)
+    return FmaPeak("AVX-512" if bits == 512 else "AVX2+FMA", bits, np.dtype(dtype).name, threads, one, many)
+
+
+def fma_rate(dtype: str = "float32", threads: int = 1, vector_bits: int | None = None,
+             seconds: float = 0.2) -> float | None:
+    """GFLOP/s of the FMA probe on ``threads`` threads with ``vector_bits``-wide vectors (default:
+    the widest), the best of 5 runs of about ``seconds``; None without the probe or the
+    instructions. A short one (``seconds`` = 0.02) is the calibration a same-process ratio uses."""
     lib = _probe()
     bits = vector_bits or widest_vector_bits()
     if lib is None or bits not in (256, 512) or bits > widest_vector_bits():
         return None
-    size = np.dtype(dtype).itemsize
-    one = _best_rate(lib, bits // 8, size, 1, seconds)
-    many = one if threads == 1 else _best_rate(lib, bits // 8, size, threads, seconds)
-    return FmaPeak("AVX-512" if bits == 512 else "AVX2+FMA", bits, np.dtype(dtype).name, threads, one, many)
+    return _best_rate(lib, bits // 8, np.dtype(dtype).itemsize, threads, seconds)
 
 
 def matmul_peak_gflops(dtype: str = "float32", threads: int | None = None, n: int = 2048) -> float:
