@@ -68,9 +68,11 @@ def test_slices_shrink_to_fit_shared_memory():
 
 
 def test_the_recurrence_is_chosen_by_argument_or_environment(monkeypatch):
-    assert NumbaCuda().recurrence == "rows"
+    monkeypatch.delenv(RECURRENCE_ENV, raising=False)
+    assert NumbaCuda().recurrence == "auto"  # rows or stepwise by the plan's cost model (tests/test_cuda_stepwise.py)
     monkeypatch.setenv(RECURRENCE_ENV, "persistent")
     assert NumbaCuda().recurrence == "persistent"
     monkeypatch.setenv(RECURRENCE_ENV, "diagonal")
-    with pytest.raises(ConfigError, match=f"unknown recurrence 'diagonal'.*{RECURRENCE_ENV}.*rows, persistent"):
+    named = f"unknown recurrence 'diagonal'.*{RECURRENCE_ENV}.*auto, rows, stepwise, persistent"
+    with pytest.raises(ConfigError, match=named):
         NumbaCuda()

@@ -152,24 +152,38 @@ def test_one_kernel_compiled_for_sm_90(tmp_path):
 
 
 def test_the_modelled_step_adds_each_launch(tool):
-    """The recurrence at the backend's cost model (H=512, 4 rows a block: the W_h read and the
-    multiply-adds at 2 instructions each both take 65 536 clocks a step), a product as its FMAs in
-    waves, anything else a flat allowance; a variant the step does not launch is left out."""
+    """Every launch costs the backend's LAUNCH_MICROSECONDS plus its work: the recurrence at the
+    backend's cost model (H=512, 4 rows a block: the W_h read and the multiply-adds at 2
+    instructions each both take 65 536 clocks a step), a product as its FMAs in waves, anything
+    else nothing more; a launch made n times counts n times, a variant the step does not launch
+    not at all, and a stepwise sweep's launches are one line: the backend's sweep_microseconds."""
+    from lstmbench_backends.numba_cuda import LAUNCH_MICROSECONDS, Sweep, sweep_microseconds
+
     figures = tool.StaticFigures(96, 0, 1024, None, (), "")
-    rows = [tool.make_row("lstm_forward(4,256)", ("sm_90", "float32", 512), figures, 32, 256, 0),
-            tool.make_row("gemm(64,64) 512x2048x8192", ("sm_90", "float32", 512), figures, 264, 256, 0),
-            tool.make_row("adam_update", ("sm_90", "float32", 512), figures, 1024, 128, 0),
-            tool.make_row("lstm_forward(8,256)", ("sm_90", "float32", 512), figures, None, None, 0)]
+    where = ("sm_90", "float32", 512)
+    rows = [tool.make_row("lstm_forward(4,256)", where, figures, 32, 256, 0),
+            tool.make_row("gemm(64,64) 512x2048x8192", where, figures, 264, 256, 0),
+            tool.make_row("adam_update", where, figures, 1024, 128, 0),
+            tool.make_row("lstm_forward(8,256)", where, figures, None, None, 0)]
     rows[0] = dataclasses.replace(rows[0], loop_instructions_per_fma=2.0)
-    rows[1] = dataclasses.replace(rows[1], loop_instructions_per_fma=1.5)
-    recurrence = 64 * 65536 / 1.98e3  # µs
-    product = 2 * (512 * 2048 * 8192 / 264) * 1.5 / 128 / 1.98e3  # 2 waves of 132 blocks
+    rows[1] = dataclasses.replace(rows[1], loop_instructions_per_fma=1.5, count=2)
+    recurrence = 64 * 65536 / 1.98e3 + LAUNCH_MICROSECONDS  # µs
+    product = 2 * (512 * 2048 * 8192 / 264) * 1.5 / 128 / 1.98e3 + LAUNCH_MICROSECONDS  # 2 waves of 132 blocks
     assert tool.launch_microseconds(rows[0])[1] == pytest.approx(recurrence)
     assert tool.launch_microseconds(rows[1])[1] == pytest.approx(product)
-    assert tool.launch_microseconds(rows[2]) == ("other", tool.OTHER_LAUNCH_US)
+    assert tool.launch_microseconds(rows[2]) == ("other", LAUNCH_MICROSECONDS)
     text = tool.model_step(rows)
     assert "lstm_forward(8,256)" not in text
-    assert f"{(recurrence + product + tool.OTHER_LAUNCH_US) / 1e3:.2f} ms" in text
+    assert f"{(recurrence + 2 * product + LAUNCH_MICROSECONDS) / 1e3:.2f} ms" in text
+    # a stepwise forward sweep: 63 products and 64 cell launches, one line
+    plan = {"padded_batch": 128, "forward": dataclasses.asdict(Sweep(4, 32, 256, "stepwise", 8, 64))}
+    step = [dataclasses.replace(tool.make_row("gemm(128,128) 128x2048x512", where, figures, 128, 256, 0),
+                                loop_instructions_per_fma=1.25, count=63, sweep="forward"),
+            dataclasses.replace(tool.make_row("lstm_forward_cells", where, figures, 512, 128, 0), count=64,
+                                sweep="forward")]
+    text = tool.model_step(step, plan)
+    sweep = sweep_microseconds(Sweep(4, 32, 256, "stepwise", 8, 64), "forward", 512, 128, 64, 4, 132, 1.25)
+    assert "stepwise forward sweep" in text and "127 launches" in text and f"{sweep / 1e3:.2f} ms" in text
 
 
 def test_the_device_runtimes_entries_are_not_the_kernels(tool):

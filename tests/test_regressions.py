@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_tracked
-from lstmbench.bench.regressions import NOISE_FACTOR, TRACKED, continuous_command, detected_steps
+from lstmbench.bench.regressions import HISTORY, NOISE_FACTOR, TRACKED, continuous_command, detected_steps
 from lstmbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,12 +38,17 @@ def test_tracked_benchmarks_are_lower_is_better_and_selected_by_the_regex():
     """asv counts a larger value as worse: every tracked figure is a time or a time ratio."""
     import re
 
+    compared = []
     for cls in (bench_tracked.Relative, bench_tracked.OverReference):
         for name in dir(cls):
             if name.startswith("track_"):
                 assert getattr(cls, name).unit in ("GFLOP", "x reference", "seconds")
-                assert re.search(TRACKED, f"bench_tracked.{cls.__name__}.{name}")
-    assert not re.search(TRACKED, "bench_train_step.Suite.time_train_step")
+                full = f"bench_tracked.{cls.__name__}.{name}"
+                assert re.search(HISTORY, full)
+                compared += [full] if re.search(TRACKED, full) else []
+    assert compared == ["bench_tracked.OverReference.track_over_reference"]  # the ratio that moved least
+    assert re.search(HISTORY, "bench_scaling.ScalingExponent.track_exponent")
+    assert not re.search(HISTORY, "bench_train_step.Suite.time_train_step")
 
 
 def test_step_detection_finds_a_planted_step_and_not_noise():
@@ -103,8 +108,8 @@ def test_compare_errors_are_one_line(fake_asv, capsys, args, message):
 @pytest.mark.skipif(os.environ.get("LSTMBENCH_DRILL") != "1",
                     reason="builds commits with asv (minutes): set LSTMBENCH_DRILL=1 (CI does)")
 def test_the_drill_flags_the_planted_regression_and_not_a_rebuild():
-    """tools/regression_drill.py in its quick form: one comparison each, on the grid ratios."""
-    done = subprocess.run([sys.executable, "tools/regression_drill.py", "--tries", "1", "--bench", "OverReference"],
+    """tools/regression_drill.py in its quick form: one comparison of each kind."""
+    done = subprocess.run([sys.executable, "tools/regression_drill.py", "--tries", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "2 of 2 comparisons as expected" in done.stdout

@@ -273,9 +273,13 @@ def labelled_variants(kernel_filter: str = "") -> dict[tuple[str, tuple], str]:
 # -- the launches of a training step (simulator on, in a child process) ----------------------------
 
 
-def record_launches(arch: str, dtype: str, hidden: int) -> list[dict]:
+def record_launches(arch: str, dtype: str, hidden: int, recurrence: str = "auto") -> dict:
     """Every launch of one training step of the benchmark model at B=128, T=64 on the card of
-    ``arch``, recorded and not run: {variant, label, blocks, threads, dynamic_shared}."""
+    ``arch`` with ``recurrence`` (the backend's default "auto", or "rows"), recorded and not run:
+    {"launches": [{variant, label, blocks, threads, dynamic_shared, known, count, sweep}], "plan":
+    the workspace's Plan as a dict}. ``count``: how often the step makes that launch; ``sweep``:
+    "forward" / "backward" for a launch of a stepwise sweep (its per-step launches), else None."""
+    import dataclasses
     import inspect as pyinspect
 
     import numpy as np
@@ -288,10 +292,11 @@ def record_launches(arch: str, dtype: str, hidden: int) -> list[dict]:
     _, card, multiprocessors = ARCHS[arch]
     cfg = bench_model(hidden, dtype)
     x, y = bench_batch(cfg, BATCH, STEPS)
-    backend = NumbaCuda()
+    backend = NumbaCuda(recurrence)
     backend._limits = replace(DeviceLimits(**SIMULATED_LIMITS), name=card, multiprocessors=multiprocessors)
     variants = {id(build(f, dtype, *a)): (f, a) for f, a in VARIANTS}
     launches: list[dict] = []
+    inside = {"sweep": None}
 
     def record(kernel, grid, threads, shared, *args):
         factory, variant_args = variants.get(id(kernel), (kernel.name, ()))
@@ -301,25 +306,44 @@ def record_launches(arch: str, dtype: str, hidden: int) -> list[dict]:
             label += f" {named['M']}x{named['N']}x{named['K']}"
         blocks = int(np.prod(grid)) if isinstance(grid, tuple) else int(grid)
         launch = dict(variant=[factory, list(variant_args)], label=label, blocks=blocks, threads=int(threads),
-                      dynamic_shared=int(shared), known=id(kernel) in variants)
-        if launch not in launches:
-            launches.append(launch)
+                      dynamic_shared=int(shared), known=id(kernel) in variants, sweep=inside["sweep"])
+        for seen in launches:
+            if {k: v for k, v in seen.items() if k != "count"} == launch:
+                seen["count"] += 1
+                return
+        launches.append({**launch, "count": 1})
+
+    def tagged(direction, method):
+        def run(*args, **kwargs):
+            inside["sweep"] = direction
+            try:
+                return method(*args, **kwargs)
+            finally:
+                inside["sweep"] = None
+        return run
 
     backend._launch = record
+    for direction in ("forward", "backward"):
+        setattr(backend, f"_stepwise_{direction}", tagged(direction, getattr(backend, f"_stepwise_{direction}")))
     state = backend.init_state(cfg, lb.init_params(cfg, 0), BENCH_OPTIMIZER)
     backend.train_step(state, x, y)
-    return launches
+    with backend.workspace(cfg, x) as ws:
+        plan = dataclasses.asdict(ws.plan)
+    return {"launches": launches, "plan": plan}
 
 
-def start_recording(combos: list[tuple[str, str, int]]) -> subprocess.Popen:
-    """record_launches for each (arch, dtype, hidden), in a child with the simulator on (this
-    process compiles, so its simulator is off); it runs while the kernels compile."""
+RECORDED = ("auto", "rows")  # the recurrences whose steps are recorded: the default, and rows to compare
+
+
+def start_recording(combos: list[tuple[str, str, int, str]]) -> subprocess.Popen:
+    """record_launches for each (arch, dtype, hidden, recurrence), in a child with the simulator on
+    (this process compiles, so its simulator is off); it runs while the kernels compile."""
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--record-launches", json.dumps(combos)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
-def finish_recording(child: subprocess.Popen, combos: list) -> dict[tuple[str, str, int], list[dict]]:
+def finish_recording(child: subprocess.Popen, combos: list) -> dict[tuple[str, str, int, str], dict]:
     out, err = child.communicate()
     if child.returncode != 0:
         raise RuntimeError(f"recording the launches failed:\n{err[-3000:]}")
@@ -344,6 +368,8 @@ class Row:
     loop_instructions_per_fma: float | None
     loop: Loop | None = field(default=None, compare=False, repr=False)  # the text output's detail
     candidates: tuple[Loop, ...] = field(default=(), compare=False, repr=False)
+    count: int = field(default=1, compare=False)  # the model's detail: launches of this shape in a step
+    sweep: str | None = field(default=None, compare=False)  # a stepwise sweep's launch: its direction
 
     def as_json(self) -> dict:
         return {key: getattr(self, key) for key in KEYS}
@@ -367,22 +393,25 @@ def rows_for(where: tuple[str, str, int], launches: list[dict], statics: dict, l
         variant = (launch["variant"][0], tuple(launch["variant"][1]))
         if variant in statics:
             launched.add(variant)
-            rows.append(make_row(launch["label"], where, statics[variant], launch["blocks"], launch["threads"],
-                                 launch["dynamic_shared"]))
+            row = make_row(launch["label"], where, statics[variant], launch["blocks"], launch["threads"],
+                           launch["dynamic_shared"])
+            rows.append(replace(row, count=launch.get("count", 1), sweep=launch.get("sweep")))
     rows += [make_row(labels[variant], where, figures, None, None, 0)
              for variant, figures in statics.items() if variant not in launched]
     return rows
 
 
 def cost_model(archs: list[str], dtypes: list[str], hidden: list[int], kernel_filter: str = "",
-               sass_dir: Path | None = None) -> tuple[list[Row], list[str]]:
-    """Rows for every (arch, dtype, hidden) and selected variant, and the labels of kernels the
-    step launches that inspect.VARIANTS does not list (so nothing here compiles them)."""
+               sass_dir: Path | None = None) -> tuple[list[Row], list[str], dict]:
+    """Rows for every (arch, dtype, hidden) and selected variant (the launches of the default
+    step and of the rows recurrence's, each shape once), the labels of kernels the step launches
+    that inspect.VARIANTS does not list (so nothing here compiles them), and for the model each
+    recorded step: {(arch, dtype, hidden, recurrence): (its rows, its plan)}."""
     labels = labelled_variants(kernel_filter)
     if not labels:
         raise SystemExit(f"no kernel variant matches {kernel_filter!r}")
     combos = [(arch, dtype, h) for arch in archs for dtype in dtypes for h in hidden]
-    child = start_recording(combos)
+    child = start_recording([(*combo, recurrence) for combo in combos for recurrence in RECORDED])
     statics = {}
     try:
         for arch in archs:
@@ -395,10 +424,19 @@ def cost_model(archs: list[str], dtypes: list[str], hidden: list[int], kernel_fi
         child.kill()  # the child we started: no orphan left recording
         child.wait()
         raise
-    launches = finish_recording(child, combos)
-    rows = [row for combo in combos for row in rows_for(combo, launches[combo], statics[combo[:2]], labels)]
-    unknown = sorted({launch["label"] for found in launches.values() for launch in found if not launch["known"]})
-    return rows, unknown
+    recorded = finish_recording(child, [(*combo, recurrence) for combo in combos for recurrence in RECORDED])
+    steps = {key: (rows_for(key[:3], found["launches"], statics[key[:2]], labels), found["plan"])
+             for key, found in recorded.items()}
+    rows = []
+    for combo in combos:  # the launches of every recorded step, each label once
+        union = {}
+        for recurrence in RECORDED:
+            for launch in recorded[(*combo, recurrence)]["launches"]:
+                union.setdefault(launch["label"], launch)
+        rows += rows_for(combo, list(union.values()), statics[combo[:2]], labels)
+    unknown = sorted({launch["label"] for found in recorded.values() for launch in found["launches"]
+                      if not launch["known"]})
+    return rows, unknown, steps
 
 
 # -- output ------------------------------------------------------------------------------------------
@@ -456,43 +494,75 @@ def format_mix(rows: list[Row]) -> str:
 
 # -- the modelled step (sm_90) -------------------------------------------------------------------------
 
-CLOCK_GHZ = 1.98  # an H100 SXM's boost clock
-OTHER_LAUNCH_US = 10.0  # a launch that is neither a product nor the recurrence (see model_step)
-
 
 def launch_microseconds(row: Row) -> tuple[str, float]:
-    """(how, modelled µs) of one launch of the step: the recurrence at the backend's own cost
-    model with the loop's measured instructions per FMA, T steps; a product as its multiply-adds
-    at that rate, 128 instructions a clock on each SM, in waves of one block per SM; anything
-    else OTHER_LAUNCH_US (the GPU's gap between launches and, for the update, its 29 MB through
-    HBM at 3.35 TB/s: both under 10 µs at this shape)."""
-    from lstmbench_backends.numba_cuda import ISSUE_PER_SM_CLOCK, recurrence_step_cycles
+    """(how, modelled µs) of one launch of the step: the backend's LAUNCH_MICROSECONDS (the one
+    figure for a launch) plus its work. The rows recurrence: T steps of the backend's own cost
+    model with the loop's measured instructions per FMA; a product: the backend's product_cycles,
+    its multiply-adds at that rate in blocks per SM, or its operands (and a split's partials)
+    through L2, whichever is slower; anything else nothing more (the update's 29 MB through HBM at
+    3.35 TB/s, 9 µs at this shape, and the loss's and the sums' few µs stay inside the allowance)."""
+    from lstmbench_backends.numba_cuda import CLOCK_GHZ, LAUNCH_MICROSECONDS, product_cycles, recurrence_step_cycles
 
     sms, itemsize = ARCHS[row.arch][2], 4 if row.dtype == "float32" else 8
     name, ipf = row.kernel.split("(")[0], row.loop_instructions_per_fma
     if name in ("lstm_forward", "lstm_backward"):
         rows = int(row.kernel.split("(")[1].split(",")[0])
         cycles = STEPS * recurrence_step_cycles(rows, row.hidden, BATCH, itemsize, sms, ipf)
-        return f"{STEPS} steps x {cycles / STEPS:,.0f} clocks", cycles / CLOCK_GHZ / 1e3
-    shape = re.search(r"(\d+)x(\d+)x(\d+)", row.kernel)
-    if name == "gemm" and shape:
-        fmas = int(shape[1]) * int(shape[2]) * int(shape[3])
-        waves = -(-row.blocks // sms)
-        cycles = waves * fmas / row.blocks * ipf * (itemsize // 4) / ISSUE_PER_SM_CLOCK
-        return f"{fmas:,} FMA, {waves} wave(s)", cycles / CLOCK_GHZ / 1e3
-    return "other", OTHER_LAUNCH_US
+        return f"{STEPS} steps x {cycles / STEPS:,.0f} clocks", LAUNCH_MICROSECONDS + cycles / CLOCK_GHZ / 1e3
+    shape = re.search(r"^gemm\((\d+),(\d+)\) (\d+)x(\d+)x(\d+)", row.kernel)
+    if shape:
+        BM, BN, M, N, K = map(int, shape.groups())
+        tiles = -(-M // BM) * -(-N // BN)
+        splits = row.blocks // tiles
+        l2 = (tiles * (min(BM, M) + min(BN, N)) * K + (splits > 1) * splits * M * N) * itemsize
+        cycles = product_cycles(M * N * K, row.blocks, row.threads, sms, itemsize, ipf, l2)
+        how = f"{M * N * K:,} FMA, {-(-row.blocks // sms)} wave(s)"
+        return how, LAUNCH_MICROSECONDS + cycles / CLOCK_GHZ / 1e3
+    return "other", LAUNCH_MICROSECONDS
 
 
-def model_step(rows: list[Row]) -> str:
-    """The modelled time of one training step at the goal shape, launch by launch."""
+def stepwise_sweep(direction: str, rows: list[Row], plan: dict) -> tuple[str, float]:
+    """(how, modelled µs) of one stepwise sweep (its launches in ``rows``): the backend's
+    sweep_microseconds, the one the plan chose by, with the measured instructions per FMA of the
+    step's product (the gemm variant it launches most)."""
+    from lstmbench_backends.numba_cuda import Sweep, sweep_microseconds
+
+    first, sweep = rows[0], Sweep(**plan[direction])
+    product = max((row for row in rows if row.kernel.startswith("gemm")), key=lambda row: row.count)
+    launches, expected = sum(row.count for row in rows), 2 * STEPS - 1 + (direction == "backward")
+    us = sweep_microseconds(sweep, direction, first.hidden, plan["padded_batch"], STEPS,
+                            4 if first.dtype == "float32" else 8, ARCHS[first.arch][2],
+                            product.loop_instructions_per_fma)
+    how = (f"{launches} launches: {product.count} x {product.kernel} ({sweep.splits} chunks of K, "
+           f"{product.loop_instructions_per_fma:.2f}/FMA), {launches - product.count} more")
+    if launches != expected:
+        how += f" (the model counts {expected})"
+    return how, us
+
+
+def model_step(rows: list[Row], plan: dict | None = None, what: str = "") -> str:
+    """The modelled time of one training step at the goal shape, launch by launch (a launch the step
+    makes n times counts n times), a stepwise sweep's launches as one line (stepwise_sweep)."""
+    from lstmbench_backends.numba_cuda import CLOCK_GHZ, LAUNCH_MICROSECONDS
+
     launched = [row for row in rows if row.blocks is not None]
     lines = [f"modelled step, {launched[0].arch} at {CLOCK_GHZ} GHz, {launched[0].dtype}, H={launched[0].hidden}, "
-             f"B={BATCH}, T={STEPS} (each launch of the one-layer benchmark model once)"]
-    total = 0.0
+             f"B={BATCH}, T={STEPS}{', ' + what if what else ''} (every launch {LAUNCH_MICROSECONDS:g} µs plus its "
+             "work)"]
+    total, done = 0.0, set()
     for row in launched:
-        how, us = launch_microseconds(row)
+        if row.sweep is None:
+            how, us = launch_microseconds(row)
+            label, us = (row.kernel if row.count == 1 else f"{row.kernel} x{row.count}"), us * row.count
+        elif row.sweep in done:
+            continue
+        else:
+            done.add(row.sweep)
+            label = f"stepwise {row.sweep} sweep"
+            how, us = stepwise_sweep(row.sweep, [r for r in launched if r.sweep == row.sweep], plan)
         total += us
-        lines.append(f"  {row.kernel:<34} {how:<34} {us:>9.1f} µs")
+        lines.append(f"  {label:<34} {how:<34} {us:>9.1f} µs")
     lines.append(f"  {'total':<34} {'':<34} {total:>9.1f} µs = {total / 1e3:.2f} ms")
     return "\n".join(lines)
 
@@ -507,7 +577,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mix", action="store_true", help="also each loop by kind of instruction")
     parser.add_argument("--sass", type=Path, help="write each variant's SASS into this directory")
     parser.add_argument("--model", action="store_true",
-                        help="the modelled step time at sm_90, float32, H=512 (B=128, T=64), launch by launch")
+                        help="the modelled step time at sm_90, float32, H=512 (B=128, T=64), launch by launch, with "
+                             "the default recurrence and with the rows one")
     parser.add_argument("--record-launches", help=argparse.SUPPRESS)  # the child's job (JSON list of combos)
     return parser.parse_args(argv)
 
@@ -522,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sass.mkdir(parents=True, exist_ok=True)
     if args.model:
         args.arch, args.dtype, args.hidden, args.kernel = ["sm_90"], ["float32"], [512], ""
-    rows, unknown = cost_model(args.arch, args.dtype, args.hidden, args.kernel, args.sass)
+    rows, unknown, steps = cost_model(args.arch, args.dtype, args.hidden, args.kernel, args.sass)
     for label in unknown:
         print(f"warning: the step launches {label}, which inspect.VARIANTS does not list: not compiled here",
               file=sys.stderr)
@@ -531,8 +602,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(format_tables(rows))
     if args.model:
-        print()
-        print(model_step(rows))
+        for recurrence in RECORDED:
+            step_rows, plan = steps["sm_90", "float32", 512, recurrence]
+            chosen = f"forward {plan['forward']['recurrence']}, backward {plan['backward']['recurrence']}"
+            what = f"the default recurrence (auto: {chosen})" if recurrence == "auto" else f'NumbaCuda("{recurrence}")'
+            print()
+            print(model_step(step_rows, plan, what))
     if args.mix:
         print()
         print(format_mix(rows))

@@ -9,8 +9,8 @@ hash), and one where the ``c`` backend does every training step's forward and ba
 (must exit 1 and name ``c``), with asv building the commits into an environment kept under
 ``--env-dir`` between drills. Exits 1 if any try went the wrong way.
 
-    python tools/regression_drill.py                 # 5 tries each, the tracked benchmarks
-    python tools/regression_drill.py --tries 1 --bench OverReference   # the quick form the test runs
+    python tools/regression_drill.py                 # 5 tries each, what lstmbench compare runs
+    python tools/regression_drill.py --tries 1       # the quick form tests/test_regressions.py runs
 """
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ def compare(clone: Path, config: Path, base: str, head: str, factor: float, benc
 
 
 def flags_c(output: str) -> bool:
-    """Whether asv's table of what got worse names a benchmark of the c backend."""
-    worse = output.split("Benchmarks that have got worse", 1)
-    return len(worse) == 2 and re.search(r"\('c',", worse[1].split("Benchmarks that have", 1)[0]) is not None
+    """Whether asv's comparison table marks a benchmark of the c backend worse (its row's
+    change column is "+": larger, which every tracked figure counts as worse)."""
+    return re.search(r"^\|\s*\+\s*\|.*\('c',", output, re.M) is not None
 
 
 def drill(tries: int, factor: float, bench: str, env_dir: Path, where: Path) -> list[dict]:
@@ -104,6 +104,8 @@ def drill(tries: int, factor: float, bench: str, env_dir: Path, where: Path) -> 
             outcomes.append({"try": k + 1, "kind": kind, "exit": code, "ok": ok, "seconds": round(seconds, 1)})
             print(f"try {k + 1} {kind:9s}: exit {code} ({'as expected' if ok else 'WRONG'}), {seconds:.0f} s",
                   flush=True)
+            for row in re.findall(r"^\|\s*[+-]\s*\|.*$", output, re.M):  # asv's changed rows
+                print("   ", " ".join(row.split()), flush=True)
             if not ok:
                 print(output[-4000:], flush=True)
     return outcomes

@@ -8,10 +8,12 @@ launched, and what one training step does, is here.
 Parameters, optimizer state, activations and workspaces live on the device from
 ``init_state`` on; a training step copies the minibatch in and the loss out, and
 host copies of the parameters or the optimizer state are made only by
-``get_params`` / ``get_optimizer_state``. The number of kernel launches per step
-does not grow with the sequence length: each layer's recurrence is one launch
-that loops over t (``runtime_info()["launches_per_step"]``); on a GPU a weight-gradient
-product split along its long K adds one launch (gemm.py). The host side of a
+``get_params`` / ``get_optimizer_state``. Each layer's recurrence runs in one of two ways,
+chosen per sweep by plan()'s cost model: the rows kernels, one launch that loops over t (the
+launches per step do not grow with the sequence length; ``runtime_info()["launches_per_step"]``),
+or stepwise (stepwise.py): per step a product over all rows, split across many blocks, and a
+cell kernel, two launches a step, which fills a large GPU where the batch alone cannot. On a GPU
+a weight-gradient product split along its long K adds one launch (gemm.py). The host side of a
 training step (step counter, the optimizer's per-step scalars, gradient hook,
 workspace cache) is lstmbench.fused's; this backend supplies the kernels.
 
@@ -34,7 +36,7 @@ Run the kernels without a GPU in Numba's CUDA simulator with
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.util import find_spec
 from typing import Any
 
@@ -58,9 +60,12 @@ MAX_ROWS_PER_BLOCK = 8  # most batch rows a recurrence block owns (see plan())
 UPDATE_BLOCKS = 1024  # most blocks of the elementwise kernels (grid-stride loops over the parameters)
 NORM_BLOCKS = 256  # most partial sums of the clipping norm
 PER_THREAD = 8  # elementwise kernels: at least this many elements per thread (fewer, larger blocks)
-# How a layer's recurrence runs: "rows" (blocks own batch rows: kernels.lstm_forward / lstm_backward)
-# or "persistent" (opt-in, unverified on a GPU: blocks own slices of the hidden units; persistent.py)
-RECURRENCES = ("rows", "persistent")
+# How a layer's recurrence runs: "rows" (blocks own batch rows: kernels.lstm_forward / lstm_backward),
+# "stepwise" (two launches a step: a product over all rows split across blocks, then the cells;
+# stepwise.py), "auto" (the default: rows or stepwise for each sweep, whichever the cost model
+# says is faster at the shape; plan()) or "persistent" (opt-in, unverified on a GPU: blocks own
+# slices of the hidden units; persistent.py)
+RECURRENCES = ("auto", "rows", "stepwise", "persistent")
 RECURRENCE_ENV = "LSTMBENCH_CUDA_RECURRENCE"
 
 
@@ -72,6 +77,12 @@ def _cuda():
 
 def _persistent():
     from lstmbench_backends.numba_cuda import persistent as module  # imports numba.cuda: only when used
+
+    return module
+
+
+def _stepwise():
+    from lstmbench_backends.numba_cuda import stepwise as module  # imports numba.cuda: only when used
 
     return module
 
@@ -139,13 +150,80 @@ def recurrence_step_cycles(rows: int, H: int, B: int, itemsize: int, sms: int,
     return max(-(-blocks // sms) * block, blocks * wh_bytes / L2_BYTES_PER_CLOCK)
 
 
+# The stepwise recurrence's cost model (docs/cuda-backend.md, "Stepwise recurrence") and what
+# the two algorithms are compared in: microseconds of a sweep, launches included. Every launch
+# costs LAUNCH_MICROSECONDS on top of its work (numba-cuda's host side is commonly quoted at
+# 10-30 µs a launch; not measured here); tools/cuda_static_cost.py --model uses the same figure.
+CLOCK_GHZ = 1.98  # an H100 SXM's boost clock
+LAUNCH_MICROSECONDS = 10.0
+GEMM_INSTRUCTIONS_PER_FMA = 1.3  # gemm.py's loop measures 1.18-1.28 (tools/cuda_static_cost.py)
+CELL_VALUES = {"forward": 12, "backward": 13}  # values a cell kernel moves per (row, unit), besides the partials
+
+
+def product_cycles(fmas: float, blocks: int, threads: int, sms: int, itemsize: int, instructions_per_fma: float,
+                   l2_bytes: float = 0.0) -> float:
+    """Modelled clocks of one gemm launch: its multiply-adds, shared evenly by its blocks, ⌈blocks/SMs⌉
+    blocks on an SM issuing ISSUE_PER_SM_CLOCK instructions a clock (32 a warp when it holds fewer
+    than four warps), or ``l2_bytes`` through the L2, whichever is slower."""
+    per_sm = -(-blocks // sms)
+    issue = min(ISSUE_PER_SM_CLOCK, 32 * per_sm * -(-threads // 32))
+    arithmetic = per_sm * fmas / blocks * instructions_per_fma * (itemsize // 4) / issue
+    return max(arithmetic, l2_bytes / L2_BYTES_PER_CLOCK)
+
+
+def stepwise_step_cycles(direction: str, H: int, M: int, splits: int, itemsize: int, sms: int,
+                         instructions_per_fma: float = GEMM_INSTRUCTIONS_PER_FMA) -> tuple[float, float]:
+    """(product, cells): modelled clocks of one step of a stepwise sweep over M rows, its product
+    split into ``splits`` chunks of K. The product (M x 4H x H forward, M x H x 4H backward) reads
+    its operands through L2 (W_h once per row tile) and writes the partials; the cell kernel moves
+    CELL_VALUES values per cell and reads the partials."""
+    N, K = (4 * H, H) if direction == "forward" else (H, 4 * H)
+    (BM, BN), grid, threads = _kernels().gemm_shape(M, N)
+    tiles = grid[0] * grid[1]
+    partials = splits * M * N * itemsize
+    product = product_cycles(M * N * K, tiles * splits, threads, sms, itemsize, instructions_per_fma,
+                             tiles * (min(BM, M) + min(BN, N)) * K * itemsize + partials)
+    return product, (CELL_VALUES[direction] * M * H * itemsize + partials) / L2_BYTES_PER_CLOCK
+
+
+def stepwise_split(direction: str, H: int, M: int, np_dtype, sms: int) -> tuple[int, int]:
+    """(chunks, chunk length) of K for each step's product: the count up to stepwise.MAX_SPLITS (whole
+    staging steps each) with the fewest modelled clocks a step (on a tie the fewest)."""
+    from lstmbench_backends.numba_cuda.gemm import gemm_bk
+
+    K, bk, itemsize = (H if direction == "forward" else 4 * H), gemm_bk(np_dtype), np.dtype(np_dtype).itemsize
+    options = {_stepwise().split_of(K, s, bk) for s in range(1, min(_stepwise().MAX_SPLITS, max(1, K // bk)) + 1)}
+    return min(sorted(options), key=lambda o: sum(stepwise_step_cycles(direction, H, M, o[0], itemsize, sms)))
+
+
+def sweep_microseconds(sweep: "Sweep", direction: str, H: int, Bp: int, T: int, itemsize: int, sms: int,
+                       instructions_per_fma: float | None = None) -> float:
+    """Modelled µs of one layer's sweep as ``sweep`` runs it, launches included. rows: one launch of
+    T steps of recurrence_step_cycles. stepwise: T - 1 products (none at t = 0 forward without a
+    state, none at t = T-1 backward) and T cell launches, backward one more (the bias's column
+    sums). ``instructions_per_fma``: of the recurrence's loop (rows) or the product's (stepwise)."""
+    if sweep.recurrence == "stepwise":
+        product, cells = stepwise_step_cycles(direction, H, Bp, sweep.splits, itemsize, sms,
+                                              instructions_per_fma or GEMM_INSTRUCTIONS_PER_FMA)
+        cycles, launches = (T - 1) * product + T * cells, 2 * T - 1 + (direction == "backward")
+    else:
+        cycles = T * recurrence_step_cycles(sweep.rows, H, Bp, itemsize, sms,
+                                            instructions_per_fma or LOOP_INSTRUCTIONS_PER_FMA)
+        launches = 1
+    return cycles / (CLOCK_GHZ * 1e3) + launches * LAUNCH_MICROSECONDS
+
+
 @dataclass(frozen=True)
 class Sweep:
-    """Launch shape of one recurrence kernel (the forward or the backward sweep)."""
+    """Launch shape of one recurrence sweep (forward or backward): the rows kernel's (which also
+    sets the batch's padding), how the sweep runs, and the stepwise product's split."""
 
     rows: int  # batch rows per block
     blocks: int
     threads: int
+    recurrence: str = "rows"  # "rows", "stepwise" or "persistent" (RECURRENCES; "auto" resolved by plan())
+    splits: int = 1  # stepwise: chunks of K of each step's product (the cell kernel adds their partials)
+    k_chunk: int = 0  # stepwise: K of each chunk
 
 
 @dataclass(frozen=True)
@@ -183,11 +261,26 @@ def _sweep_threads(units: int, limits: DeviceLimits) -> int:
     return units if units < 32 else min(_next_pow2(units), _kernels().MAX_RECURRENCE_THREADS, limits.max_threads)
 
 
-def plan(cfg: ModelConfig, B: int, T: int, limits: DeviceLimits) -> Plan:
+def _choose_recurrence(cfg: ModelConfig, sweep: Sweep, direction: str, Bp: int, T: int, limits: DeviceLimits,
+                       recurrence: str) -> Sweep:
+    """``sweep`` with its recurrence: the one asked for, or for "auto" stepwise where the cost model
+    says its sweep is faster than the rows kernel's (sweep_microseconds), else rows."""
+    H, dt, sms = cfg.hidden_size, cfg.np_dtype, limits.multiprocessors
+    splits, chunk = stepwise_split(direction, H, Bp, dt, sms)
+    stepwise = replace(sweep, recurrence="stepwise", splits=splits, k_chunk=chunk)
+    if recurrence == "auto":
+        faster = (sweep_microseconds(stepwise, direction, H, Bp, T, dt.itemsize, sms)
+                  < sweep_microseconds(sweep, direction, H, Bp, T, dt.itemsize, sms))
+        recurrence = "stepwise" if faster else "rows"
+    return stepwise if recurrence == "stepwise" else replace(sweep, recurrence=recurrence)
+
+
+def plan(cfg: ModelConfig, B: int, T: int, limits: DeviceLimits, recurrence: str = "auto") -> Plan:
     """Rows per block, per sweep: every block reads all of W_h at every step whatever its row
     count, so more rows make that read cheaper per row but leave SMs idle; the cost model picks.
     The forward block keeps h_{t-1} of its rows in shared memory (H values a row), the backward
-    block dz_{t+1} (4H), so the backward sweep may have to take fewer rows."""
+    block dz_{t+1} (4H), so the backward sweep may have to take fewer rows. Then each sweep's
+    recurrence (RECURRENCES; "auto": rows or stepwise by the cost model, _choose_recurrence)."""
     H = cfg.hidden_size
     rows_f = _sweep_rows(cfg, B, H, limits, "forward sweep")
     rows_b = _sweep_rows(cfg, B, 4 * H, limits, "backward sweep")
@@ -196,6 +289,8 @@ def plan(cfg: ModelConfig, B: int, T: int, limits: DeviceLimits) -> Plan:
     kernels = _kernels()
     forward = Sweep(rows_f, Bp // rows_f, _sweep_threads(H, limits))  # one hidden unit a thread
     backward = Sweep(rows_b, Bp // rows_b, _sweep_threads(-(-H // kernels.BACKWARD_UNITS), limits))
+    forward = _choose_recurrence(cfg, forward, "forward", Bp, T, limits, recurrence)
+    backward = _choose_recurrence(cfg, backward, "backward", Bp, T, limits, recurrence)
     n_pred = (T if cfg.many_to_many else 1) * B
     loss_threads = min(kernels.LOSS_THREADS, _next_pow2(n_pred))
     longest = T * Bp  # rows of the largest product (all steps at once)
@@ -286,14 +381,16 @@ class Workspace:
     dev: dict[str, Any]  # name -> device array (per-layer buffers are lists)
 
     @classmethod
-    def make(cls, cfg: ModelConfig, B: int, T: int, limits: DeviceLimits, packed: bool = False) -> "Workspace":
+    def make(cls, cfg: ModelConfig, B: int, T: int, limits: DeviceLimits, packed: bool = False,
+             recurrence: str = "auto") -> "Workspace":
         cuda = _cuda()
-        p = plan(cfg, B, T, limits)
+        p = plan(cfg, B, T, limits, recurrence)
         L, H, D0, O, dt = cfg.num_layers, cfg.hidden_size, cfg.input_size, cfg.output_size, cfg.np_dtype
         Bp, G, Tout = p.padded_batch, 4 * cfg.hidden_size, T if cfg.many_to_many else 1
         xent = cfg.loss == "xent"
         sizes = dict(xs=T * Bp * D0, yout=Tout * Bp * O, dy=Tout * Bp * O, dh=T * Bp * H,
-                     dh_last=0 if cfg.many_to_many else Bp * H, dcn=Bp * H, db_part=L * p.backward.blocks * G,
+                     dh_last=0 if cfg.many_to_many else Bp * H, dcn=Bp * H,
+                     db_part=(L + _folded(cfg, p)) * p.backward.blocks * G,  # and layer 0's x^T dz partials
                      dby_part=p.loss_blocks * O, y_real=1 if xent else Tout * Bp * O,
                      state0=2 * L * Bp * H, staten=2 * L * Bp * H)
         per_layer = dict(gates=T * Bp * G, hs=(T + 1) * Bp * H, cs=(T + 1) * Bp * H, tcs=T * Bp * H,
@@ -311,12 +408,21 @@ class Workspace:
         dev["y_class"] = zeros(Tout * Bp if xent else 1, np.int32)
         dev["loss_part"] = zeros(p.loss_blocks, np.float64)
         dev["loss"] = zeros(1, np.float64)
+        if _folded(cfg, p):  # finish_grads' sums: every layer's b, then dW_x's rows (the fold: _backward_pass)
+            offs = Layout.of(cfg).offs
+            dev["sum_offs"] = cuda.to_device(np.concatenate([offs[:-1, 2], offs[0, 0] + G * np.arange(D0)]))
         full = Rows.full(B, T, Bp)
         dev["seq"] = cuda.to_device(full.seq)  # constant unless packed (then staged by every call)
         y_shape = (Tout, Bp) if xent else (Tout, Bp, O)
         return cls(p, full, _pinned_zeros((T, Bp, D0), dt), _pinned_zeros(y_shape, np.int32 if xent else dt),
                    _pinned_zeros((1,), np.float64), _pinned_zeros(full.seq.shape, np.int64),
                    _pinned_zeros((2, L, Bp, H), dt), dev)
+
+
+def _folded(cfg: ModelConfig, p: Plan) -> int:
+    """Inputs of layer 0 whose dW_x its backward sweep computes (kernels.folded_inputs: x^T dz summed
+    as its bias gradient is, no product launched); 0: dW_x is a product. Only the rows kernel folds."""
+    return _kernels().folded_inputs(cfg.input_size) if p.backward.recurrence == "rows" else 0
 
 
 def _pinned_zeros(shape, dtype) -> np.ndarray:
@@ -370,7 +476,8 @@ class ModelArrays:
 
 
 class NumbaCuda(FusedBackend):
-    """Numba CUDA kernels: tiled products, the recurrence in one launch per layer, fused update."""
+    """Numba CUDA kernels: tiled products, the recurrence in one launch per layer or stepwise (by the
+    cost model; ``recurrence`` or LSTMBENCH_CUDA_RECURRENCE: one of RECURRENCES), fused update."""
 
     name = "cuda"
     description = "Numba CUDA: the whole training step on the GPU (recurrence inside the kernel, tiled products)"
@@ -378,12 +485,13 @@ class NumbaCuda(FusedBackend):
 
     def __init__(self, recurrence: str | None = None) -> None:
         super().__init__()
-        self.recurrence = recurrence or os.environ.get(RECURRENCE_ENV) or "rows"
+        self.recurrence = recurrence or os.environ.get(RECURRENCE_ENV) or "auto"
         if self.recurrence not in RECURRENCES:
             raise ConfigError(f"unknown recurrence {self.recurrence!r} for the cuda backend (from "
                               f"{'the argument' if recurrence else RECURRENCE_ENV}); choose one of {', '.join(RECURRENCES)}")
         self._model_arrays: dict[ModelConfig, ModelArrays] = {}
         self._gemm_scratch: dict[np.dtype, Any] = {}  # split products' partial tiles, per dtype (_gemm)
+        self._step_scratch: dict[np.dtype, Any] = {}  # the stepwise products' partials, per dtype (_step_product)
         self._limits: DeviceLimits | None = None
         self._stream = None
         self._launches = 0
@@ -453,7 +561,7 @@ class NumbaCuda(FusedBackend):
 
     def _make_workspace(self, key: tuple) -> Workspace:
         cfg, B, T, packed = key
-        return Workspace.make(cfg, B, T, self._device_limits(), packed)
+        return Workspace.make(cfg, B, T, self._device_limits(), packed, self.recurrence)
 
     def _launch(self, kernel, grid, threads: int, shared_bytes: int, *args) -> None:
         """Launch a kernels.Kernel on the backend's stream (and count it)."""
@@ -576,6 +684,65 @@ class NumbaCuda(FusedBackend):
         self._launch(k.gemm_kernel(dt, *tile), grid, threads, k.gemm_shared_bytes(tile, dt.itemsize), scratch, 0, 0,
                      0, scratch, 1, MN, 1, C, c_off, MN, 1, MN, splits, scratch, 0, False, splits, 0)
 
+    def _step_part(self, dt, size: int):
+        """The stepwise products' partials: a device buffer of at least ``size`` values of ``dt``, one per
+        dtype, made (or grown) the first time a shape needs it; every value is written before it is read."""
+        scratch = self._step_scratch.get(dt)
+        if scratch is None or scratch.size < size:
+            if scratch is not None and self._stream is not None:
+                self._stream.synchronize()  # launches already queued may still read the old one
+            _check_free_memory(size * dt.itemsize, "the stepwise recurrence's partial products")
+            scratch = self._step_scratch[dt] = _cuda().device_array(size, dt)
+        return scratch
+
+    def _step_product(self, dt, sweep: Sweep, M, N, K, A, a_off, a_rs, a_cs, Bm, b_off, b_rs, b_cs, part, stride):
+        """One step's product of the stepwise recurrence, op(A) op(B) (gemm.py), in the sweep's chunks of K
+        (grid z): chunk s's partial M x N product to part[s*stride + i*N + j], added up by the cell kernel."""
+        k = _kernels()
+        tile, grid, threads = k.gemm_shape(M, N)
+        self._launch(k.gemm_kernel(dt, *tile), (grid[0], grid[1], sweep.splits), threads,
+                     k.gemm_shared_bytes(tile, dt.itemsize), A, a_off, a_rs, a_cs, Bm, b_off, b_rs, b_cs, part, 0, N,
+                     M, N, K, part, 0, False, sweep.k_chunk, stride)
+
+    def _stepwise_forward(self, cfg: ModelConfig, ws: Workspace, theta, wh: int, b: int, rows: Rows, bufs: tuple,
+                          after: tuple) -> None:
+        """One layer's forward sweep, stepwise (stepwise.py): at each step t, h_{t-1} @ W_h (W_h from theta
+        at ``wh``) over the n_t rows that take it, then the cell kernel. ``bufs`` and ``after``: the rows
+        kernel's arguments before and after T (gates .. seq; Bp, H, has_state ..)."""
+        dt, H, Bp, sweep, st = cfg.np_dtype, cfg.hidden_size, ws.plan.padded_batch, ws.plan.forward, _stepwise()
+        G, seq, hs, state0, h_off, has_state = 4 * H, rows.seq, bufs[1], bufs[5], bufs[7], after[2]
+        part, cells = self._step_part(dt, sweep.splits * Bp * G), st.forward_cells_kernel(dt)
+        for t in range(rows.T):
+            n = int(seq[Bp + t + 1] - seq[Bp + t])
+            if n == 0:  # rows are sorted longest first: none takes a later step either
+                break
+            recurrent = t > 0 or has_state  # h_{-1} = 0: no product at the first step
+            if recurrent:  # h_{t-1}: the initial state at t = 0, else hs at step t-1's rows (a prefix of them)
+                h, h_at = (state0, h_off) if t == 0 else (hs, (Bp + int(seq[Bp + t - 1])) * H)
+                self._step_product(dt, sweep, n, G, H, h, h_at, H, 1, theta, wh, G, 1, part, Bp * G)
+            self._launch(cells, -(-n * H // st.THREADS), st.THREADS, 0, theta, b, part, Bp * G, sweep.splits,
+                         recurrent, *bufs, t, rows.T, *after)
+
+    def _stepwise_backward(self, cfg: ModelConfig, ws: Workspace, wpack, wh: int, rows: Rows, gates,
+                           incoming: tuple, mask: tuple, db_part) -> None:
+        """One layer's backward sweep, stepwise (stepwise.py): at each step t, dz_{t+1} @ W_h^T (wpack's
+        W_h^T at ``wh``) over the rows that took step t+1, then the cell kernel; last, the bias gradient
+        as dz's column sums into ``db_part``. ``incoming``: lstm_backward's cs .. dcn."""
+        dt, H, Bp, sweep, st = cfg.np_dtype, cfg.hidden_size, ws.plan.padded_batch, ws.plan.backward, _stepwise()
+        G, seq, T = 4 * H, rows.seq, rows.T
+        part, cells = self._step_part(dt, sweep.splits * Bp * H), st.backward_cells_kernel(dt)
+        for t in range(T - 1, -1, -1):
+            n = int(seq[Bp + t + 1] - seq[Bp + t])
+            if n == 0:  # no row has reached step t
+                continue
+            n_next = int(seq[Bp + t + 2] - seq[Bp + t + 1]) if t < T - 1 else 0  # the rows that took step t+1
+            if n_next:
+                self._step_product(dt, sweep, n_next, H, G, gates, int(seq[Bp + t + 1]) * G, G, 1, wpack, wh, H, 1,
+                                   part, Bp * H)
+            self._launch(cells, -(-n * H // st.THREADS), st.THREADS, 0, part, Bp * H, sweep.splits, n_next > 0, gates,
+                         *incoming, ws.dev["seq"], t, T, Bp, H, *mask)
+        self._launch(_persistent().column_sums_kernel(dt), -(-G // 128), 128, 0, gates, rows.n_rows, G, db_part)
+
     def _persistent_sweep(self, cfg: ModelConfig, ws: Workspace, direction: str) -> tuple:
         """(kernel, grid, threads, shared bytes) of a persistent sweep: one block a (rows, unit slice)
         task, or as many blocks as the device holds at once (a cooperative launch needs them all
@@ -621,17 +788,21 @@ class NumbaCuda(FusedBackend):
                 self._gemm(dt, N, G, H, below, below_off, H, 1, theta, wx, G, 1, d["gates"][layer], 0, G)
             h_off, c_off = layer * Bp * H, (L + layer) * Bp * H  # this layer's h and c in state0 / staten
             head_last = layer == L - 1 and not cfg.many_to_many
-            if self.recurrence == "persistent":
+            bufs = (d["gates"][layer], d["hs"][layer], d["cs"][layer], d["tcs"][layer], d["hprev"][layer],
+                    d["state0"], d["staten"], h_off, c_off, d["seq"])
+            after = (Bp, H, has_state, rows.packed, d["hd"][layer], head_last,
+                     *self._mask_args(cfg, rows, draw, layer + 1))
+            sweep = p.forward
+            if sweep.recurrence == "stepwise":
+                self._stepwise_forward(cfg, ws, theta, wh, b, rows, bufs, after)
+                continue
+            if sweep.recurrence == "persistent":
                 kernel, grid, threads, shared = self._persistent_sweep(cfg, ws, "forward")
                 head = (theta, b, wh)
             else:
-                sweep = p.forward
                 kernel, grid, threads = k.lstm_forward_kernel(dt, sweep.rows, sweep.threads), sweep.blocks, sweep.threads
                 shared, head = sweep.rows * H * dt.itemsize, (theta, b, wpack, layout.size + wh)
-            self._launch(kernel, grid, threads, shared, *head, d["gates"][layer], d["hs"][layer], d["cs"][layer],
-                         d["tcs"][layer], d["hprev"][layer], d["state0"], d["staten"], h_off, c_off, d["seq"], rows.T,
-                         Bp, H, has_state, rows.packed, d["hd"][layer], head_last,
-                         *self._mask_args(cfg, rows, draw, layer + 1))
+            self._launch(kernel, grid, threads, shared, *head, *bufs, rows.T, *after)
         # the head: on every h_t, (N, H) @ (H, O), or on each row's h after its last step
         wy, by = (int(o) for o in offs[L, :2])
         top, top_off = self._layer_output(cfg, ws, L - 1, draw)
@@ -684,7 +855,9 @@ class NumbaCuda(FusedBackend):
             n_rows, dh_top = Bp, d["dh_last"]
         self._gemm(dt, H, O, n_rows, top, h_off, 1, H, d["dy"], 0, O, 1, grad, wy, O)
         self._gemm(dt, n_rows, H, O, d["dy"], 0, O, 1, theta, wy, 1, O, dh_top, 0, H)
-        db_blocks = 1 if self.recurrence == "persistent" else p.backward.blocks  # bias-gradient partials a layer
+        sweep = p.backward  # bias-gradient partials a layer: the rows kernel's blocks, else dz's column sums (1)
+        db_blocks = p.backward.blocks if sweep.recurrence == "rows" else 1
+        fold = _folded(cfg, p)  # layer 0's dW_x summed by its sweep: partials after every layer's db_part
         for layer in range(L - 1, -1, -1):
             wx, wh, _ = (int(o) for o in offs[layer])
             Dl = D0 if layer == 0 else H
@@ -692,18 +865,21 @@ class NumbaCuda(FusedBackend):
             gates = d["gates"][layer]
             incoming = (d["cs"][layer], d["tcs"][layer], d["dh"], not head_last, d["dh_last"], head_last, d["dcn"])
             db_part, mask = d["db_part"][layer * db_blocks * G:], self._mask_args(cfg, rows, draw, layer + 1)
-            if self.recurrence == "persistent":  # then the bias gradient: dz's column sums
+            if sweep.recurrence == "stepwise":
+                self._stepwise_backward(cfg, ws, wpack, wh, rows, gates, incoming, mask, db_part)
+            elif sweep.recurrence == "persistent":  # then the bias gradient: dz's column sums
                 kernel, grid, threads, shared = self._persistent_sweep(cfg, ws, "backward")
                 self._launch(kernel, grid, threads, shared, theta, wh, gates, *incoming, d["seq"], rows.T, Bp, H, *mask)
                 self._launch(_persistent().column_sums_kernel(dt), -(-G // 128), 128, 0, gates, N, G, db_part)
             else:
-                sweep = p.backward
-                self._launch(k.lstm_backward_kernel(dt, sweep.rows, sweep.threads), sweep.blocks, sweep.threads,
+                DX = fold if layer == 0 else 0  # with a fold: x and where dW_x's partials go, too
+                self._launch(k.lstm_backward_kernel(dt, sweep.rows, sweep.threads, DX), sweep.blocks, sweep.threads,
                              sweep.rows * G * dt.itemsize, wpack, wh, gates, *incoming, db_part, d["seq"], rows.T, Bp, H,
-                             *mask)
+                             *mask, *((d["xs"], d["db_part"][L * db_blocks * G:]) if DX else ()))
             # weight gradients: one product each over every layout row
-            if layer == 0:  # dW_x = x^T dz
-                self._gemm(dt, D0, G, N, d["xs"], 0, 1, D0, gates, 0, G, 1, grad, wx, G)
+            if layer == 0:  # dW_x = x^T dz (folded: finish_grads sums the sweep's partials)
+                if not fold:
+                    self._gemm(dt, D0, G, N, d["xs"], 0, 1, D0, gates, 0, G, 1, grad, wx, G)
             else:  # on the input this layer saw (masked, with dropout)
                 below, below_off = self._layer_output(cfg, ws, layer - 1, draw)
                 self._gemm(dt, H, G, N, below, below_off, 1, H, gates, 0, G, 1, grad, wx, G)
@@ -713,9 +889,10 @@ class NumbaCuda(FusedBackend):
             self._gemm(dt, H, G, N, h_before, 0, 1, H, gates, 0, G, 1, grad, wh, G)
             if layer > 0:  # dLoss/dh of the layer below = dz @ W_x^T
                 self._gemm(dt, N, Dl, G, gates, 0, G, 1, theta, wx, 1, G, d["dh"], 0, H)
-        n_sums = L * G + O + 1
+        n_sums = (L + fold) * G + O + 1  # dW_x's D0 rows of a fold are summed as more bias rows (sum_offs)
         self._launch(k.finish_kernel(dt), -(-n_sums // k.REDUCE_THREADS), k.REDUCE_THREADS, 0, d["db_part"],
-                     model.b_offs, db_blocks, G, d["dby_part"], by, O, d["loss_part"], p.loss_blocks, grad, d["loss"], L)
+                     d["sum_offs"] if fold else model.b_offs, db_blocks, G, d["dby_part"], by, O, d["loss_part"],
+                     p.loss_blocks, grad, d["loss"], L + fold)
 
     def _loss_to_host(self, ws: Workspace, n_terms: int) -> float:
         ws.dev["loss"].copy_to_host(ws.loss_host, stream=self._stream)

@@ -46,22 +46,28 @@ VARIANTS = (
 #: the opt-in persistent recurrence (persistent.py): its factories, named with their module
 VARIANTS += [(f"persistent.{d}_kernel", (units,)) for d in ("forward", "backward") for units in (1, 2, 4)]
 VARIANTS += [("persistent.column_sums_kernel", ())]
+#: the stepwise recurrence's cell kernels (stepwise.py; its products are gemm's variants above)
+VARIANTS += [(f"stepwise.{d}_cells_kernel", ()) for d in ("forward", "backward")]
+#: layer 0's backward sweep with dW_x folded in (kernels.folded_inputs): its DX inputs, 1 .. FOLD_MAX_INPUTS
+VARIANTS += [("lstm_backward_kernel", (rows, threads, dx)) for rows in ROWS_PER_BLOCK for threads in RECURRENCE_THREADS
+             for dx in range(1, kernels.FOLD_MAX_INPUTS + 1)]
 
 
 def build(factory: str, dtype, *args):
     """The kernels.Kernel of a VARIANTS entry: ``factory`` is a function of kernels.py, or of
-    persistent.py when named ``persistent.<function>``."""
+    persistent.py or stepwise.py when named ``persistent.<function>`` or ``stepwise.<function>``."""
     module, _, name = factory.rpartition(".")
-    if module == "persistent":
-        from lstmbench_backends.numba_cuda import persistent
+    if module in ("persistent", "stepwise"):
+        from importlib import import_module
 
-        return getattr(persistent, name)(np.dtype(dtype), *args)
+        return getattr(import_module(f"lstmbench_backends.numba_cuda.{module}"), name)(np.dtype(dtype), *args)
     return getattr(kernels, name)(np.dtype(dtype), *args)
 
 
 #: kernels whose float32 form must be free of float64 instructions (the others add up
 #: the loss or the clipping norm in float64 on purpose)
-HOT = ("gemm", "lstm_forward", "lstm_backward", "pack_wh", "lstm_forward_persistent", "lstm_backward_persistent")
+HOT = ("gemm", "lstm_forward", "lstm_backward", "pack_wh", "lstm_forward_persistent", "lstm_backward_persistent",
+       "lstm_forward_cells", "lstm_backward_cells")
 
 
 @dataclass(frozen=True)

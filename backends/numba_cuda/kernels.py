@@ -18,8 +18,9 @@ How it is computed (docs/cuda-backend.md has the picture and the reasons):
 * ``gemm`` (gemm.py): one tiled shared-memory matrix product for every product that is
   not sequential in t: the input projection x @ W_x of all T steps at once,
   the head, the weight gradients dW_x, dW_h, dW_y (one product each, summed
-  over all steps and rows), and dx, dh of the head. Operands are addressed
-  through strides, so transposed operands need no copy.
+  over all steps and rows; not layer 0's dW_x for an input of FOLD_MAX_INPUTS values or
+  fewer: its backward sweep sums x^T dz as it sums the bias gradient), and dx, dh of the
+  head. Operands are addressed through strides, so transposed operands need no copy.
 * ``lstm_forward`` / ``lstm_backward``: the recurrence of one layer, the whole
   sequence in one launch. Block b owns batch rows [b*ROWS, (b+1)*ROWS) and
   loops over t on its own: its rows' h_{t-1} (forward) or dz_{t+1} (backward)
@@ -324,9 +325,28 @@ def cell_backward(gates, z, H, d_h, dc, c_prev, tc, one):
 
 
 @cuda.jit(device=True, inline=True)
+def fold_x(fold, x_row, gates, z, H):
+    """Layer 0's dW_x folded into the backward sweep (``fold`` = (xs, DX, wx), DX = D0 > 0): one
+    row's x[d] (layout row x_row) times its dz of the four gates (at z, z + H, .. in ``gates``), added
+    to wx[4*d + q] (registers) for d < DX. DX = 0: nothing."""
+    xs, dx, wx = fold
+    for d in range(dx):
+        x = xs[np.uint64(x_row) * np.uint64(dx) + np.uint64(d)]  # unsigned: no negative-index wrap-around
+        for q in range(4):
+            wx[4 * d + q] += x * gates[z + q * H]
+
+
+@cuda.jit(device=True, inline=True)
 def backward_cells(bufs, dh, rows, step, j, H, seq, Bp, T, drop, mask, one, zero):
     """Unit j of the block's active rows at step t, dLoss/dh_t of row r at dh[r]: dz into ``gates``
     in place, dc_t f_t into ``dcn``; returns the unit's four bias-gradient sums over those rows."""
+    return backward_cells_fold(bufs, dh, rows, step, j, H, seq, Bp, T, drop, mask, one, zero, (bufs[0], 0, bufs[0]))
+
+
+@cuda.jit(device=True, inline=True)
+def backward_cells_fold(bufs, dh, rows, step, j, H, seq, Bp, T, drop, mask, one, zero, fold):
+    """backward_cells, and with a fold (``fold`` = (xs, DX, wx), DX > 0) the rows' x^T dz added to
+    the unit's sums in wx (fold_x)."""
     gates, cs, tcs, dcn, dh_last, has_dh_last = bufs
     t, off, prev, row0, na = step
     G = 4 * H
@@ -350,6 +370,7 @@ def backward_cells(bufs, dh, rows, step, j, H, seq, Bp, T, drop, mask, one, zero
             db_f += gates[z + H]
             db_g += gates[z + 2 * H]
             db_o += gates[z + 3 * H]
+            fold_x(fold, off + row, gates, z, H)
     return db_i, db_f, db_g, db_o
 
 
@@ -374,8 +395,90 @@ def backward_fma_k(dh_a, dh_b, wpack, w, dz_next, s, rows):
         dh_b[r] += d * w_b
 
 
-@lru_cache(maxsize=None)
-def lstm_backward_kernel(np_dtype, ROWS: int, THREADS: int):
+@cuda.jit(device=True, inline=True)
+def fold_flush(fold, wx_part, part, x_stride, j, H, zero):
+    """Unit j's sums of fold_x (``fold`` = (xs, DX, wx)) added to this block's partials of x^T dz:
+    input d's at wx_part[part + d*x_stride + q*H + j], then zeroed for the next step. DX = 0: nothing."""
+    wx, dx = fold[2], fold[1]
+    for d in range(dx):
+        w = np.uint64(part + d * x_stride + j)
+        for q in range(4):
+            wx_part[w + np.uint64(q * H)] += wx[4 * d + q]
+            wx[4 * d + q] = zero
+
+
+@cuda.jit(device=True, inline=True)
+def backward_sweep(wpack, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part, seq, T, Bp,
+                   H, drop, mask, work, shape, fold, wx_part):
+    """lstm_backward's body (lstm_backward_kernel): ``work`` = the shared dz_{t+1} and the registers
+    dh_a, dh_b; ``shape`` the kernel's constants; ``fold`` = (xs, DX, wx) of fold_x and fold_flush,
+    whose partials go to wx_part (DX = 0: none)."""
+    # dz_{t+1}[r, k] at k*ROWS + r; dLoss/dh_t of units j0 and j0 + 1 at row r (two arrays, not one indexed
+    # by unit: each stays in registers)
+    dz_next, dh_a, dh_b = work
+    ROWS, ROWS_U, THREADS, ZERO, ONE = shape
+    tid = cuda.threadIdx.x
+    row0 = cuda.blockIdx.x * ROWS
+    G = 4 * H
+    part = cuda.blockIdx.x * G
+    x_stride = cuda.gridDim.x * G  # input d's partial of x^T dz: wx_part[part + d*blocks*4H ..]
+    for e in range(4 * fold[1]):
+        fold[2][e] = ZERO
+    for j0 in range(BACKWARD_UNITS * tid, H, BACKWARD_UNITS * THREADS):  # the thread's own units
+        for j in range(j0, min(j0 + BACKWARD_UNITS, H)):  # (it alone adds to them: no barrier needed)
+            for q in range(4):
+                db_part[part + q * H + j] = ZERO
+                for d in range(fold[1]):
+                    wx_part[part + d * x_stride + q * H + j] = ZERO
+    for t in range(T - 1, -1, -1):
+        na = active_rows(seq, Bp, t, row0, ROWS)
+        if na == 0:  # (the same for the whole block) none of its rows has reached step t
+            continue
+        na1 = active_rows(seq, Bp, t + 1, row0, ROWS) if t < T - 1 else 0  # rows that took step t+1
+        off, prev = seq[Bp + t], prev_slot(seq, Bp, t)
+        if na1 > 0:
+            base = (seq[Bp + t + 1] + row0) * G
+            for e in range(tid, ROWS * G, THREADS):  # zero for a row that ended at t: nothing flows back
+                r, k = e // G, e % G
+                dz_next[k * ROWS + r] = gates[base + e] if r < na1 else ZERO
+            cuda.syncthreads()
+        step = (t, off, prev, row0, na)
+        for j0 in range(BACKWARD_UNITS * tid, H, BACKWARD_UNITS * THREADS):
+            incoming_dh(dh_a, dh_in, has_dh_in, ROWS, step, j0, H, seq, Bp, T, drop, mask, ZERO)
+            incoming_dh(dh_b, dh_in, has_dh_in, ROWS, step, j0 + 1, H, seq, Bp, T, drop, mask, ZERO)
+            if na1 > 0:  # running offsets along k (4H: a whole number of trips); a unit past H
+                w, s = np.uint64(wh_off) + np.uint64(j0), np.uint64(0)  # reads W_h^T's next row: unused
+                for _ in range(G // UNROLL):
+                    for _k in range(UNROLL):
+                        backward_fma_k(dh_a, dh_b, wpack, w, dz_next, s, ROWS)
+                        w, s = w + np.uint64(H), s + ROWS_U
+            bufs = (gates, cs, tcs, dcn, dh_last, has_dh_last)
+            db = backward_cells_fold(bufs, dh_a, ROWS, step, j0, H, seq, Bp, T, drop, mask, ONE, ZERO, fold)
+            for q in range(4):
+                db_part[part + q * H + j0] += db[q]
+            fold_flush(fold, wx_part, part, x_stride, j0, H, ZERO)
+            if j0 + 1 < H:
+                db = backward_cells_fold(bufs, dh_b, ROWS, step, j0 + 1, H, seq, Bp, T, drop, mask, ONE, ZERO,
+                                         fold)
+                for q in range(4):
+                    db_part[part + q * H + j0 + 1] += db[q]
+                fold_flush(fold, wx_part, part, x_stride, j0 + 1, H, ZERO)
+        cuda.syncthreads()  # dz_t is complete before the next step reads it
+
+
+#: layer 0's dW_x is folded into its backward sweep (DX = D0) for inputs of at most this many values: the
+#: fold's 4*DX sums per unit are registers, and past 1 input lstm_backward(4,256) at sm_90 takes more than
+#: 128 a thread (166 at DX = 2, 160 at 4: one block of 256 threads per SM instead of two), or at 8 the
+#: fold's own loop (255 instructions / 34 FFMA) outgrows the W_h product's (tools/cuda_static_cost.py)
+FOLD_MAX_INPUTS = 1
+
+
+def folded_inputs(D0: int) -> int:
+    """DX of layer 0's backward sweep: D0 when dW_x is folded into it (D0 <= FOLD_MAX_INPUTS), else 0."""
+    return D0 if D0 <= FOLD_MAX_INPUTS else 0
+
+
+def lstm_backward_kernel(np_dtype, ROWS: int, THREADS: int, DX: int = 0):
     """One layer's backward sweep over t = T-1 .. 0, ROWS batch rows per block of THREADS threads,
     each thread BACKWARD_UNITS neighbouring hidden units.
 
@@ -386,61 +489,41 @@ def lstm_backward_kernel(np_dtype, ROWS: int, THREADS: int):
     step. With ``drop`` both incoming gradients pass through the mask the forward sweep put on h
     as it left the layer (the same site: the next layer's input or the head's), drawn again here.
     Writes this block's bias-gradient partial sums to ``db_part[block]``.
+    DX > 0 (layer 0, D0 = DX inputs: the fold): two more arguments, the layer's input ``xs``
+    (N, DX) and ``wx_part``, where the block also writes its partial sums of x^T dz (dW_x), input
+    d's at wx_part[(d*blocks + block)*4H ..]: finish_grads adds them up as it adds db_part's.
     Dynamic shared memory: ROWS * 4H values (dz_{t+1} of the block's rows).
     """
+    return _backward_kernel(np.dtype(np_dtype), ROWS, THREADS, DX)
+
+
+@lru_cache(maxsize=None)
+def _backward_kernel(np_dtype, ROWS: int, THREADS: int, DX: int):
     DT = dtype_of(np_dtype)
-    ZERO, ONE = np.dtype(np_dtype).type(0), np.dtype(np_dtype).type(1)
-    ROWS_U = np.uint64(ROWS)
-
+    shape = (ROWS, np.uint64(ROWS), THREADS, np.dtype(np_dtype).type(0), np.dtype(np_dtype).type(1))
     a = DT[::1]
+    WX = max(4 * DX, 1)  # fold_x's sums (a local array's size must be a constant)
+    types = (a, int64, a, a, a, a, boolean, a, boolean, a, a, int64[::1], int64, int64, int64, boolean, uint64,
+             uint64, DT, int64, int64)
 
-    @_kernel(THREADS, a, int64, a, a, a, a, boolean, a, boolean, a, a, int64[::1], int64, int64,
-             int64, boolean, uint64, uint64, DT, int64, int64)
-    def lstm_backward(wpack, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part, seq,
-                      T, Bp, H, drop, key, threshold, scale, first_row, B):
-        dz_next = cuda.shared.array(0, DT)  # (4H, ROWS): dz_{t+1}[r, k] at k*ROWS + r
-        dh_a = cuda.local.array(ROWS, DT)  # dLoss/dh_t of unit j0 at row r (two arrays, not one indexed
-        dh_b = cuda.local.array(ROWS, DT)  # by unit: each stays in registers), and of unit j0 + 1
-        tid = cuda.threadIdx.x
-        row0 = cuda.blockIdx.x * ROWS
-        G = 4 * H
-        part = cuda.blockIdx.x * G
-        mask = (key, threshold, scale, first_row, B)
-        for j0 in range(BACKWARD_UNITS * tid, H, BACKWARD_UNITS * THREADS):  # the thread's own units
-            for j in range(j0, min(j0 + BACKWARD_UNITS, H)):  # (it alone adds to them: no barrier needed)
-                for q in range(4):
-                    db_part[part + q * H + j] = ZERO
-        for t in range(T - 1, -1, -1):
-            na = active_rows(seq, Bp, t, row0, ROWS)
-            if na == 0:  # (the same for the whole block) none of its rows has reached step t
-                continue
-            na1 = active_rows(seq, Bp, t + 1, row0, ROWS) if t < T - 1 else 0  # rows that took step t+1
-            off, prev = seq[Bp + t], prev_slot(seq, Bp, t)
-            if na1 > 0:
-                base = (seq[Bp + t + 1] + row0) * G
-                for e in range(tid, ROWS * G, THREADS):  # zero for a row that ended at t: nothing flows back
-                    r, k = e // G, e % G
-                    dz_next[k * ROWS + r] = gates[base + e] if r < na1 else ZERO
-                cuda.syncthreads()
-            step = (t, off, prev, row0, na)
-            for j0 in range(BACKWARD_UNITS * tid, H, BACKWARD_UNITS * THREADS):
-                incoming_dh(dh_a, dh_in, has_dh_in, ROWS, step, j0, H, seq, Bp, T, drop, mask, ZERO)
-                incoming_dh(dh_b, dh_in, has_dh_in, ROWS, step, j0 + 1, H, seq, Bp, T, drop, mask, ZERO)
-                if na1 > 0:  # running offsets along k (4H: a whole number of trips); a unit past H
-                    w, s = np.uint64(wh_off) + np.uint64(j0), np.uint64(0)  # reads W_h^T's next row: unused
-                    for _ in range(G // UNROLL):
-                        for _k in range(UNROLL):
-                            backward_fma_k(dh_a, dh_b, wpack, w, dz_next, s, ROWS)
-                            w, s = w + np.uint64(H), s + ROWS_U
-                bufs = (gates, cs, tcs, dcn, dh_last, has_dh_last)
-                db = backward_cells(bufs, dh_a, ROWS, step, j0, H, seq, Bp, T, drop, mask, ONE, ZERO)
-                for q in range(4):
-                    db_part[part + q * H + j0] += db[q]
-                if j0 + 1 < H:
-                    db = backward_cells(bufs, dh_b, ROWS, step, j0 + 1, H, seq, Bp, T, drop, mask, ONE, ZERO)
-                    for q in range(4):
-                        db_part[part + q * H + j0 + 1] += db[q]
-            cuda.syncthreads()  # dz_t is complete before the next step reads it
+    if DX == 0:
+        @_kernel(THREADS, *types)
+        def lstm_backward(wpack, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part,
+                          seq, T, Bp, H, drop, key, threshold, scale, first_row, B):
+            work = (cuda.shared.array(0, DT), cuda.local.array(ROWS, DT), cuda.local.array(ROWS, DT))
+            backward_sweep(wpack, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part, seq,
+                           T, Bp, H, drop, (key, threshold, scale, first_row, B), work, shape,
+                           (db_part, 0, cuda.local.array(1, DT)), db_part)  # no fold: nothing reads x or wx
+
+        return lstm_backward
+
+    @_kernel(THREADS, *types, a, a)
+    def lstm_backward(wpack, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part,
+                      seq, T, Bp, H, drop, key, threshold, scale, first_row, B, xs, wx_part):
+        work = (cuda.shared.array(0, DT), cuda.local.array(ROWS, DT), cuda.local.array(ROWS, DT))
+        backward_sweep(wpack, wh_off, gates, cs, tcs, dh_in, has_dh_in, dh_last, has_dh_last, dcn, db_part, seq,
+                       T, Bp, H, drop, (key, threshold, scale, first_row, B), work, shape,
+                       (xs, DX, cuda.local.array(WX, DT)), wx_part)
 
     return lstm_backward
 
@@ -552,7 +635,8 @@ def loss_kernel(np_dtype):
 @lru_cache(maxsize=None)
 def finish_kernel(np_dtype):
     """Sums over blocks, in block order: every layer's bias gradient (from the backward
-    sweeps' db_part), the head bias gradient (dby_part) and the loss (loss_part)."""
+    sweeps' db_part), the head bias gradient (dby_part) and the loss (loss_part). ``L`` rows of
+    db_part partials go to grad at b_offs: with a fold, layer 0's dW_x rows are more of them."""
     ZERO = np.dtype(np_dtype).type(0)
     a = dtype_of(np_dtype)[::1]
 

@@ -1,4 +1,5 @@
-"""FLOP model of one training step, for GFLOP/s and percent-of-peak figures.
+"""FLOP model of one training step (and of a forward pass alone: forward_flops), for GFLOP/s
+and percent-of-peak figures.
 
 Counts model FLOPs (work the math needs, whatever a backend does), with a
 multiply-add as 2 FLOPs:
@@ -50,16 +51,35 @@ def train_step_flops(cfg: ModelConfig, batch: int, steps: int, optimizer="adam",
         optimizer = "adam" if optimizer.kind == "adam" else ("sgd_momentum" if optimizer.momentum > 0 else "sgd")
     if optimizer not in OPTIMIZER_FLOPS:
         raise ValueError(f"unknown optimizer {optimizer!r}; one of {sorted(OPTIMIZER_FLOPS)}")
-    B, T, H, O = batch, steps, cfg.hidden_size, cfg.output_size
-    row_steps = B * T if lengths is None else int(sum(lengths))  # (row, step) pairs that run
+    row_steps = _row_steps(batch, steps, lengths)
+    fwd, bwd = _products(cfg, batch, row_steps)
+    pointwise = cfg.num_layers * row_steps * cfg.hidden_size * (FORWARD_POINTWISE + BACKWARD_POINTWISE)
+    return StepFlops(fwd, bwd, pointwise, OPTIMIZER_FLOPS[optimizer] * cfg.num_params())
+
+
+def forward_flops(cfg: ModelConfig, batch: int, steps: int, lengths=None) -> StepFlops:
+    """FLOPs of one forward pass (inference: no loss, no gradient, no update) on a (batch, steps,
+    input_size) batch: the forward part of train_step_flops, counted by the same rules."""
+    row_steps = _row_steps(batch, steps, lengths)
+    fwd, _ = _products(cfg, batch, row_steps)
+    return StepFlops(fwd, 0, cfg.num_layers * row_steps * cfg.hidden_size * FORWARD_POINTWISE, 0)
+
+
+def _row_steps(batch: int, steps: int, lengths) -> int:
+    """(row, step) pairs that run: all B*T, or the steps each row takes."""
+    return batch * steps if lengths is None else int(sum(lengths))
+
+
+def _products(cfg: ModelConfig, batch: int, row_steps: int) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the gate products and the head."""
+    H, O = cfg.hidden_size, cfg.output_size
     fwd = bwd = 0
     for layer in range(cfg.num_layers):
         D = cfg.layer_input_size(layer)
         fwd += row_steps * 2 * 4 * H * (D + H)
         # weight gradients (D+H rows) + gradient to h_{t-1} (H) + to x_t (D, not for layer 0)
         bwd += row_steps * 2 * 4 * H * ((D + H) + H + (D if layer > 0 else 0))
-    head_rows = row_steps if cfg.many_to_many else B
+    head_rows = row_steps if cfg.many_to_many else batch
     fwd += head_rows * 2 * H * O
     bwd += head_rows * 2 * 2 * H * O
-    pointwise = cfg.num_layers * row_steps * H * (FORWARD_POINTWISE + BACKWARD_POINTWISE)
-    return StepFlops(fwd, bwd, pointwise, OPTIMIZER_FLOPS[optimizer] * cfg.num_params())
+    return fwd, bwd

@@ -14,10 +14,15 @@ from lstmbench.registry import REFERENCE
 
 def format_grid(report: dict[str, Any]) -> str:
     lines = _grid_header(report)
-    header = f"{'workload':<20} {'backend':<24} {'thr':>3}  {'ms/step':>9} {'IQR ms':>15}  {'samples/s':>10}  " \
-             f"{'GFLOP/s':>8} {'%peak':>6}  {'speedup':>8}  check"
+    widths = (max([20] + [len(r["workload"]) for r in report["rows"]]),
+              max([24] + [len(r["label"]) for r in report["rows"]]))
+    split = any(r.get("fwd") for r in report["rows"])  # a row with its forward and backward timed apart
+    unit = "ms/fwd" if report.get("timed") == "forward" else "ms/step"
+    header = f"{'workload':<{widths[0]}} {'backend':<{widths[1]}} {'thr':>3}  {unit:>9} {'IQR ms':>15}  " \
+             f"{'samples/s':>10}  {'GFLOP/s':>8} {'%peak':>6}  {'speedup':>8}  " + \
+             (f"{'fwd + bwd ms':>17}  " if split else "") + "check"
     lines += [header, "-" * len(header)]
-    lines += [_grid_line(r) for r in report["rows"]]
+    lines += [_grid_line(r, widths, split) for r in report["rows"]]
     for name, reason in report.get("unavailable", {}).items():
         lines.append(f"{name}: not timed: {reason}")
     unstable = [r for r in report["rows"] if r.get("unstable")]
@@ -31,6 +36,10 @@ def format_grid(report: dict[str, Any]) -> str:
         lines.append(f"note: {note}")
     lines.append("speedup = time of the NumPy reference with 1 BLAS thread / time of the row, same run; "
                  "GFLOP/s from the model's FLOP count (docs/benchmarks.md)")
+    if split:
+        lines.append("fwd + bwd: the torch row's forward (with the loss) and loss.backward() timed apart, medians "
+                     "(fastrnns' avg_fwd, avg_bwd); the Adam update is the rest of its step. Our backends run the "
+                     "step as one call (no separate backward in the protocol): theirs is not split")
     if any(on_gpu(r["runtime"]) for r in report["rows"]):
         lines.append("%peak is of the CPU's FMA peak, so GPU rows have none")
     return "\n".join(lines)
@@ -40,7 +49,9 @@ def _grid_header(report: dict[str, Any]) -> list[str]:
     """What the run was and what its ceilings were, and the workloads it timed."""
     dtype, threads = report["dtype"], report["threads"]
     on = f"up to {threads} threads (auto)" if report.get("threads_mode") == "auto" else f"{threads} threads"
-    lines = [f"training step, {dtype}, Adam; backends on {on}; {report['machine']['cpu']}"]
+    what = ("forward pass (inference: no gradient; torch under torch.no_grad()), " + dtype
+            if report.get("timed") == "forward" else f"training step, {dtype}, Adam")
+    lines = [f"{what}; backends on {on}; {report['machine']['cpu']}"]
     fma = report.get("fma_peak")
     if fma:
         lines.append(f"FMA peak measured now: {fma['gflops']:.1f} GFLOP/s on {fma['threads']} threads "
@@ -53,21 +64,36 @@ def _grid_header(report: dict[str, Any]) -> list[str]:
                  f"threads ({'; '.join(kernels) or 'no BLAS found'})")
     if report.get("blas_restriction"):
         lines.append(f"note: {report['blas_restriction']}")
-    return lines + [f"  {w['name']}: {w['describe']}" for w in report["workloads"]]
+    return lines + [f"  {w['name']}: {w['describe']}{_published(w.get('published'))}" for w in report["workloads"]]
 
 
-def _grid_line(r: dict[str, Any]) -> str:
+def _published(p: dict[str, Any] | None) -> str:
+    """A published figure for the workload's shape, with its source, or ""."""
+    if not p:
+        return ""
+    parts = f" = {' + '.join(f'{v:g}' for v in p['parts_ms'])}" if p["parts_ms"] else ""
+    return (f"\n      published: {p['time_ms']:g} ms{parts} ({p['what']}) on {p['hardware']}, {p['tflops']:g} TFLOP/s "
+            f"by its count, {p['flop_count']}; {p['source']}")
+
+
+def _grid_line(r: dict[str, Any], widths: tuple[int, int] = (20, 24), split: bool = False) -> str:
     t = r["timing"]
-    lead = f"{r['workload']:<20} {r['label']:<24} {_threads_cell(r):>3}  "
+    lead = f"{r['workload']:<{widths[0]}} {r['label']:<{widths[1]}} {_threads_cell(r):>3}  "
     if t is None:
-        return f"{lead}{'-':>9} {'':>15}  {'':>10}  {'':>8} {'':>6}  {'':>8}  {r['status']}: {r['detail']}"
+        return (f"{lead}{'-':>9} {'':>15}  {'':>10}  {'':>8} {'':>6}  {'':>8}  " + (f"{'':>17}  " if split else "")
+                + f"{r['status']}: {r['detail']}")
     iqr = f"{significant(t['q1_s'] * 1e3)}-{significant(t['q3_s'] * 1e3)}"
     mark = "verified" if r["backend"] != REFERENCE else "reference"
     if r.get("unstable"):
         mark += f"  ! unstable: {r['unstable']}"
     pct = f"{r['pct_peak']:>5.1f}%" if r["pct_peak"] is not None else f"{'-':>6}"
+    phases = ""
+    if split:
+        phases = (f"{significant(r['fwd']['median_s'] * 1e3)} + {significant(r['bwd']['median_s'] * 1e3)}"
+                  if r.get("fwd") else "-")
+        phases = f"{phases:>17}  "
     return (f"{lead}{significant(t['median_s'] * 1e3, 4):>9} {iqr:>15}  {r['samples_per_s']:>10.1f}  "
-            f"{r['gflops']:>8.1f} {pct}  {significant(r['speedup']) + 'x':>8}  {mark}")
+            f"{r['gflops']:>8.1f} {pct}  {significant(r['speedup']) + 'x':>8}  {phases}{mark}")
 
 
 def _threads_cell(row: dict[str, Any]) -> str:

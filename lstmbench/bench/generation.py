@@ -6,7 +6,8 @@ by hand with (h, c) carried, as a torch user writes it, and the window re-run (e
 runs the last --seq-len symbols again from a zero state: what `predict --prime` did before
 states were carried). Every row is verified first: a backend draws the reference's symbols
 from the same uniforms (float64), torch's logits along a symbol sequence equal the
-reference's (float64, 1e-10).
+reference's forward pass over it (float64, the kit's tolerance; the streaming check of
+`bench --latency`, lstmbench.bench.verify.stream_disagreement).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from lstmbench.bench.machine import OtherLoad, load_average, machine_info
+from lstmbench.bench.peers import TorchStream, fastest_thread_count, torch_modules
 from lstmbench.bench.timing import Timing, time_calls
+from lstmbench.bench.verify import stream_disagreement
 from lstmbench.bench.workloads import bench_model
 from lstmbench.config import ModelConfig
 from lstmbench.params import Params, init_params
@@ -123,18 +126,6 @@ def _window_row(name, backend, cfg, params, prime, uniforms, window, repeats) ->
     return row
 
 
-def _torch_modules(cfg: ModelConfig, params: Params):
-    import torch
-
-    from lstmbench.params import load_into_torch
-
-    dt = {"float32": torch.float32, "float64": torch.float64}[cfg.dtype]
-    lstm = torch.nn.LSTM(cfg.input_size, cfg.hidden_size, cfg.num_layers, batch_first=True).to(dt)
-    head = torch.nn.Linear(cfg.hidden_size, cfg.output_size).to(dt)
-    load_into_torch(params, cfg, lstm, head)
-    return lstm, head
-
-
 def torch_stepwise(lstm, head, prime: np.ndarray, n: int, temperature: float = 1.0) -> list[int]:
     """Generation as a torch user writes it: the prime once, then per symbol a softmax, a
     torch.multinomial draw and one step of the LSTM from the (h, c) it returned."""
@@ -153,21 +144,12 @@ def torch_stepwise(lstm, head, prime: np.ndarray, n: int, temperature: float = 1
 
 
 def _torch_disagreement() -> str | None:
-    """None if torch's stepwise logits (float64) along a symbol sequence are the reference's."""
-    import torch
-
+    """None if torch's stepwise logits (float64) along a symbol sequence are the reference's
+    forward pass over it (the streaming check of `bench --latency`)."""
     cfg = char_model("float64")
     params = init_params(cfg, seed=1)
     ids = np.random.default_rng(2).integers(0, VOCAB, 24)
-    expected = get_backend(REFERENCE).forward(cfg, params, np.eye(VOCAB)[ids][None])[0]
-    lstm, head = _torch_modules(cfg, params)
-    symbols, got, state = torch.eye(VOCAB, dtype=torch.float64), [], None
-    with torch.no_grad():
-        for s in ids:
-            out, state = lstm(symbols[int(s)].view(1, 1, -1), state)
-            got.append(head(out[0, -1]).numpy())
-    worst = float(np.max(np.abs(np.array(got) - expected)))
-    return None if worst <= 1e-10 * max(1.0, float(np.max(np.abs(expected)))) else f"logits differ by {worst:.3g}"
+    return stream_disagreement(TorchStream(cfg, params), cfg, params, np.eye(VOCAB)[ids][None])
 
 
 def torch_row(cfg, params, prime, n, repeats) -> GenerationRow | None:
@@ -181,13 +163,9 @@ def torch_row(cfg, params, prime, n, repeats) -> GenerationRow | None:
     if problem := _torch_disagreement():
         row.status, row.detail = "FAILED", problem
         return row
-    lstm, head = _torch_modules(cfg, params)
+    lstm, head = torch_modules(cfg, params)
     torch.manual_seed(0)
-    for threads in range(1, default_threads() + 1):
-        torch.set_num_threads(threads)
-        timing = time_calls(lambda: torch_stepwise(lstm, head, prime, n), repeats)
-        if row.timing is None or timing.median_s < row.timing.median_s:
-            row.timing, row.threads = timing, threads
+    row.timing, row.threads = fastest_thread_count(lambda: torch_stepwise(lstm, head, prime, n), repeats)
     row.symbols_per_s = n / row.timing.median_s
     return row
 

@@ -32,6 +32,10 @@ class BenchRow:
     speedup: float | None = None  # over the reference with one BLAS thread
     runtime: dict[str, Any] = field(default_factory=dict)
     unstable: str = ""  # why the timing is not to be trusted ("" when it is)
+    # a training step's forward (with the loss) and backward timed apart, where the row can time
+    # them apart (the torch peer: PyTorch's fastrnns reports avg_fwd and avg_bwd); None otherwise
+    fwd: Timing | None = None
+    bwd: Timing | None = None
 
 
 def make_row(label: str, name: str, case: BenchCase, threads: int, timing: Timing | None,

@@ -40,3 +40,28 @@ def call_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> lis
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
     """Median and quartiles of ``repeats`` calls after ``warmup`` untimed ones (JIT, caches)."""
     return Timing.of(call_seconds(fn, repeats, warmup))
+
+
+def time_phases(phases: list[Callable[[], object]], repeats: int, warmup: int = 1) -> list[Timing]:
+    """A Timing per phase of a call made of ``phases`` run in order (a training step's forward,
+    backward and update, say), each phase timed alone at every one of ``repeats`` runs after
+    ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        for phase in phases:
+            phase()
+    seconds = [[timed_call(phase)[1] for phase in phases] for _ in range(repeats)]
+    return [Timing.of([run[k] for run in seconds]) for k in range(len(phases))]
+
+
+@dataclass
+class Latency:
+    """Per-call latency: the median and the 90th percentile over ``samples`` calls, in microseconds."""
+
+    median_us: float
+    p90_us: float
+    samples: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> "Latency":
+        med, p90 = np.percentile(seconds, [50, 90])
+        return cls(float(med) * 1e6, float(p90) * 1e6, len(seconds))

@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from lstmbench.bench.flops import train_step_flops
+from lstmbench.bench import deepbench
+from lstmbench.bench.deepbench import Published
+from lstmbench.bench.flops import forward_flops, train_step_flops
 from lstmbench.config import ModelConfig, OptimizerConfig
 from lstmbench.errors import ConfigError
 
@@ -30,6 +32,7 @@ class Workload:
     one_hot: bool = False  # inputs are one-hot symbols (input_size of them), as text models see them
     lengths: tuple[int, int] | None = None  # rows of lengths uniform in [lo, hi] (design.md 8); None: all T
     dropout: float = 0.0  # the model's dropout, drawn in every timed training step (design.md 9)
+    published: Published | None = None  # a figure published for this shape elsewhere (DeepBench's)
 
     def model(self, dtype: str) -> ModelConfig:
         return bench_model(self.hidden, dtype, self.input_size, self.output_size, self.layers, self.loss,
@@ -46,12 +49,16 @@ class Workload:
         lo, hi = self.lengths
         return np.random.default_rng([seed, 1]).integers(lo, hi + 1, self.batch)
 
-    def case(self, dtype: str) -> "BenchCase":
-        """This workload made concrete in ``dtype``: what every row of it is timed on."""
+    def case(self, dtype: str, forward_only: bool = False) -> "BenchCase":
+        """This workload made concrete in ``dtype``: what every row of it is timed on, with the
+        model FLOPs of what the rows time (a training step, or with ``forward_only`` a forward pass)."""
         cfg = self.model(dtype)
         x, y = self.data(cfg)
         lengths = self.row_lengths()
-        flops = train_step_flops(cfg, self.batch, self.steps, BENCH_OPTIMIZER, lengths).total
+        if forward_only:
+            flops = forward_flops(cfg, self.batch, self.steps, lengths).total
+        else:
+            flops = train_step_flops(cfg, self.batch, self.steps, BENCH_OPTIMIZER, lengths).total
         return BenchCase(self, cfg, x, y, flops, lengths)
 
     @property
@@ -73,7 +80,7 @@ class BenchCase:
     cfg: ModelConfig
     x: np.ndarray
     y: np.ndarray
-    flops: float  # of the steps the rows take (all T without lengths)
+    flops: float  # of what the rows time (a training step or a forward pass), of the steps rows take
     lengths: np.ndarray | None = None
 
     def sequence_args(self) -> dict:
@@ -123,10 +130,58 @@ def grid_workloads(hidden_sizes=(32, 128), batch_sizes=(32, 128), steps: int = 6
     return [Workload(f"H={H} B={B}", H, B, steps, **model) for H in hidden_sizes for B in batch_sizes]
 
 
-def suite_workloads(names=None, dropout: float = 0.0) -> list[Workload]:
-    """The workloads of SUITE named (all when ``names`` is empty), with ``dropout``; a ConfigError
-    naming any unknown."""
-    unknown = [n for n in names or () if n not in SUITE]
+def deepbench_workloads() -> dict[str, Workload]:
+    """DeepBench's LSTM shapes (lstmbench.bench.deepbench), training (``db-train-HxBxT``) and
+    inference (``db-infer-HxBxT``): one LSTM layer of H units, inputs of D = H values, and the
+    smallest head and loss our step has (O = 1, MSE on the last step), with DeepBench's figure."""
+    works = [Workload(f"db-train-{H}x{B}x{T}", H, B, T, input_size=H,
+                      published=deepbench.published_training(H, B, T)) for H, B, T in deepbench.TRAINING]
+    works += [Workload(f"db-infer-{H}x{B}x{T}", H, B, T, input_size=H,
+                       published=deepbench.published_inference(H, B, T)) for H, B, T in deepbench.INFERENCE]
+    return {w.name: w for w in works}
+
+
+DEEPBENCH = deepbench_workloads()
+
+
+def deepbench_gflop(work: Workload) -> float:
+    """GFLOP by our model of what the shape's rows time: a training step (db-train) or a
+    forward pass (db-infer); deepbench.GFLOP_BUDGET keeps a shape in the group or not."""
+    cfg = work.model("float32")
+    if work.name.startswith("db-infer"):
+        return forward_flops(cfg, work.batch, work.steps).total / 1e9
+    return train_step_flops(cfg, work.batch, work.steps, BENCH_OPTIMIZER).total / 1e9
+
+
+def deepbench_cut() -> dict[str, str]:
+    """{shape: why it is left out of the ``deepbench`` group}: more than GFLOP_BUDGET."""
+    return {name: f"{deepbench_gflop(w):.0f} GFLOP a call, over the {deepbench.GFLOP_BUDGET:.0f} GFLOP kept here"
+            for name, w in DEEPBENCH.items() if deepbench_gflop(w) > deepbench.GFLOP_BUDGET}
+
+
+#: named groups of --suite: DeepBench's shapes that fit here (deepbench_cut: those that do not);
+#: "deepbench" is its training shapes, or with --forward-only its inference shapes
+GROUPS = ("deepbench", "deepbench-train", "deepbench-inference")
+
+
+def _group(name: str, forward_only: bool) -> list[Workload]:
+    kind = {"deepbench-train": "db-train", "deepbench-inference": "db-infer"}.get(name)
+    kind = kind or ("db-infer" if forward_only else "db-train")
+    cut = deepbench_cut()
+    return [w for n, w in DEEPBENCH.items() if n.startswith(kind) and n not in cut]
+
+
+def suite_workloads(names=None, dropout: float = 0.0, forward_only: bool = False) -> list[Workload]:
+    """The workloads named (SUITE's, DeepBench's shapes, or the GROUPS; all of SUITE when
+    ``names`` is empty), with ``dropout``; a ConfigError naming any unknown. ``forward_only``:
+    the rows will time forward passes ("deepbench" is then DeepBench's inference shapes)."""
+    unknown = [n for n in names or () if n not in SUITE and n not in DEEPBENCH and n not in GROUPS]
     if unknown:
-        raise ConfigError(f"unknown suite workload(s) {', '.join(unknown)}; the suite has {', '.join(SUITE)}")
-    return [replace(SUITE[n], dropout=dropout) for n in names or SUITE]
+        raise ConfigError(f"unknown suite workload(s) {', '.join(unknown)}; the suite has {', '.join(SUITE)}; "
+                          f"the groups {', '.join(GROUPS)}; and DeepBench's shapes, db-train-HxBxT and "
+                          "db-infer-HxBxT (such as db-train-512x16x25; every one is in lstmbench.bench.deepbench)")
+    works: dict[str, Workload] = {}
+    for n in names or SUITE:
+        for w in _group(n, forward_only) if n in GROUPS else [SUITE.get(n) or DEEPBENCH[n]]:
+            works.setdefault(w.name, w)
+    return [replace(w, dropout=dropout) for w in works.values()]

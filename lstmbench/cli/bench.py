@@ -1,5 +1,6 @@
 """`lstmbench bench`: verified timings of a training step per backend (a grid or the suite of
-workloads), dataset scaling, and data-parallel scaling under mpiexec."""
+workloads; or a forward pass, --forward-only; or a streamed step at B=1, --latency), dataset
+scaling, and data-parallel scaling under mpiexec."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from lstmbench.training.experiment import finite_json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="verified timings of a training step per backend, and dataset scaling")
+    p = sub.add_parser("bench", help="verified timings of a training step (or a forward pass, or a streamed step) per "
+                                      "backend, and dataset scaling")
     p.add_argument("--backends", nargs="+", help="backends to time (default: every available one)")
     p.add_argument("--hidden", type=positive, nargs="+", default=[32, 128], help="hidden sizes H (default 32 128)")
-    p.add_argument("--batch", type=positive, nargs="+", default=[32, 128], help="batch sizes B (default 32 128)")
+    p.add_argument("--batch", type=positive, nargs="+", help="batch sizes B (default 32 128)")
     p.add_argument("--steps", type=positive, default=64, help="sequence length T (default 64)")
     model = p.add_argument_group("the model timed (default: D=1, one layer, O=1, many-to-one MSE)")
     model.add_argument("--input-size", type=positive, default=1, help="inputs per step D")
@@ -34,7 +36,16 @@ def register(sub) -> None:
                             "them as lengths, torch as packed sequences")
     p.add_argument("--suite", nargs="*", metavar="WORKLOAD",
                    help="time the realistic workloads instead of a grid: all, or those named "
-                        "(char-onehot, forecast-short, hourly-multivariate, long-b1, long-b2, odd-sizes, varlen, varlen-full)")
+                        "(char-onehot, forecast-short, hourly-multivariate, long-b1, long-b2, odd-sizes, varlen, varlen-full); "
+                        "deepbench: DeepBench's LSTM shapes that fit here (training; with --forward-only, inference), "
+                        "deepbench-train, deepbench-inference, or one shape, db-train-HxBxT or db-infer-HxBxT")
+    p.add_argument("--forward-only", action="store_true",
+                   help="time a forward pass (inference, no gradient; torch under torch.no_grad()) instead of a "
+                        "training step (grid and suite)")
+    p.add_argument("--latency", action="store_true",
+                   help="time one step of a streaming model instead (B=1, the state (h, c) carried from call to call) "
+                        "per backend and torch, at each --hidden: median and p90 microseconds per step; --steps "
+                        "steps per stream, --repeats streams")
     p.add_argument("--generation", action="store_true",
                    help="time text generation instead (B=1, a 2 x 256 character model): each backend with its state "
                         "carried, its window re-run, and torch's stepwise loop, in symbols per second")
@@ -66,22 +77,24 @@ def run(args) -> int:
     from lstmbench.bench.scaling import run_scaling
 
     auto = args.threads == AUTO
+    check_modes(args, auto)
+    batch_given, args.batch = args.batch is not None, args.batch or [32, 128]
     args.threads = None if auto else usable_threads(args.threads)
     if args.distributed:
         return bench_distributed(args)
     if args.generation:
         return bench_generation(args)
+    if args.latency:
+        return bench_latency(args, batch_given)
     grid = scaling = None
     if args.suite is not None:
         grid = run_suite(args.suite or None, args.backends, args.dtype, AUTO if auto else args.threads, args.repeats,
-                         with_torch=not args.no_torch, progress=not args.quiet, dropout=args.dropout)
+                         with_torch=not args.no_torch, progress=not args.quiet, dropout=args.dropout,
+                         forward_only=args.forward_only)
     elif not args.scaling_only:
-        model = dict(input_size=args.input_size, output_size=args.output_size, layers=args.layers, loss=args.loss,
-                     many_to_many=args.many_to_many, one_hot=args.one_hot,
-                     lengths=args.lengths and checked_lengths(args.lengths, args.steps), dropout=args.dropout)
-        lb.ModelConfig(args.input_size, 1, args.output_size, args.layers, args.loss, args.many_to_many)  # checks it
         grid = run_grid(args.backends, args.hidden, args.batch, args.steps, args.dtype, AUTO if auto else args.threads,
-                        args.repeats, with_torch=not args.no_torch, progress=not args.quiet, model=model)
+                        args.repeats, with_torch=not args.no_torch, progress=not args.quiet, model=grid_model(args),
+                        forward_only=args.forward_only)
     if args.scaling or args.scaling_only:
         scaling = run_scaling(args.backends, hidden=args.hidden[0], base_n=args.scaling_n, steps=args.steps,
                               dtype=args.dtype, threads=args.threads, progress=not args.quiet)
@@ -97,6 +110,57 @@ def run(args) -> int:
         print(f"wrote {args.plot}", file=sys.stderr)
     failed = [r for r in (grid or {}).get("rows", []) if r["status"] == "FAILED"]
     return 1 if failed else 0
+
+
+#: (flag, flag, why): flags that do not go together
+CONFLICTS = (
+    ("--forward-only", "--dropout", "a forward pass has no dropout (its masks are drawn in training steps only)"),
+    ("--latency", "--suite", "--latency streams one model at each --hidden (B=1); the suite's workloads are batches"),
+    ("--latency", "--forward-only", "--latency times forward steps already"),
+    ("--latency", "--lengths", "a streamed step is one step of every row"),
+    ("--latency", "--dropout", "a streamed step is a forward pass: no dropout"),
+    ("--latency", "--threads auto", "give it a thread count"),
+    ("--latency", "--scaling", "they time other things"),
+    ("--forward-only", "--scaling-only", "the scaling report times epochs"),
+    *((first, other, "they time other things") for first in ("--latency", "--forward-only")
+      for other in ("--generation", "--distributed")),
+)
+
+
+def check_modes(args, auto: bool) -> None:
+    """One error naming the two flags, for flags that do not go together (before anything runs)."""
+    given = {"--forward-only": args.forward_only, "--dropout": bool(args.dropout), "--latency": args.latency,
+             "--suite": args.suite is not None, "--lengths": bool(args.lengths), "--threads auto": auto,
+             "--scaling": args.scaling or args.scaling_only, "--scaling-only": args.scaling_only,
+             "--generation": args.generation, "--distributed": args.distributed}
+    for first, second, why in CONFLICTS:
+        if given[first] and given[second]:
+            raise LstmbenchError(f"{first} does not go with {second}: {why}")
+
+
+def grid_model(args) -> dict:
+    """The model of the grid (and of --latency) from the model flags, checked."""
+    lb.ModelConfig(args.input_size, 1, args.output_size, args.layers, args.loss, args.many_to_many)  # checks it
+    return dict(input_size=args.input_size, output_size=args.output_size, layers=args.layers, loss=args.loss,
+                many_to_many=args.many_to_many, one_hot=args.one_hot,
+                lengths=args.lengths and checked_lengths(args.lengths, args.steps), dropout=args.dropout)
+
+
+def bench_latency(args, batch_given: bool) -> int:
+    """`lstmbench bench --latency`: one streamed step at B=1 per backend and torch, per hidden size."""
+    from lstmbench.bench.latency import format_latency, run_latency
+    from lstmbench.bench.run import default_backends
+
+    if batch_given:
+        raise LstmbenchError("--latency times one row (B=1); leave out --batch")
+    model = {k: v for k, v in grid_model(args).items() if k not in ("lengths", "dropout")}
+    names = args.backends or default_backends()[0]
+    for name in names:
+        lb.get_backend(name)  # one that cannot run here: its error, before anything is timed
+    report = run_latency(names, args.hidden, args.steps, args.dtype, args.threads, args.repeats,
+                         with_torch=not args.no_torch, model=model)
+    print(json.dumps(finite_json(report), indent=2, allow_nan=False) if args.json else format_latency(report))
+    return 1 if any(r["status"] == "FAILED" for r in report["rows"]) else 0
 
 
 def bench_generation(args) -> int:
