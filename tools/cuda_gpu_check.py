@@ -22,10 +22,11 @@ It needs Python 3.10+ with pip and an NVIDIA driver, nothing else. Its stages, e
    gradient and training-step checks. They compile the kernels, which Numba caches on
    disk (cache=True), so that stages 4-5 load them.
 4. verification: the backend against the NumPy reference at real sizes (float64 with the
-   kit's tight tolerance, float32), 3 Adam steps, with the default recurrence and with the
-   opt-in persistent one (its first check with blocks running at once: the simulator runs
-   a cooperative grid of one block).
-   Stage 5 times it too, at the goal shape only: the row "cuda persistent (opt-in)".
+   kit's tight tolerance, float32), 3 Adam steps, with the default recurrence (auto: rows or
+   stepwise by the cost model) and with the opt-in persistent one (its first check with
+   blocks running at once: the simulator runs a cooperative grid of one block).
+   Stage 5 times it too, at the goal shape only: the row "cuda persistent (opt-in)", and the
+   rows kernels alone ("cuda rows", verified there first), to test the model's choice.
 5. benchmark: a float32 training step (many-to-one MSE, D=O=1, Adam) at each shape of the
    grid. The NumPy reference on one BLAS thread is timed ONCE per shape (1 warm-up, 2 timed
    steps), and every speedup at that shape is over that one time; the backend is verified
@@ -41,9 +42,9 @@ and a 16-core CPU, in seconds:
     stage         full  --quick
     install         90       90   fresh venv: ~3.5 GB of wheels with torch, ~1 GB without
     machine         10       10   imports (torch's is the slow one) and queries
-    tests          140       45   a cap: pytest is stopped there and the stage fails
+    tests          135       45   a cap: pytest is stopped there and the stage fails
     verification    30       10
-    benchmark       90       25
+    benchmark       95       25
     total          360      180
 
 Install: at 100 MB/s or more, ~35 s to download and ~50 s to unpack; a reused venv ~10 s.
@@ -58,7 +59,8 @@ float32) and cuDNN (2 steps in each), 5.3 steps in each dtype on all cores
 * full grid, 8 shapes: H in {256, 512, 1024} x B in {32, 128} at T=64, and H=512 with
   B=64 at T=64 and B=128 at T=25: 386 GFLOP -> 60 s; the GPU's ~20 steps per shape
   (verify, warm-up, 5 timed, backend and cuDNN) at 50 ms or less: 8 s; the CPU's ceilings
-  (FMA peak, BLAS rate): 4 s. 72 s of 90.
+  (FMA peak, BLAS rate): 4 s; "cuda rows" at the goal shape, verified and timed there
+  (about 55 GFLOP of verification at 0.08 s per GFLOP): 5 s. 77 s of 95.
 * --quick, 2 shapes: H=512 B=128 T=64 and H=256 B=32 T=64: 55 GFLOP -> 9 s, + 2 s + 4 s:
   15 s of 25.
 * verification: float64 2 x 256 (4.2 GFLOP) and float32 2 x 1024, B=33 (63 GFLOP), each
@@ -99,6 +101,7 @@ GOAL_SHAPE = (512, 128, 64)  # (H, B, T)
 MIN_SPEEDUP, MAX_VS_CUDNN = 50.0, 2.0
 CUDNN = "torch.nn.LSTM (cuDNN)"  # the torch peer's label on a GPU
 PERSISTENT = "cuda persistent (opt-in)"  # the backend's row with the persistent recurrence
+ROWS = "cuda rows"  # the backend's row with the rows kernels alone (the default is auto)
 REFERENCE_WARMUP, REFERENCE_STEPS = 1, 2  # the reference's untimed and timed steps, once per shape
 STAGES = ("install", "machine", "tests", "verification", "benchmark")
 
@@ -120,8 +123,8 @@ QUICK_GRID = ((256, 32, 64), (512, 128, 64))
 MODES = {
     "full": Mode(FULL_GRID,
                  ((84, 256, 84, 2, "xent", True, "float64", 32, 25), (12, 1024, 3, 2, "mse", True, "float32", 33, 25)),
-                 "not kernels_compile_for_a_gpu", 140, 5,
-                 {"install": 90, "machine": 10, "tests": 140, "verification": 30, "benchmark": 90}),
+                 "not kernels_compile_for_a_gpu", 135, 5,
+                 {"install": 90, "machine": 10, "tests": 135, "verification": 30, "benchmark": 95}),
     "quick": Mode(QUICK_GRID, ((12, 512, 3, 2, "mse", True, "float32", 33, 25),),
                   "runtime_info_reports_the_device or (conformance_kit and float32 and "
                   "(forward or loss_and_grads or training_steps))", 45, 5,
@@ -327,11 +330,13 @@ def device_tests(mode: Mode) -> dict:
 
 
 def recurrences() -> list[tuple[str, object]]:
-    """The backend with each recurrence: the default, and the opt-in persistent one, which this
-    run is the first to check with blocks running at once (docs/cuda-backend.md)."""
+    """The backend with each recurrence: the default ("auto": rows or stepwise per sweep, by the
+    cost model), the opt-in persistent one, which this run is the first to check with blocks
+    running at once (docs/cuda-backend.md), and the rows kernels alone, whose time at the goal
+    shape against the default's tests the model's choice."""
     from lstmbench_backends.numba_cuda import NumbaCuda
 
-    return [("cuda", NumbaCuda("rows")), (PERSISTENT, NumbaCuda("persistent"))]
+    return [("cuda", NumbaCuda()), (PERSISTENT, NumbaCuda("persistent")), (ROWS, NumbaCuda("rows"))]
 
 
 def verification(mode: Mode) -> list[dict]:
@@ -342,7 +347,7 @@ def verification(mode: Mode) -> list[dict]:
     from lstmbench.bench.workloads import bench_batch
 
     results = []
-    for label, backend in recurrences():
+    for label, backend in recurrences()[:2]:  # rows: verified where auto picks it, and before its timed row
         for D, H, O, L, loss, m2m, dtype, B, T in mode.verify:
             cfg = lb.ModelConfig(D, H, O, L, loss, m2m, dtype)
             x, y = bench_batch(cfg, B, T)
@@ -375,7 +380,7 @@ def shape_rows(case, peer, no_peer: str | None, repeats: int, threads: int) -> l
         timing = time_calls(lambda: ref.train_step(state, case.x, case.y), REFERENCE_STEPS, REFERENCE_WARMUP)
         rows = [make_row(REFERENCE_ONE_THREAD, REFERENCE, case, 1, timing, ref.runtime_info())]
     goal_shape = (case.cfg.hidden_size, *case.x.shape[:2]) == GOAL_SHAPE
-    for label, cuda in recurrences()[: 2 if goal_shape else 1]:  # the persistent one at the goal shape only
+    for label, cuda in recurrences()[: 3 if goal_shape else 1]:  # persistent and rows at the goal shape only
         try:
             problem = verify(cuda, case.cfg, case.x, case.y)
             timing = time_backend(cuda, case.cfg, case.x, case.y, repeats) if problem is None else None
