@@ -11,6 +11,7 @@ used here, so ``asv run`` over history can run this file against them.
 """
 
 import statistics
+import time
 from dataclasses import asdict, dataclass
 
 from lstmbench.bench import peak
@@ -77,6 +78,7 @@ def measure(name: str, case, beside_reference: bool) -> "dict | str":
     if name != REFERENCE and (problem := verify(backend, case.cfg, case.x, case.y, lengths=case.lengths)):
         return f"{name} disagrees with the reference: {problem}"
     threads = REFERENCE_THREADS if name == REFERENCE else THREADS
+    time.sleep(0.3)  # as lstmbench.bench.timing.settle (older commits lack it): the verification's BLAS idles
     reference = _stepper(backend_or_skip(REFERENCE, case.cfg), case) if beside_reference else None  # 1 BLAS thread
     return asdict(relative_step(_stepper(backend, case), reference, lambda: probe_rate(threads)))  # plain: asv pickles it
 

@@ -35,6 +35,13 @@ def broken_copy_maker():
     return module
 
 
+@pytest.fixture(autouse=True)
+def unsettled_timings(monkeypatch):
+    """No test reads a time, so none waits for other thread pools to idle before timing
+    (lstmbench.bench.timing.settle; tests/test_bench.py checks that timings do call it)."""
+    monkeypatch.setattr("lstmbench.bench.timing.SETTLE_SECONDS", 0.0)
+
+
 @pytest.fixture(scope="module")
 def quick_thread_switches():
     """For the cuda backend's tests (pytestmark = usefixtures(...)): the simulator's block manager

@@ -363,3 +363,25 @@ def test_bench_reports_progress_to_a_log(monkeypatch):
     done = [int(line.split()[1].split("/")[0]) for line in lines if line.startswith("bench: ")]
     assert len(done) == len(lines) and done == sorted(done) and lines[-1].startswith("bench: 4/4 ")
     assert any(line.endswith(", numba H=4 B=3]") for line in lines)
+
+
+def test_every_timing_starts_after_the_other_thread_pools_settle(monkeypatch):
+    """A row timed while another pool's idle workers spin (OpenBLAS after the verification) runs
+    on fewer cores than it says: each timing waits first (lstmbench.bench.timing.settle)."""
+    from lstmbench.bench import latency, timing
+
+    events = []
+    monkeypatch.setattr(timing, "settle", lambda: events.append("settle"))
+    monkeypatch.setattr(latency, "settle", lambda: events.append("settle"))
+    monkeypatch.setattr(peak, "settle", lambda: events.append("settle"))
+    timing.time_calls(lambda: events.append("call"), repeats=2, warmup=1)
+    assert events == ["settle", "call", "call", "call"]
+    events.clear()
+    timing.time_phases([lambda: events.append("a"), lambda: events.append("b")], repeats=1, warmup=1)
+    assert events == ["settle", "a", "b", "a", "b"]
+    events.clear()
+    latency.stream_seconds(events.append, ["x"], 1, lambda: events.append("reset"))
+    assert events == ["settle", "reset", "x", "reset", "x"]
+    events.clear()
+    if peak.fma_peak("float32", 1, seconds=0.001) is not None:  # the ceiling too, where the probe is built
+        assert events[:1] == ["settle"]

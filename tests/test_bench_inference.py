@@ -198,3 +198,17 @@ def test_flags_that_do_not_go_together_are_one_line_errors(args, message, capsys
     assert main(["bench", *args, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_asv_inference_benchmarks_skip_on_a_commit_without_forward_rows(monkeypatch):
+    """asv runs this file against old commits: there every benchmark must skip (NotImplementedError
+    in setup), not fail in setup_cache."""
+    from benchmarks import bench_inference
+
+    monkeypatch.setattr(bench_inference, "FORWARD", None)
+    speedup = bench_inference.InferenceSpeedup()
+    found = speedup.setup_cache()
+    with pytest.raises(NotImplementedError, match="no forward-only rows"):
+        speedup.setup(found, "c", next(iter(bench_inference.WORKLOADS)))
+    with pytest.raises(NotImplementedError, match="no forward-only rows"):
+        bench_inference.Inference().setup("c", next(iter(bench_inference.WORKLOADS)))

@@ -344,33 +344,41 @@ def backward_cells(bufs, dh, rows, step, j, H, seq, Bp, T, drop, mask, one, zero
 
 
 @cuda.jit(device=True, inline=True)
+def backward_cell(bufs, d_h, row, j, step, H, seq, Bp, T, drop, mask, one, zero):
+    """Unit j of one row at step t (``step`` = (t, off, prev)): dLoss/dh_t = d_h (plus the
+    many-to-one head's at the row's last step), then dc, dz into ``gates`` in place and dc_t f_t
+    into ``dcn``; returns where the row's dz of gate i is (z: + q H for gate q)."""
+    gates, cs, tcs, dcn, dh_last, has_dh_last = bufs
+    t, off, prev = step
+    last = seq[row] - 1  # the row's last step
+    z = (off + row) * 4 * H + j
+    if has_dh_last and t == last:
+        d_out = dh_last[row * H + j]
+        d_h += dropped(d_out, mask, seq, Bp, T, H, row, t, j, zero) if drop else d_out
+    tc = tcs[(off + row) * H + j]
+    dc = d_h * gates[z + 3 * H] * (one - tc * tc)
+    if t < last:
+        dc += dcn[row * H + j]
+    f = cell_backward(gates, z, H, d_h, dc, cs[(prev + row) * H + j], tc, one)
+    dcn[row * H + j] = dc * f
+    return z
+
+
+@cuda.jit(device=True, inline=True)
 def backward_cells_fold(bufs, dh, rows, step, j, H, seq, Bp, T, drop, mask, one, zero, fold):
     """backward_cells, and with a fold (``fold`` = (xs, DX, wx), DX > 0) the rows' x^T dz added to
     the unit's sums in wx (fold_x)."""
-    gates, cs, tcs, dcn, dh_last, has_dh_last = bufs
+    gates = bufs[0]
     t, off, prev, row0, na = step
-    G = 4 * H
     db_i, db_f, db_g, db_o = zero, zero, zero, zero
     for r in range(rows):
         if r < na:
-            row = row0 + r
-            last = seq[row] - 1  # the row's last step
-            z = (off + row) * G + j
-            d_h = dh[r]
-            if has_dh_last and t == last:
-                d_out = dh_last[row * H + j]
-                d_h += dropped(d_out, mask, seq, Bp, T, H, row, t, j, zero) if drop else d_out
-            tc = tcs[(off + row) * H + j]
-            dc = d_h * gates[z + 3 * H] * (one - tc * tc)
-            if t < last:
-                dc += dcn[row * H + j]
-            f = cell_backward(gates, z, H, d_h, dc, cs[(prev + row) * H + j], tc, one)
-            dcn[row * H + j] = dc * f
+            z = backward_cell(bufs, dh[r], row0 + r, j, (t, off, prev), H, seq, Bp, T, drop, mask, one, zero)
             db_i += gates[z]
             db_f += gates[z + H]
             db_g += gates[z + 2 * H]
             db_o += gates[z + 3 * H]
-            fold_x(fold, off + row, gates, z, H)
+            fold_x(fold, off + row0 + r, gates, z, H)
     return db_i, db_f, db_g, db_o
 
 

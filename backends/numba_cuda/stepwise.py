@@ -16,7 +16,7 @@ across blocks and the whole GPU works on each step. Each chunk writes its partia
 to a scratch buffer (``part``, chunk s at s * part_stride, a row's 4H or H values
 contiguous); the cell kernel, one thread per (row, unit), adds the chunks in the order
 s = 0, 1, ..., S-1 (no atomics: the same bits on every run for a given S) and then does the
-default sweeps' cell math (kernels.forward_cell, kernels.cell_backward, the same dropout
+default sweeps' cell math (kernels.forward_cell, kernels.backward_cell, the same dropout
 draws). The bias gradient is dz's column sum after the sweep (persistent.column_sums).
 
 Lengths: the host knows each step's rows (Rows.seq), so step t's product runs over the
@@ -34,7 +34,7 @@ import numpy as np
 from numba import boolean, cuda, int64, uint64
 
 from .jit import dtype_of, kernel
-from .kernels import EXP_CAPS, cell_backward, dropped, forward_cell, incoming_dh, prev_slot
+from .kernels import EXP_CAPS, backward_cell, forward_cell, incoming_dh, prev_slot
 
 THREADS = 128  # a cell kernel's block: one (row, unit) cell a thread
 MAX_SPLITS = 32  # most chunks of K of one step's product
@@ -85,25 +85,6 @@ def forward_cells_kernel(np_dtype):
                          Bp, T, drop, (key, threshold, scale, first_row, B), ONE, EXP_CAP, ZERO)
 
     return lstm_forward_cells
-
-
-@cuda.jit(device=True, inline=True)
-def backward_cell(bufs, d_h, row, j, step, H, seq, Bp, T, drop, mask, one, zero):
-    """kernels.backward_cells for one row: dLoss/dh_t = d_h (plus the many-to-one head's at the
-    row's last step), dc, dz into ``gates`` in place, dc_t f_t into ``dcn``."""
-    gates, cs, tcs, dcn, dh_last, has_dh_last = bufs
-    t, off, prev = step
-    last = seq[row] - 1  # the row's last step
-    z = (off + row) * 4 * H + j
-    if has_dh_last and t == last:
-        d_out = dh_last[row * H + j]
-        d_h += dropped(d_out, mask, seq, Bp, T, H, row, t, j, zero) if drop else d_out
-    tc = tcs[(off + row) * H + j]
-    dc = d_h * gates[z + 3 * H] * (one - tc * tc)
-    if t < last:
-        dc += dcn[row * H + j]
-    f = cell_backward(gates, z, H, d_h, dc, cs[(prev + row) * H + j], tc, one)
-    dcn[row * H + j] = dc * f
 
 
 @cache

@@ -20,7 +20,7 @@ import numpy as np
 
 from lstmbench.bench.machine import OtherLoad, busy_note, load_average, machine_info
 from lstmbench.bench.peers import TorchStream, fastest_thread_count
-from lstmbench.bench.timing import Latency, call_seconds
+from lstmbench.bench.timing import Latency, call_seconds, settle
 from lstmbench.bench.verify import stream_disagreement
 from lstmbench.bench.workloads import Workload, grid_workloads
 from lstmbench.params import init_params
@@ -75,6 +75,7 @@ def stream_seconds(step: Callable[[Any], object], xs: list, repeats: int, reset:
     """The seconds of every ``step(x_t)`` over ``repeats`` streams of ``xs``, each started with
     ``reset()`` (a zero state), after one untimed stream."""
     seconds = []
+    settle()
     for k in range(repeats + 1):
         reset()
         inputs = iter(xs)

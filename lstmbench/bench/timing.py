@@ -22,6 +22,19 @@ class Timing:
         return cls(float(med), float(q1), float(q3), len(seconds))
 
 
+#: Seconds to wait before a row is timed. Another thread pool of the process keeps its idle
+#: workers spinning for a while after its last call (OpenBLAS's: 0.1 to 0.2 s, measured here), and
+#: on a 2-core machine a spinning worker takes a core from the backend being timed: the C backend's
+#: forward pass on odd-sizes ran 2.7x slower for the first 100 ms after one NumPy product.
+SETTLE_SECONDS = 0.3
+
+
+def settle() -> None:
+    """Let other thread pools' idle workers stop spinning (the reference's BLAS after a
+    verification, say) before a timing starts."""
+    time.sleep(SETTLE_SECONDS)
+
+
 def timed_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
     """(``fn(*args, **kwargs)``, the wall time of that call in seconds)."""
     start = time.perf_counter()
@@ -38,14 +51,17 @@ def call_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> lis
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
-    """Median and quartiles of ``repeats`` calls after ``warmup`` untimed ones (JIT, caches)."""
+    """Median and quartiles of ``repeats`` calls after ``warmup`` untimed ones (JIT, caches),
+    from a settled process (settle)."""
+    settle()
     return Timing.of(call_seconds(fn, repeats, warmup))
 
 
 def time_phases(phases: list[Callable[[], object]], repeats: int, warmup: int = 1) -> list[Timing]:
     """A Timing per phase of a call made of ``phases`` run in order (a training step's forward,
     backward and update, say), each phase timed alone at every one of ``repeats`` runs after
-    ``warmup`` untimed ones."""
+    ``warmup`` untimed ones, from a settled process (settle)."""
+    settle()
     for _ in range(warmup):
         for phase in phases:
             phase()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lstmbench.bench.timing import call_seconds, timed_call
+from lstmbench.bench.timing import call_seconds, settle, timed_call
 
 #: variables that make OpenBLAS pick a kernel other than the one for this CPU
 OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_VERBOSE_CORETYPE")
@@ -68,6 +68,7 @@ def fma_peak(dtype: str = "float32", threads: int = 1, vector_bits: int | None =
     one thread and on ``threads``; the best of 5 runs of about ``seconds`` each. None
     without the probe or the instructions."""
     bits = vector_bits or widest_vector_bits()
+    settle()  # (a ceiling read while another pool's workers spin would flatter every %peak)
     one = fma_rate(dtype, 1, bits, seconds)
     if one is None:
         return None
