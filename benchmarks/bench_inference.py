@@ -10,7 +10,7 @@ from lstmbench.bench.workloads import SUITE, suite_workloads
 from lstmbench.params import init_params
 from lstmbench.registry import REFERENCE
 
-from .common import BACKENDS, DTYPE, backend_or_skip
+from .common import BACKENDS, DTYPE, backend_or_skip, settle
 
 try:
     from lstmbench.bench.run import FORWARD
@@ -61,6 +61,7 @@ class Inference:
         self.params = init_params(self.cfg, seed=0)
         for _ in range(2):  # JIT compilation, buffers
             self.time_forward(backend, workload)
+        settle()
 
     def time_forward(self, backend, workload):
         self.backend.forward(self.cfg, self.params, self.x, **self.extra)

@@ -11,7 +11,6 @@ used here, so ``asv run`` over history can run this file against them.
 """
 
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 from lstmbench.bench import peak
@@ -20,7 +19,7 @@ from lstmbench.bench.timing import call_seconds
 from lstmbench.bench.workloads import SUITE, grid_workloads
 from lstmbench.registry import REFERENCE
 
-from .common import BACKENDS, DTYPE, REFERENCE_THREADS, THREADS, backend_or_skip, train_state
+from .common import BACKENDS, DTYPE, REFERENCE_THREADS, THREADS, backend_or_skip, settle, train_state
 
 GRID = {w.name: w for w in grid_workloads((32, 128), (128,), 64)}  # the reference is cheap enough to time beside
 # the suite without the character model (its verification and steps alone took most of a
@@ -78,7 +77,7 @@ def measure(name: str, case, beside_reference: bool) -> "dict | str":
     if name != REFERENCE and (problem := verify(backend, case.cfg, case.x, case.y, lengths=case.lengths)):
         return f"{name} disagrees with the reference: {problem}"
     threads = REFERENCE_THREADS if name == REFERENCE else THREADS
-    time.sleep(0.3)  # as lstmbench.bench.timing.settle (older commits lack it): the verification's BLAS idles
+    settle()
     reference = _stepper(backend_or_skip(REFERENCE, case.cfg), case) if beside_reference else None  # 1 BLAS thread
     return asdict(relative_step(_stepper(backend, case), reference, lambda: probe_rate(threads)))  # plain: asv pickles it
 

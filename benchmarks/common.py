@@ -7,6 +7,7 @@ the benchmark as skipped rather than failed.
 """
 
 import os
+import time
 
 import lstmbench as lb
 from lstmbench.bench.run import simulated
@@ -35,6 +36,12 @@ def backend_or_skip(name: str, cfg=None, threads: int = THREADS):
     # for the rest of the benchmark: asv calls setup, then the timed method, in this one context
     backend.set_threads(REFERENCE_THREADS if name == REFERENCE else threads)
     return backend
+
+
+def settle() -> None:
+    """lstmbench.bench.timing.settle, which older commits lack: after a setup's verification ran
+    the reference's BLAS, its idle workers stop spinning before anything here is timed."""
+    time.sleep(0.3)
 
 
 def train_state(backend, cfg, x, y, **sequences):
